@@ -1,0 +1,39 @@
+"""Errors a user can act on.
+
+Every error pybuild raises on purpose derives from PybuildError; the CLI prints
+its message as one line and exits non-zero, while anything else is a bug and
+shows a traceback only with --debug.
+"""
+
+from __future__ import annotations
+
+
+class PybuildError(Exception):
+    """An error caused by input or environment, reported as one line."""
+
+    exit_code: int = 1
+
+
+class NotFound(PybuildError):
+    """A named object (image, blob, ref, snapshot) does not exist."""
+
+
+class InvalidReference(PybuildError):
+    """An image reference that docker would reject."""
+
+
+class DigestMismatch(PybuildError):
+    """Content did not hash to the digest it was promised to have."""
+
+    def __init__(self, expected: str, actual: str, what: str = "blob") -> None:
+        super().__init__(f"{what}: digest mismatch: expected {expected}, got {actual}")
+        self.expected = expected
+        self.actual = actual
+
+
+class BadLayer(PybuildError):
+    """A layer tar that is corrupt or hostile; names the entry at fault."""
+
+
+class InvalidImage(PybuildError):
+    """A manifest, index or config that does not parse or is inconsistent."""

@@ -1,0 +1,19 @@
+#!/bin/sh
+# Install everything pybuild and its tests need on Debian 12 (run as root).
+set -eu
+cd "$(dirname "$0")/.."
+PKGS="busybox-static skopeo umoci runc buildah docker-registry zstd xz-utils bzip2 gzip tar \
+      debootstrap iproute2 iptables openssl apache2-utils uidmap libseccomp2 file \
+      python3 python3-pip python3-venv git"
+missing=""
+for p in $PKGS; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing="$missing $p"
+done
+if [ -n "$missing" ]; then
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -q
+  apt-get install -y -q --no-install-recommends $missing
+fi
+# --break-system-packages: Debian's own python3 is "externally managed".
+python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore \
+  --break-system-packages -e '.[test]'
