@@ -1,0 +1,171 @@
+"""The plain description of one container, and what running it produced.
+
+A spec knows nothing of images: the caller turns layers into lower dirs and
+config into argv/env/user. Defaults are docker's, so a RUN step and
+`pybuild run` give a user what they expect.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from layerstore.errors import PybuildError
+
+from .network import NetworkConfig
+
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+# docker's default capability set (moby oci/caps/defaults.go).
+DEFAULT_CAPS = (
+    "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FSETID", "CAP_FOWNER", "CAP_MKNOD", "CAP_NET_RAW",
+    "CAP_SETGID", "CAP_SETUID", "CAP_SETFCAP", "CAP_SETPCAP", "CAP_NET_BIND_SERVICE",
+    "CAP_SYS_CHROOT", "CAP_KILL", "CAP_AUDIT_WRITE",
+)
+
+MASKED_PATHS = (
+    "/proc/acpi", "/proc/asound", "/proc/interrupts", "/proc/kcore", "/proc/keys",
+    "/proc/latency_stats", "/proc/sched_debug", "/proc/scsi", "/proc/timer_list",
+    "/proc/timer_stats", "/sys/firmware", "/sys/devices/virtual/powercap",
+)
+READONLY_PATHS = ("/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger")
+
+_ID = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,63}$")
+_HOSTNAME = re.compile(r"^[a-zA-Z0-9]([a-zA-Z0-9.-]{0,62})$")
+
+
+class SandboxError(PybuildError):
+    """The container could not be set up or its command could not be started."""
+
+    def __init__(self, message: str, exit_code: int = 125) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+@dataclass
+class OverlayRoot:
+    """An overlay root: `lowers` listed bottom (base layer) first, writes go to `upper`."""
+
+    lowers: list[Path]
+    upper: Path
+    work: Path
+    readonly: bool = False
+
+
+@dataclass
+class DirRoot:
+    """A plain directory used as the root filesystem in place (writes change it)."""
+
+    path: Path
+    readonly: bool = False
+
+
+@dataclass
+class BindMount:
+    src: Path
+    dst: str
+    readonly: bool = True
+
+
+@dataclass
+class TmpfsMount:
+    dst: str
+    size: int | None = None  # bytes; None means the kernel default (half of RAM)
+    mode: int = 0o1777
+
+
+@dataclass
+class Limits:
+    """cgroup limits; None means unlimited (no file written)."""
+
+    memory: int | None = None         # bytes
+    memory_swap: int | None = None    # memory + swap in bytes (docker's --memory-swap); -1 unlimited
+    pids: int | None = None
+    cpus: float | None = None         # CPU quota in CPUs (0.5 = half a CPU)
+    cpu_weight: int | None = None     # 1..10000 (cgroup v2 scale; mapped to shares on v1)
+
+
+@dataclass
+class UserNamespace:
+    """Map container uid/gid 0..size-1 to host_uid.. / host_gid.. (unprivileged)."""
+
+    host_uid: int = 100000
+    host_gid: int = 100000
+    size: int = 65536
+
+
+@dataclass
+class SandboxSpec:
+    root: OverlayRoot | DirRoot
+    argv: list[str]
+    env: dict[str, str] = field(default_factory=dict)
+    cwd: str = "/"
+    user: str = "0"                  # name, uid, name:group or uid:gid, resolved in the rootfs
+    hostname: str | None = None      # default: the first 12 characters of the id
+    mounts: list[BindMount | TmpfsMount] = field(default_factory=list)
+    limits: Limits = field(default_factory=Limits)
+    network: NetworkConfig = field(default_factory=NetworkConfig)
+    cap_add: list[str] = field(default_factory=list)
+    cap_drop: list[str] = field(default_factory=list)   # "ALL" drops every capability
+    seccomp: str | Path | None = None   # None: docker's default; "unconfined"; or a JSON file
+    no_new_privs: bool = True
+    init: bool = False               # run a tiny reaping init as PID 1
+    userns: UserNamespace | None = None
+    stdio: str = "inherit"           # inherit | pipe | pty
+    input: bytes | None = None       # stdin for stdio="pipe" (None: empty)
+    timeout: float | None = None     # seconds; the container is killed after it
+    etc_files: bool = True           # bind generated /etc/hosts, resolv.conf, hostname
+    state_dir: Path | None = None    # where hosts/resolv.conf and the root mount point live
+    id: str = field(default_factory=lambda: secrets.token_hex(16))
+
+    def validate(self) -> None:
+        """Raise SandboxError naming the field at fault."""
+        if not self.argv:
+            raise SandboxError("sandbox spec: argv is empty")
+        if not _ID.match(self.id):
+            raise SandboxError(f"sandbox spec: container id {self.id!r} is not [a-zA-Z0-9_.-]")
+        if self.hostname is not None and not _HOSTNAME.match(self.hostname):
+            raise SandboxError(f"sandbox spec: hostname {self.hostname!r} is not a valid host name")
+        if self.stdio not in ("inherit", "pipe", "pty"):
+            raise SandboxError(f"sandbox spec: stdio {self.stdio!r} is not inherit, pipe or pty")
+        if not self.cwd.startswith("/"):
+            raise SandboxError(f"sandbox spec: cwd {self.cwd!r} is not absolute")
+        for m in self.mounts:
+            if not m.dst.startswith("/"):
+                raise SandboxError(f"sandbox spec: mount target {m.dst!r} is not absolute")
+            if isinstance(m, BindMount) and not Path(m.src).exists():
+                raise SandboxError(f"sandbox spec: bind mount source {m.src} does not exist")
+        roots = self.root.lowers if isinstance(self.root, OverlayRoot) else [self.root.path]
+        for d in roots:
+            if not Path(d).is_dir():
+                raise SandboxError(f"sandbox spec: root directory {d} does not exist")
+        if isinstance(self.root, OverlayRoot):
+            if not self.root.lowers:
+                raise SandboxError("sandbox spec: overlay root has no lower directory")
+            for d in (self.root.upper, self.root.work):
+                if not Path(d).is_dir():
+                    raise SandboxError(f"sandbox spec: overlay directory {d} does not exist")
+        lim = self.limits
+        for name in ("memory", "pids", "cpu_weight"):
+            v = getattr(lim, name)
+            if v is not None and v <= 0:
+                raise SandboxError(f"sandbox spec: limit {name}={v} must be positive")
+        if lim.cpus is not None and lim.cpus <= 0:
+            raise SandboxError(f"sandbox spec: limit cpus={lim.cpus} must be positive")
+        if lim.memory_swap not in (None, -1) and (lim.memory is None or lim.memory_swap < lim.memory):
+            raise SandboxError("sandbox spec: memory_swap must be -1 or at least memory")
+        if self.timeout is not None and self.timeout <= 0:
+            raise SandboxError(f"sandbox spec: timeout {self.timeout} must be positive")
+
+
+@dataclass
+class Result:
+    exit_code: int                   # the command's status; 128+N for a death by signal N
+    signal: int | None = None
+    oom_killed: bool = False
+    timed_out: bool = False
+    message: str | None = None       # why the container ended abnormally, for the user
+    stdout: bytes | None = None      # captured when stdio is pipe or pty
+    stderr: bytes | None = None

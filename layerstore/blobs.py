@@ -1,0 +1,278 @@
+"""Content-addressed blobs: ROOT/blobs/sha256/<hex>, written only via ingest.
+
+Bytes are hashed while they are written into ROOT/ingest/, fsynced, checked
+against the expected digest and size, and only then renamed into blobs/, so a
+blob that is visible is always whole and correct. Concurrent ingests of the
+same content are safe: the loser's rename replaces identical bytes.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, Iterator
+
+from layerstore import digest as dg
+from layerstore.atomic import fsync_dir
+from layerstore.errors import DigestMismatch, NotFound, PybuildError
+
+CHUNK = 1 << 20
+
+
+class SizeMismatch(PybuildError):
+    """Content longer or shorter than its descriptor said."""
+
+
+@dataclass(frozen=True)
+class BlobInfo:
+    digest: str
+    size: int
+
+
+class BlobWriter:
+    """A file being ingested; `commit()` verifies it and makes it a blob.
+
+    With `resume=True` and an expected digest, the partial file is named after
+    that digest and kept when the writer is abandoned, so an interrupted
+    download can continue from `offset` (e.g. with an HTTP Range request).
+    """
+
+    def __init__(self, store: "BlobStore", expected: str | None, size: int | None,
+                 resume: bool) -> None:
+        self._store = store
+        self.expected = dg.validate(expected) if expected else None
+        self.expected_size = size
+        self._hash = hashlib.sha256()
+        self.offset = 0
+        self._keep_partial = False
+        self._committed = False
+        fd = -1
+        if resume and self.expected:
+            path = store.ingest_dir / f"{dg.hex_of(self.expected)}.partial"
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)  # another process resumes it; write our own copy
+                fd = -1
+            else:
+                self._keep_partial = True
+                self._resume_from(fd)
+        if fd < 0:
+            path = store.ingest_dir / f"{uuid.uuid4().hex}.tmp"
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+            fcntl.flock(fd, fcntl.LOCK_EX)  # tells prune the file is in use
+        self.path = path
+        self._file = os.fdopen(fd, "r+b", buffering=0)
+        self._file.seek(self.offset)
+
+    def _resume_from(self, fd: int) -> None:
+        limit = self.expected_size
+        while True:
+            chunk = os.read(fd, CHUNK)
+            if not chunk:
+                break
+            self._hash.update(chunk)
+            self.offset += len(chunk)
+        if limit is not None and self.offset > limit:
+            os.ftruncate(fd, 0)
+            self._hash = hashlib.sha256()
+            self.offset = 0
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:
+        self._hash.update(data)
+        self._file.write(data)
+        self.offset += len(data)
+        if self.expected_size is not None and self.offset > self.expected_size:
+            name = self.expected or "being ingested"
+            raise SizeMismatch(f"blob {name}: more than the declared {self.expected_size} bytes")
+        return len(data)
+
+    def copy_from(self, stream: BinaryIO) -> None:
+        while True:
+            chunk = stream.read(CHUNK)
+            if not chunk:
+                return
+            self.write(chunk)
+
+    @property
+    def digest(self) -> str:
+        return "sha256:" + self._hash.hexdigest()
+
+    def commit(self) -> BlobInfo:
+        """Verify, fsync and publish; on mismatch nothing is left behind."""
+        actual = self.digest
+        try:
+            if self.expected_size is not None and self.offset != self.expected_size:
+                raise SizeMismatch(f"blob {self.expected or actual}: got {self.offset} bytes, "
+                                   f"expected {self.expected_size}")
+            if self.expected and actual != self.expected:
+                raise DigestMismatch(self.expected, actual)
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self._file.close()
+            final = self._store.path(actual)
+            os.rename(self.path, final)
+            fsync_dir(final.parent)
+        except BaseException:
+            self._keep_partial = False
+            self.abort()
+            raise
+        self._committed = True
+        return BlobInfo(actual, self.offset)
+
+    def abort(self) -> None:
+        if self._committed:
+            return
+        if not self._file.closed:
+            if self._keep_partial:
+                self._file.flush()
+                os.fsync(self._file.fileno())
+            self._file.close()
+        if not self._keep_partial:
+            try:
+                os.unlink(self.path)
+            except FileNotFoundError:
+                pass
+
+    def __enter__(self) -> "BlobWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None or not self._committed:
+            self.abort()
+
+
+class VerifyingReader:
+    """Reads a blob and raises DigestMismatch at EOF if its bytes are wrong."""
+
+    def __init__(self, f: BinaryIO, expected: str) -> None:
+        self._f = f
+        self._hash = hashlib.sha256()
+        self._expected = expected
+        self._checked = False
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._f.read(n)
+        self._hash.update(data)
+        if (not data or n is None or n < 0) and not self._checked:
+            self._checked = True
+            actual = "sha256:" + self._hash.hexdigest()
+            if actual != self._expected:
+                raise DigestMismatch(self._expected, actual, what=f"blob {self._expected}")
+        return data
+
+    def readinto(self, buf) -> int:
+        data = self.read(len(buf))
+        buf[: len(data)] = data
+        return len(data)
+
+    def readable(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        self._f.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class BlobStore:
+    """blobs/sha256/ plus the ingest/ area that feeds it."""
+
+    def __init__(self, root: Path) -> None:
+        self.dir = root / "blobs" / "sha256"
+        self.ingest_dir = root / "ingest"
+
+    def init(self) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.ingest_dir.mkdir(parents=True, exist_ok=True)
+
+    def path(self, digest: str) -> Path:
+        return self.dir / dg.hex_of(digest)
+
+    def has(self, digest: str) -> bool:
+        return self.path(digest).is_file()
+
+    def size(self, digest: str) -> int:
+        try:
+            return self.path(digest).stat().st_size
+        except FileNotFoundError:
+            raise NotFound(f"blob {digest} not found in the store") from None
+
+    def writer(self, expected: str | None = None, size: int | None = None,
+               resume: bool = False) -> BlobWriter:
+        return BlobWriter(self, expected, size, resume)
+
+    def ingest(self, stream: BinaryIO, expected: str | None = None,
+               size: int | None = None) -> BlobInfo:
+        with self.writer(expected, size) as w:
+            w.copy_from(stream)
+            return w.commit()
+
+    def put(self, data: bytes, expected: str | None = None) -> BlobInfo:
+        if expected is None or not self.has(expected):
+            with self.writer(expected, len(data)) as w:
+                w.write(data)
+                return w.commit()
+        return BlobInfo(expected, len(data))
+
+    def open(self, digest: str, verify: bool = False) -> BinaryIO:
+        try:
+            f = open(self.path(digest), "rb")
+        except FileNotFoundError:
+            raise NotFound(f"blob {digest} not found in the store") from None
+        return VerifyingReader(f, digest) if verify else f  # type: ignore[return-value]
+
+    def read(self, digest: str, verify: bool = True) -> bytes:
+        with self.open(digest) as f:
+            data = f.read()
+        if verify and dg.of_bytes(data) != digest:
+            raise DigestMismatch(digest, dg.of_bytes(data), what=f"blob {digest}")
+        return data
+
+    def delete(self, digest: str) -> None:
+        try:
+            os.unlink(self.path(digest))
+        except FileNotFoundError:
+            pass
+
+    def digests(self) -> Iterator[str]:
+        if not self.dir.is_dir():
+            return
+        for entry in os.scandir(self.dir):
+            if len(entry.name) == 64 and entry.is_file(follow_symlinks=False):
+                yield "sha256:" + entry.name
+
+    def stale_ingests(self) -> list[Path]:
+        """Ingest files no live writer holds (left by a crash or a kill)."""
+        out = []
+        if not self.ingest_dir.is_dir():
+            return out
+        for entry in os.scandir(self.ingest_dir):
+            try:
+                fd = os.open(entry.path, os.O_RDONLY | os.O_CLOEXEC)
+            except FileNotFoundError:
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                out.append(Path(entry.path))
+            except BlockingIOError:
+                pass
+            finally:
+                os.close(fd)
+        return out
+
+    def rehash(self, digest: str) -> str:
+        h = hashlib.sha256()
+        with open(self.path(digest), "rb") as f:
+            while chunk := f.read(CHUNK):
+                h.update(chunk)
+        return "sha256:" + h.hexdigest()

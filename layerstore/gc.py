@@ -1,0 +1,62 @@
+"""`pybuild prune`: remove what nothing can reach any more.
+
+Runs under the store's gc lock, exclusive, so that a concurrent load, pull,
+import or build (which hold it shared while their blobs are still unnamed)
+finishes first.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from layerstore import reachability
+from layerstore.snapshots import remove_tree
+from layerstore.store import Store
+
+
+@dataclass
+class PruneReport:
+    untagged_images: int = 0
+    blobs: int = 0
+    snapshots: int = 0
+    partial_files: int = 0
+    reclaimed: int = 0
+
+
+def prune(store: Store, all_unused: bool = False) -> PruneReport:
+    """Unreachable blobs and snapshots, leftovers of interrupted writes, and
+    dangling (untagged) images, as `docker image prune`. With all_unused,
+    also snapshots that no container uses (they are re-made from blobs)."""
+    report = PruneReport()
+    with store.collecting():
+        for name, desc in store.refs.entries():
+            if not name:
+                store.refs.remove_untagged(desc.digest)
+                report.untagged_images += 1
+        keep = reachability.walk(store, reachability.all_roots(store))
+        in_use = set(keep.chains) if not all_unused else _chains_in_use(store)
+        for digest in list(store.blobs.digests()):
+            if digest not in keep.blobs:
+                report.reclaimed += store.blobs.size(digest)
+                store.blobs.delete(digest)
+                report.blobs += 1
+        for chain in store.snapshots.chain_ids():
+            if chain not in in_use:
+                store.snapshots.remove(chain)
+                report.snapshots += 1
+        for path in store.blobs.stale_ingests():
+            report.reclaimed += path.stat().st_size
+            path.unlink(missing_ok=True)
+            report.partial_files += 1
+        for path in store.snapshots.leftovers():
+            remove_tree(path)
+            report.partial_files += 1
+    return report
+
+
+def _chains_in_use(store: Store) -> set[str]:
+    from layerstore.model import Descriptor
+
+    roots = [Descriptor("", d, store.blobs.size(d))
+             for d in reachability.extra_roots(store) if store.blobs.has(d)]
+    return reachability.walk(store, roots).chains

@@ -1,0 +1,80 @@
+"""Sizes and ages printed the way the docker CLI prints them."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+_UNITS = ("B", "kB", "MB", "GB", "TB", "PB", "EB", "ZB", "YB")
+
+
+def human_size(size: float) -> str:
+    """Decimal units with 3 significant digits: 0B, 4.86kB, 1.24MB (docker's units.HumanSize)."""
+    i = 0
+    while size >= 1000 and i < len(_UNITS) - 1:
+        size /= 1000.0
+        i += 1
+    return f"{size:.3g}{_UNITS[i]}"
+
+
+def human_duration(seconds: float) -> str:
+    """docker's units.HumanDuration."""
+    if seconds < 1:
+        return "Less than a second"
+    if seconds < 2:
+        return "1 second"
+    if seconds < 60:
+        return f"{int(seconds)} seconds"
+    minutes = seconds / 60
+    if int(minutes) == 1:
+        return "About a minute"
+    if minutes < 60:
+        return f"{int(minutes)} minutes"
+    hours = round(seconds / 3600)
+    if hours == 1:
+        return "About an hour"
+    if hours < 48:
+        return f"{hours} hours"
+    if hours < 24 * 7 * 2:
+        return f"{hours // 24} days"
+    if hours < 24 * 30 * 2:
+        return f"{hours // 24 // 7} weeks"
+    if hours < 24 * 365 * 2:
+        return f"{hours // 24 // 30} months"
+    return f"{hours // 24 // 365} years"
+
+
+def parse_time(text: str | None) -> datetime | None:
+    """RFC 3339 with any number of fractional digits (Go writes nanoseconds)."""
+    if not text:
+        return None
+    t = text.strip().replace("Z", "+00:00")
+    if "." in t:
+        head, _, rest = t.partition(".")
+        frac = ""
+        while rest and rest[0].isdigit():
+            frac, rest = frac + rest[0], rest[1:]
+        t = f"{head}.{frac[:6].ljust(6, '0')}{rest}"
+    try:
+        dt = datetime.fromisoformat(t)
+    except ValueError:
+        return None
+    return dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)
+
+
+def since(text: str | None, now: datetime | None = None) -> str:
+    dt = parse_time(text)
+    if dt is None:
+        return "N/A"
+    now = now or datetime.now(timezone.utc)
+    return human_duration(max(0.0, (now - dt).total_seconds())) + " ago"
+
+
+def ellipsis(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def rfc3339_now(epoch: int | None = None) -> str:
+    """A timestamp for configs and history: now (microseconds), or `epoch` exactly."""
+    if epoch is not None:
+        return datetime.fromtimestamp(epoch, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")

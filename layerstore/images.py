@@ -1,0 +1,162 @@
+"""What `images`, `history`, `inspect`, `tag` and `rmi` show and do."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from layerstore import reference
+from layerstore.errors import NotFound, PybuildError
+from layerstore.humanize import ellipsis, human_size, since
+from layerstore.store import Image, Store
+
+
+@dataclass
+class ImageRow:
+    repository: str
+    tag: str
+    image_id: str
+    created: str | None
+    size: int
+    digest: str
+
+
+def list_images(store: Store) -> list[ImageRow]:
+    rows = []
+    for img in store.images():
+        for name in img.names:
+            ref = reference.parse(name, default_tag=False)
+            rows.append(ImageRow(repository=ref.familiar_repository, tag=ref.tag or "<none>",
+                                 image_id=img.id, created=img.config.created, size=img.size,
+                                 digest=img.top.digest))
+    rows.sort(key=lambda r: (r.created or ""), reverse=True)
+    return rows
+
+
+def format_images(rows: list[ImageRow], no_trunc: bool = False, quiet: bool = False) -> str:
+    def ident(r: ImageRow) -> str:
+        return r.image_id if no_trunc else r.image_id[7:19]
+
+    if quiet:
+        seen: list[str] = []
+        for r in rows:
+            if ident(r) not in seen:
+                seen.append(ident(r))
+        return "\n".join(seen)
+    table = [("REPOSITORY", "TAG", "IMAGE ID", "CREATED", "SIZE")]
+    table += [(r.repository, r.tag, ident(r), since(r.created), human_size(r.size)) for r in rows]
+    return columns(table)
+
+
+def columns(table: list[tuple[str, ...]]) -> str:
+    """Left-aligned columns three spaces apart, like docker's tabwriter output."""
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    return "\n".join("   ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip()
+                     for row in table)
+
+
+@dataclass
+class HistoryRow:
+    image: str             # image ID for the top entry, "<missing>" below it
+    created: str | None
+    created_by: str
+    size: int
+    comment: str
+    empty_layer: bool
+
+
+def history(store: Store, name: str) -> list[HistoryRow]:
+    """Newest first, as docker prints it; layer sizes are the stored blob sizes."""
+    img = store.resolve(name)
+    layers = iter(img.manifest.layers)
+    rows = []
+    entries = img.config.history or []
+    if not entries:  # an image without history: one row per layer
+        rows = [HistoryRow("<missing>", img.config.created, "", l.size, "", False)
+                for l in img.manifest.layers]
+    for h in entries:
+        size = 0
+        if not h.empty_layer:
+            layer = next(layers, None)
+            size = layer.size if layer else 0
+        rows.append(HistoryRow("<missing>", h.created, h.created_by or "", size,
+                               h.comment or "", h.empty_layer))
+    rows.reverse()
+    if rows:
+        rows[0].image = img.id
+    return rows
+
+
+def format_history(rows: list[HistoryRow], no_trunc: bool = False, human: bool = True) -> str:
+    table = [("IMAGE", "CREATED", "CREATED BY", "SIZE", "COMMENT")]
+    for r in rows:
+        image = r.image if (no_trunc or r.image == "<missing>") else r.image[7:19]
+        created_by = r.created_by if no_trunc else ellipsis(r.created_by.replace("\t", " "), 45)
+        created = since(r.created) if human else (r.created or "")
+        size = human_size(r.size) if human else str(r.size)
+        table.append((image, created, created_by, size, r.comment))
+    return columns(table)
+
+
+def history_json(rows: list[HistoryRow]) -> list[dict]:
+    """The fields of `docker history --format json`, one object per row."""
+    return [{"Comment": r.comment, "CreatedAt": r.created or "", "CreatedBy": r.created_by,
+             "CreatedSince": since(r.created), "ID": r.image, "Size": human_size(r.size),
+             "EmptyLayer": r.empty_layer} for r in rows]
+
+
+def inspect(store: Store, name: str) -> dict:
+    """docker image inspect's shape, from our manifest and config."""
+    img = store.resolve(name)
+    cfg = img.config
+    tags, digests = [], []
+    for n in img.names:
+        ref = reference.parse(n, default_tag=False)
+        if ref.tag:
+            tags.append(ref.familiar)
+        digests.append(f"{ref.familiar_repository}@{img.top.digest}")
+    return {
+        "Id": img.id,
+        "RepoTags": tags,
+        "RepoDigests": sorted(set(digests)),
+        "Parent": "",
+        "Comment": next((h.comment for h in reversed(cfg.history) if h.comment), ""),
+        "Created": cfg.created or "",
+        "Author": cfg.author or "",
+        "Config": cfg.config.to_json(),
+        "Architecture": cfg.architecture,
+        **({"Variant": cfg.variant} if cfg.variant else {}),
+        "Os": cfg.os,
+        "Size": img.size,
+        "RootFS": {"Type": "layers", "Layers": list(cfg.diff_ids)},
+        "Descriptor": img.descriptor.to_json(),
+        "Manifest": img.manifest.to_json(),
+        "Metadata": {"LastTagTime": ""},
+    }
+
+
+def tag(store: Store, source: str, target: str) -> str:
+    img = store.resolve(source)
+    return store.tag(target, img.top)
+
+
+def rmi(store: Store, name: str, force: bool = False) -> list[str]:
+    """Untag `name`; an image ID removes every tag of that image (with force
+    when it has several, as docker asks). Returns the names removed; blobs go
+    at the next `prune`."""
+    try:
+        full = reference.normalize(name)
+    except PybuildError:
+        full = None
+    if full and store.refs.find(full) is not None:
+        store.refs.delete(full)
+        return [full]
+    img = store.resolve(name)
+    names = img.names
+    if not names:
+        raise NotFound(f"{name}: no such image in the store")
+    if len(names) > 1 and not force:
+        raise PybuildError(f"unable to delete {img.id[7:19]} (must be forced): image is "
+                           f"referenced in {len(names)} names")
+    for n in names:
+        store.refs.delete(n)
+    return names

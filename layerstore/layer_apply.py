@@ -1,0 +1,480 @@
+"""Layer tar -> directory: the apply half of the layer codec.
+
+Layers are hostile input.  Every path is resolved from a directory fd of the
+target one component at a time with O_NOFOLLOW, so neither a `..`, an
+absolute name, a symlink planted by an earlier entry nor one already in the
+tree can lead a write outside the target; such entries are rejected with
+BadLayer naming them.  Symlink targets are stored verbatim (they point into
+the container's root) and never followed here.
+
+Two forms: "overlay" builds a snapshot (whiteouts kept as 0/0 char devices,
+opaque dirs as trusted.overlay.opaque=y) in an empty dir; "flat" applies the
+layer onto an existing tree (whiteouts delete, opaque dirs lose the children
+this layer did not write).  Directory mode, owner and mtime are set last, so
+writing their children neither fails on read-only dirs nor bumps the mtime.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import shutil
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, Iterator
+
+from layerstore import compression as comp
+from layerstore.errors import BadLayer, DigestMismatch
+from layerstore.layer_tar import (AREG, BLK, BLOCK, CHR, CONT, DIR, FIFO, GNU_LONGLINK, GNU_LONGNAME, LNK,
+                                  OPAQUE_MARKER, PAX, PAX_GLOBAL, REG, SYM, WHITEOUT_PREFIX, XATTR_PREFIX,
+                                  ZERO_BLOCK, Header, HeaderError, padding, parse_header, parse_pax,
+                                  pax_time_ns)
+
+OVERLAY, FLAT = "overlay", "flat"
+OPAQUE_XATTR = "trusted.overlay.opaque"
+_MAX_META = 8 << 20  # PAX / GNU long-name data beyond this is not a real header
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+_DATA_TYPES = (REG, AREG, CONT)
+_KNOWN_TYPES = (REG, AREG, CONT, LNK, SYM, CHR, BLK, DIR, FIFO)
+
+
+@dataclass
+class ApplyStats:
+    diff_id: str
+    uncompressed_size: int
+    entries: int
+
+
+class _Truncated(Exception):
+    pass
+
+
+def _show(name: bytes) -> str:
+    return repr(name.decode("utf-8", "backslashreplace"))
+
+
+class _TarStream:
+    """Exact reads and copies over the chunks the decompressing pump hands over."""
+
+    def __init__(self, chunks: Iterator[bytes]) -> None:
+        self._chunks = chunks
+        self._view = memoryview(b"")
+        self._pos = 0
+        self.offset = 0
+
+    def _fill(self) -> bool:
+        for chunk in self._chunks:
+            if chunk:
+                self._view = memoryview(chunk)
+                self._pos = 0
+                return True
+        return False
+
+    def read(self, size: int) -> bytes:
+        """Exactly `size` bytes; b"" at a clean end of stream; _Truncated in between."""
+        parts = []
+        left = size
+        while left:
+            if self._pos >= len(self._view) and not self._fill():
+                if left == size:
+                    return b""
+                raise _Truncated
+            piece = self._view[self._pos:self._pos + left]
+            parts.append(piece)
+            self._pos += len(piece)
+            left -= len(piece)
+        self.offset += size
+        return b"".join(parts)
+
+    def copy(self, fd: int | None, size: int) -> None:
+        """Moves `size` bytes into fd (or drops them when fd is None)."""
+        left = size
+        while left:
+            if self._pos >= len(self._view) and not self._fill():
+                raise _Truncated
+            piece = self._view[self._pos:self._pos + left]
+            if fd is not None:
+                written = 0
+                while written < len(piece):
+                    written += os.write(fd, piece[written:])
+            self._pos += len(piece)
+            left -= len(piece)
+        self.offset += size
+
+    def drain(self) -> None:
+        for _ in self._chunks:
+            pass
+
+
+@dataclass
+class _Entry:
+    name: bytes
+    parts: list[bytes]
+    header: Header
+
+
+def _components(name: bytes, what: str, entry: bytes) -> list[bytes]:
+    if name.startswith(b"/"):
+        raise BadLayer(f"layer entry {_show(entry)}: absolute {what} is not allowed")
+    if b"\0" in name:
+        raise BadLayer(f"layer entry {_show(entry)}: NUL byte in {what}")
+    parts = [p for p in name.split(b"/") if p and p != b"."]
+    if b".." in parts:
+        raise BadLayer(f"layer entry {_show(entry)}: '..' in {what} leads outside the target")
+    return parts
+
+
+class _Tree:
+    """The target dir, walked by fds without following symlinks."""
+
+    def __init__(self, target: Path) -> None:
+        self.root = os.open(target, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        self._names: list[bytes] = []
+        self._fds: list[int] = [self.root]
+
+    def close(self) -> None:
+        for fd in self._fds:
+            os.close(fd)
+        self._fds = []
+
+    def _open_dir(self, pfd: int, name: bytes, create: bool, entry: bytes, shown: list[bytes]) -> int | None:
+        try:
+            return os.open(name, _DIR_FLAGS, dir_fd=pfd)
+        except FileNotFoundError:
+            if not create:
+                return None
+        except OSError as exc:
+            if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                raise BadLayer(f"layer entry {_show(entry)}: {_show(b'/'.join(shown))} is not a directory "
+                               "(a symlink or file); refusing to write through it") from None
+            raise
+        os.mkdir(name, 0o755, dir_fd=pfd)
+        return os.open(name, _DIR_FLAGS, dir_fd=pfd)
+
+    def dir_fd(self, parts: list[bytes], entry: bytes, create: bool = True) -> int | None:
+        """fd of the directory `parts` (kept open and cached as a stack); None if absent."""
+        keep = 0
+        limit = min(len(parts), len(self._names))
+        while keep < limit and self._names[keep] == parts[keep]:
+            keep += 1
+        for fd in self._fds[keep + 1:]:
+            os.close(fd)
+        del self._fds[keep + 1:]
+        del self._names[keep:]
+        for part in parts[keep:]:
+            fd = self._open_dir(self._fds[-1], part, create, entry, self._names + [part])
+            if fd is None:
+                return None
+            self._fds.append(fd)
+            self._names.append(part)
+        return self._fds[-1]
+
+    def lookup_parent(self, parts: list[bytes], entry: bytes) -> int | None:
+        """A fresh fd (caller closes) of the dir holding `parts`, for link sources."""
+        fd = os.dup(self.root)
+        for i, part in enumerate(parts[:-1]):
+            try:
+                nfd = self._open_dir(fd, part, False, entry, parts[:i + 1])
+            finally:
+                os.close(fd)
+            if nfd is None:
+                return None
+            fd = nfd
+        return fd
+
+
+def _remove(pfd: int, name: bytes) -> None:
+    try:
+        st = os.stat(name, dir_fd=pfd, follow_symlinks=False)
+    except FileNotFoundError:
+        return
+    if stat.S_ISDIR(st.st_mode):
+        shutil.rmtree(name, dir_fd=pfd)
+    else:
+        os.unlink(name, dir_fd=pfd)
+
+
+def _set_xattrs(target: int | str, xattrs: dict[bytes, bytes], entry: bytes) -> None:
+    for key, value in xattrs.items():
+        try:
+            os.setxattr(target, key, value, follow_symlinks=False)
+        except OSError as exc:
+            if exc.errno in (errno.ENOTSUP, errno.EOPNOTSUPP):
+                continue  # the filesystem cannot hold it; same as tar --xattrs
+            raise BadLayer(f"layer entry {_show(entry)}: cannot set xattr {_show(key)}: {exc.strerror}") from None
+
+
+class _Extractor:
+    def __init__(self, target: Path, mode: str) -> None:
+        self.tree = _Tree(target)
+        self.overlay = mode == OVERLAY
+        self.written: set[bytes] = set()
+        self.dirs: list[tuple[list[bytes], Header]] = []
+
+    def apply(self, e: _Entry, ts: _TarStream) -> bool:
+        """Applies one entry; True if it consumed the entry's data from `ts`."""
+        h = e.header
+        if not e.parts:
+            if h.typeflag != DIR and not (h.typeflag in (REG, AREG) and e.name.endswith(b"/")):
+                raise BadLayer(f"layer entry {_show(e.name)}: names the target root but is not a directory")
+            self.dirs.append(([], h))
+            return False
+        base = e.parts[-1]
+        if base.startswith(WHITEOUT_PREFIX):
+            self.whiteout(e, base)
+            return False
+        pfd = self.tree.dir_fd(e.parts[:-1], e.name)
+        assert pfd is not None
+        t = h.typeflag
+        consumed = False
+        if t == DIR or (t in (REG, AREG) and e.name.endswith(b"/")):
+            self.directory(pfd, base, e)
+        elif t in _DATA_TYPES:
+            self.regular(pfd, base, e, ts)
+            consumed = True
+        elif t == SYM:
+            self.replace(pfd, base, lambda: os.symlink(h.linkname, base, dir_fd=pfd))
+            self.finish_node(pfd, base, h, e.name, chmod=False)
+        elif t == LNK:
+            self.hardlink(pfd, base, e)
+        elif t == FIFO:
+            self.replace(pfd, base, lambda: os.mkfifo(base, 0o600, dir_fd=pfd))
+            self.finish_node(pfd, base, h, e.name)
+        else:
+            kind = stat.S_IFCHR if t == CHR else stat.S_IFBLK
+            dev = os.makedev(h.devmajor, h.devminor)
+            self.replace(pfd, base, lambda: os.mknod(base, kind | 0o600, dev, dir_fd=pfd))
+            self.finish_node(pfd, base, h, e.name)
+        self.written.add(b"/".join(e.parts))
+        return consumed
+
+    @staticmethod
+    def replace(pfd: int, name: bytes, create) -> None:
+        """Runs create(); if the name exists, removes what is there (never following it) first."""
+        try:
+            create()
+        except FileExistsError:
+            _remove(pfd, name)
+            create()
+
+    @staticmethod
+    def finish_node(pfd: int, name: bytes, h: Header, entry: bytes, chmod: bool = True) -> None:
+        os.chown(name, h.uid, h.gid, dir_fd=pfd, follow_symlinks=False)
+        if chmod:  # the node was just created by us and is not a symlink
+            os.chmod(name, h.mode, dir_fd=pfd)
+        if h.xattrs:
+            _set_xattrs(f"/proc/self/fd/{pfd}/{os.fsdecode(name)}", h.xattrs, entry)
+        os.utime(name, ns=(h.mtime_ns, h.mtime_ns), dir_fd=pfd, follow_symlinks=False)
+
+    def directory(self, pfd: int, name: bytes, e: _Entry) -> None:
+        try:
+            os.mkdir(name, 0o700, dir_fd=pfd)
+        except FileExistsError:
+            if not stat.S_ISDIR(os.stat(name, dir_fd=pfd, follow_symlinks=False).st_mode):
+                _remove(pfd, name)
+                os.mkdir(name, 0o700, dir_fd=pfd)
+        if e.header.xattrs:
+            fd = os.open(name, _DIR_FLAGS, dir_fd=pfd)
+            try:
+                _set_xattrs(fd, e.header.xattrs, e.name)
+            finally:
+                os.close(fd)
+        self.dirs.append((e.parts, e.header))
+
+    def regular(self, pfd: int, name: bytes, e: _Entry, ts: _TarStream) -> None:
+        h = e.header
+        try:
+            fd = os.open(name, _FILE_FLAGS, 0o600, dir_fd=pfd)
+        except FileExistsError:
+            _remove(pfd, name)
+            fd = os.open(name, _FILE_FLAGS, 0o600, dir_fd=pfd)
+        try:
+            ts.copy(fd, h.size)
+            os.fchown(fd, h.uid, h.gid)
+            os.fchmod(fd, h.mode)
+            if h.xattrs:  # after chown, which drops security.capability
+                _set_xattrs(fd, h.xattrs, e.name)
+            os.utime(fd, ns=(h.mtime_ns, h.mtime_ns))
+        finally:
+            os.close(fd)
+
+    def hardlink(self, pfd: int, name: bytes, e: _Entry) -> None:
+        src = _components(e.header.linkname, "hardlink target", e.name)
+        key = b"/".join(src)
+        if not src or key not in self.written:
+            raise BadLayer(f"layer entry {_show(e.name)}: hardlink to {_show(e.header.linkname)}, "
+                           "which is not an earlier entry of this layer")
+        if src == e.parts:
+            return
+        sfd = self.tree.lookup_parent(src, e.name)
+        if sfd is None:
+            raise BadLayer(f"layer entry {_show(e.name)}: hardlink target {_show(key)} no longer exists")
+        try:
+            self.replace(pfd, name, lambda: os.link(src[-1], name, src_dir_fd=sfd, dst_dir_fd=pfd,
+                                                    follow_symlinks=False))
+        except OSError as exc:
+            raise BadLayer(f"layer entry {_show(e.name)}: cannot hardlink to {_show(key)}: {exc.strerror}") from None
+        finally:
+            os.close(sfd)
+
+    def whiteout(self, e: _Entry, base: bytes) -> None:
+        parent = e.parts[:-1]
+        if base == OPAQUE_MARKER:
+            pfd = self.tree.dir_fd(parent, e.name, create=self.overlay)
+            if pfd is None:
+                return
+            if self.overlay:
+                os.setxattr(pfd, OPAQUE_XATTR, b"y")
+                return
+            prefix = b"/".join(parent) + b"/" if parent else b""
+            for child in os.listdir(pfd):
+                if prefix + os.fsencode(child) not in self.written:
+                    _remove(pfd, os.fsencode(child))
+            return
+        if base.startswith(WHITEOUT_PREFIX * 2):
+            return  # other aufs metadata (.wh..wh.plnk etc.): nothing to apply
+        victim = base[len(WHITEOUT_PREFIX):]
+        if victim in (b"", b".", b".."):
+            raise BadLayer(f"layer entry {_show(e.name)}: whiteout of {_show(victim)} is not allowed")
+        pfd = self.tree.dir_fd(parent, e.name, create=self.overlay)
+        if pfd is None:
+            return
+        _remove(pfd, victim)
+        self.written.discard(b"/".join(parent + [victim]))
+        if self.overlay:
+            os.mknod(victim, stat.S_IFCHR, 0, dir_fd=pfd)
+
+    def finish(self) -> None:
+        """Directory owner, mode and mtime, now that their contents are written."""
+        for parts, h in self.dirs:
+            if parts:
+                pfd = self.tree.dir_fd(parts[:-1], b"/".join(parts), create=False)
+                try:
+                    fd = os.open(parts[-1], _DIR_FLAGS, dir_fd=pfd) if pfd is not None else None
+                except OSError:
+                    fd = None  # replaced or whited out by a later entry
+                if fd is None:
+                    continue
+            else:
+                fd = os.dup(self.tree.root)
+            try:
+                os.fchown(fd, h.uid, h.gid)
+                os.fchmod(fd, h.mode)
+                os.utime(fd, ns=(h.mtime_ns, h.mtime_ns))
+            finally:
+                os.close(fd)
+
+    def close(self) -> None:
+        self.tree.close()
+
+
+def _read_meta(ts: _TarStream, h: Header, what: str, last: bytes) -> bytes:
+    if h.size > _MAX_META:
+        raise BadLayer(f"layer entry after {_show(last)}: {what} of {h.size} bytes is implausible")
+    data = ts.read(h.size)
+    if len(data) != h.size:
+        raise _Truncated
+    ts.copy(None, padding(h.size))
+    return data
+
+
+def _entries(ts: _TarStream, state: dict) -> Iterator[_Entry]:
+    """Parsed entries with PAX and GNU long names folded in, until end of archive."""
+    pax: dict[bytes, bytes] = {}
+    long_name = long_link = None
+    while True:
+        block = ts.read(BLOCK)
+        if not block:
+            raise BadLayer(f"layer truncated after entry {_show(state['last'])}: no end-of-archive marker")
+        if block == ZERO_BLOCK:
+            return
+        try:
+            h = parse_header(block)
+        except HeaderError as exc:
+            raise BadLayer(f"layer entry after {_show(state['last'])} (offset {ts.offset - BLOCK}): {exc}") from None
+        if h.typeflag == PAX:
+            try:
+                pax.update(parse_pax(_read_meta(ts, h, "PAX header", state["last"])))
+            except HeaderError as exc:
+                raise BadLayer(f"layer entry after {_show(state['last'])}: {exc}") from None
+            continue
+        if h.typeflag == PAX_GLOBAL:
+            _read_meta(ts, h, "PAX global header", state["last"])
+            continue
+        if h.typeflag in (GNU_LONGNAME, GNU_LONGLINK):
+            data = _read_meta(ts, h, "GNU long name", state["last"]).split(b"\0", 1)[0]
+            if h.typeflag == GNU_LONGNAME:
+                long_name = data
+            else:
+                long_link = data
+            continue
+        name = pax.get(b"path", long_name or h.name)
+        state["last"] = name
+        try:
+            _fold_pax(h, pax, long_link)
+        except (HeaderError, ValueError) as exc:
+            raise BadLayer(f"layer entry {_show(name)}: {exc}") from None
+        h.name = name
+        if h.typeflag not in _KNOWN_TYPES:
+            raise BadLayer(f"layer entry {_show(name)}: unsupported tar entry type {h.typeflag!r}")
+        yield _Entry(name=name, parts=_components(name, "name", name), header=h)
+        pax = {}
+        long_name = long_link = None
+
+
+def _fold_pax(h: Header, pax: dict[bytes, bytes], long_link: bytes | None) -> None:
+    h.linkname = pax.get(b"linkpath", long_link or h.linkname)
+    for key, attr in ((b"size", "size"), (b"uid", "uid"), (b"gid", "gid")):
+        if key in pax:
+            setattr(h, attr, int(pax[key]))
+    if b"mtime" in pax:
+        h.mtime_ns = pax_time_ns(pax[b"mtime"])
+    if h.size < 0 or h.uid < 0 or h.gid < 0:
+        raise HeaderError("negative size or owner")
+    for key, value in pax.items():
+        if key.startswith(XATTR_PREFIX):
+            h.xattrs[key[len(XATTR_PREFIX):]] = value
+
+
+def apply_layer(stream: BinaryIO, target: Path, *, mode: str = OVERLAY,
+                expected_diff_id: str | None = None) -> ApplyStats:
+    """Unpacks a layer (plain, gzip, zstd, bzip2 or xz tar) into `target`.
+
+    Raises BadLayer naming the entry for hostile or corrupt input, and
+    DigestMismatch when the uncompressed stream does not hash to
+    `expected_diff_id`.  Atomicity is the caller's (extract into a temp dir).
+    """
+    if mode not in (OVERLAY, FLAT):
+        raise ValueError(f"unknown apply mode {mode!r}")
+    _, reader = comp.open_reader(stream)
+    hasher = hashlib.sha256()
+    pump = comp.ChunkPump(reader, hasher)
+    state = {"last": b"(start of layer)"}
+    count = 0
+    try:
+        ts = _TarStream(iter(pump))
+        ex = _Extractor(target, mode)
+        try:
+            for entry in _entries(ts, state):
+                size = entry.header.size if entry.header.typeflag in _DATA_TYPES else 0
+                if not ex.apply(entry, ts):
+                    ts.copy(None, size)  # data of an entry that holds none (dir, whiteout): skipped
+                ts.copy(None, padding(size))
+                count += 1
+            ex.finish()
+        finally:
+            ex.close()
+        ts.drain()
+    except _Truncated:
+        raise BadLayer(f"layer truncated in or after entry {_show(state['last'])}") from None
+    except comp.CorruptStream as exc:
+        raise BadLayer(f"layer stream corrupt in or after entry {_show(state['last'])}: {exc}") from None
+    finally:
+        pump.close()
+    diff_id = "sha256:" + hasher.hexdigest()
+    if expected_diff_id is not None and expected_diff_id != diff_id:
+        raise DigestMismatch(expected_diff_id, diff_id, what="layer diff ID")
+    return ApplyStats(diff_id=diff_id, uncompressed_size=pump.size, entries=count)

@@ -1,0 +1,190 @@
+"""Directory -> layer tar: the diff half of the layer codec.
+
+Streams a tree (usually an overlay upper dir) as a tar straight into a
+compressing writer, hashing the uncompressed bytes on the way for the diff
+ID; nothing is staged on disk.  The bytes depend only on the tree: entries in
+component-wise byte order of their paths (parents before children), numeric
+owners, no atime/ctime, mtimes optionally clamped to SOURCE_DATE_EPOCH, and
+deterministic compression, so an identical tree gives an identical blob.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from layerstore import compression as comp
+from layerstore.errors import PybuildError
+from layerstore.layer_tar import (BLK, CHR, DIR, FIFO, LNK, OPAQUE_MARKER, REG, SYM, WHITEOUT_PREFIX,
+                                  ZERO_BLOCK, build_header, padding)
+
+_FLUSH = 1 << 20
+_OPAQUE_XATTRS = (b"trusted.overlay.opaque", b"user.overlay.opaque")
+_SKIPPED_XATTR_PREFIXES = (b"trusted.overlay.", b"user.overlay.")
+
+
+class LayerSourceError(PybuildError):
+    """The directory to snapshot cannot be read or changed while being read."""
+
+
+@dataclass
+class LayerStats:
+    diff_id: str  # "sha256:<hex>" of the uncompressed tar
+    uncompressed_size: int
+    media_type: str  # application/vnd.oci.image.layer.v1.tar(+gzip|+zstd)
+
+
+class _TarSink:
+    """Collects tar bytes, hashes them and feeds the compressor in ~1 MiB pieces."""
+
+    def __init__(self, writer: comp.Compressor) -> None:
+        self._writer = writer
+        self._hash = hashlib.sha256()
+        self._buf = bytearray()
+        self.size = 0
+
+    def add(self, data: bytes) -> None:
+        self._buf += data
+        if len(self._buf) >= _FLUSH:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._buf:
+            self._hash.update(self._buf)
+            self._writer.write(self._buf)
+            self.size += len(self._buf)
+            self._buf = bytearray()
+
+    def digest(self) -> str:
+        return "sha256:" + self._hash.hexdigest()
+
+
+def _xattrs(path: bytes, fd: int | None = None) -> tuple[dict[bytes, bytes], bool]:
+    """(xattrs to record, whether the dir is marked overlay-opaque)."""
+    target: bytes | int = path if fd is None else fd
+    try:
+        names = os.listxattr(target, follow_symlinks=False) if fd is None else os.listxattr(fd)
+    except OSError:
+        return {}, False
+    if not names:
+        return {}, False
+    found: dict[bytes, bytes] = {}
+    opaque = False
+    for name in sorted(n.encode("utf-8", "surrogateescape") for n in names):
+        try:
+            value = os.getxattr(target, name, follow_symlinks=False) if fd is None else os.getxattr(fd, name)
+        except OSError:
+            continue
+        if name in _OPAQUE_XATTRS:
+            opaque = opaque or value == b"y"
+        elif not name.startswith(_SKIPPED_XATTR_PREFIXES):
+            found[name] = value
+    return found, opaque
+
+
+class _Differ:
+    def __init__(self, sink: _TarSink, clamp: int | None, overlay: bool) -> None:
+        self.sink = sink
+        self.clamp = clamp
+        self.overlay = overlay
+        self.links: dict[tuple[int, int], bytes] = {}
+
+    def mtime(self, st: os.stat_result) -> int:
+        seconds = st.st_mtime_ns // 1_000_000_000
+        return self.clamp if self.clamp is not None and seconds > self.clamp else seconds
+
+    def walk(self, dirpath: bytes, prefix: bytes) -> None:
+        try:
+            with os.scandir(dirpath) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError as exc:
+            raise LayerSourceError(f"{os.fsdecode(dirpath)}: cannot list: {exc.strerror}") from None
+        for entry in entries:
+            try:
+                self.entry(entry.path, prefix + entry.name, entry.stat(follow_symlinks=False))
+            except FileNotFoundError:
+                raise LayerSourceError(f"{os.fsdecode(entry.path)}: vanished while writing the layer") from None
+
+    def entry(self, path: bytes, name: bytes, st: os.stat_result) -> None:
+        fmt = stat.S_IFMT(st.st_mode)
+        common = dict(mode=st.st_mode & 0o7777, uid=st.st_uid, gid=st.st_gid, mtime=self.mtime(st))
+        add = self.sink.add
+        if fmt == stat.S_IFDIR:
+            xattrs, opaque = _xattrs(path)
+            add(build_header(name + b"/", DIR, xattrs=xattrs, **common))
+            if opaque and self.overlay:
+                add(build_header(name + b"/" + OPAQUE_MARKER, REG))
+            self.walk(path, name + b"/")
+            return
+        if fmt == stat.S_IFCHR and self.overlay and st.st_rdev == 0:
+            head, _, base = name.rpartition(b"/")
+            add(build_header((head + b"/" if head else b"") + WHITEOUT_PREFIX + base, REG))
+            return
+        if fmt == stat.S_IFSOCK:
+            return  # sockets do not survive a tar round trip; docker skips them too
+        if st.st_nlink > 1:
+            key = (st.st_dev, st.st_ino)
+            first = self.links.get(key)
+            if first is not None:
+                add(build_header(name, LNK, linkname=first, **common))
+                return
+            self.links[key] = name
+        if fmt == stat.S_IFREG:
+            self.regular(path, name, st, common)
+        elif fmt == stat.S_IFLNK:
+            xattrs, _ = _xattrs(path)
+            add(build_header(name, SYM, linkname=os.readlink(path), xattrs=xattrs, **common))
+        elif fmt in (stat.S_IFCHR, stat.S_IFBLK):
+            xattrs, _ = _xattrs(path)
+            add(build_header(name, CHR if fmt == stat.S_IFCHR else BLK, devmajor=os.major(st.st_rdev),
+                             devminor=os.minor(st.st_rdev), xattrs=xattrs, **common))
+        elif fmt == stat.S_IFIFO:
+            xattrs, _ = _xattrs(path)
+            add(build_header(name, FIFO, xattrs=xattrs, **common))
+
+    def regular(self, path: bytes, name: bytes, st: os.stat_result, common: dict) -> None:
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError as exc:
+            raise LayerSourceError(f"{os.fsdecode(path)}: cannot open: {exc.strerror}") from None
+        try:
+            xattrs, _ = _xattrs(path, fd)
+            size = st.st_size
+            self.sink.add(build_header(name, REG, size=size, xattrs=xattrs, **common))
+            left = size
+            while left:
+                data = os.read(fd, min(left, _FLUSH))
+                if not data:
+                    raise LayerSourceError(f"{os.fsdecode(path)}: shrank while writing the layer")
+                self.sink.add(data)
+                left -= len(data)
+            self.sink.add(bytes(padding(size)))
+        finally:
+            os.close(fd)
+
+
+def write_layer(src: Path, out: BinaryIO, *, compression: str = "gzip", source_date_epoch: int | None = None,
+                overlay: bool = True, level: int | None = None) -> LayerStats:
+    """Streams the tar of directory `src` compressed into `out`; returns its diff ID.
+
+    With overlay=True `src` is an overlay upper dir: 0/0 char devices become
+    `.wh.NAME` whiteouts and opaque dirs get a `.wh..wh..opq` marker.  The root
+    itself is not an entry.  `out` stays open (the caller owns it).
+    """
+    media = comp.media_type(compression)
+    root = os.fsencode(src)
+    if not os.path.isdir(root):
+        raise LayerSourceError(f"{src}: not a directory")
+    writer = comp.open_writer(out, compression, level)
+    sink = _TarSink(writer)
+    try:
+        _Differ(sink, source_date_epoch, overlay).walk(root, b"")
+        sink.add(ZERO_BLOCK * 2)
+        sink.flush()
+    finally:
+        writer.close()
+    return LayerStats(diff_id=sink.digest(), uncompressed_size=sink.size, media_type=media)

@@ -1,0 +1,95 @@
+"""What the store must keep: everything reachable from index.json entries,
+from running containers and from the build cache. Shared by prune and fsck."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+
+from layerstore import digest as dg
+from layerstore.errors import PybuildError
+from layerstore.model import Descriptor, Index, Manifest
+from layerstore.store import Store
+
+
+@dataclass
+class Reachable:
+    blobs: set[str] = field(default_factory=set)
+    chains: set[str] = field(default_factory=set)
+    problems: list[str] = field(default_factory=list)   # missing or unreadable objects
+
+
+def extra_roots(store: Store) -> list[str]:
+    """Manifest digests kept alive by containers (ROOT/containers/*/state.json
+    `image`) and by the build cache (ROOT/cache/roots: one digest per line)."""
+    roots: list[str] = []
+    containers = store.root / "containers"
+    if containers.is_dir():
+        for entry in os.scandir(containers):
+            try:
+                state = json.loads((containers / entry.name / "state.json").read_bytes())
+            except (OSError, ValueError):
+                continue
+            if isinstance(state, dict) and dg.is_digest(state.get("image", "")):
+                roots.append(state["image"])
+    cache_roots = store.root / "cache" / "roots"
+    if cache_roots.is_file():
+        roots += [line.strip() for line in cache_roots.read_text().splitlines()
+                  if dg.is_digest(line.strip())]
+    return roots
+
+
+def walk(store: Store, roots: list[Descriptor], verify: bool = False) -> Reachable:
+    out = Reachable()
+    seen: set[str] = set()
+
+    def visit(desc: Descriptor, where: str) -> None:
+        if desc.digest in seen:
+            return
+        seen.add(desc.digest)
+        if not store.blobs.has(desc.digest):
+            out.problems.append(f"{where}: manifest {desc.digest} is missing")
+            return
+        out.blobs.add(desc.digest)
+        try:
+            obj = store.read_manifest(desc)
+        except PybuildError as exc:
+            out.problems.append(f"{where}: {exc}")
+            return
+        if isinstance(obj, Index):
+            for child in obj.manifests:
+                # an index may list platforms that were never pulled
+                if store.blobs.has(child.digest):
+                    visit(child, where)
+            return
+        visit_manifest(obj, where)
+
+    def visit_manifest(m: Manifest, where: str) -> None:
+        for blob in [m.config, *m.layers]:
+            if store.blobs.has(blob.digest):
+                out.blobs.add(blob.digest)
+            else:
+                out.problems.append(f"{where}: blob {blob.digest} is missing")
+        try:
+            config = store.read_config(m)
+        except PybuildError as exc:
+            out.problems.append(f"{where}: {exc}")
+            return
+        if len(config.diff_ids) != len(m.layers):
+            out.problems.append(f"{where}: config {m.config.digest} has "
+                                f"{len(config.diff_ids)} diff IDs for {len(m.layers)} layers")
+        out.chains.update(dg.chain_ids(config.diff_ids))
+
+    for desc in roots:
+        name = (desc.annotations or {}).get("org.opencontainers.image.ref.name") or desc.digest
+        visit(desc, name)
+    return out
+
+
+def all_roots(store: Store) -> list[Descriptor]:
+    roots = [d for _name, d in store.refs.entries()]
+    for digest in extra_roots(store):
+        if store.blobs.has(digest):
+            roots.append(Descriptor("", digest, store.blobs.size(digest)))
+    return roots

@@ -1,0 +1,144 @@
+"""Registry authentication: Basic, and the Bearer token flow.
+
+A registry answers 401 with `WWW-Authenticate: Bearer realm=..,service=..,
+scope=..` (or `Basic realm=..`). For Bearer we ask the realm for a token
+covering every scope the operation needs (`repository:NAME:pull,push`, plus
+`pull` on the source repository of a cross-repository mount), cache it per
+scope set, and fetch a new one when it expires or the registry wants more.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from layerstore.registry.credentials import Credentials
+from layerstore.registry.errors import Unauthorized
+
+if TYPE_CHECKING:
+    import requests
+
+_PARAM = re.compile(r'\s*([a-zA-Z_][a-zA-Z0-9_-]*)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^,\s]*))\s*,?')
+
+
+@dataclass
+class Challenge:
+    scheme: str                  # "basic" or "bearer"
+    params: dict[str, str] = field(default_factory=dict)
+
+
+def parse_challenges(header: str) -> list[Challenge]:
+    """Parse a WWW-Authenticate value: `Bearer realm="x",service="y", Basic realm="z"`."""
+    out: list[Challenge] = []
+    pos = 0
+    while pos < len(header):
+        m = re.compile(r"\s*,?\s*([A-Za-z][A-Za-z0-9_-]*)\s*").match(header, pos)
+        if not m or m.end() == pos:
+            break
+        scheme = m.group(1).lower()
+        pos = m.end()
+        params: dict[str, str] = {}
+        while True:
+            p = _PARAM.match(header, pos)
+            if not p or p.end() == pos:
+                break
+            # a bare token followed by a space is the next scheme, not a param
+            value = p.group(2) if p.group(2) is not None else p.group(3)
+            params[p.group(1).lower()] = re.sub(r"\\(.)", r"\1", value)
+            pos = p.end()
+        out.append(Challenge(scheme, params))
+    return out
+
+
+def scope(repository_path: str, *actions: str) -> str:
+    return f"repository:{repository_path}:{','.join(actions)}"
+
+
+@dataclass
+class _Token:
+    value: str
+    expires: float
+
+
+class Authenticator:
+    """Per-registry auth state shared by a client's threads."""
+
+    def __init__(self, host: str, creds: Credentials | None) -> None:
+        self.host = host
+        self.creds = creds
+        self.challenge: Challenge | None = None
+        self._tokens: dict[frozenset[str], _Token] = {}
+        self._lock = threading.Lock()
+
+    def learn(self, header: str | None) -> None:
+        """Remember the registry's challenge (from a 401)."""
+        for ch in parse_challenges(header or ""):
+            if ch.scheme in ("bearer", "basic"):
+                self.challenge = ch
+                return
+        self.challenge = Challenge("basic", {}) if self.creds else None
+
+    def header(self, session: "requests.Session", scopes: frozenset[str],
+               verify, cert, fresh: bool = False) -> str | None:
+        """The Authorization value for a request needing `scopes`, or None."""
+        ch = self.challenge
+        if ch is None:
+            return None
+        if ch.scheme == "basic":
+            if not self.creds:
+                return None
+            raw = f"{self.creds.username}:{self.creds.password}".encode()
+            return "Basic " + base64.b64encode(raw).decode()
+        with self._lock:
+            tok = self._tokens.get(scopes)
+            if tok and not fresh and tok.expires > time.time() + 5:
+                return "Bearer " + tok.value
+            tok = self._fetch_token(session, ch, scopes, verify, cert)
+            self._tokens[scopes] = tok
+            return "Bearer " + tok.value
+
+    def _fetch_token(self, session, ch: Challenge, scopes: frozenset[str], verify, cert) -> _Token:
+        import requests
+
+        realm = ch.params.get("realm")
+        if not realm:
+            raise Unauthorized(f"{self.host}: Bearer challenge without a realm")
+        params: list[tuple[str, str]] = []
+        if ch.params.get("service"):
+            params.append(("service", ch.params["service"]))
+        for s in sorted(scopes):
+            params.append(("scope", s))
+        auth = None
+        try:
+            if self.creds and self.creds.identity_token:
+                data = dict(params, grant_type="refresh_token",
+                            refresh_token=self.creds.password, client_id="pybuild")
+                data["scope"] = " ".join(sorted(scopes))
+                resp = session.post(realm, data=data, verify=verify, cert=cert, timeout=60)
+            else:
+                if self.creds:
+                    auth = (self.creds.username, self.creds.password)
+                resp = session.get(realm, params=params, auth=auth, verify=verify, cert=cert,
+                                   timeout=60)
+        except requests.RequestException as exc:
+            raise Unauthorized(f"{self.host}: cannot get a token from {realm}: "
+                               f"{type(exc).__name__}") from None
+        if resp.status_code in (401, 403):
+            who = f"as {self.creds.username}" if self.creds else "anonymously"
+            raise Unauthorized(f"{self.host}: authentication {who} refused by {realm} "
+                               f"(HTTP {resp.status_code})")
+        if resp.status_code != 200:
+            raise Unauthorized(f"{self.host}: token server {realm} answered HTTP {resp.status_code}")
+        try:
+            body = resp.json()
+            value = body.get("token") or body.get("access_token")
+            lifetime = int(body.get("expires_in") or 60)
+        except (ValueError, AttributeError, TypeError):
+            value = None
+        if not value:
+            raise Unauthorized(f"{self.host}: token server {realm} sent no token")
+        return _Token(value, time.time() + max(lifetime, 10))

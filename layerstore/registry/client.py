@@ -1,0 +1,525 @@
+"""Distribution-spec HTTP client for one registry, on `requests`.
+
+What it adds over plain requests: the /v2/ ping that picks the scheme and
+learns the auth challenge; Authorization only ever sent to the registry's own
+origin (redirects to blob storage are followed by hand, without it); retries
+with exponential backoff on connection errors, 429 and 5xx (Retry-After
+honoured); size limits on manifests; blob downloads that stream into the
+store's ingest, resume with Range and are verified before they become visible.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, BinaryIO, Callable
+from urllib.parse import urljoin, urlsplit, urlencode
+
+import requests
+from requests.adapters import HTTPAdapter
+
+from layerstore import digest as dg
+from layerstore import mediatypes as mt
+from layerstore.blobs import BlobStore, SizeMismatch
+from layerstore.errors import DigestMismatch
+from layerstore.model import Descriptor
+from layerstore.registry import credentials, tls
+from layerstore.registry.auth import Authenticator, scope
+from layerstore.registry.errors import (Denied, ManifestUnknown, NameUnknown, RegistryError,
+                                        TLSFailure, Unauthorized, Unreachable)
+
+MANIFEST_ACCEPT = ", ".join((mt.OCI_INDEX, mt.OCI_MANIFEST, mt.DOCKER_MANIFEST_LIST,
+                             mt.DOCKER_MANIFEST))
+MAX_MANIFEST = 4 << 20            # what distribution itself accepts
+CHUNK = 1 << 20
+MONOLITHIC_MAX = 32 << 20         # larger blobs are uploaded in PATCH chunks
+UPLOAD_CHUNK = 128 << 20
+MAX_REDIRECTS = 5
+USER_AGENT = "pybuild/0.1"
+
+Progress = Callable[[int], None]   # called with a byte count as bytes move
+
+
+@dataclass
+class Options:
+    tls_verify: bool | None = None     # None: verify, except loopback/insecure hosts
+    insecure_hosts: tuple[str, ...] = ()
+    retries: int = 5                   # attempts after the first
+    backoff: float = 0.5               # first delay; doubles each time, capped
+    max_backoff: float = 20.0
+    timeout: float = 60.0
+    max_concurrent: int = 3
+
+
+def _origin(url: str) -> tuple[str, str]:
+    parts = urlsplit(url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    return parts.scheme, f"{parts.hostname}:{port}"
+
+
+def _error_codes(resp: requests.Response) -> list[tuple[str, str]]:
+    try:
+        body = json.loads(resp.content[:65536] or b"{}")
+        return [(str(e.get("code", "")), str(e.get("message", ""))) for e in body.get("errors", [])]
+    except (ValueError, AttributeError, TypeError):
+        return []
+
+
+class _Replayable:
+    """A body that can be sent again after a failure: bytes or a file range."""
+
+    def __init__(self, opener: Callable[[], BinaryIO] | None = None, start: int = 0,
+                 length: int = 0, data: bytes | None = None,
+                 progress: Progress | None = None) -> None:
+        self.opener, self.start, self.length, self.data = opener, start, length, data
+        self.progress = progress
+
+    def body(self):
+        if self.data is not None:
+            return self.data
+        return _FileRange(self.opener(), self.start, self.length, self.progress)
+
+
+class _FileRange:
+    """`length` bytes of a file from `start`; sized so requests sends Content-Length.
+
+    read() hands out 1 MiB whatever http.client asks for, which cuts the
+    per-block overhead of its 16 KiB default."""
+
+    def __init__(self, f: BinaryIO, start: int, length: int, progress: Progress | None) -> None:
+        self.f = f
+        self.left = length
+        self.length = length
+        self.progress = progress
+        if start:
+            f.seek(start)
+
+    def __len__(self) -> int:
+        return self.length
+
+    def read(self, n: int = -1) -> bytes:
+        if self.left <= 0:
+            self.f.close()
+            return b""
+        data = self.f.read(min(max(n, CHUNK), self.left))
+        if not data:
+            raise RegistryError("blob file shrank while it was being uploaded")
+        self.left -= len(data)
+        if self.progress:
+            self.progress(len(data))
+        return data
+
+
+class RegistryClient:
+    """One registry host (`name[:port]`), shared by a pull or push's threads."""
+
+    def __init__(self, host: str, options: Options | None = None,
+                 creds: credentials.Credentials | None | bool = True) -> None:
+        self.host = host
+        self.options = options or Options()
+        self.tls = tls.for_host(host, self.options.tls_verify, self.options.insecure_hosts)
+        if creds is True:
+            creds = credentials.lookup(host)
+        self.auth = Authenticator(host, creds or None)
+        self.session = requests.Session()
+        self.session.headers["User-Agent"] = USER_AGENT
+        pool = max(4, self.options.max_concurrent + 2)
+        adapter = HTTPAdapter(pool_connections=4, pool_maxsize=pool)
+        self.session.mount("https://", adapter)
+        self.session.mount("http://", adapter)
+        self.base: str | None = None
+        self._ping_lock = threading.Lock()
+
+    def close(self) -> None:
+        self.session.close()
+
+    def __enter__(self) -> "RegistryClient":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # --- transport ----------------------------------------------------------
+
+    def _send(self, method: str, url: str, headers: dict, body, stream: bool,
+              verify=None) -> requests.Response:
+        return self.session.request(method, url, headers=headers, data=body, stream=stream,
+                                    allow_redirects=False, timeout=self.options.timeout,
+                                    verify=self.tls.verify if verify is None else verify,
+                                    cert=self.tls.cert)
+
+    def _sleep(self, attempt: int, resp: requests.Response | None = None) -> None:
+        delay = min(self.options.backoff * (2 ** attempt), self.options.max_backoff)
+        if resp is not None and resp.headers.get("Retry-After"):
+            try:
+                delay = min(float(resp.headers["Retry-After"]), 60.0)
+            except ValueError:
+                pass
+        time.sleep(delay * (0.8 + 0.4 * random.random()))
+
+    def ping(self) -> str:
+        """GET /v2/ on each allowed scheme; returns the base URL and learns auth."""
+        with self._ping_lock:
+            if self.base:
+                return self.base
+            last: Exception | None = None
+            for scheme in self.tls.schemes:
+                url = f"{scheme}://{self.host}/v2/"
+                for attempt in range(self.options.retries + 1):
+                    try:
+                        resp = self._send("GET", url, {}, None, False)
+                    except requests.exceptions.SSLError as exc:
+                        last = exc
+                        break
+                    except requests.ConnectionError as exc:
+                        last = exc
+                        if scheme != self.tls.schemes[-1] or attempt == self.options.retries:
+                            break
+                        self._sleep(attempt)
+                        continue
+                    except requests.Timeout as exc:
+                        last = exc
+                        break
+                    if resp.status_code == 429 or resp.status_code >= 500:
+                        if attempt < self.options.retries:
+                            self._sleep(attempt, resp)
+                            continue
+                    if resp.status_code in (200, 401):
+                        if resp.status_code == 401:
+                            self.auth.learn(resp.headers.get("WWW-Authenticate"))
+                        self.base = f"{scheme}://{self.host}"
+                        return self.base
+                    raise RegistryError(f"{self.host}: /v2/ answered HTTP {resp.status_code}; "
+                                        "not a distribution registry?")
+                else:
+                    continue
+            if isinstance(last, requests.exceptions.SSLError):
+                reason = str(last.args[0]) if last.args else "handshake failed"
+                if "CERTIFICATE_VERIFY_FAILED" in reason:
+                    reason = "certificate verify failed" + (
+                        ": " + reason.split("certificate verify failed:")[1].split(")")[0].strip()
+                        if "certificate verify failed:" in reason else "")
+                raise TLSFailure(f"{self.host}: TLS failure: {reason[:200]}")
+            raise Unreachable(f"{self.host}: registry unreachable "
+                              f"({type(last).__name__ if last else 'no answer'})")
+
+    def request(self, method: str, path: str, *, scopes: frozenset[str], what: str,
+                headers: dict | None = None, body: _Replayable | None = None,
+                stream: bool = False, ok: tuple[int, ...] = (200,)) -> requests.Response:
+        """Send with auth, retries and hand-followed redirects; raise on unexpected status.
+
+        `path` is relative to /v2/ (or an absolute URL from a Location header)."""
+        base = self.ping()
+        url = urljoin(base + "/v2/", path)
+        home = _origin(base)
+        fresh = False
+        attempt = 0
+        redirects = 0
+        while True:
+            hdrs = dict(headers or {})
+            if _origin(url) == home:
+                value = self.auth.header(self.session, scopes, self.tls.verify, self.tls.cert,
+                                         fresh=fresh)
+                if value:
+                    hdrs["Authorization"] = value
+            try:
+                resp = self._send(method, url, hdrs, body.body() if body else None, stream,
+                                  verify=None if _origin(url) == home else True)
+            except requests.exceptions.SSLError as exc:
+                raise TLSFailure(f"{self.host}: TLS failure on {what}: {str(exc)[:160]}") from None
+            except (requests.ConnectionError, requests.Timeout) as exc:
+                if attempt >= self.options.retries:
+                    raise Unreachable(f"{self.host}: registry unreachable during {what} "
+                                      f"({type(exc).__name__}) after {attempt + 1} attempts") from None
+                self._sleep(attempt)
+                attempt += 1
+                continue
+            status = resp.status_code
+            if status in ok:
+                return resp
+            if status in (301, 302, 303, 307, 308) and "Location" in resp.headers \
+                    and method in ("GET", "HEAD"):
+                resp.close()
+                redirects += 1
+                if redirects > MAX_REDIRECTS:
+                    raise RegistryError(f"{self.host}: too many redirects on {what}")
+                url = urljoin(url, resp.headers["Location"])
+                continue
+            if status == 401 and _origin(url) == home and not fresh:
+                self.auth.learn(resp.headers.get("WWW-Authenticate"))
+                resp.close()
+                fresh = True
+                continue
+            if (status == 429 or status >= 500) and attempt < self.options.retries:
+                resp.close()
+                self._sleep(attempt, resp)
+                attempt += 1
+                continue
+            self._raise(resp, what)
+
+    def _raise(self, resp: requests.Response, what: str):
+        status = resp.status_code
+        codes = _error_codes(resp) if resp.request.method != "HEAD" else []
+        resp.close()
+        detail = "; ".join(f"{c}: {m}" if m else c for c, m in codes) or f"HTTP {status}"
+        names = {c for c, _ in codes}
+        prefix = f"{self.host}: {what}"
+        if status == 401 or "UNAUTHORIZED" in names:
+            who = f"as {self.auth.creds.username}" if self.auth.creds else "anonymously"
+            raise Unauthorized(f"{prefix}: unauthorized ({who}); try `pybuild login {self.host}`")
+        if status == 403 or "DENIED" in names:
+            raise Denied(f"{prefix}: denied: {detail}")
+        if "NAME_UNKNOWN" in names:
+            raise NameUnknown(f"{prefix}: name unknown: {detail}")
+        if "MANIFEST_UNKNOWN" in names or ("manifest" in what and status == 404):
+            raise ManifestUnknown(f"{prefix}: manifest unknown")
+        if "BLOB_UNKNOWN" in names or status == 404:
+            raise RegistryError(f"{prefix}: not found ({detail})")
+        raise RegistryError(f"{prefix}: {detail}")
+
+    # --- manifests ----------------------------------------------------------
+
+    def get_manifest(self, repo: str, reference: str) -> tuple[bytes, str, str]:
+        """(bytes, media type, digest) of a manifest or index, verified.
+
+        By digest: the bytes must hash to it. By tag: to the registry's
+        Docker-Content-Digest when it sends one."""
+        what = f"manifest {self.host}/{repo}{'@' if ':' in reference else ':'}{reference}"
+        scopes = frozenset([scope(repo, "pull")])
+        for attempt in range(2):
+            resp = self.request("GET", f"{repo}/manifests/{reference}", scopes=scopes, what=what,
+                                headers={"Accept": MANIFEST_ACCEPT}, stream=True)
+            declared = resp.headers.get("Content-Length")
+            if declared and int(declared) > MAX_MANIFEST:
+                resp.close()
+                raise RegistryError(f"{what}: {declared} bytes, more than {MAX_MANIFEST}")
+            try:
+                data = resp.raw.read(MAX_MANIFEST + 1, decode_content=True)
+            except Exception as exc:  # truncated or reset: one more try
+                resp.close()
+                if attempt:
+                    raise RegistryError(f"{what}: read failed: {type(exc).__name__}") from None
+                continue
+            finally:
+                resp.close()
+            if len(data) > MAX_MANIFEST:
+                raise RegistryError(f"{what}: larger than {MAX_MANIFEST} bytes")
+            actual = dg.of_bytes(data)
+            expected = reference if dg.is_digest(reference) else None
+            header = resp.headers.get("Docker-Content-Digest", "")
+            if expected is None and header.startswith("sha256:"):
+                expected = header
+            if expected and actual != expected:
+                if attempt == 0:
+                    continue
+                raise DigestMismatch(expected, actual, what=what)
+            media_type = resp.headers.get("Content-Type", "").split(";")[0].strip()
+            return data, media_type, actual
+        raise RegistryError(f"{what}: could not be read")
+
+    def put_manifest(self, repo: str, reference: str, data: bytes, media_type: str) -> str:
+        what = f"manifest {self.host}/{repo}:{reference}"
+        resp = self.request("PUT", f"{repo}/manifests/{reference}",
+                            scopes=frozenset([scope(repo, "pull", "push")]), what=what,
+                            headers={"Content-Type": media_type},
+                            body=_Replayable(data=data), ok=(200, 201))
+        actual = dg.of_bytes(data)
+        header = resp.headers.get("Docker-Content-Digest")
+        resp.close()
+        if header and header != actual:
+            raise DigestMismatch(actual, header, what=f"{what}: registry stored")
+        return actual
+
+    def list_tags(self, repo: str) -> list[str]:
+        tags: list[str] = []
+        path = f"{repo}/tags/list"
+        while path:
+            resp = self.request("GET", path, scopes=frozenset([scope(repo, "pull")]),
+                                what=f"tags of {self.host}/{repo}")
+            tags.extend(resp.json().get("tags") or [])
+            nxt = resp.links.get("next", {}).get("url")
+            path = nxt if nxt else ""
+        return tags
+
+    # --- blobs: download ----------------------------------------------------
+
+    def fetch_blob(self, repo: str, desc: Descriptor, blobs: BlobStore,
+                   progress: Progress | None = None) -> int:
+        """Stream blob `desc` into the store; resumes partials. Returns bytes fetched."""
+        what = f"blob {desc.digest} of {self.host}/{repo}"
+        scopes = frozenset([scope(repo, "pull")])
+        fetched = 0
+        verify_failures = 0
+        attempt = 0
+        while True:
+            with blobs.writer(expected=desc.digest, size=desc.size, resume=True) as w:
+                if progress and w.offset:
+                    progress(w.offset)
+                try:
+                    fetched += self._stream_into(repo, desc, w, scopes, what, progress)
+                    w.commit()
+                    return fetched
+                except (DigestMismatch, SizeMismatch) as exc:
+                    verify_failures += 1
+                    if verify_failures > 1:
+                        if isinstance(exc, DigestMismatch):
+                            raise DigestMismatch(exc.expected, exc.actual, what=what) from None
+                        raise SizeMismatch(f"{what}: {exc}") from None
+                    if progress:
+                        progress(-w.offset)
+                except _Interrupted as exc:
+                    fetched += exc.fetched
+                    if attempt >= self.options.retries:
+                        raise RegistryError(f"{what}: transfer kept failing "
+                                            f"({exc.reason}) after {attempt + 1} attempts") from None
+                    self._sleep(attempt)
+                    attempt += 1
+
+    def _stream_into(self, repo: str, desc: Descriptor, w, scopes, what: str,
+                     progress: Progress | None) -> int:
+        start = w.offset
+        if start >= desc.size and desc.size > 0:
+            return 0
+        headers = {"Accept-Encoding": "identity"}
+        if start:
+            headers["Range"] = f"bytes={start}-"
+        resp = self.request("GET", f"{repo}/blobs/{desc.digest}", scopes=scopes, what=what,
+                            headers=headers, stream=True, ok=(200, 206, 416))
+        got = 0
+        try:
+            if resp.status_code == 416:
+                return 0
+            skip = 0
+            if start and resp.status_code == 200:
+                skip = start          # the server ignored Range: drop what we have
+            elif start:
+                cr = resp.headers.get("Content-Range", "")
+                if not cr.startswith(f"bytes {start}-"):
+                    raise _Interrupted(0, f"unexpected Content-Range {cr!r}")
+            declared = resp.headers.get("Content-Length")
+            if declared is not None and int(declared) + start - skip > desc.size:
+                raise SizeMismatch(f"{what}: registry sends {int(declared) + start - skip} bytes,"
+                                   f" the descriptor says {desc.size}")
+            try:
+                for chunk in resp.raw.stream(CHUNK, decode_content=False):
+                    got += len(chunk)
+                    if skip:
+                        if len(chunk) <= skip:
+                            skip -= len(chunk)
+                            continue
+                        chunk = chunk[skip:]
+                        skip = 0
+                    w.write(chunk)
+                    if progress:
+                        progress(len(chunk))
+            except (requests.RequestException, OSError, _urllib3_errors()) as exc:
+                raise _Interrupted(got, type(exc).__name__) from None
+            if w.offset < desc.size:
+                raise _Interrupted(got, f"body ended after {w.offset} of {desc.size} bytes")
+            return got
+        finally:
+            resp.close()
+
+    def blob_exists(self, repo: str, digest: str) -> bool:
+        resp = self.request("HEAD", f"{repo}/blobs/{digest}",
+                            scopes=frozenset([scope(repo, "pull", "push")]),
+                            what=f"blob {digest} of {self.host}/{repo}", ok=(200, 404))
+        resp.close()
+        return resp.status_code == 200
+
+    # --- blobs: upload ------------------------------------------------------
+
+    def mount_blob(self, repo: str, digest: str, source: str) -> str | None:
+        """Cross-repository mount; None when mounted, else an upload URL to use."""
+        q = urlencode({"mount": digest, "from": source})
+        resp = self.request("POST", f"{repo}/blobs/uploads/?{q}",
+                            scopes=frozenset([scope(repo, "pull", "push"), scope(source, "pull")]),
+                            what=f"mount of {digest} from {source} into {self.host}/{repo}",
+                            ok=(201, 202))
+        resp.close()
+        return None if resp.status_code == 201 else resp.headers["Location"]
+
+    def upload_blob(self, repo: str, desc: Descriptor, opener: Callable[[], BinaryIO],
+                    progress: Progress | None = None, location: str | None = None) -> None:
+        """Upload `desc` (bytes from `opener()`): one PUT when small, PATCH chunks when large."""
+        what = f"upload of {desc.digest} to {self.host}/{repo}"
+        scopes = frozenset([scope(repo, "pull", "push")])
+        for attempt in range(self.options.retries + 1):
+            sent = [0]
+
+            def counted(n: int) -> None:
+                sent[0] += n
+                if progress:
+                    progress(n)
+            try:
+                self._upload_once(repo, desc, opener, counted, location, scopes, what)
+                return
+            except (Unreachable, _UploadRestart) as exc:
+                if progress and sent[0]:
+                    progress(-sent[0])
+                location = None
+                if attempt >= self.options.retries:
+                    raise RegistryError(f"{what}: failed after {attempt + 1} attempts: {exc}") \
+                        from None
+                self._sleep(attempt)
+
+    def _upload_once(self, repo, desc, opener, progress, location, scopes, what) -> None:
+        if location is None:
+            resp = self.request("POST", f"{repo}/blobs/uploads/", scopes=scopes, what=what,
+                                ok=(202,))
+            resp.close()
+            location = resp.headers["Location"]
+        if desc.size <= MONOLITHIC_MAX:
+            body = _Replayable(opener, 0, desc.size, progress=progress)
+            start = desc.size
+        else:
+            start = 0
+            body = None
+            while start < desc.size:
+                n = min(UPLOAD_CHUNK, desc.size - start)
+                try:
+                    resp = self.request(
+                        "PATCH", location, scopes=scopes, what=what,
+                        headers={"Content-Type": "application/octet-stream",
+                                 "Content-Range": f"{start}-{start + n - 1}"},
+                        body=_Replayable(opener, start, n, progress=progress), ok=(202,))
+                except RegistryError as exc:
+                    if isinstance(exc, (Unauthorized, Denied)):
+                        raise
+                    raise _UploadRestart(str(exc)) from None
+                resp.close()
+                location = resp.headers["Location"]
+                start += n
+        sep = "&" if "?" in location else "?"
+        try:
+            resp = self.request("PUT", f"{location}{sep}{urlencode({'digest': desc.digest})}",
+                                scopes=scopes, what=what,
+                                headers={"Content-Type": "application/octet-stream"},
+                                body=body or _Replayable(data=b""), ok=(201, 204))
+        except RegistryError as exc:
+            if isinstance(exc, (Unauthorized, Denied)) or "DIGEST_INVALID" in str(exc):
+                raise
+            raise _UploadRestart(str(exc)) from None
+        header = resp.headers.get("Docker-Content-Digest")
+        resp.close()
+        if header and header != desc.digest:
+            raise DigestMismatch(desc.digest, header, what=f"{what}: registry stored")
+
+
+class _Interrupted(Exception):
+    def __init__(self, fetched: int, reason: str) -> None:
+        super().__init__(reason)
+        self.fetched, self.reason = fetched, reason
+
+
+class _UploadRestart(Exception):
+    """An upload session went wrong half-way; start a new one."""
+
+
+def _urllib3_errors() -> Any:
+    from urllib3.exceptions import HTTPError
+
+    return HTTPError

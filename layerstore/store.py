@@ -1,0 +1,232 @@
+"""The store: blobs, refs, snapshots under one root, and images over them.
+
+`Store.open(root)` creates the layout on first use. Everything that reads an
+image goes through `resolve`, which accepts a reference, an image ID (config
+digest, or a unique prefix of its hex) or a manifest digest.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+from layerstore import digest as dg
+from layerstore import mediatypes as mt
+from layerstore import reference
+from layerstore.blobs import BlobStore
+from layerstore.errors import InvalidImage, InvalidReference, NotFound, PybuildError
+from layerstore.locking import file_lock
+from layerstore.model import (Descriptor, ImageConfig, Index, Manifest, Platform,
+                              parse_manifest_or_index)
+from layerstore.platforms import host_platform, matches
+from layerstore.refs import RefIndex
+from layerstore.snapshots import SnapshotStore
+
+
+@dataclass
+class Image:
+    """One platform's image: its manifest, config, and the names pointing at it."""
+
+    descriptor: Descriptor          # of the manifest
+    manifest: Manifest
+    config: ImageConfig
+    top: Descriptor                 # what the ref points at: this manifest or an index
+    names: list[str] = field(default_factory=list)
+
+    @property
+    def id(self) -> str:
+        """Docker's image ID: the config digest."""
+        return self.manifest.config.digest
+
+    @property
+    def size(self) -> int:
+        return sum(l.size for l in self.manifest.layers)
+
+
+class Store:
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self.blobs = BlobStore(self.root)
+        self.refs = RefIndex(self.root)
+        self.snapshots = SnapshotStore(self.root)
+
+    @classmethod
+    def open(cls, root: Path) -> "Store":
+        store = cls(root)
+        try:
+            store.root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise PybuildError(f"cannot create store at {root}: {exc.strerror}") from None
+        store.blobs.init()
+        store.snapshots.init()
+        store.refs.init()
+        (store.root / "containers").mkdir(exist_ok=True)
+        return store
+
+    def lock(self, shared: bool = False):
+        return file_lock(self.root / "lock", shared=shared)
+
+    def writing(self):
+        """Held (shared) while blobs are written that no ref names yet, so a
+        concurrent prune (which takes it exclusively) cannot collect them."""
+        return file_lock(self.root / "gc.lock", shared=True)
+
+    def collecting(self):
+        return file_lock(self.root / "gc.lock", shared=False)
+
+    # --- reading ----------------------------------------------------------
+
+    def read_manifest(self, desc: Descriptor) -> Manifest | Index:
+        data = self.blobs.read(desc.digest)
+        return parse_manifest_or_index(data, desc.media_type, what=f"manifest {desc.digest}")
+
+    def read_config(self, manifest: Manifest) -> ImageConfig:
+        data = self.blobs.read(manifest.config.digest)
+        return ImageConfig.from_bytes(data, what=f"config {manifest.config.digest}")
+
+    def select(self, index: Index, want: Platform | None = None) -> Descriptor:
+        """The index entry for `want` (default: this host); the only one if just one."""
+        want = want or host_platform()
+        images = [m for m in index.manifests if m.media_type in mt.MANIFESTS or not m.media_type]
+        for m in images:
+            if matches(want, m.platform):
+                return m
+        if len(images) == 1 and images[0].platform is None:
+            return images[0]
+        have = ", ".join(str(m.platform) for m in images if m.platform) or "none"
+        raise NotFound(f"no image for platform {want} in index (has: {have})")
+
+    def load_image(self, top: Descriptor, names: list[str] | None = None,
+                   platform: Platform | None = None) -> Image:
+        obj = self.read_manifest(top)
+        desc = top
+        depth = 0
+        while isinstance(obj, Index):
+            depth += 1
+            if depth > 4:
+                raise InvalidImage(f"index {top.digest}: nested too deeply")
+            desc = self.select(obj, platform)
+            obj = self.read_manifest(desc)
+        return Image(descriptor=desc, manifest=obj, config=self.read_config(obj), top=top,
+                     names=list(names or []))
+
+    def images(self) -> Iterator[Image]:
+        """Every image in index.json: one per name, and untagged ones with no names."""
+        for name, desc in self.refs.entries():
+            try:
+                yield self.load_image(desc, [name] if name else [])
+            except NotFound:
+                continue
+
+    def names_of(self, digest: str) -> list[str]:
+        return [name for name, d in self.refs.list() if d.digest == digest]
+
+    def resolve(self, name: str, platform: Platform | None = None) -> Image:
+        """Find an image by reference, image ID (prefix) or manifest digest."""
+        entries = self.refs.list()
+        candidate = name[len("sha256:"):] if name.startswith("sha256:") else name
+        if 3 <= len(candidate) <= 64 and all(c in "0123456789abcdef" for c in candidate):
+            found: dict[str, Image] = {}
+            for ref_name, desc in entries:
+                if desc.digest[7:].startswith(candidate):
+                    found.setdefault(desc.digest, self.load_image(desc, self.names_of(desc.digest)))
+                    continue
+                try:
+                    img = self.load_image(desc, platform=platform)
+                except NotFound:
+                    continue
+                if img.id[7:].startswith(candidate):
+                    key = img.descriptor.digest
+                    if key not in found:
+                        img.names = [n for n, d in entries
+                                     if d.digest in (img.top.digest, img.descriptor.digest)]
+                        found[key] = img
+            if len(found) == 1:
+                return next(iter(found.values()))
+            if len(found) > 1:
+                raise PybuildError(f"{name}: ambiguous image ID prefix "
+                                   f"({len(found)} images match)")
+            if len(candidate) == 64 and self.blobs.has("sha256:" + candidate) and \
+                    name.startswith("sha256:"):
+                desc = Descriptor(mt.OCI_MANIFEST, "sha256:" + candidate,
+                                  self.blobs.size("sha256:" + candidate))
+                return self.load_image(desc, platform=platform)
+        try:
+            ref = reference.parse(name)
+        except InvalidReference:
+            raise NotFound(f"{name}: no such image in the store") from None
+        full = str(ref)
+        for ref_name, desc in entries:
+            if ref_name == full:
+                return self.load_image(desc, self.names_of(desc.digest), platform)
+        if ref.digest:
+            for ref_name, desc in entries:
+                if desc.digest == ref.digest:
+                    return self.load_image(desc, self.names_of(desc.digest), platform)
+            if self.blobs.has(ref.digest):
+                desc = Descriptor(mt.OCI_MANIFEST, ref.digest, self.blobs.size(ref.digest))
+                return self.load_image(desc, [], platform)
+        raise NotFound(f"{ref.familiar}: no such image in the store")
+
+    # --- writing ----------------------------------------------------------
+
+    def put_json(self, data: bytes, media_type: str) -> Descriptor:
+        info = self.blobs.put(data, dg.of_bytes(data))
+        return Descriptor(media_type=media_type, digest=info.digest, size=info.size)
+
+    def commit_image(self, config: ImageConfig, layers: list[Descriptor],
+                     annotations: dict[str, str] | None = None) -> Descriptor:
+        """Write config and manifest blobs; returns the manifest's descriptor."""
+        if len(config.diff_ids) != len(layers):
+            raise InvalidImage(f"image has {len(layers)} layers but {len(config.diff_ids)} diff IDs")
+        for layer in layers:
+            if not self.blobs.has(layer.digest):
+                raise NotFound(f"layer {layer.digest} is not in the store")
+        config.raw = None
+        cfg = self.put_json(config.to_bytes(), mt.OCI_CONFIG)
+        manifest = Manifest(config=cfg, layers=list(layers), annotations=annotations)
+        return self.put_json(manifest.to_bytes(), mt.OCI_MANIFEST)
+
+    def tag(self, name: str, target: Descriptor) -> str:
+        """Point reference `name` at `target`; returns the normalized name."""
+        ref = reference.parse(name)
+        if ref.digest:
+            raise InvalidReference(f"invalid tag {name!r}: a tag cannot contain a digest")
+        full = str(ref)
+        self.refs.set(full, target)
+        return full
+
+    def commit_layer(self, src: Path, *, compression: str = "gzip", overlay: bool = True,
+                     source_date_epoch: int | None = None) -> tuple[Descriptor, str]:
+        """Tar + compress the directory `src` into a blob: (descriptor, diff ID)."""
+        from layerstore.layer_diff import write_layer
+
+        with self.blobs.writer() as w:
+            stats = write_layer(Path(src), w, compression=compression, overlay=overlay,
+                                source_date_epoch=source_date_epoch)
+            info = w.commit()
+        return Descriptor(stats.media_type, info.digest, info.size), stats.diff_id
+
+    def snapshot_chain(self, image: Image) -> list[Path]:
+        """Unpack (once) every layer of `image`; returns lowerdirs, bottom first."""
+        manifest, diff_ids = image.manifest, image.config.diff_ids
+        if len(diff_ids) != len(manifest.layers):
+            raise InvalidImage(f"image {image.id[7:19]}: {len(manifest.layers)} layers but "
+                               f"{len(diff_ids)} diff IDs")
+        paths = []
+        for chain_id, diff_id, layer in zip(dg.chain_ids(diff_ids), diff_ids, manifest.layers):
+            paths.append(self.snapshots.ensure(
+                chain_id, diff_id, lambda layer=layer: self.blobs.open(layer.digest)))
+        return paths
+
+    def disk_usage(self) -> int:
+        total = 0
+        for dirpath, _dirs, files in os.walk(self.root):
+            for f in files:
+                try:
+                    total += os.lstat(os.path.join(dirpath, f)).st_size
+                except FileNotFoundError:
+                    pass
+        return total
