@@ -174,6 +174,8 @@ class _Prepended:
             return data
         return self._raw.read(n)
 
+    read1 = read
+
     def readable(self) -> bool:
         return True
 
@@ -244,9 +246,10 @@ class ChunkPump:
         return False
 
     def _run(self) -> None:
+        read = getattr(self._reader, "read1", self._reader.read)  # partial data before an error
         try:
             while not self._stop.is_set():
-                data = self._reader.read(self._chunk)
+                data = read(self._chunk)
                 if not data:
                     break
                 self._hasher.update(data)

@@ -200,7 +200,10 @@ def _remove(pfd: int, name: bytes) -> None:
 def _set_xattrs(target: int | str, xattrs: dict[bytes, bytes], entry: bytes) -> None:
     for key, value in xattrs.items():
         try:
-            os.setxattr(target, key, value, follow_symlinks=False)
+            if isinstance(target, int):
+                os.setxattr(target, key, value)
+            else:
+                os.setxattr(target, key, value, follow_symlinks=False)
         except OSError as exc:
             if exc.errno in (errno.ENOTSUP, errno.EOPNOTSUPP):
                 continue  # the filesystem cannot hold it; same as tar --xattrs

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ctypes
 import ipaddress
+import json
 import os
 import pickle
 import select
@@ -33,7 +34,7 @@ from typing import Any
 import pytest
 
 from builder.sandbox.network import (LOCK_DIR, NetworkConfig, NetworkError, PortMapping,
-                                     PrivateNetwork, veth_name)
+                                     PrivateNetwork, collect_garbage, veth_name)
 from layerstore.errors import PybuildError
 
 from conftest import require_tool
@@ -63,6 +64,7 @@ if cmd == "serve":
         else:
             data, peer = s.recvfrom(200)
             s.sendto(f"{word} {peer[0]} {data.decode()}".encode(), peer)
+            print("got", peer[0], data.decode(), flush=True)
 else:
     s.settimeout(float(sys.argv[6]) if len(sys.argv) > 6 else 3)
     try:
@@ -170,11 +172,12 @@ def lab() -> Iterator[Lab]:
             "link set lo up",
             f"link add up0 type veth peer name eth0 netns {lab.outside}",
             f"addr add {lab.host_addr}/24 dev up0",
-            "link set up0 up", ""]))
+            "link set up0 mtu 1400 up",
+            f"route add default via {lab.outside_addr}", ""]))
         run("ip", "-n", lab.outside, "-batch", "-", input="\n".join([
             "link set lo up",
             f"addr add {lab.outside_addr}/24 dev eth0",
-            "link set eth0 up", ""]))
+            "link set eth0 mtu 1400 up", ""]))
         yield lab
     finally:
         for ns in (lab.outside, lab.host):
@@ -297,6 +300,7 @@ def test_private_network_reaches_out_and_publishes_tcp_udp(lab: Lab):
                 seen["tcp_any_ext"] = ask("tcp", lab.host_addr, 18082, "t3")
                 seen["tcp_from_outside"] = ask("tcp", lab.host_addr, 18082, "t4",
                                                ("ip", "netns", "exec", lab.outside))
+                seen["hairpin"] = ask("tcp", lab.host_addr, 18082, "t6", enter)
                 seen["lo_only_from_outside"] = ask("tcp", lab.host_addr, 18080, "t5",
                                                    ("ip", "netns", "exec", lab.outside), timeout=1)
             finally:
@@ -315,6 +319,7 @@ def test_private_network_reaches_out_and_publishes_tcp_udp(lab: Lab):
     assert f"inet {ip}/24" in seen["addr"]
     assert "default via 10.89.0.1 dev eth0" in seen["route"]
     assert sorted(l.split(":")[1].strip().split("@")[0] for l in seen["links"].splitlines()) == ["eth0", "lo"]
+    assert "mtu 1400" in next(l for l in seen["links"].splitlines() if "eth0" in l)  # the uplink's
     assert "inet 10.89.0.1/24" in seen["bridge"]
     # the bridge address is reached directly (no NAT), the outside only through MASQUERADE
     assert seen["to_host"] == f"host {ip} hi"
@@ -326,6 +331,7 @@ def test_private_network_reaches_out_and_publishes_tcp_udp(lab: Lab):
     assert seen["tcp_any_ext"].startswith("box ") and seen["tcp_any_ext"].endswith(" t3")
     assert seen["tcp_from_outside"] == f"box {lab.outside_addr} t4"
     assert not seen["lo_only_from_outside"].startswith("box")
+    assert seen["hairpin"] == "box 10.89.0.1 t6"  # a container reaches its own published port
     during = seen["during"]
     assert veth_name("x") not in during["links"] and "pybuild0" in during["links"]
     assert any("PYBUILD" in rule and "DNAT" in rule for rule in during["rules"])
@@ -411,10 +417,7 @@ def test_rules_of_a_killed_parent_are_swept_by_the_next_run(lab: Lab):
     def scenario() -> dict[str, Any]:
         before = residue()
         Forked(crashed_parent).result()
-        deadline = time.monotonic() + 5
-        while veth_name("crashed") in residue()["links"]:
-            assert time.monotonic() < deadline
-            time.sleep(0.02)
+        wait_gone(veth_name("crashed"))
         left = residue()
         box = start_container()
         net = PrivateNetwork(NetworkConfig(mode="private", ports=[PortMapping(18100, 80)]), "next")
@@ -424,10 +427,25 @@ def test_rules_of_a_killed_parent_are_swept_by_the_next_run(lab: Lab):
         finally:
             net.teardown()
             stop(box)
-        return {"before": before, "left": left, "during": during, "ip": ip, "after": residue()}
+        after = residue()
+        Forked(crashed_parent).result()
+        wait_gone(veth_name("crashed"))
+        left_again = residue()
+        swept = collect_garbage(), collect_garbage()
+        return {"before": before, "left": left, "during": during, "ip": ip, "after": after,
+                "left_again": left_again, "swept": swept, "after_gc": residue()}
+
+    def wait_gone(link: str) -> None:
+        deadline = time.monotonic() + 5
+        while link in residue()["links"]:
+            assert time.monotonic() < deadline, f"{link} outlived its namespace"
+            time.sleep(0.02)
 
     seen = lab.run(scenario)
     assert any("pybuild:" + veth_name("crashed") in rule for rule in seen["left"]["rules"])
+    assert "pybuild0" in seen["left_again"]["links"] and seen["left_again"] != seen["before"]
+    assert seen["swept"] == (True, False)
+    assert seen["after_gc"] == seen["before"]
     assert not any(veth_name("crashed") in rule for rule in seen["during"]["rules"])
     assert seen["ip"] == "10.89.0.2"  # the dead container's lease went with its veth
     assert seen["after"] == seen["before"]
@@ -464,7 +482,7 @@ def test_attach_refuses_bad_targets_and_leaves_nothing(lab: Lab):
                 during = residue()
             finally:
                 first.teardown()
-            run("ip", "link", "add", "pybuild9", "type", "dummy")
+            run("ip", "link", "add", "pybuild9", "type", "bridge")
             attempt("foreign", NetworkConfig(mode="private", bridge="pybuild9"), box.pid)
             run("ip", "link", "del", "pybuild9")
         finally:
@@ -485,35 +503,93 @@ def test_attach_refuses_bad_targets_and_leaves_nothing(lab: Lab):
     assert seen["after"] == seen["before"]
 
 
+# Sends one UDP datagram as a raw Ethernet frame (AF_PACKET needs only CAP_NET_RAW, which
+# docker's default set grants): argv = ifname, destination MAC, source IP, dest IP, port, text.
+RAW_UDP = r'''
+import socket, struct, sys
+ifname, dmac, src, dst, port, text = sys.argv[1:7]
+payload = text.encode()
+udp = struct.pack("!HHHH", 40000, int(port), 8 + len(payload), 0) + payload
+hdr = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 1, 0, 64, 17, 0,
+                  socket.inet_aton(src), socket.inet_aton(dst))
+words = sum(struct.unpack("!10H", hdr))
+while words >> 16:
+    words = (words & 0xFFFF) + (words >> 16)
+hdr = hdr[:10] + struct.pack("!H", ~words & 0xFFFF) + hdr[12:]
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+s.bind((ifname, 0))
+mac = s.getsockname()[4]
+s.send(bytes.fromhex(dmac.replace(":", "")) + mac + b"\x08\x00" + hdr + udp)
+'''
+
+
 def test_containers_cannot_reach_host_loopback_through_route_localnet(lab: Lab):
     """route_localnet on the bridge must not open the host's 127.0.0.1 services to containers."""
+    def received(server: subprocess.Popen, wait: float) -> str:
+        assert server.stdout is not None
+        ready = select.select([server.stdout], [], [], wait)[0]
+        return server.stdout.readline().strip() if ready else ""
+
     def scenario() -> dict[str, str]:
-        secret = serve("tcp", "127.0.0.1", 7005, "secret")
+        secret = serve("udp", "127.0.0.1", 7005, "secret")
         box = start_container()
-        net = PrivateNetwork(NetworkConfig(mode="private", ports=[PortMapping(18110, 80)]), "probe")
+        net = PrivateNetwork(NetworkConfig(mode="private"), "probe")
         try:
-            net.attach(box.pid)
-            # root in the container (full caps here) forces 127.0.0.1 out through eth0
-            in_container(box.pid, "sh", "-c",
-                         "echo 1 > /proc/sys/net/ipv4/conf/eth0/route_localnet; "
-                         "echo 1 > /proc/sys/net/ipv4/conf/all/route_localnet; "
-                         "ip route del 127.0.0.0/8 dev lo table local; "
-                         "ip route del 127.0.0.1 dev lo table local; "
-                         "ip route add 127.0.0.1/32 via 10.89.0.1 dev eth0")
-            enter = ("nsenter", f"--net=/proc/{box.pid}/ns/net")
-            blocked = ask("tcp", "127.0.0.1", 7005, "steal", enter, timeout=1)
-            guard = [r for r in residue()["rules"] if "-A PYBUILD-INPUT" in r]
+            ip = net.attach(box.pid)
+            gw_mac = json.loads(run("ip", "-j", "link", "show", "pybuild0"))[0]["address"]
+            send = ("nsenter", f"--net=/proc/{box.pid}/ns/net", sys.executable, "-c", RAW_UDP,
+                    "eth0", gw_mac, ip)
+            run(*send, "127.0.0.1", "7005", "steal")
+            blocked = received(secret, 1.0)
+            guard = [r for r in residue()["rules"] if r.startswith("-A PYBUILD-INPUT")]
             for rule in guard:
                 run("iptables", "-w", "-D", *shlex.split(rule)[1:])
-            open_door = ask("tcp", "127.0.0.1", 7005, "steal", enter, timeout=1)
+            run(*send, "127.0.0.1", "7005", "open")
+            open_door = received(secret, 2.0)
             for rule in guard:
                 run("iptables", "-w", *shlex.split(rule))
         finally:
             net.teardown()
             stop(box, secret)
-        return {"blocked": blocked, "open_door": open_door}
+        return {"blocked": blocked, "open_door": open_door, "ip": ip}
 
     seen = lab.run(scenario)
-    assert not seen["blocked"].startswith("secret"), seen
-    # the probe is meaningful: without our guard the same packets do get through
-    assert seen["open_door"].startswith("secret"), seen
+    assert seen["blocked"] == "", seen
+    # the probe is meaningful: without our guard the very same frame is delivered
+    assert seen["open_door"] == f"got {seen['ip']} open", seen
+
+
+def test_same_container_id_twice_is_refused_without_harming_the_first(lab: Lab):
+    def scenario() -> dict[str, Any]:
+        before = residue()
+        one, two = start_container(), start_container()
+        first = PrivateNetwork(NetworkConfig(mode="private", ports=[PortMapping(18120, 80)]), "twin")
+        try:
+            ip = first.attach(one.pid)
+            twin = PrivateNetwork(NetworkConfig(mode="private"), "twin")
+            try:
+                twin.attach(two.pid)
+                error = ""
+            except NetworkError as exc:
+                error = str(exc)
+            twin.teardown()
+            for again in (first, twin):  # one attach per PrivateNetwork, none after teardown
+                try:
+                    again.attach(two.pid)
+                except NetworkError as exc:
+                    error += " | " + str(exc)
+            box = serve("tcp", "0.0.0.0", 80, "first", ("nsenter", f"--net=/proc/{one.pid}/ns/net"))
+            reply = ask("tcp", "127.0.0.1", 18120, "still")
+            stop(box)
+        finally:
+            first.teardown()
+            stop(one, two)
+        return {"before": before, "error": error, "ip": ip, "reply": reply, "after": residue()}
+
+    seen = lab.run(scenario)
+    first, again_first, again_twin = seen["error"].split(" | ")
+    assert "twin" in first and "already attached (interface pbv" in first
+    assert again_first.endswith("network already attached")
+    assert again_twin.endswith("network already torn down")
+    assert seen["reply"] == "first 10.89.0.1 still"
+    assert seen["after"] == seen["before"]

@@ -17,7 +17,11 @@ and wires it up from outside, so the container never needs CAP_NET_ADMIN:
   drops anything arriving on the bridge for 127.0.0.0/8 that was not DNATed
   (the guard Kubernetes added for CVE-2020-8558).  The host port is also bound
   (not listened on) by this process for the container's lifetime, so no other
-  program or container can take it meanwhile.
+  program or container can take it meanwhile.  Containers reach published
+  ports of their own or of their neighbours through a host address thanks to
+  hairpin mode on the bridge ports plus a masquerade of DNATed bridge-to-bridge
+  traffic;
+* the veth pair takes the MTU of the host's default-route device.
 
 All state lives in kernel objects, so a killed parent leaves nothing that the
 next run cannot find: the host-side veth carries the alias
@@ -189,6 +193,7 @@ class _Link:
     master: str | None
     alias: str
     addrs: list[str]
+    mtu: int = 1500
 
 
 @dataclass
@@ -198,6 +203,7 @@ class _Host:
     links: dict[str, _Link]
     rules: dict[str, list[str]]  # table -> our rule lines, as iptables-save prints them
     chains: dict[str, set[str]]  # table -> chains of ours that exist
+    routes: list[dict]           # `ip -j -4 route show` of the main table
 
     @classmethod
     def read(cls) -> _Host:
@@ -207,16 +213,22 @@ class _Host:
                 name=item["ifname"], kind=item.get("linkinfo", {}).get("info_kind", ""),
                 master=item.get("master"), alias=item.get("ifalias", ""),
                 addrs=[f"{a['local']}/{a['prefixlen']}" for a in item.get("addr_info", [])
-                       if a.get("family") == "inet"])
+                       if a.get("family") == "inet"],
+                mtu=item.get("mtu", 1500))
         rules: dict[str, list[str]] = {"nat": [], "filter": []}
         chains: dict[str, set[str]] = {"nat": set(), "filter": set()}
-        for table in rules:
-            for line in _run(["iptables-save", "-t", table]).splitlines():
-                if line.startswith(":PYBUILD"):
-                    chains[table].add(line[1:].split()[0])
-                elif line.startswith("-A ") and _comment(line).startswith("pybuild"):
-                    rules[table].append(line)
-        return cls(links, rules, chains)
+        table = ""
+        for line in _run(["iptables-save"]).splitlines():
+            if line.startswith("*"):
+                table = line[1:].strip()
+            elif table not in rules:
+                continue
+            elif line.startswith(":PYBUILD"):
+                chains[table].add(line[1:].split()[0])
+            elif line.startswith("-A ") and "pybuild" in line and _comment(line).startswith("pybuild"):
+                rules[table].append(line)
+        routes = json.loads(_run(["ip", "-j", "-4", "route", "show"]) or "[]")
+        return cls(links, rules, chains, routes)
 
     def our_veths(self) -> list[_Link]:
         return [link for link in self.links.values()
@@ -225,6 +237,14 @@ class _Host:
     def our_bridges(self) -> list[_Link]:
         return [link for link in self.links.values()
                 if link.kind == "bridge" and link.alias.startswith(ALIAS_PREFIX)]
+
+    def uplink_mtu(self) -> int:
+        """MTU of the default route's device, so containers don't send what it must fragment."""
+        for route in self.routes:
+            link = self.links.get(route.get("dev", ""))
+            if route.get("dst") == "default" and link is not None:
+                return max(576, min(link.mtu, 65535))
+        return 1500
 
     def ports_of(self, bridge: str) -> list[str]:
         return [link.name for link in self.links.values() if link.master == bridge]
@@ -254,13 +274,17 @@ def _restore(lines: dict[str, list[str]]) -> None:
 
 
 def _sysctl(path: str, value: str | None = None) -> str:
+    """Read or write a sysctl of the network namespace this thread is in."""
     full = f"/proc/sys/net/{path}"
-    if value is not None:
-        with open(full, "w") as fh:
-            fh.write(value)
-        return value
-    with open(full) as fh:
-        return fh.read().strip()
+    try:
+        if value is not None:
+            with open(full, "w") as fh:
+                fh.write(value)
+            return value
+        with open(full) as fh:
+            return fh.read().strip()
+    except OSError as exc:
+        raise NetworkError(f"sysctl {full}: {exc.strerror}") from None
 
 
 def _netns_id(pid: int | str) -> tuple[int, int]:
@@ -282,6 +306,7 @@ class PrivateNetwork:
         self.gateway = config.gateway()
         self.ip: str | None = None
         self._attached = False
+        self._closed = False
         self._reservations = self._reserve_ports(config.ports)
 
     # -- ports -------------------------------------------------------------------
@@ -312,8 +337,9 @@ class PrivateNetwork:
 
     def attach(self, pid: int) -> str:
         """Join the network namespace of `pid` to the bridge; returns the container's IP."""
-        if self._attached or self.ip is not None:
-            raise NetworkError(f"container {self.container_id}: network already attached")
+        if self._attached or self._closed:
+            raise NetworkError(f"container {self.container_id}: network already "
+                               f"{'attached' if self._attached else 'torn down'}")
         try:
             target = _netns_id(pid)
         except OSError as exc:
@@ -323,16 +349,22 @@ class PrivateNetwork:
                                "namespace; refusing to move an interface out of it")
         with _net_lock():
             host = _Host.read()
+            if self.veth in host.links:
+                raise NetworkError(f"container {self.container_id}: a network of that container id "
+                                   f"is already attached (interface {self.veth})")
             self._attached = True
             try:
                 if self._sweep(host, keep=self.config.bridge):
                     host = _Host.read()
                 self._ensure_bridge(host)
                 self.ip = self._lease(host)
-                self._plug(pid)
+                self._plug(pid, host.uplink_mtu())
                 self._publish(host)
             except BaseException:
-                self._release(_Host.read())
+                try:
+                    self._release(_Host.read())
+                except NetworkError:
+                    pass  # the original error says more; the next attach sweeps the rest
                 self._attached = False
                 self.ip = None
                 raise
@@ -368,7 +400,8 @@ class PrivateNetwork:
         nat, filt = self._chain_setup(host)
         c = f"-m comment --comment {tag}"
         nat += [f"-A {POST_CHAIN} -s {self.net} ! -o {name} {c} -j MASQUERADE",
-                f"-A {POST_CHAIN} -s {LOOPBACK_NET} -o {name} {c} -j MASQUERADE"]
+                f"-A {POST_CHAIN} -s {LOOPBACK_NET} -o {name} {c} -j MASQUERADE",
+                f"-A {POST_CHAIN} -s {self.net} -o {name} -m conntrack --ctstate DNAT {c} -j MASQUERADE"]
         filt += [f"-A {FWD_CHAIN} -i {name} {c} -j ACCEPT",
                  f"-A {FWD_CHAIN} -o {name} -m conntrack --ctstate RELATED,ESTABLISHED {c} -j ACCEPT",
                  f"-A {INPUT_CHAIN} -i {name} -d {LOOPBACK_NET} "
@@ -398,7 +431,7 @@ class PrivateNetwork:
 
     def _check_overlap(self, host: _Host) -> None:
         """Refuse a subnet that some existing route already covers."""
-        for route in json.loads(_run(["ip", "-j", "-4", "route", "show"]) or "[]"):
+        for route in host.routes:
             dst = route.get("dst", "")
             if dst in ("", "default") or route.get("dev") == self.config.bridge:
                 continue
@@ -418,13 +451,14 @@ class PrivateNetwork:
         raise NetworkError(f"network subnet {self.net} on bridge {self.config.bridge} has no free "
                            f"address left ({len(used) - 1} containers attached)")
 
-    def _plug(self, pid: int) -> None:
+    def _plug(self, pid: int, mtu: int) -> None:
         """Create the veth pair straight into the container and configure its end there."""
         cid = re.sub(r"[^A-Za-z0-9_.:-]", "_", self.container_id)[:64]
         _run(["ip", "-batch", "-"], input="\n".join([
-            f"link add {self.veth} type veth peer name eth0 netns {pid}",
+            f"link add {self.veth} mtu {mtu} type veth peer name eth0 mtu {mtu} netns {pid}",
             f'link set {self.veth} alias "{ALIAS_PREFIX}{self.ip} {cid}"',
             f"link set {self.veth} master {self.config.bridge}",
+            f"link set {self.veth} type bridge_slave hairpin on",
             f"link set {self.veth} up", ""]))
         _run(["nsenter", f"--net=/proc/{pid}/ns/net", "ip", "-batch", "-"], input="\n".join([
             "link set lo up",
@@ -455,6 +489,7 @@ class PrivateNetwork:
                 self._attached = False
                 self.ip = None
         finally:
+            self._closed = True
             for sock in self._reservations:
                 sock.close()
             self._reservations = []
@@ -506,3 +541,10 @@ class PrivateNetwork:
             if old == "ip_forward=0":
                 _sysctl("ipv4/ip_forward", "0")
         return bool(idle) or any(script.values())
+
+
+def collect_garbage() -> bool:
+    """Remove what killed parents left in this network namespace: rules of vanished
+    containers, bridges nobody uses, our chains when empty.  Says whether it removed anything."""
+    with _net_lock():
+        return PrivateNetwork._sweep(_Host.read())

@@ -62,6 +62,7 @@ def scope(repository_path: str, *actions: str) -> str:
 class _Token:
     value: str
     expires: float
+    margin: float = 5.0     # renew this long before expiry
 
 
 class Authenticator:
@@ -95,7 +96,7 @@ class Authenticator:
             return "Basic " + base64.b64encode(raw).decode()
         with self._lock:
             tok = self._tokens.get(scopes)
-            if tok and not fresh and tok.expires > time.time() + 5:
+            if tok and not fresh and time.time() < tok.expires - tok.margin:
                 return "Bearer " + tok.value
             tok = self._fetch_token(session, ch, scopes, verify, cert)
             self._tokens[scopes] = tok
@@ -141,4 +142,5 @@ class Authenticator:
             value = None
         if not value:
             raise Unauthorized(f"{self.host}: token server {realm} sent no token")
-        return _Token(value, time.time() + max(lifetime, 10))
+        lifetime = max(lifetime, 1)
+        return _Token(value, time.time() + lifetime, margin=min(5.0, lifetime * 0.2))

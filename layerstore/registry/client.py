@@ -176,7 +176,7 @@ class RegistryClient:
                         break
                     except requests.ConnectionError as exc:
                         last = exc
-                        if scheme != self.tls.schemes[-1] or attempt == self.options.retries:
+                        if scheme != self.tls.schemes[-1] or attempt >= min(2, self.options.retries):
                             break
                         self._sleep(attempt)
                         continue
@@ -203,8 +203,7 @@ class RegistryClient:
                         ": " + reason.split("certificate verify failed:")[1].split(")")[0].strip()
                         if "certificate verify failed:" in reason else "")
                 raise TLSFailure(f"{self.host}: TLS failure: {reason[:200]}")
-            raise Unreachable(f"{self.host}: registry unreachable "
-                              f"({type(last).__name__ if last else 'no answer'})")
+            raise Unreachable(f"{self.host}: registry unreachable ({_reason(last)})")
 
     def request(self, method: str, path: str, *, scopes: frozenset[str], what: str,
                 headers: dict | None = None, body: _Replayable | None = None,
@@ -233,7 +232,7 @@ class RegistryClient:
             except (requests.ConnectionError, requests.Timeout) as exc:
                 if attempt >= self.options.retries:
                     raise Unreachable(f"{self.host}: registry unreachable during {what} "
-                                      f"({type(exc).__name__}) after {attempt + 1} attempts") from None
+                                      f"({_reason(exc)}) after {attempt + 1} attempts") from None
                 self._sleep(attempt)
                 attempt += 1
                 continue
@@ -266,7 +265,7 @@ class RegistryClient:
         resp.close()
         detail = "; ".join(f"{c}: {m}" if m else c for c, m in codes) or f"HTTP {status}"
         names = {c for c, _ in codes}
-        prefix = f"{self.host}: {what}"
+        prefix = what if self.host in what else f"{self.host}: {what}"
         if status == 401 or "UNAUTHORIZED" in names:
             who = f"as {self.auth.creds.username}" if self.auth.creds else "anonymously"
             raise Unauthorized(f"{prefix}: unauthorized ({who}); try `pybuild login {self.host}`")
@@ -523,3 +522,19 @@ def _urllib3_errors() -> Any:
     from urllib3.exceptions import HTTPError
 
     return HTTPError
+
+
+def _reason(exc: BaseException | None) -> str:
+    """A short human cause from the bottom of a requests/urllib3 exception chain."""
+    if exc is None:
+        return "no answer"
+    text = str(exc)
+    for needle, reason in (("Connection refused", "connection refused"),
+                           ("Name or service not known", "unknown host"),
+                           ("Temporary failure in name resolution", "unknown host"),
+                           ("timed out", "timed out"), ("No route to host", "no route to host"),
+                           ("Connection reset", "connection reset"),
+                           ("RemoteDisconnected", "connection closed by the server")):
+        if needle in text:
+            return reason
+    return type(exc).__name__

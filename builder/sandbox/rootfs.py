@@ -1,0 +1,261 @@
+"""The container's filesystem, built inside the child's private mount namespace.
+
+Host paths (lower dirs, bind sources, generated /etc files) are opened as
+detached mount trees *before* pivot_root; every target is created and
+mounted *after* it, when "/" is the container's root, so no symlink in the
+image can lead a mount or a mkdir out of the rootfs.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import socket
+import stat
+import struct
+from dataclasses import dataclass, field
+
+from . import libc
+from .spec import (MASKED_PATHS, READONLY_PATHS, BindMount, DirRoot, OverlayRoot, SandboxError,
+                   SandboxSpec, TmpfsMount)
+
+_NOSUID_NODEV_NOEXEC = libc.MS_NOSUID | libc.MS_NODEV | libc.MS_NOEXEC
+_DEVICES = (("null", 1, 3), ("zero", 1, 5), ("full", 1, 7), ("random", 1, 8),
+            ("urandom", 1, 9), ("tty", 5, 0))
+_DEV_LINKS = (("ptmx", "pts/ptmx"), ("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"),
+              ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2"), ("core", "/proc/kcore"))
+_ETC_FILES = ("hosts", "resolv.conf", "hostname")
+_ST_FLAGS = (libc.MS_RDONLY | libc.MS_NOSUID | libc.MS_NODEV | libc.MS_NOEXEC | libc.MS_NOATIME
+             | libc.MS_NODIRATIME | libc.MS_RELATIME)
+
+
+@dataclass
+class Detached:
+    """Mount trees opened from host paths before pivot_root, attached after it."""
+
+    binds: list[tuple[int, BindMount, bool]] = field(default_factory=list)  # fd, mount, is_dir
+    etc: list[tuple[int, str]] = field(default_factory=list)               # fd, /etc/<name>
+    devices: list[tuple[int, str]] = field(default_factory=list)           # fd, /dev/<name>
+    sys_fd: int | None = None
+
+
+def _clone_tree(path: str, recursive: bool = True) -> int:
+    flags = libc.OPEN_TREE_CLONE | libc.OPEN_TREE_CLOEXEC | (libc.AT_RECURSIVE if recursive else 0)
+    return libc.open_tree(path, flags)
+
+
+def open_root(spec: SandboxSpec) -> int:
+    """The spec's root filesystem as a detached mount tree, made with our host credentials."""
+    root = spec.root
+    if isinstance(root, DirRoot):
+        return _clone_tree(str(root.path))
+    assert isinstance(root, OverlayRoot)
+    fd = libc.fsopen("overlay")
+    try:
+        # lowerdir+ appends below the ones before it; ours are listed bottom first
+        for lower in reversed(root.lowers):
+            libc.fsconfig(fd, libc.FSCONFIG_SET_STRING, "lowerdir+", str(lower))
+        libc.fsconfig(fd, libc.FSCONFIG_SET_STRING, "upperdir", str(root.upper))
+        libc.fsconfig(fd, libc.FSCONFIG_SET_STRING, "workdir", str(root.work))
+        libc.fsconfig(fd, libc.FSCONFIG_CMD_CREATE)
+        return libc.fsmount(fd)
+    finally:
+        os.close(fd)
+
+
+def mount_root(spec: SandboxSpec, root_fd: int | None, target: str) -> None:
+    """Attach the root on `target`; without the new mount API, mount it here."""
+    if root_fd is not None:
+        libc.move_mount_fd(root_fd, target)
+        os.close(root_fd)
+    elif isinstance(spec.root, DirRoot):
+        libc.mount(str(spec.root.path), target, None, libc.MS_BIND | libc.MS_REC)
+    else:
+        _mount_overlay_legacy(spec.root, target)
+
+
+def _mount_overlay_legacy(root: OverlayRoot, target: str) -> None:
+    """Old mount(2) path: shorten lower paths relative to their common parent."""
+    paths = [str(p) for p in reversed(root.lowers)]
+    common = os.path.commonpath(paths + [str(root.upper), str(root.work)])
+    old = os.getcwd()
+    os.chdir(common)
+    try:
+        rel = [os.path.relpath(p, common) for p in paths]
+        data = (f"lowerdir={':'.join(rel)},upperdir={os.path.relpath(root.upper, common)},"
+                f"workdir={os.path.relpath(root.work, common)}")
+        if len(data) >= 4096:
+            raise SandboxError(f"overlay root: {len(rel)} lower directories do not fit in one "
+                               "mount option page and this kernel lacks fsopen")
+        libc.mount("overlay", os.path.abspath(os.path.join(old, target)), "overlay", 0, data)
+    finally:
+        os.chdir(old)
+
+
+def detach_sources(spec: SandboxSpec, state_dir: str, userns: bool, net_host: bool) -> Detached:
+    d = Detached()
+    for m in spec.mounts:
+        if isinstance(m, BindMount):
+            fd = _clone_tree(str(m.src))
+            if m.readonly:
+                libc.make_readonly(fd, str(m.src))
+            d.binds.append((fd, m, os.path.isdir(m.src)))
+    if spec.etc_files:
+        for name in _ETC_FILES:
+            d.etc.append((_clone_tree(os.path.join(state_dir, name), False), "/etc/" + name))
+    if userns:
+        # mknod is not allowed in a user namespace: bind the host's nodes instead
+        for name, _, _ in _DEVICES:
+            d.devices.append((_clone_tree("/dev/" + name, False), "/dev/" + name))
+        if net_host:
+            # sysfs can only be mounted by the owner of the network namespace
+            d.sys_fd = _clone_tree("/sys")
+            libc.make_readonly(d.sys_fd, "/sys")
+    return d
+
+
+def _child_dir(target: str, name: str) -> str:
+    """target/name as a real directory (created if missing); a symlink there is refused."""
+    path = os.path.join(target, name)
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        os.mkdir(path, 0o755)
+        return path
+    if not stat.S_ISDIR(st.st_mode):
+        raise SandboxError(f"root filesystem: /{name} is not a directory (a symlink?)")
+    return path
+
+
+def mount_kernel_fs(target: str, d: Detached) -> None:
+    """/proc and /sys, mounted before pivot_root: in a user namespace the kernel only
+    allows a new proc or sysfs while a fully visible one is still in the namespace."""
+    libc.mount("proc", _child_dir(target, "proc"), "proc", _NOSUID_NODEV_NOEXEC)
+    sys_dir = _child_dir(target, "sys")
+    if d.sys_fd is not None:
+        libc.move_mount_fd(d.sys_fd, sys_dir)
+        os.close(d.sys_fd)
+        d.sys_fd = None
+    else:
+        libc.mount("sysfs", sys_dir, "sysfs", libc.MS_RDONLY | _NOSUID_NODEV_NOEXEC)
+
+
+def pivot(target: str) -> None:
+    """Make `target` the root and detach the old one (runc's pivot_root(".", ".") idiom)."""
+    os.chdir(target)
+    libc.pivot_root(".", ".")
+    libc.umount2(".", libc.MNT_DETACH)
+    os.chdir("/")
+
+
+def _mkdirs(path: str) -> None:
+    os.makedirs(path, 0o755, exist_ok=True)
+
+
+def _touch(path: str) -> None:
+    _mkdirs(os.path.dirname(path))
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        os.close(os.open(path, os.O_CREAT | os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644))
+        return
+    if stat.S_ISDIR(st.st_mode):
+        raise SandboxError(f"mount target {path} is a directory, the source is a file")
+
+
+def _attach(fd: int, target: str, is_dir: bool) -> None:
+    if is_dir:
+        _mkdirs(target)
+    else:
+        _touch(target)
+    try:
+        libc.move_mount_fd(fd, target)
+    finally:
+        os.close(fd)
+
+
+def _remount_ro(path: str) -> None:
+    """Bind `path` on itself and make it read-only, keeping its locked flags."""
+    libc.mount(path, path, None, libc.MS_BIND | libc.MS_REC)
+    flags = os.statvfs(path).f_flag & _ST_FLAGS
+    libc.mount(None, path, None, libc.MS_BIND | libc.MS_REMOUNT | libc.MS_RDONLY | flags)
+
+
+def _mount_dev(d: Detached) -> None:
+    _mkdirs("/dev")
+    libc.mount("tmpfs", "/dev", "tmpfs", libc.MS_NOSUID | libc.MS_STRICTATIME,
+               "mode=755,size=65536k")
+    if d.devices:
+        for fd, path in d.devices:
+            _attach(fd, path, False)
+    else:
+        for name, major, minor in _DEVICES:
+            os.mknod("/dev/" + name, 0o666 | stat.S_IFCHR, os.makedev(major, minor))
+            os.chmod("/dev/" + name, 0o666)
+    for sub in ("pts", "shm", "mqueue"):
+        os.mkdir("/dev/" + sub, 0o755)
+    libc.mount("devpts", "/dev/pts", "devpts", libc.MS_NOSUID | libc.MS_NOEXEC,
+               "newinstance,ptmxmode=0666,mode=0620,gid=5")
+    libc.mount("shm", "/dev/shm", "tmpfs", _NOSUID_NODEV_NOEXEC, "mode=1777,size=65536k")
+    libc.mount("mqueue", "/dev/mqueue", "mqueue", _NOSUID_NODEV_NOEXEC)
+    for name, dest in _DEV_LINKS:
+        os.symlink(dest, "/dev/" + name)
+
+
+def _mask(path: str) -> None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return
+    try:
+        if stat.S_ISDIR(st.st_mode):
+            libc.mount("tmpfs", path, "tmpfs", libc.MS_RDONLY | _NOSUID_NODEV_NOEXEC, "size=0")
+        else:
+            libc.mount("/dev/null", path, None, libc.MS_BIND)
+    except OSError as e:
+        if e.errno not in (errno.ENOENT, errno.ENOTDIR):
+            raise
+
+
+def populate(spec: SandboxSpec, d: Detached) -> None:
+    """Everything mounted after pivot_root: /dev, user mounts, /etc files, masks."""
+    _mount_dev(d)
+    for fd, m, is_dir in d.binds:
+        _attach(fd, m.dst, is_dir)
+    for m in spec.mounts:
+        if isinstance(m, TmpfsMount):
+            _mkdirs(m.dst)
+            opts = f"mode={m.mode:o}" + (f",size={m.size}" if m.size else "")
+            libc.mount("tmpfs", m.dst, "tmpfs", libc.MS_NOSUID | libc.MS_NODEV, opts)
+    for fd, path in d.etc:
+        _attach(fd, path, False)
+    for path in MASKED_PATHS:
+        _mask(path)
+    for path in READONLY_PATHS:
+        if os.path.exists(path):
+            _remount_ro(path)
+    if spec.root.readonly:
+        libc.mount(None, "/", None, libc.MS_BIND | libc.MS_REMOUNT | libc.MS_RDONLY
+                   | (os.statvfs("/").f_flag & _ST_FLAGS))
+
+
+def loopback_up() -> None:
+    """Bring `lo` up in our fresh network namespace (SIOCGIFFLAGS/SIOCSIFFLAGS)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        req = struct.pack("16sH14x", b"lo", 0)
+        flags = struct.unpack("16sH14x", fcntl.ioctl(s, 0x8913, req))[1]
+        fcntl.ioctl(s, 0x8914, struct.pack("16sH14x", b"lo", flags | 1))
+
+
+def find_executable(name: str, path_env: str) -> str:
+    """Resolve argv[0] like execvp, inside the container, with docker's messages."""
+    if "/" in name:
+        if not os.path.exists(name):
+            raise SandboxError(f"exec {name}: no such file or directory", 127)
+        return name
+    for d in path_env.split(":"):
+        cand = os.path.join(d or ".", name)
+        if os.path.isfile(cand) and os.access(cand, os.X_OK):
+            return cand
+    raise SandboxError(f"exec {name}: executable file not found in $PATH", 127)

@@ -1,0 +1,144 @@
+"""`push`: store -> registry. Blobs, then config, then manifests, then the index.
+
+Blobs the registry has are skipped (HEAD); blobs that some other repository of
+the same registry has (known from the store's refs) are mounted instead of
+uploaded; the rest are uploaded in parallel. Manifests go up with the exact
+bytes in the store, so the registry's digest is the store's digest.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from layerstore import reference
+from layerstore.errors import InvalidImage, NotFound, PybuildError
+from layerstore.model import Descriptor, Index, Manifest
+from layerstore.registry import open_client
+from layerstore.registry.client import Options, RegistryClient
+from layerstore.registry.errors import RegistryError
+from layerstore.registry.progress import Quiet, Reporter
+from layerstore.store import Store
+
+
+@dataclass
+class PushResult:
+    name: str            # destination reference as pushed
+    digest: str          # of the top manifest or index
+    uploaded: int = 0    # blobs uploaded
+    mounted: int = 0     # blobs mounted from another repository
+    existing: int = 0    # blobs the registry already had
+
+
+def _local_top(store: Store, name: str) -> tuple[Descriptor, list[str]]:
+    """Descriptor of what `name` points at (index or manifest) in the store."""
+    image = store.resolve(name)
+    return image.top, image.names
+
+
+def _mount_sources(store: Store, domain: str, repo: str) -> dict[str, str]:
+    """blob digest -> another repository on `domain` it was pulled from or pushed to."""
+    sources: dict[str, str] = {}
+    for name, desc in store.refs.list():
+        try:
+            ref = reference.parse(name)
+        except PybuildError:
+            continue
+        if ref.domain != domain or ref.path == repo:
+            continue
+        try:
+            obj = store.read_manifest(desc)
+            manifests = ([store.read_manifest(m) for m in obj.manifests if store.blobs.has(m.digest)]
+                         if isinstance(obj, Index) else [obj])
+        except PybuildError:
+            continue
+        for m in manifests:
+            if isinstance(m, Manifest):
+                for blob in [m.config, *m.layers]:
+                    sources.setdefault(blob.digest, ref.path)
+    return sources
+
+
+def push(store: Store, name: str, dest: str | None = None, *, options: Options | None = None,
+         progress: Reporter | None = None) -> PushResult:
+    """Push the image `name` from the store to `dest` (default: `name` itself)."""
+    options = options or Options()
+    progress = progress or Quiet()
+    top, names = _local_top(store, name)
+    target = dest or (name if names or ":" in name or "/" in name else None)
+    if target is None:
+        raise PybuildError(f"{name}: give a destination reference to push an image ID to")
+    ref = reference.parse(target)
+    if ref.digest:
+        raise PybuildError(f"{target}: push to a tag, not a digest")
+    repo = ref.path
+    top_obj = store.read_manifest(top)
+    manifests: list[tuple[Descriptor, Manifest]] = []
+    if isinstance(top_obj, Index):
+        for desc in top_obj.manifests:
+            if not store.blobs.has(desc.digest):
+                raise NotFound(f"{name}: index {top.digest} lists {desc.platform or desc.digest} "
+                               "which is not in the store (pull it with --all-platforms)")
+            obj = store.read_manifest(desc)
+            if not isinstance(obj, Manifest):
+                raise InvalidImage(f"{name}: nested index {desc.digest} not supported")
+            manifests.append((desc, obj))
+    else:
+        manifests.append((top, top_obj))
+    blobs: dict[str, Descriptor] = {}
+    for _d, m in manifests:
+        for blob in [*m.layers, m.config]:
+            if not store.blobs.has(blob.digest):
+                raise NotFound(f"{name}: blob {blob.digest} is not in the store")
+            blobs.setdefault(blob.digest, blob)
+    sources = _mount_sources(store, ref.domain, repo)
+
+    with open_client(ref.domain, options) as client, progress:
+        result = PushResult(name=str(ref), digest=top.digest)
+        _upload_all(client, repo, list(blobs.values()), store, sources, options, progress, result)
+        for desc, m in manifests:
+            if desc is not top:
+                client.put_manifest(repo, desc.digest, m.to_bytes(), m.media_type)
+        data = top_obj.to_bytes()
+        digest = client.put_manifest(repo, ref.tag or "latest", data, top_obj.media_type)
+        if digest != top.digest:
+            raise InvalidImage(f"{name}: stored manifest bytes hash to {digest}, not {top.digest}")
+        progress.note(f"{ref.familiar}: pushed {digest}")
+        return result
+
+
+def _upload_all(client: RegistryClient, repo: str, blobs: list[Descriptor], store: Store,
+                sources: dict[str, str], options: Options, progress: Reporter,
+                result: PushResult) -> None:
+    def one(desc: Descriptor) -> str:
+        task = progress.task(desc.digest[7:19], desc.size)
+        if client.blob_exists(repo, desc.digest):
+            task.finish("already on the registry")
+            return "existing"
+        location = None
+        source = sources.get(desc.digest)
+        if source:
+            try:
+                location = client.mount_blob(repo, desc.digest, source)
+                if location is None:
+                    task.finish(f"mounted from {source}")
+                    return "mounted"
+            except RegistryError:
+                location = None   # not allowed to read the source: upload instead
+        client.upload_blob(repo, desc, lambda: store.blobs.open(desc.digest),
+                           progress=task.advance, location=location)
+        task.finish("pushed")
+        return "uploaded"
+
+    order = sorted(blobs, key=lambda d: -d.size)
+    workers = max(1, min(options.max_concurrent, len(order)))
+    with ThreadPoolExecutor(workers, thread_name_prefix="push") as pool:
+        futures = [pool.submit(one, d) for d in order]
+        try:
+            for f in futures:
+                kind = f.result()
+                setattr(result, kind, getattr(result, kind) + 1)
+        except BaseException:
+            for f in futures:
+                f.cancel()
+            raise

@@ -1,0 +1,186 @@
+"""Hostile and corrupt layer tars: each is rejected with BadLayer naming the
+entry, and nothing outside the target (a canary dir beside it) changes."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import os
+from pathlib import Path
+
+import pytest
+
+from layerstore.errors import BadLayer, DigestMismatch
+from layerstore.layer_apply import apply_layer
+from layerstore.layer_compare import describe_tree
+from layerstore.layer_tar import DIR, LNK, REG, SYM, ZERO_BLOCK, build_header, padding
+
+END = ZERO_BLOCK * 2
+
+
+def reg(name: str, data: bytes = b"x", size: int | None = None) -> bytes:
+    size = len(data) if size is None else size
+    return build_header(name.encode(), REG, mode=0o644, size=size) + data + bytes(padding(len(data)))
+
+
+def sym(name: str, target: str) -> bytes:
+    return build_header(name.encode(), SYM, mode=0o777, linkname=target.encode())
+
+
+def link(name: str, target: str) -> bytes:
+    return build_header(name.encode(), LNK, mode=0o644, linkname=target.encode())
+
+
+def dirent(name: str) -> bytes:
+    return build_header(name.encode().rstrip(b"/") + b"/", DIR, mode=0o755)
+
+
+@pytest.fixture
+def arena(tmp_path):
+    """(target, canary): the canary holds a file and a dir a hostile layer would aim at."""
+    target, canary = tmp_path / "target", tmp_path / "canary"
+    target.mkdir()
+    (canary / "sub").mkdir(parents=True)
+    (canary / "file").write_text("precious")
+    (canary / "sub" / "deep").write_text("also precious")
+    before = (sorted(os.listdir(tmp_path)), describe_tree(canary))
+    yield target, canary
+    assert (sorted(os.listdir(tmp_path)), describe_tree(canary)) == before
+    assert not os.path.lexists("/evil") and not os.path.lexists(tmp_path.parent / "evil")
+
+
+def rejected(target: Path, layer: bytes, entry: str, mode: str) -> str:
+    with pytest.raises(BadLayer) as info:
+        apply_layer(io.BytesIO(layer), target, mode=mode)
+    msg = str(info.value)
+    assert entry in msg, msg
+    assert "\n" not in msg
+    return msg
+
+
+MODES = pytest.mark.parametrize("mode", ["overlay", "flat"])
+
+
+@MODES
+@pytest.mark.parametrize("name", ["../evil", "a/../../evil", "./../evil", "/evil", "/tmp/evil", "a/b/../../../evil"])
+def test_dotdot_and_absolute_names_rejected(arena, mode, name):
+    target, _ = arena
+    rejected(target, reg(name) + END, name, mode)
+
+
+@MODES
+def test_write_through_absolute_symlink_rejected(arena, mode):
+    target, canary = arena
+    rejected(target, sym("a", str(canary)) + reg("a/file", b"pwned") + END, "a/file", mode)
+    rejected(target, sym("b", "/etc") + reg("b/passwd", b"pwned") + END, "b/passwd", mode)
+
+
+@MODES
+def test_write_through_relative_symlink_chain_rejected(arena, mode):
+    target, _ = arena
+    layer = sym("up", "..") + sym("upup", "up/..") + reg("upup/canary/file", b"pwned") + END
+    rejected(target, layer, "upup/canary/file", mode)
+    rejected(target, dirent("d") + sym("d/x", "../..") + reg("d/x/canary/sub/deep") + END,
+             "d/x/canary/sub/deep", mode)
+
+
+@MODES
+def test_symlink_then_dir_entry_below_rejected(arena, mode):
+    target, canary = arena
+    rejected(target, sym("a", str(canary)) + dirent("a/newdir") + END, "a/newdir", mode)
+
+
+def test_flat_apply_refuses_symlink_already_in_tree(arena):
+    target, canary = arena
+    os.symlink(canary, target / "lib")
+    rejected(target, reg("lib/file", b"pwned") + END, "lib/file", "flat")
+    rejected(target, reg("lib/.wh.file") + END, "lib/.wh.file", "flat")
+    rejected(target, reg("lib/.wh..wh..opq") + END, "lib/.wh..wh..opq", "flat")
+
+
+def test_entries_replace_symlinks_instead_of_following_them(arena):
+    """A file or dir entry over an existing symlink replaces the link itself."""
+    target, canary = arena
+    os.symlink(canary / "file", target / "f")
+    os.symlink(canary / "sub", target / "d")
+    apply_layer(io.BytesIO(reg("f", b"mine") + dirent("d") + reg("d/deep", b"mine") + END), target, mode="flat")
+    assert (target / "f").read_bytes() == b"mine" and not (target / "f").is_symlink()
+    assert (target / "d" / "deep").read_bytes() == b"mine" and not (target / "d").is_symlink()
+
+
+@MODES
+@pytest.mark.parametrize("dest", ["../canary/file", "/etc/passwd", "s/file"])
+def test_hardlink_outside_rejected(arena, mode, dest):
+    target, canary = arena
+    rejected(target, sym("s", str(canary)) + link("h", dest) + END, "h", mode)
+
+
+@MODES
+def test_hardlink_to_missing_or_later_entry_rejected(arena, mode):
+    target, _ = arena
+    rejected(target, link("early", "nothere") + END, "early", mode)
+    rejected(target, link("early", "later") + reg("later") + END, "early", mode)
+    rejected(target, dirent("dir") + link("h", "dir") + END, "h", mode)
+
+
+@MODES
+@pytest.mark.parametrize("name", [".wh...", "a/.wh...", ".wh..", "/.wh.canary", "../.wh.canary", "a/../../.wh.canary"])
+def test_hostile_whiteouts_rejected(arena, mode, name):
+    target, _ = arena
+    rejected(target, dirent("a") + reg(name, b"") + END, name, mode)
+
+
+@MODES
+def test_whiteout_through_symlink_rejected(arena, mode):
+    target, canary = arena
+    rejected(target, sym("s", str(canary)) + reg("s/.wh.file", b"") + END, "s/.wh.file", mode)
+    rejected(target, sym("s", str(canary)) + reg("s/.wh..wh..opq", b"") + END, "s/.wh..wh..opq", mode)
+
+
+@MODES
+def test_absurd_size_stops_at_real_end(arena, mode):
+    target, _ = arena
+    petabyte = 1 << 50
+    layer = build_header(b"huge", REG, mode=0o644, size=petabyte) + b"A" * 4096
+    rejected(target, layer, "huge", mode)
+    assert (target / "huge").stat().st_blocks * 512 <= 1 << 20  # nothing preallocated
+
+
+@MODES
+def test_truncated_streams_rejected(arena, mode, tmp_path):
+    target, _ = arena
+    whole = reg("first", b"1" * 3000) + reg("second", b"2" * 5000) + END
+    cut_in_data = whole[:len(reg("first", b"1" * 3000)) + 1024]
+    rejected(target, cut_in_data, "second", mode)
+    cut_at_header = reg("first", b"1" * 3000)
+    rejected(target, cut_at_header, "first", mode)
+    noise = reg("first", os.urandom(3000)) + reg("second", os.urandom(300_000)) + END
+    gz = gzip.compress(noise, mtime=0)
+    rejected(target, gz[:len(gz) - 1000], "second", mode)
+
+
+@MODES
+def test_corrupt_header_rejected(arena, mode):
+    target, _ = arena
+    bad = bytearray(reg("broken"))
+    bad[0:6] = b"BROKEN"  # checksum no longer matches
+    rejected(target, reg("good") + bytes(bad) + END, "good", mode)
+
+
+@MODES
+def test_pax_and_gnu_long_names_are_checked_too(arena, mode):
+    target, _ = arena
+    evil = "../" * 40 + "evil"
+    rejected(target, reg(evil) + END, evil, mode)  # long: carried in a PAX path record
+    longname = evil.encode() + b"\0"
+    gnu = (build_header(b"././@LongLink", b"L", size=len(longname)) + longname + bytes(padding(len(longname)))
+           + reg("short") + END)
+    rejected(target, gnu, evil, mode)
+
+
+def test_wrong_diff_id_is_a_digest_mismatch(tmp_path):
+    target = tmp_path / "t"
+    target.mkdir()
+    with pytest.raises(DigestMismatch) as info:
+        apply_layer(io.BytesIO(reg("f") + END), target, expected_diff_id="sha256:" + "0" * 64)
+    assert "sha256:" + "0" * 64 in str(info.value)
