@@ -261,3 +261,103 @@ def fsck_cmd(settings: Settings) -> None:
                + ("clean" if r.clean else f"{len(r.problems)} problems"))
     if not r.clean:
         sys.exit(1)
+
+
+# --- registry ---------------------------------------------------------------
+
+def _registry_options(tls_verify: bool | None, max_concurrent: int):
+    from layerstore.registry.client import Options
+
+    if max_concurrent < 1:
+        raise click.BadParameter("must be at least 1", param_hint="--max-concurrent")
+    return Options(tls_verify=tls_verify, max_concurrent=max_concurrent)
+
+
+def _transfer_options(fn):
+    """Options shared by push and pull."""
+    fn = click.option("-q", "--quiet", is_flag=True, help="Print only the digest.")(fn)
+    fn = click.option("--progress", "progress_mode", default="auto",
+                      type=click.Choice(["auto", "tty", "plain"]),
+                      help="Bars on a terminal (auto), or one plain line per blob.")(fn)
+    fn = click.option("--max-concurrent", default=3, show_default=True,
+                      help="Blobs transferred at the same time.")(fn)
+    fn = click.option("--tls-verify", type=click.BOOL, default=None,
+                      help="Verify TLS certificates (default: yes, except on localhost).")(fn)
+    return fn
+
+
+@main.command("pull")
+@click.argument("image")
+@click.option("--platform", default=None, help="os/arch[/variant] to pick from an index.")
+@click.option("--all-platforms", is_flag=True, help="Store every platform of an index.")
+@_transfer_options
+@click.pass_obj
+def pull_cmd(settings: Settings, image: str, platform: str | None, all_platforms: bool,
+             tls_verify: bool | None, max_concurrent: int, progress_mode: str,
+             quiet: bool) -> None:
+    """Pull IMAGE (by tag or digest) from its registry; prints its digest."""
+    from layerstore.platforms import parse_platform
+    from layerstore.registry.progress import reporter
+    from layerstore.registry.pull import pull
+
+    result = pull(settings.store(), image,
+                  platform=parse_platform(platform) if platform else None,
+                  all_platforms=all_platforms,
+                  options=_registry_options(tls_verify, max_concurrent),
+                  progress=reporter(progress_mode, quiet))
+    click.echo(result.top.digest)
+
+
+@main.command("push")
+@click.argument("image")
+@click.argument("dest", required=False)
+@_transfer_options
+@click.pass_obj
+def push_cmd(settings: Settings, image: str, dest: str | None, tls_verify: bool | None,
+             max_concurrent: int, progress_mode: str, quiet: bool) -> None:
+    """Push IMAGE to its registry, or to DEST; prints the pushed digest."""
+    from layerstore.registry.progress import reporter
+    from layerstore.registry.push import push
+
+    result = push(settings.store(), image, dest,
+                  options=_registry_options(tls_verify, max_concurrent),
+                  progress=reporter(progress_mode, quiet))
+    click.echo(result.digest)
+
+
+@main.command("login")
+@click.argument("registry")
+@click.option("-u", "--username", default=None)
+@click.option("-p", "--password", default=None, hidden=True,
+              help="Insecure: visible in the process list; use --password-stdin.")
+@click.option("--password-stdin", is_flag=True, help="Read the password from stdin.")
+@click.option("--tls-verify", type=click.BOOL, default=None)
+def login_cmd(registry: str, username: str | None, password: str | None, password_stdin: bool,
+              tls_verify: bool | None) -> None:
+    """Check credentials for REGISTRY and store them in config.json."""
+    from layerstore.registry.login import login
+
+    if password_stdin:
+        if password is not None:
+            raise click.UsageError("--password and --password-stdin are mutually exclusive")
+        if username is None:
+            raise click.UsageError("--password-stdin needs --username")
+        password = sys.stdin.read().rstrip("\r\n")
+    if username is None:
+        username = click.prompt("Username")
+    if password is None:
+        password = click.prompt("Password", hide_input=True)
+    login(registry, username, password, _registry_options(tls_verify, 1))
+    click.echo("Login Succeeded")
+
+
+@main.command("logout")
+@click.argument("registry")
+def logout_cmd(registry: str) -> None:
+    """Remove stored credentials for REGISTRY."""
+    from layerstore.errors import NotFound
+    from layerstore.registry.login import logout, normalize_host
+
+    if not logout(registry):
+        raise NotFound(f"not logged in to {normalize_host(registry)}")
+    click.echo(f"Removed login credentials for {normalize_host(registry)}")

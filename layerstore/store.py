@@ -216,9 +216,10 @@ class Store:
             raise InvalidImage(f"image {image.id[7:19]}: {len(manifest.layers)} layers but "
                                f"{len(diff_ids)} diff IDs")
         paths = []
-        for chain_id, diff_id, layer in zip(dg.chain_ids(diff_ids), diff_ids, manifest.layers):
-            paths.append(self.snapshots.ensure(
-                chain_id, diff_id, lambda layer=layer: self.blobs.open(layer.digest)))
+        with self.writing():  # a concurrent prune must not take a half-made snapshot
+            for chain_id, diff_id, layer in zip(dg.chain_ids(diff_ids), diff_ids, manifest.layers):
+                paths.append(self.snapshots.ensure(
+                    chain_id, diff_id, lambda layer=layer: self.blobs.open(layer.digest)))
         return paths
 
     def disk_usage(self) -> int:

@@ -17,10 +17,9 @@ from layerstore.registry.login import login, logout
 from layerstore.registry.pull import pull
 from layerstore.registry.push import push
 from layerstore.store import Store
-from test_registry_helpers import (Registry, TokenServer, config_env,  # noqa: F401
-                                   htpasswd_file, make_image, make_pki, random_files, skopeo)
+from test_registry_helpers import (USER, PASSWORD, Registry, config_env,  # noqa: F401
+                                   htpasswd_file, token_setup, make_image, make_pki, random_files, skopeo)
 
-USER, PASSWORD = "alice", "s3cret-Pa55"
 
 
 @pytest.fixture
@@ -133,21 +132,6 @@ exit 1
 
 
 # --- token auth ------------------------------------------------------------------
-
-@pytest.fixture
-def token_setup(tmp_path):
-    d = tmp_path / "token-registry"
-    d.mkdir()
-    tokens = TokenServer(d / "issuer", {USER: PASSWORD}, lifetime=3, anonymous_pull=True)
-    try:
-        reg = Registry(d, auth=tokens.registry_auth())
-    except BaseException:
-        tokens.stop()
-        raise
-    yield reg, tokens
-    reg.stop()
-    tokens.stop()
-
 
 def test_token_auth_flow(tmp_path, token_setup, config_env):
     reg, tokens = token_setup

@@ -35,6 +35,7 @@ from layerstore.model import Descriptor, ImageConfig, Platform
 from layerstore.store import Store
 
 REGISTRY = "/usr/bin/docker-registry"
+USER, PASSWORD = "alice", "s3cret-Pa55"
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -481,3 +482,18 @@ def config_env(tmp_path, monkeypatch):
     monkeypatch.setenv("PYBUILD_CONFIG", str(cfg))
     monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "docker-config"))
     return cfg
+
+
+@pytest.fixture
+def token_setup(tmp_path):
+    d = tmp_path / "token-registry"
+    d.mkdir()
+    tokens = TokenServer(d / "issuer", {USER: PASSWORD}, lifetime=3, anonymous_pull=True)
+    try:
+        reg = Registry(d, auth=tokens.registry_auth())
+    except BaseException:
+        tokens.stop()
+        raise
+    yield reg, tokens
+    reg.stop()
+    tokens.stop()

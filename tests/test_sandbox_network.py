@@ -340,37 +340,53 @@ def test_private_network_reaches_out_and_publishes_tcp_udp(lab: Lab):
 
 
 def test_port_in_use_is_named_and_reservations_exclude_each_other(lab: Lab):
-    def scenario() -> list[str]:
+    def scenario() -> dict[str, Any]:
+        before = residue()
         errors = []
+        boxes = [start_container()]
+
+        def attempt(ports: list[PortMapping]) -> PrivateNetwork | None:
+            net = PrivateNetwork(NetworkConfig(mode="private", ports=ports), uuid.uuid4().hex)
+            try:
+                net.attach(boxes[-1].pid)
+                return net
+            except NetworkError as exc:
+                errors.append(str(exc))
+                net.teardown()
+                return None
+
         squatter = socket.socket()
         squatter.bind(("127.0.0.1", 18090))
         squatter.listen(1)
         try:
-            for ports in ([PortMapping(18090, 80)], [PortMapping(18090, 80, host_ip="0.0.0.0")]):
-                try:
-                    PrivateNetwork(NetworkConfig(mode="private", ports=ports), "busy")
-                except NetworkError as exc:
-                    errors.append(str(exc))
-            # the same number over udp is free
-            PrivateNetwork(NetworkConfig(mode="private", ports=[PortMapping(18090, 80, "udp")]),
-                           "udp").teardown()
+            assert attempt([PortMapping(18090, 80)]) is None
+            assert attempt([PortMapping(18091, 81), PortMapping(18090, 80, host_ip="0.0.0.0")]) is None
+            free_again = socket.socket()
+            free_again.bind(("127.0.0.1", 18091))  # the failed attempt let go of 18091
+            free_again.close()
+            udp = attempt([PortMapping(18090, 80, "udp")])  # the same number over udp is free
+            assert udp is not None
         finally:
             squatter.close()
-        first = PrivateNetwork(NetworkConfig(mode="private", ports=[PortMapping(18091, 80, "udp")]), "a")
+        boxes.append(start_container())
         try:
-            PrivateNetwork(NetworkConfig(mode="private", ports=[PortMapping(18091, 53, "udp")]), "b")
-        except NetworkError as exc:
-            errors.append(str(exc))
-        first.teardown()
-        PrivateNetwork(NetworkConfig(mode="private", ports=[PortMapping(18091, 53, "udp")]), "c").teardown()
-        return errors
+            assert attempt([PortMapping(18090, 53, "udp")]) is None  # held by the first container
+            udp.teardown()
+            again = attempt([PortMapping(18090, 53, "udp")])
+            assert again is not None
+            again.teardown()
+        finally:
+            stop(*boxes)
+        return {"before": before, "errors": errors, "after": residue()}
 
-    errors = lab.run(scenario)
-    assert len(errors) == 3
+    seen = lab.run(scenario)
+    errors = seen["errors"]
+    assert len(errors) == 3, errors
     assert "127.0.0.1:18090/tcp" in errors[0] and "in use" in errors[0]
     assert "0.0.0.0:18090/tcp" in errors[1] and "in use" in errors[1]
-    assert "127.0.0.1:18091/udp" in errors[2] and "in use" in errors[2]
+    assert "127.0.0.1:18090/udp" in errors[2] and "in use" in errors[2]
     assert all("\n" not in e for e in errors)
+    assert seen["after"] == seen["before"]
 
 
 def test_concurrent_attach_gets_distinct_addresses_and_leaves_nothing(lab: Lab):
@@ -432,8 +448,14 @@ def test_rules_of_a_killed_parent_are_swept_by_the_next_run(lab: Lab):
         wait_gone(veth_name("crashed"))
         left_again = residue()
         swept = collect_garbage(), collect_garbage()
+        after_gc = residue()
+        Forked(crashed_parent).result()
+        wait_gone(veth_name("crashed"))
+        left_third = residue()
+        PrivateNetwork(NetworkConfig(mode="private", ports=[PortMapping(18100, 80)]), "crashed").teardown()
         return {"before": before, "left": left, "during": during, "ip": ip, "after": after,
-                "left_again": left_again, "swept": swept, "after_gc": residue()}
+                "left_again": left_again, "swept": swept, "after_gc": after_gc,
+                "left_third": left_third, "after_orphan_teardown": residue()}
 
     def wait_gone(link: str) -> None:
         deadline = time.monotonic() + 5
@@ -446,6 +468,9 @@ def test_rules_of_a_killed_parent_are_swept_by_the_next_run(lab: Lab):
     assert "pybuild0" in seen["left_again"]["links"] and seen["left_again"] != seen["before"]
     assert seen["swept"] == (True, False)
     assert seen["after_gc"] == seen["before"]
+    # the core's monitor, orphaned, tears down through a fresh instance of the same id
+    assert seen["left_third"] != seen["before"]
+    assert seen["after_orphan_teardown"] == seen["before"]
     assert not any(veth_name("crashed") in rule for rule in seen["during"]["rules"])
     assert seen["ip"] == "10.89.0.2"  # the dead container's lease went with its veth
     assert seen["after"] == seen["before"]
@@ -592,4 +617,103 @@ def test_same_container_id_twice_is_refused_without_harming_the_first(lab: Lab):
     assert again_first.endswith("network already attached")
     assert again_twin.endswith("network already torn down")
     assert seen["reply"] == "first 10.89.0.1 still"
+    assert seen["after"] == seen["before"]
+
+
+# ---- through the sandbox core (busybox rootfs) ---------------------------------------
+
+def _fetch(url: str, deadline: float) -> str:
+    """GET url, retrying while the container's server is still starting."""
+    import urllib.request
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as resp:
+                return resp.read().decode()
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
+def _knock(port: int, deadline: float) -> None:
+    """Connect to 127.0.0.1:port until something accepts (tells the container to finish)."""
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=2):
+                return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
+@pytest.mark.slow
+def test_run_private_through_the_sandbox(lab: Lab, busybox_rootfs):
+    from builder.sandbox import DirRoot, SandboxSpec, TmpfsMount, start
+
+    script = ("ip -o -4 addr show dev eth0; ip route; echo links=$(ip -o link | wc -l); "
+              "echo hi | nc 10.89.0.1 7000; echo hi | nc 192.0.2.2 7001; "
+              "echo hello-from-box > /tmp/index.html; httpd -p 8080 -h /tmp; "
+              "nc -l -p 9000 > /dev/null; echo done")
+
+    def scenario() -> dict[str, Any]:
+        before = residue()
+        host_srv = serve("tcp", "0.0.0.0", 7000, "host")
+        out_srv = serve("tcp", lab.outside_addr, 7001, "outside", ("ip", "netns", "exec", lab.outside))
+        spec = SandboxSpec(root=DirRoot(busybox_rootfs, readonly=True), argv=["/bin/sh", "-c", script],
+                           mounts=[TmpfsMount("/tmp")], stdio="pipe", timeout=30,
+                           network=NetworkConfig(mode="private", ports=[
+                               PortMapping(18080, 8080), PortMapping(19000, 9000)]))
+        box = start(spec)
+        try:
+            deadline = time.monotonic() + 15
+            page = _fetch("http://127.0.0.1:18080/index.html", deadline)
+            during = residue()
+            _knock(19000, deadline)
+            result = box.wait()
+        finally:
+            box.teardown()
+            stop(host_srv, out_srv)
+        return {"before": before, "page": page, "during": during, "ip": box.ip,
+                "exit": result.exit_code, "out": (result.stdout or b"").decode(),
+                "err": (result.stderr or b"").decode(), "after": residue()}
+
+    netns_before = run("ip", "netns", "list")
+    seen = lab.run(scenario, timeout=60)
+    out, ip = seen["out"], seen["ip"]
+    assert seen["exit"] == 0, seen
+    assert f"inet {ip}/24" in out and "default via 10.89.0.1 dev eth0" in out
+    assert "links=2" in out  # lo and eth0
+    assert f"host {ip} hi" in out  # the host side of the bridge, directly
+    assert f"outside {lab.host_addr} hi" in out  # the outside, through NAT
+    assert seen["page"] == "hello-from-box\n"  # published port, via the host's 127.0.0.1
+    assert "done" in out
+    assert any(name.startswith("pbv") for name in seen["during"]["links"])
+    assert seen["after"] == seen["before"]
+    assert run("ip", "netns", "list") == netns_before
+
+
+@pytest.mark.slow
+def test_run_none_has_only_loopback_and_no_route(lab: Lab, busybox_rootfs):
+    from builder.sandbox import DirRoot, SandboxSpec, run as sandbox_run
+
+    script = ("ip -o link; echo routes=$(ip route | wc -l); "
+              "echo hi | nc 192.0.2.1 7000 || echo unreachable")
+
+    def scenario() -> dict[str, Any]:
+        before = residue()
+        host_srv = serve("tcp", "0.0.0.0", 7000, "host")
+        try:
+            result = sandbox_run(SandboxSpec(root=DirRoot(busybox_rootfs, readonly=True),
+                                             argv=["/bin/sh", "-c", script], stdio="pipe", timeout=20))
+        finally:
+            stop(host_srv)
+        return {"before": before, "exit": result.exit_code, "out": (result.stdout or b"").decode(),
+                "after": residue()}
+
+    seen = lab.run(scenario, timeout=40)
+    links = [line.split(":")[1].strip() for line in seen["out"].splitlines() if ": <" in line]
+    assert links == ["lo"], seen
+    assert "LOOPBACK,UP" in seen["out"]
+    assert "routes=0" in seen["out"] and "unreachable" in seen["out"] and "host " not in seen["out"]
     assert seen["after"] == seen["before"]

@@ -26,6 +26,7 @@ import tempfile
 import termios
 import fcntl
 import threading
+import traceback
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -359,11 +360,22 @@ def start(spec: SandboxSpec) -> Container:
         if spec.stdio == "pipe":
             _feed_stdin(c, spec.input or b"")
         return c
-    except BaseException:
+    except BaseException as exc:
+        child_msg = None
+        if c._monitor > 0 and pipes.exec_r >= 0 and not isinstance(exc, SandboxError | KeyboardInterrupt):
+            c.kill(signal.SIGKILL)
+        if c._monitor > 0 and pipes.exec_r >= 0:
+            try:
+                os.kill(c._monitor, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            child_msg = _read_line(pipes.exec_r)  # the child's own reason, if it gave one
         try:
             c.teardown()
         except SandboxError:
             pass
+        if child_msg and child_msg.startswith("E ") and not isinstance(exc, KeyboardInterrupt):
+            raise _child_error(child_msg, -1) from None
         raise
     finally:
         _close(pipes.exec_r, pipes.go_a_w, pipes.go_b_w)
@@ -528,6 +540,11 @@ def _container_main(spec: SandboxSpec, p: _Pipes, stdio: list[int], capset: froz
         for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGPIPE):
             signal.signal(s, signal.SIG_DFL)
         _close(p.ctl_w)
+        if spec.userns is not None:
+            # become the namespace's root: host ids of the mapped range, not host root
+            os.setresgid(0, 0, 0)
+            os.setgroups([0])
+            os.setresuid(0, 0, 0)
         os.setsid()
         flags = libc.CLONE_NEWNS | libc.CLONE_NEWUTS | libc.CLONE_NEWIPC
         if spec.network.mode != "host":
@@ -572,6 +589,7 @@ def _container_main(spec: SandboxSpec, p: _Pipes, stdio: list[int], capset: froz
     except OSError as e:
         code = 126 if e.errno in (errno.EACCES, errno.ENOEXEC, errno.EPERM) else 127
         where = "exec " + spec.argv[0] if e.filename is None and "exec" not in str(e) else "set-up"
+        _send(p.exec_w, 'E 1 ' + ' | '.join(traceback.format_exc().splitlines()[-6:]))
         _send(p.exec_w, f"E {code} container {where}: {e}")
         os._exit(code)
     except BaseException as e:

@@ -307,7 +307,7 @@ class PrivateNetwork:
         self.ip: str | None = None
         self._attached = False
         self._closed = False
-        self._reservations = self._reserve_ports(config.ports)
+        self._reservations: list[socket.socket] = []
 
     # -- ports -------------------------------------------------------------------
 
@@ -336,10 +336,22 @@ class PrivateNetwork:
     # -- attach ------------------------------------------------------------------
 
     def attach(self, pid: int) -> str:
-        """Join the network namespace of `pid` to the bridge; returns the container's IP."""
+        """Join the network namespace of `pid` to the bridge; returns the container's IP.
+
+        A failed attach leaves nothing behind and closes this instance (teardown is then a
+        no-op), so it can never remove what another instance with the same id made."""
         if self._attached or self._closed:
             raise NetworkError(f"container {self.container_id}: network already "
                                f"{'attached' if self._attached else 'torn down'}")
+        try:
+            self.ip = self._attach(pid)
+        except BaseException:
+            self._closed = True
+            self._release_ports()
+            raise
+        return self.ip
+
+    def _attach(self, pid: int) -> str:
         try:
             target = _netns_id(pid)
         except OSError as exc:
@@ -347,6 +359,8 @@ class PrivateNetwork:
         if target == _netns_id("thread-self"):
             raise NetworkError(f"container {self.container_id}: process {pid} shares our network "
                                "namespace; refusing to move an interface out of it")
+        # Reserved here, after the caller forked its helpers, so that only it holds them.
+        self._reservations = self._reserve_ports(self.config.ports)
         with _net_lock():
             host = _Host.read()
             if self.veth in host.links:
@@ -360,15 +374,14 @@ class PrivateNetwork:
                 self.ip = self._lease(host)
                 self._plug(pid, host.uplink_mtu())
                 self._publish(host)
+                return self.ip
             except BaseException:
+                self._attached = False
                 try:
                     self._release(_Host.read())
                 except NetworkError:
                     pass  # the original error says more; the next attach sweeps the rest
-                self._attached = False
-                self.ip = None
                 raise
-        return self.ip
 
     def _ensure_bridge(self, host: _Host) -> None:
         """Create the bridge and its rules unless they exist; check an existing one fits."""
@@ -481,18 +494,28 @@ class PrivateNetwork:
     # -- teardown ----------------------------------------------------------------
 
     def teardown(self) -> None:
-        """Remove this container's veth, rules, port reservations and, if last, the bridge."""
+        """Remove this container's veth, rules, port reservations and, if last, the bridge.
+
+        An instance that never attached removes whatever its container id left
+        (a monitor cleaning up after its killed parent makes a fresh one)."""
         try:
-            if self._attached:
+            if self._attached or not self._closed:
                 with _net_lock():
-                    self._release(_Host.read())
+                    host = _Host.read()
+                    mine = f"pybuild:{self.veth}"
+                    if self._attached or self.veth in host.links or any(
+                            _comment(r) == mine for rules in host.rules.values() for r in rules):
+                        self._release(host)
                 self._attached = False
                 self.ip = None
         finally:
             self._closed = True
-            for sock in self._reservations:
-                sock.close()
-            self._reservations = []
+            self._release_ports()
+
+    def _release_ports(self) -> None:
+        for sock in self._reservations:
+            sock.close()
+        self._reservations = []
 
     def _release(self, host: _Host) -> None:
         if self.veth in host.links:

@@ -121,6 +121,10 @@ class RegistryClient:
         self.host = host
         self.options = options or Options()
         self.tls = tls.for_host(host, self.options.tls_verify, self.options.insecure_hosts)
+        if self.tls.verify is False:   # chosen on purpose (loopback/insecure): no nagging
+            import urllib3
+
+            urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
         if creds is True:
             creds = credentials.lookup(host)
         self.auth = Authenticator(host, creds or None)

@@ -1,0 +1,181 @@
+#!/usr/bin/env python3
+"""Layer codec speed against the peer tools, on one ~500 MB / 20k-file tree.
+
+Interleaved runs (ours, then the peer, repeated), median and min-max of each
+and the ratio ours/peer:
+  commit: write_layer gzip / zstd to a file   vs  tar -cf - | gzip / zstd -T0 > file
+  unpack: apply_layer flat into a fresh dir   vs  tar -xf (and umoci unpack, see below)
+  pybuild --help wall time.
+Targets (issue 2): zstd commit <= 1.3x tar|zstd -T0; gzip commit <= 1x tar|gzip;
+unpack <= umoci unpack.
+
+Everything is made in a fresh directory (default: a new dir under /var/tmp)
+and deleted at the end: this ext4 has no journal, and creating files right
+after a mass delete crawls, so each unpack goes into a new directory.
+
+    python3 bench/bench_layers.py [--runs 5] [--mb 500] [--files 20000] [--workdir DIR] [--keep]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from layerstore.layer_apply import apply_layer  # noqa: E402
+from layerstore.layer_diff import write_layer  # noqa: E402
+
+
+def make_tree(root: Path, total_mb: int, files: int, seed: int = 42) -> tuple[int, int]:
+    """A deterministic tree of mixed sizes: 90% small, 9.5% medium, 0.5% large files,
+    half compressible text, half random bytes, plus some symlinks and hardlinks."""
+    rng = random.Random(seed)
+    words = [rng.randbytes(rng.randint(2, 9)).hex().encode() for _ in range(5000)]
+    text = b" ".join(rng.choice(words) for _ in range(4_000_000))[: 24 << 20]
+    noise = rng.randbytes(24 << 20)
+    sizes = []
+    for _ in range(files):
+        r = rng.random()
+        sizes.append(rng.randint(0, 16 << 10) if r < 0.90 else
+                     rng.randint(16 << 10, 256 << 10) if r < 0.995 else rng.randint(512 << 10, 2 << 20))
+    scale = (total_mb << 20) / max(1, sum(sizes))
+    sizes = [int(s * scale) for s in sizes]
+    written = 0
+    made: list[Path] = []
+    for i, size in enumerate(sizes):
+        d = root / f"d{i % 40:02d}" / f"s{(i // 40) % 25:02d}"
+        if i < 1000:
+            d.mkdir(parents=True, exist_ok=True)
+        pool = text if i % 2 else noise
+        start = rng.randrange(0, len(pool) - size) if size < len(pool) else 0
+        p = d / f"file{i:05d}.dat"
+        p.write_bytes(pool[start:start + size])
+        made.append(p)
+        written += size
+        if i % 200 == 7:
+            os.symlink(f"../../d00/s00/file{i:05d}.dat", d / f"link{i:05d}")
+        if i % 500 == 11:
+            os.link(made[i // 2], d / f"hard{i:05d}")
+    return written, files
+
+
+def timed(fn: Callable[[], object]) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def sh(cmd: str) -> None:
+    subprocess.run(["bash", "-o", "pipefail", "-c", cmd], check=True)
+
+
+def umoci_unpack(layout: Path | None, dest: Path) -> float | None:
+    """LEAD: time `umoci unpack --image LAYOUT:REF DEST` here once the store can write an
+    OCI layout of the benchmark tree (e.g. import it and save --format oci); None until then."""
+    return None
+
+
+def summary(label: str, times: list[float]) -> str:
+    return (f"{label:<38} median {statistics.median(times):7.3f}s  "
+            f"min-max {min(times):7.3f}-{max(times):7.3f}s  (n={len(times)})")
+
+
+def ratio(ours: list[float], peer: list[float], target: str) -> str:
+    return f"{'':<38} ratio ours/peer {statistics.median(ours) / statistics.median(peer):5.2f}x  (target {target})"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--mb", type=int, default=500)
+    ap.add_argument("--files", type=int, default=20000)
+    ap.add_argument("--workdir", type=Path, default=Path("/var/tmp"))
+    ap.add_argument("--keep", action="store_true", help="do not delete the work dir")
+    args = ap.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="bench-layers-", dir=args.workdir))
+    try:
+        tree = work / "tree"
+        t = time.perf_counter()
+        size, files = make_tree(tree, args.mb, args.files)
+        print(f"tree: {size / 1e6:.0f} MB in {files} files at {tree} (made in {time.perf_counter() - t:.1f}s)")
+        sh(f"tar -cf - -C {tree} . | cat > /dev/null")  # warm the page cache
+
+        res: dict[str, list[float]] = {k: [] for k in (
+            "ours gzip", "tar | gzip", "ours zstd", "tar | zstd -T0", "ours unpack (gzip)", "tar -xzf",
+            "ours unpack (zstd)", "tar -x --zstd", "umoci unpack", "python3 -m builder --help",
+            "pybuild --help")}
+        ours_gz, ours_zst = work / "ours.tar.gz", work / "ours.tar.zst"
+
+        def commit(path: Path, compression: str) -> None:
+            with open(path, "wb") as out:
+                write_layer(tree, out, compression=compression, overlay=False)
+
+        def unpack(path: Path, dest: Path) -> None:
+            dest.mkdir()
+            with open(path, "rb") as f:
+                apply_layer(f, dest, mode="flat")
+
+        n = 0
+        for run in range(args.runs):
+            res["ours gzip"].append(timed(lambda: commit(ours_gz, "gzip")))
+            res["tar | gzip"].append(timed(lambda: sh(f"tar -cf - -C {tree} . | gzip > {work}/peer.tar.gz")))
+            res["ours zstd"].append(timed(lambda: commit(ours_zst, "zstd")))
+            res["tar | zstd -T0"].append(timed(
+                lambda: sh(f"tar -cf - -C {tree} . | zstd -q -T0 > {work}/peer.tar.zst")))
+            for label, blob, peer_label, peer_flags in (("ours unpack (gzip)", ours_gz, "tar -xzf", "-xzf"),
+                                                         ("ours unpack (zstd)", ours_zst, "tar -x --zstd",
+                                                          "--zstd -xf")):
+                n += 1
+                res[label].append(timed(lambda: unpack(blob, work / f"u{n}")))
+                peer_dir = work / f"p{n}"
+                peer_dir.mkdir()
+                res[peer_label].append(timed(lambda: sh(f"tar {peer_flags} {blob} -C {peer_dir}")))
+            umoci = umoci_unpack(None, work / f"m{run}")
+            if umoci is not None:
+                res["umoci unpack"].append(umoci)
+            env = dict(os.environ, PYTHONPATH=str(REPO))
+            res["python3 -m builder --help"].append(timed(lambda: subprocess.run(
+                [sys.executable, "-m", "builder", "--help"], check=True, capture_output=True, env=env)))
+            script = shutil.which("pybuild")
+            if script:
+                res["pybuild --help"].append(timed(lambda: subprocess.run(
+                    [script, "--help"], check=True, capture_output=True, env=env)))
+            print(f"run {run + 1}/{args.runs} done", flush=True)
+
+        sizes = {p.name: p.stat().st_size for p in (ours_gz, ours_zst, work / "peer.tar.gz", work / "peer.tar.zst")}
+        print("\nblob sizes: " + ", ".join(f"{k} {v / 1e6:.1f} MB" for k, v in sizes.items()))
+        print()
+        for ours, peer, target in (("ours gzip", "tar | gzip", "<= 1.0x"), ("ours zstd", "tar | zstd -T0", "<= 1.3x"),
+                                   ("ours unpack (gzip)", "tar -xzf", "info; umoci is the target"),
+                                   ("ours unpack (zstd)", "tar -x --zstd", "info")):
+            print(summary(ours, res[ours]))
+            print(summary(peer, res[peer]))
+            print(ratio(res[ours], res[peer], target))
+        if res["umoci unpack"]:
+            print(summary("umoci unpack", res["umoci unpack"]))
+            print(ratio(res["ours unpack (gzip)"], res["umoci unpack"], "<= 1.0x"))
+        else:
+            print("umoci unpack: not measured yet (see umoci_unpack(): needs the store's OCI layout)")
+        for label in ("python3 -m builder --help", "pybuild --help"):
+            if res[label]:
+                print(summary(label, res[label]) + "   (target < 0.150s)")
+    finally:
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
