@@ -7,7 +7,7 @@ and the ratio ours/peer:
   unpack: apply_layer flat into a fresh dir   vs  tar -xf (and umoci unpack, see below)
   pybuild --help wall time.
 Targets (issue 2): zstd commit <= 1.3x tar|zstd -T0; gzip commit <= 1x tar|gzip;
-unpack <= umoci unpack.
+unpack <= umoci unpack (of the same gzip layer, from a bare OCI layout).
 
 Everything is made in a fresh directory (default: a new dir under /var/tmp)
 and deleted at the end: this ext4 has no journal, and creating files right
@@ -19,6 +19,8 @@ after a mass delete crawls, so each unpack goes into a new directory.
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import os
 import random
 import shutil
@@ -34,14 +36,15 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from layerstore.layer_apply import apply_layer  # noqa: E402
-from layerstore.layer_diff import write_layer  # noqa: E402
+from layerstore.layer_diff import LayerStats, write_layer  # noqa: E402
 
 
 def make_tree(root: Path, total_mb: int, files: int, seed: int = 42) -> tuple[int, int]:
     """A deterministic tree of mixed sizes: 90% small, 9.5% medium, 0.5% large files,
-    half compressible text, half random bytes, plus some symlinks and hardlinks."""
+    3/4 compressible text, 1/4 random bytes, plus some symlinks and hardlinks."""
     rng = random.Random(seed)
-    words = [rng.randbytes(rng.randint(2, 9)).hex().encode() for _ in range(5000)]
+    letters = b"etaoinshrdlucmfwypvbgkjqxz_/.0123456789"
+    words = [bytes(rng.choice(letters[:20 + i % 19]) for _ in range(rng.randint(2, 12))) for i in range(3000)]
     text = b" ".join(rng.choice(words) for _ in range(4_000_000))[: 24 << 20]
     noise = rng.randbytes(24 << 20)
     sizes = []
@@ -57,7 +60,7 @@ def make_tree(root: Path, total_mb: int, files: int, seed: int = 42) -> tuple[in
         d = root / f"d{i % 40:02d}" / f"s{(i // 40) % 25:02d}"
         if i < 1000:
             d.mkdir(parents=True, exist_ok=True)
-        pool = text if i % 2 else noise
+        pool = noise if i % 4 == 0 else text
         start = rng.randrange(0, len(pool) - size) if size < len(pool) else 0
         p = d / f"file{i:05d}.dat"
         p.write_bytes(pool[start:start + size])
@@ -80,10 +83,35 @@ def sh(cmd: str) -> None:
     subprocess.run(["bash", "-o", "pipefail", "-c", cmd], check=True)
 
 
-def umoci_unpack(layout: Path | None, dest: Path) -> float | None:
-    """LEAD: time `umoci unpack --image LAYOUT:REF DEST` here once the store can write an
-    OCI layout of the benchmark tree (e.g. import it and save --format oci); None until then."""
-    return None
+def oci_layout(blob: Path, media_type: str, diff_id: str, dest: Path) -> Path:
+    """LEAD: a bare OCI layout holding one layer, written here by hand so that umoci can be
+    timed today; swap in the store (import the tree, `save --format oci`) once it exists."""
+    blobs = dest / "blobs" / "sha256"
+    blobs.mkdir(parents=True)
+
+    def put(data: bytes) -> dict:
+        digest = hashlib.sha256(data).hexdigest()
+        (blobs / digest).write_bytes(data)
+        return {"digest": "sha256:" + digest, "size": len(data)}
+
+    layer = blob.read_bytes()
+    config = put(json.dumps({"architecture": "amd64", "os": "linux", "config": {},
+                             "rootfs": {"type": "layers", "diff_ids": [diff_id]}}).encode())
+    manifest = put(json.dumps({
+        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", **config},
+        "layers": [{"mediaType": media_type, **put(layer)}]}).encode())
+    (dest / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
+    (dest / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": [{
+        "mediaType": "application/vnd.oci.image.manifest.v1+json", **manifest,
+        "annotations": {"org.opencontainers.image.ref.name": "bench"}}]}))
+    return dest
+
+
+def umoci_unpack(layout: Path, dest: Path) -> None:
+    """`umoci unpack` of the layout's one image into dest (a bundle: dest/rootfs)."""
+    subprocess.run(["umoci", "unpack", "--image", f"{layout}:bench", str(dest)], check=True,
+                   stdout=subprocess.DEVNULL)
 
 
 def summary(label: str, times: list[float]) -> str:
@@ -118,15 +146,17 @@ def main() -> int:
             "pybuild --help")}
         ours_gz, ours_zst = work / "ours.tar.gz", work / "ours.tar.zst"
 
-        def commit(path: Path, compression: str) -> None:
+        def commit(path: Path, compression: str) -> LayerStats:
             with open(path, "wb") as out:
-                write_layer(tree, out, compression=compression, overlay=False)
+                return write_layer(tree, out, compression=compression, overlay=False)
 
         def unpack(path: Path, dest: Path) -> None:
             dest.mkdir()
             with open(path, "rb") as f:
                 apply_layer(f, dest, mode="flat")
 
+        stats = commit(ours_gz, "gzip")
+        layout = oci_layout(ours_gz, "application/vnd.oci.image.layer.v1.tar+gzip", stats.diff_id, work / "oci")
         n = 0
         for run in range(args.runs):
             res["ours gzip"].append(timed(lambda: commit(ours_gz, "gzip")))
@@ -142,9 +172,7 @@ def main() -> int:
                 peer_dir = work / f"p{n}"
                 peer_dir.mkdir()
                 res[peer_label].append(timed(lambda: sh(f"tar {peer_flags} {blob} -C {peer_dir}")))
-            umoci = umoci_unpack(None, work / f"m{run}")
-            if umoci is not None:
-                res["umoci unpack"].append(umoci)
+            res["umoci unpack"].append(timed(lambda: umoci_unpack(layout, work / f"m{run}")))
             env = dict(os.environ, PYTHONPATH=str(REPO))
             res["python3 -m builder --help"].append(timed(lambda: subprocess.run(
                 [sys.executable, "-m", "builder", "--help"], check=True, capture_output=True, env=env)))
@@ -166,8 +194,6 @@ def main() -> int:
         if res["umoci unpack"]:
             print(summary("umoci unpack", res["umoci unpack"]))
             print(ratio(res["ours unpack (gzip)"], res["umoci unpack"], "<= 1.0x"))
-        else:
-            print("umoci unpack: not measured yet (see umoci_unpack(): needs the store's OCI layout)")
         for label in ("python3 -m builder --help", "pybuild --help"):
             if res[label]:
                 print(summary(label, res[label]) + "   (target < 0.150s)")

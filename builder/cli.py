@@ -129,11 +129,20 @@ def history_cmd(settings: Settings, image: str, no_trunc: bool, human: bool, fmt
 @click.argument("names", nargs=-1, required=True)
 @click.pass_obj
 def inspect_cmd(settings: Settings, names: tuple[str, ...]) -> None:
-    """Show image details as JSON."""
+    """Show image or container details as JSON."""
+    from layerstore.errors import NotFound
     from layerstore.images import inspect
 
     store = settings.store()
-    _print_json([inspect(store, n) for n in names])
+    out = []
+    for n in names:
+        try:
+            out.append(inspect(store, n))
+        except NotFound:
+            from builder.runner.views import inspect as inspect_container
+
+            out.append(inspect_container(_containers(settings).find(n)))
+    _print_json(out)
 
 
 @main.command("tag")
@@ -311,17 +320,25 @@ def pull_cmd(settings: Settings, image: str, platform: str | None, all_platforms
 @main.command("push")
 @click.argument("image")
 @click.argument("dest", required=False)
+@click.option("--compression", type=click.Choice(["gzip", "zstd", "none"]), default=None,
+              help="Compress uncompressed layers this way before upload.")
+@click.option("--force-compression", is_flag=True,
+              help="Also re-encode layers compressed differently (changes digests).")
 @_transfer_options
 @click.pass_obj
-def push_cmd(settings: Settings, image: str, dest: str | None, tls_verify: bool | None,
-             max_concurrent: int, progress_mode: str, quiet: bool) -> None:
+def push_cmd(settings: Settings, image: str, dest: str | None, compression: str | None,
+             force_compression: bool, tls_verify: bool | None, max_concurrent: int,
+             progress_mode: str, quiet: bool) -> None:
     """Push IMAGE to its registry, or to DEST; prints the pushed digest."""
     from layerstore.registry.progress import reporter
     from layerstore.registry.push import push
 
+    if force_compression and not compression:
+        raise click.UsageError("--force-compression needs --compression")
     result = push(settings.store(), image, dest,
                   options=_registry_options(tls_verify, max_concurrent),
-                  progress=reporter(progress_mode, quiet))
+                  progress=reporter(progress_mode, quiet), compression=compression,
+                  force_compression=force_compression)
     click.echo(result.digest)
 
 
@@ -361,3 +378,331 @@ def logout_cmd(registry: str) -> None:
     if not logout(registry):
         raise NotFound(f"not logged in to {normalize_host(registry)}")
     click.echo(f"Removed login credentials for {normalize_host(registry)}")
+
+
+# --- dockerfile frontend ---
+
+@main.command("check")
+@click.option("-f", "--file", "dockerfile", type=click.Path(path_type=Path), default=None,
+              help="Dockerfile to check (default: CONTEXT/Dockerfile).")
+@click.option("--build-arg", "build_args", multiple=True, metavar="KEY=VALUE", help="Set a build arg.")
+@click.option("--target", default=None, help="Stage to build (default: the last).")
+@click.option("--platform", default=None, help="Target platform, e.g. linux/arm64.")
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text")
+@click.argument("context", type=click.Path(path_type=Path), default=".", required=False)
+def check_cmd(dockerfile: Path | None, build_args: tuple[str, ...], target: str | None,
+              platform: str | None, fmt: str, context: Path) -> None:
+    """Parse and validate a Dockerfile without building it."""
+    from builder.dockerfile import check
+
+    path = check.locate_dockerfile(context, dockerfile)
+    result = check.check_dockerfile(path, check.parse_build_args(build_args), target, platform)
+    for warning in result.warnings:
+        click.echo(f"pybuild: warning: {warning}", err=True)
+    if fmt == "json":
+        _print_json(check.to_json(result))
+    else:
+        click.echo(check.to_text(result))
+
+
+# --- run ---
+
+def _containers(settings: Settings):
+    from builder.runner.containers import Containers
+
+    return Containers(settings.root)
+
+
+@main.command("run", context_settings={"allow_interspersed_args": False})
+@click.argument("image")
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+@click.option("--rm", is_flag=True, help="Remove the container when it exits.")
+@click.option("-d", "--detach", is_flag=True, help="Run in the background; print the ID.")
+@click.option("--name", default=None, help="Name the container.")
+@click.option("-i", "--interactive", is_flag=True, help="Keep stdin open.")
+@click.option("-t", "--tty", is_flag=True, help="Allocate a pseudo-terminal.")
+@click.option("-e", "--env", multiple=True, metavar="K=V", help="Set an environment variable.")
+@click.option("--env-file", multiple=True, help="Read K=V lines from a file.")
+@click.option("-v", "--volume", multiple=True, metavar="SRC:DST[:ro]", help="Bind or volume mount.")
+@click.option("--mount", multiple=True, metavar="type=...,target=...", help="Mount (bind, volume, tmpfs).")
+@click.option("--tmpfs", multiple=True, metavar="DST[:opts]", help="Mount a tmpfs.")
+@click.option("-w", "--workdir", default=None, help="Working directory inside the container.")
+@click.option("-u", "--user", default=None, help="USER[:GROUP] (name or id).")
+@click.option("--entrypoint", default=None, help="Override the image's entrypoint.")
+@click.option("--init", is_flag=True, help="Run a tiny init as PID 1.")
+@click.option("-h", "--hostname", default=None, help="Container host name.")
+@click.option("--network", "--net", default="private", help="none, host or private (default).")
+@click.option("-p", "--publish", multiple=True, metavar="[IP:]HPORT:CPORT[/proto]", help="Publish a port.")
+@click.option("-P", "--publish-all", is_flag=True, help="Publish every exposed port.")
+@click.option("-m", "--memory", default=None, help="Memory limit (e.g. 64m).")
+@click.option("--memory-swap", default=None, help="Memory plus swap limit; -1 unlimited.")
+@click.option("--cpus", default=None, help="Number of CPUs (e.g. 0.5).")
+@click.option("--pids-limit", default=None, help="Maximum number of processes.")
+@click.option("--read-only", is_flag=True, help="Mount the root filesystem read-only.")
+@click.option("--cap-add", multiple=True, help="Add a capability.")
+@click.option("--cap-drop", multiple=True, help="Drop a capability (ALL for every one).")
+@click.option("--security-opt", multiple=True, help="seccomp=unconfined|FILE, no-new-privileges.")
+@click.option("--privileged", is_flag=True, help="Every capability, no seccomp filter.")
+@click.option("--ulimit", multiple=True, metavar="NAME=SOFT[:HARD]", help="Set a resource limit.")
+@click.option("--stop-signal", default=None, help="Signal that stops the container.")
+@click.option("--stop-timeout", type=int, default=None, help="Seconds before SIGKILL on stop.")
+@click.option("--pull", default="missing", help="missing (default), always or never.")
+@click.option("-l", "--label", multiple=True, metavar="K=V", help="Set a label.")
+@click.pass_obj
+def run_cmd(settings: Settings, image: str, command: tuple[str, ...], **flags) -> None:
+    """Run a command in a new container."""
+    from builder import runner
+    from builder.runner.options import build_options
+
+    code, cid = runner.run(settings.root, build_options(image, command, **flags))
+    if cid:
+        click.echo(cid)
+    sys.exit(code)
+
+
+@main.command("ps")
+@click.option("-a", "--all", "show_all", is_flag=True, help="Show stopped containers too.")
+@click.option("-q", "--quiet", is_flag=True, help="Only IDs.")
+@click.option("--no-trunc", is_flag=True, help="Do not truncate.")
+@click.pass_obj
+def ps_cmd(settings: Settings, show_all: bool, quiet: bool, no_trunc: bool) -> None:
+    """List containers."""
+    from builder.runner.lifecycle import is_running
+    from builder.runner.views import ps_table
+
+    rows = [c for c in _containers(settings).all() if show_all or is_running(c)]
+    out = ps_table(rows, quiet, no_trunc)
+    if out:
+        click.echo(out)
+
+
+@main.command("stop")
+@click.argument("containers", nargs=-1, required=True)
+@click.option("-t", "--time", "timeout", type=int, default=None, help="Seconds before SIGKILL.")
+@click.option("-s", "--signal", "sig", default=None, help="Signal to send first.")
+@click.pass_obj
+def stop_cmd(settings: Settings, containers: tuple[str, ...], timeout: int | None,
+             sig: str | None) -> None:
+    """Stop running containers: the stop signal, then SIGKILL."""
+    from builder.runner.lifecycle import stop
+    from builder.runner.options import parse_signal
+
+    signum = parse_signal(sig) if sig else None
+    for ref in containers:
+        stop(_containers(settings), ref, timeout, signum)
+        click.echo(ref)
+
+
+@main.command("kill")
+@click.argument("containers", nargs=-1, required=True)
+@click.option("-s", "--signal", "sig", default="KILL", help="Signal to send (default KILL).")
+@click.pass_obj
+def kill_cmd(settings: Settings, containers: tuple[str, ...], sig: str) -> None:
+    """Send a signal to running containers."""
+    from builder.runner.lifecycle import kill
+    from builder.runner.options import parse_signal
+
+    signum = parse_signal(sig)
+    for ref in containers:
+        kill(_containers(settings), ref, signum)
+        click.echo(ref)
+
+
+@main.command("rm")
+@click.argument("containers", nargs=-1, required=True)
+@click.option("-f", "--force", is_flag=True, help="Kill a running container first.")
+@click.option("-v", "--volumes", is_flag=True, help="Remove its anonymous volumes too.")
+@click.pass_obj
+def rm_cmd(settings: Settings, containers: tuple[str, ...], force: bool, volumes: bool) -> None:
+    """Remove containers."""
+    from builder.runner.lifecycle import remove
+
+    for ref in containers:
+        remove(_containers(settings), ref, force, volumes)
+        click.echo(ref)
+
+
+@main.command("logs")
+@click.argument("container")
+@click.option("-f", "--follow", is_flag=True, help="Keep printing new output.")
+@click.option("--tail", default="all", help="Number of lines from the end (default all).")
+@click.option("-t", "--timestamps", is_flag=True, help="Prefix each line with its time.")
+@click.pass_obj
+def logs_cmd(settings: Settings, container: str, follow: bool, tail: str, timestamps: bool) -> None:
+    """Print a detached container's output."""
+    from builder.runner.logs import show
+
+    show(_containers(settings), container, follow, tail, timestamps)
+
+
+@main.command("wait")
+@click.argument("containers", nargs=-1, required=True)
+@click.pass_obj
+def wait_cmd(settings: Settings, containers: tuple[str, ...]) -> None:
+    """Block until containers stop; print their exit codes."""
+    from builder.runner.lifecycle import wait
+
+    for ref in containers:
+        click.echo(wait(_containers(settings), ref))
+
+
+@main.command("exec", context_settings={"allow_interspersed_args": False})
+@click.argument("container")
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+@click.option("-i", "--interactive", is_flag=True, help="Keep stdin open.")
+@click.option("-t", "--tty", is_flag=True, help="Allocate a pseudo-terminal.")
+@click.option("-e", "--env", multiple=True, metavar="K=V", help="Set an environment variable.")
+@click.option("-u", "--user", default=None, help="USER[:GROUP] (name or id).")
+@click.option("-w", "--workdir", default=None, help="Working directory inside the container.")
+@click.option("-d", "--detach", is_flag=True, help="Do not wait for the command.")
+@click.pass_obj
+def exec_cmd(settings: Settings, container: str, command: tuple[str, ...], interactive: bool,
+             tty: bool, env: tuple[str, ...], user: str | None, workdir: str | None,
+             detach: bool) -> None:
+    """Run a command in a running container."""
+    from builder.runner.exec import exec_in
+
+    sys.exit(exec_in(_containers(settings), container, list(command), interactive=interactive,
+                     use_tty=tty, env=list(env), user=user, workdir=workdir, detach=detach))
+
+
+@main.group("container")
+def container_group() -> None:
+    """Manage containers."""
+
+
+@container_group.command("prune")
+@click.option("-f", "--force", is_flag=True, help="Do not ask (there is no prompt anyway).")
+@click.pass_obj
+def container_prune_cmd(settings: Settings, force: bool) -> None:
+    """Remove every stopped container."""
+    from builder.runner.lifecycle import prune
+
+    gone = prune(_containers(settings))
+    if gone:
+        click.echo("Deleted Containers:\n" + "\n".join(gone))
+
+
+@main.group("volume")
+def volume_group() -> None:
+    """Manage named volumes."""
+
+
+def _volumes_in_use(settings: Settings) -> set[str]:
+    return {m["Name"] for c in _containers(settings).all() for m in c.mounts if "Name" in m}
+
+
+@volume_group.command("create")
+@click.argument("name", required=False)
+@click.option("-l", "--label", multiple=True, metavar="K=V")
+@click.pass_obj
+def volume_create_cmd(settings: Settings, name: str | None, label: tuple[str, ...]) -> None:
+    """Create a volume."""
+    from builder.runner.volumes import Volumes
+
+    labels = dict(item.partition("=")[::2] for item in label)
+    click.echo(Volumes(settings.root).create(name, labels).name)
+
+
+@volume_group.command("ls")
+@click.option("-q", "--quiet", is_flag=True)
+@click.pass_obj
+def volume_ls_cmd(settings: Settings, quiet: bool) -> None:
+    """List volumes."""
+    from builder.runner.volumes import Volumes
+
+    vols = Volumes(settings.root).list()
+    if quiet:
+        lines = [v.name for v in vols]
+    else:
+        lines = ["DRIVER    VOLUME NAME"] + [f"local     {v.name}" for v in vols]
+    if lines:
+        click.echo("\n".join(lines))
+
+
+@volume_group.command("inspect")
+@click.argument("names", nargs=-1, required=True)
+@click.pass_obj
+def volume_inspect_cmd(settings: Settings, names: tuple[str, ...]) -> None:
+    """Show volumes as JSON."""
+    from builder.runner.volumes import Volumes
+
+    _print_json([Volumes(settings.root).get(n).inspect() for n in names])
+
+
+@volume_group.command("rm")
+@click.argument("names", nargs=-1, required=True)
+@click.pass_obj
+def volume_rm_cmd(settings: Settings, names: tuple[str, ...]) -> None:
+    """Remove volumes not used by any container."""
+    from builder.runner.volumes import Volumes
+
+    in_use = _volumes_in_use(settings)
+    for n in names:
+        Volumes(settings.root).remove(n, in_use)
+        click.echo(n)
+
+
+@volume_group.command("prune")
+@click.option("-a", "--all", "all_volumes", is_flag=True, help="Named volumes too.")
+@click.option("-f", "--force", is_flag=True, help="Do not ask (there is no prompt anyway).")
+@click.pass_obj
+def volume_prune_cmd(settings: Settings, all_volumes: bool, force: bool) -> None:
+    """Remove unused anonymous (with -a: all unused) volumes."""
+    from builder.runner.volumes import Volumes
+
+    gone = Volumes(settings.root).prune(_volumes_in_use(settings), all_volumes)
+    if gone:
+        click.echo("Deleted Volumes:\n" + "\n".join(gone))
+
+
+@main.command("bundle", context_settings={"allow_interspersed_args": False})
+@click.argument("image")
+@click.argument("directory", type=click.Path(path_type=Path))
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+@click.option("--hostname", default=None, help="Host name (default: the image ID's first 12).")
+@click.pass_obj
+def bundle_cmd(settings: Settings, image: str, directory: Path, command: tuple[str, ...],
+               hostname: str | None) -> None:
+    """Write an OCI runtime bundle (config.json + rootfs) that `runc run` executes."""
+    from builder.runner.bundle import write_bundle
+
+    write_bundle(settings.store(), image, directory, hostname=hostname, command=list(command))
+    click.echo(str(directory))
+
+
+# --- build ---
+
+
+@main.command("build")
+@click.argument("context")
+@click.option("-f", "--file", "dockerfile", default=None, help="Dockerfile path, or - for stdin.")
+@click.option("-t", "--tag", "tags", multiple=True, help="Name the image NAME[:TAG].")
+@click.option("--build-arg", "build_args", multiple=True, help="K[=V] build argument.")
+@click.option("--build-arg-file", "build_arg_files", multiple=True, help="File of K=V lines.")
+@click.option("--target", default=None, help="Build up to this stage.")
+@click.option("--no-cache", is_flag=True, help="Do not use the build cache.")
+@click.option("--pull", is_flag=True, help="Pull base images even if present.")
+@click.option("--network", default="default", type=click.Choice(["default", "none", "host"]))
+@click.option("--platform", default=None, help="os/arch[/variant] of the image.")
+@click.option("--label", "labels", multiple=True, help="K=V label on the image.")
+@click.option("--annotation", "annotations", multiple=True, help="K=V manifest annotation.")
+@click.option("--secret", "secrets", multiple=True, help="id=ID,src=PATH|env=VAR")
+@click.option("--build-context", "build_contexts", multiple=True, help="NAME=DIR")
+@click.option("--compression", default="gzip", type=click.Choice(["gzip", "zstd"]))
+@click.option("--source-date-epoch", type=int, default=None,
+              help="Clamp times (env SOURCE_DATE_EPOCH) for reproducible images.")
+@click.option("--squash", is_flag=True, help="Merge all layers into one.")
+@click.option("--iidfile", type=click.Path(path_type=Path), default=None)
+@click.option("--metadata-file", type=click.Path(path_type=Path), default=None)
+@click.option("-o", "--output", default=None, help="type=image|oci|docker|local|tar,dest=PATH")
+@click.option("--progress", "progress_mode", default="auto",
+              type=click.Choice(["auto", "tty", "plain", "rawjson", "quiet"]))
+@click.option("-q", "--quiet", is_flag=True, help="Print only the image ID.")
+@click.option("--jobs", default=4, show_default=True, help="Stages built at the same time.")
+@click.pass_obj
+def build_cmd(settings: Settings, context: str, dockerfile: str | None, **kw) -> None:
+    """Build an image from a Dockerfile and a context directory (- for none)."""
+    from builder.buildcli import run_build
+
+    run_build(settings.store(), context, dockerfile, **kw)

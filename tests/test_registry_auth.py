@@ -104,13 +104,18 @@ def test_docker_config_cred_helper(tmp_path, tls_registry, config_env, monkeypat
     bindir.mkdir()
     log = tmp_path / "helper.log"
     helper = bindir / "docker-credential-pbtest"
+    vault = tmp_path / "vault"
     helper.write_text(f"""#!/bin/sh
+# the docker-credential-* protocol: action in $1, request on stdin
+if [ "$1" = store ]; then cat > {vault}; echo "store" >> {log}; exit 0; fi
 read server
 echo "$1 $server" >> {log}
+if [ "$1" = get ] && [ -f {vault} ]; then cat {vault}; exit 0; fi
 if [ "$1" = get ] && [ "$server" = "{reg.host}" ]; then
   printf '{{"ServerURL":"%s","Username":"bob","Secret":"bobpass"}}' "$server"
   exit 0
 fi
+if [ "$1" = erase ] && [ -f {vault} ]; then rm {vault}; exit 0; fi
 echo "credentials not found in native keychain"
 exit 1
 """)
@@ -125,10 +130,20 @@ exit 1
     assert push(store, "h:1", f"{reg.host}/helper/h:1").digest == desc.digest
     assert f"get {reg.host}" in log.read_text()
 
-    # credsStore applies to hosts without their own entry; plain auths in docker's file work too
+    # plain auths in docker's file work too
     (docker_cfg / "config.json").write_text(json.dumps({"auths": {f"https://{reg.host}": {
         "auth": base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()}}}))
     assert pull(Store.open(tmp_path / "dst"), f"{reg.host}/helper/h:1").top.digest == desc.digest
+
+    # with credsStore in pybuild's own config, login goes to the helper, not the file
+    (docker_cfg / "config.json").write_text("{}")
+    (config_env / "config.json").write_text(json.dumps({"credsStore": "pbtest"}))
+    login(reg.host, USER, PASSWORD)
+    saved = json.loads((config_env / "config.json").read_text())
+    assert saved["auths"][reg.host] == {} and PASSWORD not in json.dumps(saved)
+    assert PASSWORD in vault.read_text()
+    assert pull(Store.open(tmp_path / "dst2"), f"{reg.host}/helper/h:1").top.digest == desc.digest
+    assert logout(reg.host) and not vault.exists()
 
 
 # --- token auth ------------------------------------------------------------------

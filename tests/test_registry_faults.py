@@ -57,12 +57,15 @@ def test_5xx_and_429_are_retried(tmp_path, proxied, config_env):
     registry, proxy = proxied
     src, img, big = _image(tmp_path, registry)
     proxy.add(blob_get(big.digest), ("status", 503), times=2)
-    proxy.add(lambda m, p: "/manifests/" in p, ("status", 429, "0"), times=1)
+    proxy.add(lambda m, p: "/manifests/" in p, ("status", 429, "1"), times=1)
     dst = Store.open(tmp_path / "dst")
     res = pull(dst, f"{proxy.host}/faults/img:1", options=FAST)
     assert res.top.digest == img.descriptor.digest
     gets = [s for s in proxy.seen if s.method == "GET" and s.path.endswith(big.digest)]
     assert len(gets) == 3
+    # Retry-After: 1 was honoured (the backoff alone would wait ~0.05 s)
+    manifest_gets = [s.at for s in proxy.seen if "/manifests/" in s.path]
+    assert manifest_gets[1] - manifest_gets[0] >= 0.75
     assert_clean(dst)
 
 
@@ -178,3 +181,24 @@ def test_kill_9_mid_pull_then_resume(tmp_path, proxied, config_env):
     fsck_run = subprocess.run([sys.executable, "-m", "builder", "--root", str(root), "fsck"],
                               env=env, capture_output=True, text=True)
     assert fsck_run.returncode == 0, fsck_run.stdout + fsck_run.stderr
+
+
+def test_chunked_upload_with_a_failing_chunk(tmp_path, proxied, config_env, monkeypatch):
+    from layerstore.registry import client
+
+    registry, proxy = proxied
+    monkeypatch.setattr(client, "MONOLITHIC_MAX", 1 << 20)
+    monkeypatch.setattr(client, "UPLOAD_CHUNK", 1 << 20)
+    src = Store.open(tmp_path / "src")
+    make_image(src, "ch:1", [random_files(1, 3_500_000, 131)])
+    layer = src.resolve("ch:1").manifest.layers[0]
+    proxy.add(lambda m, p: m == "PATCH", ("status", 500), times=1)
+    # the first PATCH gets a 500 (never reaching the registry): it is sent again
+    res = push(src, "ch:1", f"{proxy.host}/chunked/img:1", options=FAST)
+    patches = [s for s in proxy.seen if s.method == "PATCH"]
+    assert len(patches) >= 5
+    ranges = [s.headers["Content-Range"] for s in patches[1:5]]
+    assert ranges[0] == "0-1048575" and ranges[1] == "1048576-2097151"
+    dst = Store.open(tmp_path / "dst")
+    assert pull(dst, f"{registry.host}/chunked/img:1").top.digest == res.digest
+    assert dst.blobs.read(layer.digest) == src.blobs.read(layer.digest)

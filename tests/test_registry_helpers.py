@@ -243,6 +243,7 @@ class Seen:
     method: str
     path: str
     headers: dict[str, str]
+    at: float = field(default_factory=time.monotonic)
 
 
 class Proxy:

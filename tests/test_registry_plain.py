@@ -9,6 +9,8 @@ import pytest
 from layerstore import mediatypes as mt
 from layerstore.model import Descriptor, Index, Platform, canonical_json
 from layerstore.platforms import parse_platform
+from layerstore.errors import NotFound
+from layerstore.registry import open_client
 from layerstore.registry.errors import ManifestUnknown, NameUnknown
 from layerstore.registry.pull import pull
 from layerstore.registry.push import push
@@ -148,3 +150,71 @@ def test_missing_names_are_clear_errors(tmp_path, registry, config_env):
     with pytest.raises((NameUnknown, ManifestUnknown), match=registry.host):
         pull(store, f"{registry.host}/not/there:1")
     assert not list((store.root / "ingest").iterdir())
+    # an index without this platform: named clearly
+    _two_platform_index(store)
+    push(store, "multi:latest", f"{registry.host}/there:multi")
+    with pytest.raises(NotFound, match=r"there:multi: no image for platform linux/s390x"):
+        pull(Store.open(tmp_path / "other"), f"{registry.host}/there:multi",
+             platform=parse_platform("linux/s390x"))
+    with open_client(registry.host) as client:
+        assert sorted(client.list_tags("there")) == ["1", "multi"]
+
+
+def test_push_compression(tmp_path, registry, config_env):
+    import gzip
+    import hashlib
+
+    import zstandard
+
+    from layerstore.model import ImageConfig
+    from test_registry_helpers import make_layer
+
+    store = Store.open(tmp_path / "store")
+    gz = make_image(store, "c:1", [random_files(2, 30_000, 111)])
+    # an image with one uncompressed layer
+    blob, diff_id = make_layer(random_files(1, 20_000, 112))
+    tar = gzip.decompress(blob)
+    info = store.blobs.put(tar, "sha256:" + hashlib.sha256(tar).hexdigest())
+    plain = store.commit_image(ImageConfig(architecture="amd64", os="linux", diff_ids=[diff_id]),
+                               [Descriptor(mt.OCI_LAYER, info.digest, info.size)])
+    store.tag("plain:1", plain)
+
+    # without force, gzip layers stay as they are: same digest
+    assert push(store, "c:1", f"{registry.host}/c/a:1", compression="zstd").digest == gz.digest
+    # uncompressed layers get compressed
+    res = push(store, "plain:1", f"{registry.host}/c/plain:1", compression="gzip")
+    assert res.digest != plain.digest
+    # forced: gzip -> zstd, config untouched
+    res = push(store, "c:1", f"{registry.host}/c/z:1", compression="zstd", force_compression=True)
+    manifests = {}
+    for repo, digest in (("plain", None), ("z", res.digest)):
+        raw = skopeo("inspect", "--raw", "--tls-verify=false",
+                     f"docker://{registry.host}/c/{repo}:1").stdout
+        manifests[repo] = json.loads(raw)
+    assert [l["mediaType"] for l in manifests["plain"]["layers"]] == [mt.OCI_LAYER_GZIP]
+    assert [l["mediaType"] for l in manifests["z"]["layers"]] == [mt.OCI_LAYER_ZSTD]
+    assert manifests["z"]["config"]["digest"] == store.resolve("c:1").id
+
+    back = Store.open(tmp_path / "back")
+    pull(back, f"{registry.host}/c/z:1")
+    img = back.resolve(f"{registry.host}/c/z:1")
+    with back.blobs.open(img.manifest.layers[0].digest) as f:
+        tar_bytes = zstandard.ZstdDecompressor().stream_reader(f).read()
+    assert "sha256:" + hashlib.sha256(tar_bytes).hexdigest() == img.config.diff_ids[0]
+
+
+def test_docker_schema2_pushed_by_skopeo_keeps_digest(tmp_path, registry, config_env):
+    src = Store.open(tmp_path / "src")
+    make_image(src, "v2:1", [random_files(2, 10_000, 121)])
+    skopeo("copy", "--format", "v2s2", "--dest-tls-verify=false",
+           f"oci:{src.root}:docker.io/library/v2:1", f"docker://{registry.host}/d/v2:1")
+    raw = skopeo("inspect", "--raw", "--tls-verify=false",
+                 f"docker://{registry.host}/d/v2:1").stdout.encode()
+    assert json.loads(raw)["mediaType"] == mt.DOCKER_MANIFEST
+    dst = Store.open(tmp_path / "dst")
+    res = pull(dst, f"{registry.host}/d/v2:1")
+    assert dst.blobs.read(res.top.digest) == raw
+    assert res.top.media_type == mt.DOCKER_MANIFEST
+    # and back up unchanged, with its Content-Type
+    assert push(dst, f"{registry.host}/d/v2:1", f"{registry.host}/d/v2-copy:1").digest == \
+        res.top.digest

@@ -245,15 +245,21 @@ def stop(*procs: subprocess.Popen) -> None:
     (dict(mode="private", subnet="fd00::/64"), ["fd00::/64", "IPv4"]),
     (dict(mode="private", subnet="10.89.0.0/31"), ["10.89.0.0/31", "/31"]),
     (dict(mode="private", subnet="ten.0.0.0/8"), ["ten.0.0.0/8"]),
+    (dict(mode="private", subnet="127.0.0.0/8"), ["127.0.0.0/8", "loopback"]),
+    (dict(mode="private", subnet="224.1.0.0/16"), ["224.1.0.0/16", "multicast"]),
     (dict(mode="private", bridge="a-very-long-bridge"), ["a-very-long-bridge"]),
     (dict(mode="private", bridge="br/0"), ["br/0"]),
     (dict(mode="none", ports=[PortMapping(8080, 80)]), ["127.0.0.1:8080->80/tcp", "private"]),
     (dict(mode="private", ports=[PortMapping(0, 80)]), ["host port 0"]),
+    (dict(mode="private", ports=[(8080, 80)]), ["(8080, 80)", "PortMapping"]),
     (dict(mode="private", ports=[PortMapping(8080, 70000)]), ["container port 70000"]),
     (dict(mode="private", ports=[PortMapping(8080, 80, "sctp")]), ["sctp"]),
     (dict(mode="private", ports=[PortMapping(8080, 80, host_ip="localhost")]), ["localhost"]),
     (dict(mode="private", ports=[PortMapping(8080, 80), PortMapping(8080, 81, host_ip="0.0.0.0")]),
      ["0.0.0.0:8080->81/tcp", "127.0.0.1:8080->80/tcp"]),
+    (dict(mode="private", ports=[PortMapping(8080, 80), PortMapping(8080, 81, host_ip="127.0.0.2"),
+                                 PortMapping(8080, 82, host_ip="127.0.0.2")]),
+     ["127.0.0.2:8080->82/tcp clashes with 127.0.0.2:8080->81/tcp"]),
 ])
 def test_config_rejects_bad_input_with_one_line(kwargs, words):
     with pytest.raises(NetworkError) as info:
@@ -262,6 +268,29 @@ def test_config_rejects_bad_input_with_one_line(kwargs, words):
     assert isinstance(info.value, PybuildError) and "\n" not in message
     for word in words:
         assert word in message
+
+
+@pytest.mark.parametrize("text, want", [
+    ("8080:80", PortMapping(8080, 80, "tcp", "127.0.0.1")),
+    ("0.0.0.0:53:5353/udp", PortMapping(53, 5353, "udp", "0.0.0.0")),
+    (":8080:80/tcp", PortMapping(8080, 80, "tcp", "0.0.0.0")),
+    ("127.0.0.2:1:65535", PortMapping(1, 65535, "tcp", "127.0.0.2")),
+])
+def test_port_mapping_parses_docker_syntax(text, want):
+    assert PortMapping.parse(text) == want
+
+
+@pytest.mark.parametrize("text, words", [
+    ("8080", ["'8080'", "HOST_PORT:CONTAINER_PORT"]),
+    ("a:b", ["'a:b'"]),
+    ("8080:80/sctp", ["sctp"]),
+    ("8080:0", ["container port 0"]),
+    ("example.com:8080:80", ["example.com", "IPv4"]),
+])
+def test_port_mapping_parse_rejects_with_one_line(text, words):
+    with pytest.raises(NetworkError) as info:
+        PortMapping.parse(text)
+    assert "\n" not in str(info.value) and all(word in str(info.value) for word in words)
 
 
 def test_config_accepts_same_port_on_other_protocol_or_address():
@@ -647,7 +676,6 @@ def _knock(port: int, deadline: float) -> None:
             time.sleep(0.05)
 
 
-@pytest.mark.slow
 def test_run_private_through_the_sandbox(lab: Lab, busybox_rootfs):
     from builder.sandbox import DirRoot, SandboxSpec, TmpfsMount, start
 
@@ -693,27 +721,132 @@ def test_run_private_through_the_sandbox(lab: Lab, busybox_rootfs):
     assert run("ip", "netns", "list") == netns_before
 
 
-@pytest.mark.slow
-def test_run_none_has_only_loopback_and_no_route(lab: Lab, busybox_rootfs):
+def _run_beside_host_server(lab: Lab, rootfs, script: str, **spec: Any) -> dict[str, Any]:
+    """In the lab: run `sh -c script` through the sandbox while a "host" peer listens on :7000."""
     from builder.sandbox import DirRoot, SandboxSpec, run as sandbox_run
-
-    script = ("ip -o link; echo routes=$(ip route | wc -l); "
-              "echo hi | nc 192.0.2.1 7000 || echo unreachable")
 
     def scenario() -> dict[str, Any]:
         before = residue()
         host_srv = serve("tcp", "0.0.0.0", 7000, "host")
         try:
-            result = sandbox_run(SandboxSpec(root=DirRoot(busybox_rootfs, readonly=True),
-                                             argv=["/bin/sh", "-c", script], stdio="pipe", timeout=20))
+            result = sandbox_run(SandboxSpec(root=DirRoot(rootfs, readonly=True), stdio="pipe",
+                                             argv=["/bin/sh", "-c", script], timeout=20, **spec))
         finally:
             stop(host_srv)
         return {"before": before, "exit": result.exit_code, "out": (result.stdout or b"").decode(),
                 "after": residue()}
 
-    seen = lab.run(scenario, timeout=40)
+    return lab.run(scenario, timeout=40)
+
+
+def test_run_none_has_only_loopback_and_no_route(lab: Lab, busybox_rootfs):
+    seen = _run_beside_host_server(lab, busybox_rootfs, "ip -o link; echo routes=$(ip route | wc -l); "
+                                   "echo hi | nc 192.0.2.1 7000 || echo unreachable")
     links = [line.split(":")[1].strip() for line in seen["out"].splitlines() if ": <" in line]
     assert links == ["lo"], seen
     assert "LOOPBACK,UP" in seen["out"]
     assert "routes=0" in seen["out"] and "unreachable" in seen["out"] and "host " not in seen["out"]
+    assert seen["after"] == seen["before"]
+
+
+def test_run_private_eight_at_once_then_twenty_in_a_row_leave_nothing(lab: Lab, busybox_rootfs):
+    import threading
+
+    from builder.sandbox import DirRoot, SandboxSpec, run as sandbox_run
+
+    def one(i: int, wait: bool) -> tuple[int, str]:
+        """Run a container; with `wait` it stays until its published port is knocked on."""
+        script = "ip -o -4 addr show dev eth0" + ("; nc -l -p 80 >/dev/null" if wait else "")
+        spec = SandboxSpec(root=DirRoot(busybox_rootfs, readonly=True), stdio="pipe", timeout=30,
+                           argv=["/bin/sh", "-c", script],
+                           network=NetworkConfig(mode="private", ports=[PortMapping(18200 + i, 80)]))
+        result = sandbox_run(spec)
+        return result.exit_code, (result.stdout or b"").decode().split()[3]
+
+    def scenario() -> dict[str, Any]:
+        before = residue()
+        results: dict[int, Any] = {}
+
+        def worker(i: int) -> None:
+            try:
+                results[i] = one(i, True)
+            except Exception as exc:  # reported, not lost in the thread
+                results[i] = repr(exc)
+
+        threads = [threading.Thread(target=worker, args=(i,)) for i in range(8)]
+        for t in threads:
+            t.start()
+        deadline = time.monotonic() + 30
+        while True:  # the DNAT rules are the last thing an attach adds
+            during = residue()
+            if sum("-j DNAT" in rule for rule in during["rules"]) == 8:
+                break
+            assert time.monotonic() < deadline, f"not all eight attached: {results}"
+            time.sleep(0.05)
+        for i in range(8):  # all eight are up at once; now let each finish
+            _knock(18200 + i, deadline)
+        for t in threads:
+            t.join(40)
+        parallel = [results.get(i) for i in range(8)]
+        started = time.monotonic()
+        serial = [one(0, False) for _ in range(20)]
+        return {"before": before, "parallel": parallel, "serial": serial, "during": during,
+                "serial_seconds": time.monotonic() - started, "after": residue()}
+
+    seen = lab.run(scenario, timeout=60)
+    assert all(isinstance(r, tuple) and r[0] == 0 for r in seen["parallel"]), seen["parallel"]
+    assert len({r[1] for r in seen["parallel"]}) == 8  # eight distinct addresses
+    assert sum(name.startswith("pbv") for name in seen["during"]["links"]) == 8
+    assert all(r == (0, "10.89.0.2/24") for r in seen["serial"])  # each lease went back
+    assert seen["after"] == seen["before"]
+
+
+def test_killing_the_parent_mid_run_leaves_no_network_behind(lab: Lab, busybox_rootfs):
+    from builder.sandbox import DirRoot, SandboxSpec, start
+
+    def parent(report: int) -> None:
+        spec = SandboxSpec(root=DirRoot(busybox_rootfs, readonly=True), argv=["/bin/sleep", "30"],
+                           network=NetworkConfig(mode="private", ports=[PortMapping(18300, 80)]))
+        box = start(spec)
+        os.write(report, f"{box.pid} {box.ip}\n".encode())
+        time.sleep(60)  # SIGKILLed long before
+
+    def scenario() -> dict[str, Any]:
+        before = residue()
+        r, w = os.pipe()
+        victim = Forked(lambda: parent(w))
+        os.close(w)
+        with os.fdopen(r) as report:
+            pid, ip = report.readline().split()
+        during = residue()
+        os.kill(victim.pid, signal.SIGKILL)
+        os.waitpid(victim.pid, 0)
+        os.close(victim._r)
+        killed = time.monotonic()
+        while residue() != before and time.monotonic() - killed < 5:
+            time.sleep(0.02)
+        cleaned_after = time.monotonic() - killed
+        return {"before": before, "during": during, "ip": ip, "after": residue(),
+                "cleaned_after": cleaned_after, "container_alive": os.path.exists(f"/proc/{pid}")}
+
+    seen = lab.run(scenario, timeout=40)
+    assert seen["ip"].startswith("10.89.0.")
+    assert any(name.startswith("pbv") for name in seen["during"]["links"])
+    assert any("-j DNAT" in rule for rule in seen["during"]["rules"])
+    assert seen["after"] == seen["before"], seen
+    assert seen["cleaned_after"] < 2 and not seen["container_alive"]
+
+
+def test_run_private_with_a_user_namespace(lab: Lab, busybox_rootfs):
+    """A container whose network namespace belongs to its own user namespace is wired all the same."""
+    from builder.sandbox import UserNamespace
+
+    seen = _run_beside_host_server(
+        lab, busybox_rootfs, "cat /proc/self/uid_map; ip -o -4 addr show dev eth0; echo hi | nc 10.89.0.1 7000",
+        userns=UserNamespace(), etc_files=False,
+        network=NetworkConfig(mode="private", ports=[PortMapping(18400, 80)]))
+    out = seen["out"]
+    assert seen["exit"] == 0, seen
+    assert out.split()[:3] == ["0", "100000", "65536"]
+    assert "inet 10.89.0.2/24" in out and "host 10.89.0.2 hi" in out
     assert seen["after"] == seen["before"]

@@ -122,15 +122,36 @@ def _children(pid: int) -> set[int]:
     return kids
 
 
-def residue() -> dict[str, object]:
-    """Everything of ours a container might leave: mounts, cgroups, netns, processes, state."""
-    with open("/proc/self/mountinfo") as f:
-        mounts = sorted(line.split(" - ")[0].split()[4] for line in f)
+def _cgroup_of(pid: str) -> str:
+    try:
+        with open(f"/proc/{pid}/cgroup") as f:
+            return f.read()
+    except OSError:
+        return ""
+
+
+def residue(ids: list[str], paths: list[Path] = ()) -> dict[str, object]:
+    """What containers with these ids might leave: mounts (in any process's view) under
+    their state dirs or `paths`, cgroups, processes, network namespaces, state dirs.
+    Scoped to our ids because other test sessions may run containers meanwhile."""
+    short = [i[:12] for i in ids]
+    marks = [str(p) for p in paths] + [f"pybuild-{s}" for s in short]
+    mounts = []
+    for pid in [p for p in os.listdir("/proc") if p.isdigit()]:
+        try:
+            with open(f"/proc/{pid}/mountinfo") as f:
+                for line in f:
+                    point = line.split()[4]
+                    if any(m in point for m in marks) or any(m in line for m in marks[len(paths):]):
+                        mounts.append(point)
+        except OSError:
+            continue
     cgroups = sorted(
         os.path.join(h.base, name)
         for h in {h.base: h for h in hierarchies().values()}.values()
-        for name in os.listdir(h.base) if name.startswith(PREFIX))
-    netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+        for name in os.listdir(h.base) if name.startswith(PREFIX) and name[len(PREFIX):] in ids)
+    procs = sorted(p for p in os.listdir("/proc") if p.isdigit()
+                   and any(f"{PREFIX}{i}" in _cgroup_of(p) for i in ids))
     own_net = os.readlink("/proc/self/ns/net")
     foreign_net = set()
     for pid in _children(os.getpid()):
@@ -139,7 +160,12 @@ def residue() -> dict[str, object]:
                 foreign_net.add(pid)
         except OSError:
             pass
-    state = sorted(p for p in os.listdir("/tmp") if re.match(r"pybuild-[0-9a-f]{12}-", p))
-    return {"mounts": mounts, "cgroups": cgroups, "netns": netns,
+    state = sorted(p for p in os.listdir("/tmp") if any(p.startswith(f"pybuild-{s}-") for s in short))
+    return {"mounts": sorted(set(mounts)), "cgroups": cgroups, "processes": procs,
             "children": sorted(_children(os.getpid())), "foreign_net": sorted(foreign_net),
             "state_dirs": state}
+
+
+def clean() -> dict[str, object]:
+    return {"mounts": [], "cgroups": [], "processes": [], "children": [], "foreign_net": [],
+            "state_dirs": []}

@@ -262,6 +262,8 @@ class _Run:
         op = self.next()
         ops = op
         null_is_unset = False
+        if not op:
+            raise ExpansionError("syntax error: missing '}'")
         if op == "}":
             value, found = self.getenv(name)
             if not found and skip_unset:

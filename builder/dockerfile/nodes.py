@@ -8,6 +8,7 @@ BuildKit's S-expression test format so it can be compared with the reference.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from .gotext import go_quote, trim_space
@@ -24,10 +25,23 @@ class Heredoc:
     chomp: bool = False
 
     def body(self) -> str:
-        """The content as the build uses it: `<<-` strips leading tabs of every line."""
+        """The content with `<<-` tab stripping applied (leading tabs of every line)."""
         if not self.chomp:
             return self.content
-        return "".join(line.lstrip("\t") for line in self.content.splitlines(keepends=True))
+        return "\n".join(line.lstrip("\t") for line in self.content.split("\n"))
+
+    def render(self, env: Mapping[str, str], escape: str = "\\") -> str:
+        """The bytes a build writes: chomped, then expanded unless the name was quoted.
+
+        Expansion keeps quote characters (BuildKit's SkipProcessQuotes) but
+        honours `$VAR` and escapes, so `\\$` gives `$` and `\\<newline>` a newline.
+        """
+        from .expand import ShellLex
+
+        text = self.body()
+        if not self.expand:
+            return text
+        return ShellLex(escape, skip_process_quotes=True).process_word(text, env)
 
 
 @dataclass

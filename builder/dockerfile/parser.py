@@ -13,13 +13,11 @@ from __future__ import annotations
 import json
 import re
 
-import lark
-
 from .errors import DockerfileError, ExpansionError
 from .expand import ShellLex
 from .gotext import GO_SPACE_SET, go_quote, trim_left_space, trim_space
 from .nodes import Directive, Heredoc, Node, SyntaxTree, Warning
-from .syntax import line_parser
+from .syntax import lark, line_parser
 
 MAX_LINE_BYTES = 65535
 _DIRECTIVE = re.compile(r"#[\t\n\f\r ]*([a-zA-Z][a-zA-Z0-9]*)[\t\n\f\r ]*=[\t\n\f\r ]*(.+?)[\t\n\f\r ]*\Z")
@@ -135,7 +133,9 @@ class _Reader:
             try:
                 node = build_node(line, self.escape)
             except _LineError as exc:
-                col = column + exc.column - 1 if exc.column is not None and "\n" not in line else column
+                col = column
+                if exc.column is not None and column + exc.column - 1 <= len(physical[start - 1]):
+                    col = column + exc.column - 1
                 raise self.error(exc.message, start, col) from None
             target = node.sub if node.name == "onbuild" and node.sub is not None else node
             if "<<" in line and target.name in _HEREDOC_KEYWORDS and not target.json:
@@ -217,7 +217,7 @@ def _convert(tree: lark.Tree, escape: str, offset: int) -> Node:
             words = [trim_left_space(t) for t in args]
             if words[0].startswith("["):
                 rest = trim_space(str(args[0]) + "".join(str(t) for t in args[1:]))
-                _reject_non_strings(rest, offset + args[0].start_pos)
+                _reject_non_strings(rest, _col(args[0], offset))
             node.values = words
     elif kind in ("run", "cmd", "entrypoint", "shell"):
         values: list[str] = []
@@ -225,7 +225,7 @@ def _convert(tree: lark.Tree, escape: str, offset: int) -> Node:
             values, node.json = _json_values(args[0]), True
         elif args:
             rest = trim_space(args[0])
-            decoded = _reject_non_strings(rest, offset + args[0].start_pos)
+            decoded = _reject_non_strings(rest, _col(args[0], offset))
             if decoded is not None:
                 values, node.json = decoded, True
             else:
@@ -234,7 +234,7 @@ def _convert(tree: lark.Tree, escape: str, offset: int) -> Node:
     elif kind in ("env", "label"):
         if args:
             rest = trim_space(args[0])
-            node.values = parse_name_val(rest, kind.upper(), escape, offset + args[0].start_pos)
+            node.values = parse_name_val(rest, kind.upper(), escape, _col(args[0], offset))
     elif kind == "arg":
         if args:
             node.values = parse_words(trim_space(args[0]), escape)
@@ -242,6 +242,11 @@ def _convert(tree: lark.Tree, escape: str, offset: int) -> Node:
         if args:
             node.values = [trim_space(args[0])]
     return node
+
+
+def _col(token: lark.Token, offset: int) -> int:
+    """1-based column, within the logical line, where a token's text (not its blanks) starts."""
+    return offset + token.start_pos + len(token) - len(trim_left_space(token)) + 1
 
 
 def _json_values(tree: lark.Tree) -> list[str]:
@@ -264,7 +269,7 @@ def _reject_non_strings(rest: str, column: int) -> list[str] | None:
         return None
     if all(isinstance(v, str) for v in decoded):
         return decoded
-    raise _LineError("when using JSON array syntax, arrays must be comprised of strings only", column + 1)
+    raise _LineError("when using JSON array syntax, arrays must be comprised of strings only", column)
 
 
 def _flag_word(word: str) -> str:
@@ -353,13 +358,13 @@ def parse_name_val(rest: str, key: str, escape: str, column: int = 1) -> list[st
     if "=" not in words[0]:
         parts = _BLANKS.split(rest, maxsplit=1)
         if len(parts) < 2:
-            raise _LineError(f"{key} must have two arguments", column + 1)
+            raise _LineError(f"{key} must have two arguments", column)
         return [parts[0], parts[1], ""]
     values: list[str] = []
     for word in words:
         if "=" not in word:
             raise _LineError(f"Syntax error - can't find = in {go_quote(word)}. "
-                             "Must be of the form: name=value", column + 1 + max(rest.find(word), 0))
+                             "Must be of the form: name=value", column + max(rest.find(word), 0))
         k, v = word.split("=", 1)
         values += [k, v, "="]
     return values
@@ -400,3 +405,36 @@ def parse_heredoc(word: str) -> Heredoc | None:
     raw_quotes = raw[0].count("'") + raw[0].count('"')
     return Heredoc(name=names[0], file_descriptor=int(fd or 0), expand=quotes == raw_quotes,
                    chomp=chomp == "-")
+
+
+def detect_directive(source: str | bytes, key: str, any_format: bool = False) -> tuple[str, str, int] | None:
+    """Find `# key=value` at the top of a file (BuildKit's DetectSyntax/ParseDirective).
+
+    Returns (ref, full value, 1-based line) or None.  A leading `#!` line is
+    skipped; with `any_format`, `//key=value` comments and a JSON object
+    `{"key": ...}` are accepted too (as BuildKit does for `syntax`).
+    """
+    text = source.decode("utf-8", "surrogateescape") if isinstance(source, bytes) else source
+    if text.startswith("\ufeff"):
+        text = text[1:]
+    lines = text.split("\n")
+    offset = 0
+    if lines and lines[0].startswith("#!"):
+        lines, offset = lines[1:], 1
+    for prefix in ("#", "//") if any_format else ("#",):
+        pattern = re.compile(re.escape(prefix) + _DIRECTIVE.pattern[1:])
+        for i, line in enumerate(lines):
+            m = pattern.match(line)
+            if not m or m.group(1).lower() not in _DIRECTIVES:
+                break
+            if m.group(1).lower() == key:
+                value = m.group(2)
+                return value.split(" ", 1)[0], value, i + 1 + offset
+    if any_format:
+        try:
+            doc = json.loads(text)
+        except ValueError:
+            return None
+        if isinstance(doc, dict) and isinstance(doc.get(key), str):
+            return doc[key], doc[key], offset
+    return None

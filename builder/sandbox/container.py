@@ -26,7 +26,6 @@ import tempfile
 import termios
 import fcntl
 import threading
-import traceback
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -154,6 +153,8 @@ class Container:
     _torn_down: bool = False
     _lock: threading.Lock = field(default_factory=threading.Lock)
     ip: str | None = None
+    _stubs: list[str] = field(default_factory=list)
+    started: float = field(default_factory=time.monotonic)
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
         if self._status is None:
@@ -163,14 +164,17 @@ class Container:
                 pass
 
     def wait(self, timeout: float | None = None) -> Result:
-        """Wait for the command (killing it after `timeout`), then tear down."""
+        """Wait for the command, then tear down. The spec's timeout counts from start;
+        `timeout` here counts from now; either one kills the container when it runs out."""
         if self._result is not None:
             return self._result
-        timeout = self.spec.timeout if timeout is None else timeout
+        ends = [t for t in (timeout is not None and time.monotonic() + timeout,
+                            self.spec.timeout is not None and self.started + self.spec.timeout)
+                if t is not False]
         out, err = bytearray(), bytearray()
         streams = {fd: buf for fd, buf in ((self.stdout, out), (self.stderr, err)) if fd is not None}
         timed_out = False
-        deadline = None if timeout is None else time.monotonic() + timeout
+        deadline = min(ends) if ends else None
         status_line = None
         with selectors.DefaultSelector() as sel:
             sel.register(self._ctl, selectors.EVENT_READ)
@@ -274,6 +278,7 @@ class Container:
             except SandboxError as e:
                 errors.append(str(e))
         _remove_state(self.state_dir, self._own_state)
+        rootfs.remove_stubs(self.spec, self._stubs)
         if errors:
             raise SandboxError(f"teardown of container {self.id}: " + "; ".join(errors))
 
@@ -354,9 +359,13 @@ def start(spec: SandboxSpec) -> Container:
             _etc_files(spec, state, hostname, c.ip)
         cg.add(c.pid)
         _go(pipes.go_b_w)
-        line = _read_line(pipes.exec_r)  # EOF: the command was exec'd
-        if line is not None:
-            raise _child_error(line, -1)
+        while True:
+            line = _read_line(pipes.exec_r)  # EOF: the command was exec'd
+            if line is None:
+                break
+            if not line.startswith("S "):
+                raise _child_error(line, -1)
+            c._stubs.append(bytes.fromhex(line[2:]).decode("utf-8", "surrogateescape"))
         if spec.stdio == "pipe":
             _feed_stdin(c, spec.input or b"")
         return c
@@ -560,6 +569,8 @@ def _container_main(spec: SandboxSpec, p: _Pipes, stdio: list[int], capset: froz
         rootfs.mount_kernel_fs(target, detached)
         rootfs.pivot(target)
         rootfs.populate(spec, detached)
+        for stub in rootfs.STUBS:
+            os.write(p.exec_w, b"S " + os.fsencode(stub).hex().encode() + b"\n")
         if os.read(p.go_b_r, 1) != b"g":
             os._exit(1)
         _close(p.go_b_r)
@@ -570,7 +581,8 @@ def _container_main(spec: SandboxSpec, p: _Pipes, stdio: list[int], capset: froz
         env.setdefault("PATH", DEFAULT_PATH)
         env.setdefault("HOSTNAME", hostname)
         env.setdefault("HOME", ids.home)
-        os.makedirs(spec.cwd, 0o755, exist_ok=True)
+        if not os.path.isdir(spec.cwd):
+            os.makedirs(spec.cwd, 0o755, exist_ok=True)  # kept, as docker keeps WORKDIR
         os.chdir(spec.cwd)
         path = rootfs.find_executable(spec.argv[0], env["PATH"])
         if stdio:
@@ -582,20 +594,26 @@ def _container_main(spec: SandboxSpec, p: _Pipes, stdio: list[int], capset: froz
         _drop_privileges(spec, ids, capmod.mask(capset), bpf)
         if spec.init:
             _run_init(path, spec, env, p.exec_w)
-        os.execve(path, spec.argv, env)
+        _exec(path, spec.argv, env, p.exec_w)
     except SandboxError as e:
         _send(p.exec_w, f"E {e.exit_code} {e}")
         os._exit(e.exit_code)
     except OSError as e:
-        code = 126 if e.errno in (errno.EACCES, errno.ENOEXEC, errno.EPERM) else 127
-        where = "exec " + spec.argv[0] if e.filename is None and "exec" not in str(e) else "set-up"
-        _send(p.exec_w, 'E 1 ' + ' | '.join(traceback.format_exc().splitlines()[-6:]))
-        _send(p.exec_w, f"E {code} container {where}: {e}")
-        os._exit(code)
+        _send(p.exec_w, f"E 125 container set-up: {e}")
+        os._exit(125)
     except BaseException as e:
         _send(p.exec_w, f"E 125 container set-up: {e!r}")
         os._exit(125)
     os._exit(125)
+
+
+def _exec(path: str, argv: list[str], env: dict[str, str], exec_w: int) -> None:
+    try:
+        os.execve(path, argv, env)
+    except OSError as e:
+        code = 126 if e.errno in (errno.EACCES, errno.ENOEXEC, errno.EPERM) else 127
+        _send(exec_w, f"E {code} exec {argv[0]}: {e.strerror}")
+        os._exit(code)
 
 
 def _drop_privileges(spec: SandboxSpec, ids: users.Ids, keep: int, bpf: bytes | None) -> None:
@@ -621,7 +639,7 @@ def _run_init(path: str, spec: SandboxSpec, env: dict[str, str], exec_w: int) ->
     """A tiny init: start the command, forward signals to it, reap every orphan."""
     pid = os.fork()
     if pid == 0:
-        os.execve(path, spec.argv, env)
+        _exec(path, spec.argv, env, exec_w)
     _close(exec_w)
 
     def forward(signum, frame):
@@ -643,18 +661,28 @@ def _run_init(path: str, spec: SandboxSpec, env: dict[str, str], exec_w: int) ->
 
 
 def run(spec: SandboxSpec) -> Result:
-    """Run the spec's command to completion; signals to us are forwarded to it."""
-    c = start(spec)
-    forwarding = threading.current_thread() is threading.main_thread()
+    """Run the spec's command to completion; SIGINT/SIGTERM/SIGHUP sent to us while it
+    runs are forwarded to it (when called from the main thread)."""
+    box: list[Container] = []
+    pending: list[int] = []
     old = {}
-    if forwarding:
+    if threading.current_thread() is threading.main_thread():
         def forward(signum, frame):
-            c.kill(signum)
+            if box:
+                box[0].kill(signum)
+            else:
+                pending.append(signum)
         for s in _FORWARDED:
             old[s] = signal.signal(s, forward)
     try:
-        return c.wait()
+        c = start(spec)
+        box.append(c)
+        try:
+            for s in pending:
+                c.kill(s)
+            return c.wait()
+        finally:
+            c.teardown()
     finally:
         for s, h in old.items():
             signal.signal(s, h)
-        c.teardown()

@@ -16,8 +16,8 @@ and wires it up from outside, so the container never needs CAP_NET_ADMIN:
   also let containers reach the host's 127.0.0.0/8 services, a filter rule
   drops anything arriving on the bridge for 127.0.0.0/8 that was not DNATed
   (the guard Kubernetes added for CVE-2020-8558).  The host port is also bound
-  (not listened on) by this process for the container's lifetime, so no other
-  program or container can take it meanwhile.  Containers reach published
+  (not listened on) by the attaching process from attach to teardown, so no
+  other program or container can take it meanwhile.  Containers reach published
   ports of their own or of their neighbours through a host address thanks to
   hairpin mode on the bridge ports plus a masquerade of DNATed bridge-to-bridge
   traffic;
@@ -39,6 +39,7 @@ that may wait on us); the lock file holds no state and stays.
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import fcntl
 import hashlib
@@ -68,6 +69,7 @@ INPUT_CHAIN = "PYBUILD-INPUT"
 JUMP_TAG = "pybuild-jump"
 ALIAS_PREFIX = "pybuild "
 LOOPBACK_NET = "127.0.0.0/8"
+CLONE_NEWPID = 0x20000000
 _IFNAME = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
 
 
@@ -86,6 +88,21 @@ class PortMapping:
 
     def __str__(self) -> str:
         return f"{self.host_ip}:{self.host_port}->{self.container_port}/{self.proto}"
+
+    @classmethod
+    def parse(cls, text: str) -> PortMapping:
+        """docker's `-p [HOST_IP:]HOST_PORT:CONTAINER_PORT[/PROTO]`; the host address defaults
+        to 127.0.0.1 (docker's is 0.0.0.0: publishing to the world must be asked for)."""
+        spec, _, proto = text.partition("/")
+        parts = spec.rsplit(":", 2)
+        if len(parts) == 2:
+            parts.insert(0, "127.0.0.1")
+        if len(parts) != 3 or not all(p.isdigit() for p in parts[1:]):
+            raise NetworkError(f"published port {text!r}: expected "
+                               "[HOST_IP:]HOST_PORT:CONTAINER_PORT[/tcp|udp]")
+        mapping = cls(int(parts[1]), int(parts[2]), proto or "tcp", parts[0] or "0.0.0.0")
+        mapping.validate()
+        return mapping
 
     def validate(self) -> None:
         for what, port in (("host port", self.host_port), ("container port", self.container_port)):
@@ -125,14 +142,14 @@ class NetworkConfig:
         if not _IFNAME.match(self.bridge) or self.bridge in (".", ".."):
             raise NetworkError(f"bridge name {self.bridge!r} is not a valid interface name "
                                "(1-15 of A-Z a-z 0-9 _ . -)")
-        seen: dict[tuple[str, int], PortMapping] = {}
-        for port in self.ports:
+        for i, port in enumerate(self.ports):
+            if not isinstance(port, PortMapping):
+                raise NetworkError(f"published port {port!r} is not a PortMapping")
             port.validate()
-            for ip in (port.host_ip, "0.0.0.0"):
-                other = seen.get((port.proto, port.host_port))
-                if other is not None and (ip == other.host_ip or "0.0.0.0" in (port.host_ip, other.host_ip)):
+            for other in self.ports[:i]:
+                if ((other.proto, other.host_port) == (port.proto, port.host_port)
+                        and (other.host_ip == port.host_ip or "0.0.0.0" in (other.host_ip, port.host_ip))):
                     raise NetworkError(f"published port {port} clashes with {other}")
-            seen.setdefault((port.proto, port.host_port), port)
 
     def network(self) -> ipaddress.IPv4Network:
         """The subnet, checked: IPv4, no host bits, room for a gateway and a container."""
@@ -142,6 +159,10 @@ class NetworkConfig:
             raise NetworkError(f"network subnet {self.subnet!r}: {exc}") from None
         if not isinstance(net, ipaddress.IPv4Network):
             raise NetworkError(f"network subnet {self.subnet!r}: only IPv4 is supported")
+        if net.is_loopback or net.is_multicast or net.is_link_local or net.is_unspecified \
+                or net.is_reserved:
+            raise NetworkError(f"network subnet {self.subnet!r}: a loopback, multicast, link-local "
+                               "or reserved range cannot be a container network")
         if net.prefixlen > 30:
             raise NetworkError(f"network subnet {self.subnet!r}: a /{net.prefixlen} has no room "
                                "for a gateway and a container (use /30 or larger)")
@@ -157,13 +178,14 @@ def veth_name(container_id: str) -> str:
     return "pbv" + hashlib.sha256(container_id.encode()).hexdigest()[:12]
 
 
-def _run(argv: list[str], input: str | None = None) -> str:
+def _run(argv: list[str], input: str | None = None, pass_fds: tuple[int, ...] = ()) -> str:
     """Run a network tool; its failure becomes a one-line NetworkError."""
     tool = shutil.which(argv[0])
     if tool is None:
         raise NetworkError(f"private network needs {argv[0]} (apt-get install "
                            f"{'iptables' if argv[0].startswith('iptables') else 'iproute2'})")
-    proc = subprocess.run([tool, *argv[1:]], input=input, capture_output=True, text=True)
+    proc = subprocess.run([tool, *argv[1:]], input=input, capture_output=True, text=True,
+                          pass_fds=pass_fds)
     if proc.returncode != 0:
         detail = " ".join(proc.stderr.split()) or f"exit status {proc.returncode}"
         raise NetworkError(f"{' '.join(argv[:3])}: {detail}")
@@ -171,6 +193,16 @@ def _run(argv: list[str], input: str | None = None) -> str:
 
 
 _thread_lock = threading.Lock()
+
+
+def _fresh_thread_lock() -> None:
+    """A forked child (say the sandbox's monitor, which may later tear down) must not inherit
+    the lock held by some other thread of its parent: that thread does not exist there."""
+    global _thread_lock
+    _thread_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_fresh_thread_lock)
 
 
 @contextmanager
@@ -287,9 +319,31 @@ def _sysctl(path: str, value: str | None = None) -> str:
         raise NetworkError(f"sysctl {full}: {exc.strerror}") from None
 
 
-def _netns_id(pid: int | str) -> tuple[int, int]:
-    st = os.stat(f"/proc/{pid}/ns/net")
+def _netns_id(path: str) -> tuple[int, int]:
+    st = os.stat(path)
     return st.st_dev, st.st_ino
+
+
+def _can_fork_tools() -> None:
+    """Let a process that unshared CLONE_NEWPID run our tools again.
+
+    The sandbox's monitor unshares the PID namespace for the container; once the container's
+    init is dead, every fork into that namespace fails (ENOMEM), so the monitor could not
+    run `ip`/`iptables` to tear down after its parent was killed.  Pointing its future
+    children back at its own PID namespace is harmless and a no-op for everyone else."""
+    try:
+        own, kids = os.stat("/proc/self/ns/pid"), os.stat("/proc/self/ns/pid_for_children")
+    except OSError:
+        return
+    if (own.st_dev, own.st_ino) == (kids.st_dev, kids.st_ino):
+        return
+    fd = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        if ctypes.CDLL(None, use_errno=True).setns(fd, CLONE_NEWPID) != 0:
+            err = ctypes.get_errno()
+            raise NetworkError(f"setns to our own PID namespace: {os.strerror(err)}")
+    finally:
+        os.close(fd)
 
 
 class PrivateNetwork:
@@ -352,13 +406,21 @@ class PrivateNetwork:
         return self.ip
 
     def _attach(self, pid: int) -> str:
+        # An fd pins the namespace we check, so a pid that dies and is reused meanwhile
+        # cannot make us wire someone else's namespace.
         try:
-            target = _netns_id(pid)
+            ns_fd = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
         except OSError as exc:
             raise NetworkError(f"container {self.container_id}: process {pid}: {exc.strerror}") from None
-        if target == _netns_id("thread-self"):
-            raise NetworkError(f"container {self.container_id}: process {pid} shares our network "
-                               "namespace; refusing to move an interface out of it")
+        try:
+            if _netns_id(f"/proc/self/fd/{ns_fd}") == _netns_id("/proc/thread-self/ns/net"):
+                raise NetworkError(f"container {self.container_id}: process {pid} shares our network "
+                                   "namespace; refusing to move an interface out of it")
+            return self._attach_ns(ns_fd)
+        finally:
+            os.close(ns_fd)
+
+    def _attach_ns(self, ns_fd: int) -> str:
         # Reserved here, after the caller forked its helpers, so that only it holds them.
         self._reservations = self._reserve_ports(self.config.ports)
         with _net_lock():
@@ -370,10 +432,12 @@ class PrivateNetwork:
             try:
                 if self._sweep(host, keep=self.config.bridge):
                     host = _Host.read()
-                self._ensure_bridge(host)
+                rules = self._ensure_bridge(host)
                 self.ip = self._lease(host)
-                self._plug(pid, host.uplink_mtu())
-                self._publish(host)
+                self._plug(ns_fd, host.uplink_mtu())
+                for table, lines in self._publish().items():
+                    rules[table] += lines
+                _restore(rules)  # all rules of this attach in one transaction
                 return self.ip
             except BaseException:
                 self._attached = False
@@ -383,8 +447,9 @@ class PrivateNetwork:
                     pass  # the original error says more; the next attach sweeps the rest
                 raise
 
-    def _ensure_bridge(self, host: _Host) -> None:
-        """Create the bridge and its rules unless they exist; check an existing one fits."""
+    def _ensure_bridge(self, host: _Host) -> dict[str, list[str]]:
+        """Create the bridge unless it exists (checking an existing one fits); returns the
+        iptables lines still missing for it."""
         name, want = self.config.bridge, f"{self.gateway}/{self.net.prefixlen}"
         link = host.links.get(name)
         if link is not None:
@@ -409,7 +474,7 @@ class PrivateNetwork:
         _sysctl(f"ipv4/conf/{name.replace('.', '/')}/route_localnet", "1")
         tag = f"pybuild-bridge:{name}"
         if any(_comment(r) == tag for rules in host.rules.values() for r in rules):
-            return
+            return {"nat": [], "filter": []}
         nat, filt = self._chain_setup(host)
         c = f"-m comment --comment {tag}"
         nat += [f"-A {POST_CHAIN} -s {self.net} ! -o {name} {c} -j MASQUERADE",
@@ -419,7 +484,7 @@ class PrivateNetwork:
                  f"-A {FWD_CHAIN} -o {name} -m conntrack --ctstate RELATED,ESTABLISHED {c} -j ACCEPT",
                  f"-A {INPUT_CHAIN} -i {name} -d {LOOPBACK_NET} "
                  f"-m conntrack ! --ctstate RELATED,ESTABLISHED,DNAT {c} -j DROP"]
-        _restore({"nat": nat, "filter": filt})
+        return {"nat": nat, "filter": filt}
 
     @staticmethod
     def _chain_setup(host: _Host) -> tuple[list[str], list[str]]:
@@ -464,22 +529,24 @@ class PrivateNetwork:
         raise NetworkError(f"network subnet {self.net} on bridge {self.config.bridge} has no free "
                            f"address left ({len(used) - 1} containers attached)")
 
-    def _plug(self, pid: int, mtu: int) -> None:
+    def _plug(self, ns_fd: int, mtu: int) -> None:
         """Create the veth pair straight into the container and configure its end there."""
         cid = re.sub(r"[^A-Za-z0-9_.:-]", "_", self.container_id)[:64]
-        _run(["ip", "-batch", "-"], input="\n".join([
-            f"link add {self.veth} mtu {mtu} type veth peer name eth0 mtu {mtu} netns {pid}",
+        ns = f"/proc/self/fd/{ns_fd}"  # as the tools see it: they inherit ns_fd
+        _run(["ip", "-batch", "-"], pass_fds=(ns_fd,), input="\n".join([
+            f"link add {self.veth} mtu {mtu} type veth peer name eth0 mtu {mtu} netns {ns}",
             f'link set {self.veth} alias "{ALIAS_PREFIX}{self.ip} {cid}"',
             f"link set {self.veth} master {self.config.bridge}",
             f"link set {self.veth} type bridge_slave hairpin on",
             f"link set {self.veth} up", ""]))
-        _run(["nsenter", f"--net=/proc/{pid}/ns/net", "ip", "-batch", "-"], input="\n".join([
+        _run(["nsenter", f"--net={ns}", "ip", "-batch", "-"], pass_fds=(ns_fd,), input="\n".join([
             "link set lo up",
             f"addr add {self.ip}/{self.net.prefixlen} dev eth0",
             "link set eth0 up",
             f"route add default via {self.gateway} dev eth0", ""]))
 
-    def _publish(self, host: _Host) -> None:
+    def _publish(self) -> dict[str, list[str]]:
+        """DNAT and FORWARD lines for the published ports, tagged with our veth."""
         c = f"-m comment --comment pybuild:{self.veth}"
         nat, filt = [], []
         for port in self.config.ports:
@@ -489,7 +556,7 @@ class PrivateNetwork:
                        f"-j DNAT --to-destination {self.ip}:{port.container_port}")
             filt.append(f"-A {FWD_CHAIN} -d {self.ip}/32 -o {self.config.bridge} {match} "
                         f"--dport {port.container_port} {c} -j ACCEPT")
-        _restore({"nat": nat, "filter": filt})
+        return {"nat": nat, "filter": filt}
 
     # -- teardown ----------------------------------------------------------------
 
@@ -500,6 +567,7 @@ class PrivateNetwork:
         (a monitor cleaning up after its killed parent makes a fresh one)."""
         try:
             if self._attached or not self._closed:
+                _can_fork_tools()
                 with _net_lock():
                     host = _Host.read()
                     mine = f"pybuild:{self.veth}"

@@ -115,6 +115,11 @@ def detach_sources(spec: SandboxSpec, state_dir: str, userns: bool, net_host: bo
     return d
 
 
+# Mount points this child had to create in the rootfs ("stubs"), reported to the
+# caller so it can remove them afterwards and a build's diff does not see them.
+STUBS: list[str] = []
+
+
 def _child_dir(target: str, name: str) -> str:
     """target/name as a real directory (created if missing); a symlink there is refused."""
     path = os.path.join(target, name)
@@ -122,6 +127,7 @@ def _child_dir(target: str, name: str) -> str:
         st = os.lstat(path)
     except FileNotFoundError:
         os.mkdir(path, 0o755)
+        STUBS.append("/" + name)
         return path
     if not stat.S_ISDIR(st.st_mode):
         raise SandboxError(f"root filesystem: /{name} is not a directory (a symlink?)")
@@ -150,25 +156,40 @@ def pivot(target: str) -> None:
 
 
 def _mkdirs(path: str) -> None:
-    os.makedirs(path, 0o755, exist_ok=True)
+    """mkdir -p after pivot_root: symlinks on the way resolve inside the new root."""
+    cur = "/"
+    for part in os.path.realpath(path).strip("/").split("/"):
+        if not part:
+            continue
+        cur = os.path.join(cur, part)
+        if not os.path.isdir(cur):
+            os.mkdir(cur, 0o755)
+            STUBS.append(cur)
 
 
 def _touch(path: str) -> None:
-    _mkdirs(os.path.dirname(path))
+    parent = os.path.realpath(os.path.dirname(path))
+    _mkdirs(parent)
+    path = os.path.join(parent, os.path.basename(path))
     try:
         st = os.lstat(path)
     except FileNotFoundError:
         os.close(os.open(path, os.O_CREAT | os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644))
+        STUBS.append(path)
         return
     if stat.S_ISDIR(st.st_mode):
         raise SandboxError(f"mount target {path} is a directory, the source is a file")
 
 
 def _attach(fd: int, target: str, is_dir: bool) -> None:
-    if is_dir:
-        _mkdirs(target)
-    else:
-        _touch(target)
+    try:
+        if is_dir:
+            _mkdirs(target)
+        else:
+            _touch(target)
+    except BaseException:
+        os.close(fd)
+        raise
     try:
         libc.move_mount_fd(fd, target)
     finally:
@@ -229,7 +250,12 @@ def populate(spec: SandboxSpec, d: Detached) -> None:
             opts = f"mode={m.mode:o}" + (f",size={m.size}" if m.size else "")
             libc.mount("tmpfs", m.dst, "tmpfs", libc.MS_NOSUID | libc.MS_NODEV, opts)
     for fd, path in d.etc:
-        _attach(fd, path, False)
+        try:
+            _attach(fd, path, False)
+        except PermissionError:
+            # a user-namespaced root cannot create the mount point in a rootfs the
+            # mapped range does not own: the image simply keeps its own /etc files
+            pass
     for path in MASKED_PATHS:
         _mask(path)
     for path in READONLY_PATHS:
@@ -259,3 +285,61 @@ def find_executable(name: str, path_env: str) -> str:
         if os.path.isfile(cand) and os.access(cand, os.X_OK):
             return cand
     raise SandboxError(f"exec {name}: executable file not found in $PATH", 127)
+
+
+def _walk_nofollow(base: str, rel: str) -> tuple[int, str] | None:
+    """(fd of rel's parent directory, rel's name), opened without following any symlink."""
+    parts = [p for p in rel.split("/") if p]
+    if not parts:
+        return None
+    fd = os.open(base, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for part in parts[:-1]:
+            nfd = os.open(part, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+            os.close(fd)
+            fd = nfd
+    except OSError:
+        os.close(fd)
+        return None
+    return fd, parts[-1]
+
+
+def remove_stubs(spec: SandboxSpec, stubs: list[str]) -> None:
+    """Delete the empty mount points we created, from the plain root or the upper dir.
+
+    For an overlay, a parent directory that only exists in the upper dir because a
+    stub's creation copied it up is removed too when it is left empty."""
+    root = spec.root
+    base = str(root.path if isinstance(root, DirRoot) else root.upper)
+    parents: set[str] = set()
+    for stub in sorted(set(stubs), key=lambda p: -p.count("/")):
+        got = _walk_nofollow(base, stub)
+        if got is None:
+            continue
+        fd, name = got
+        try:
+            st = os.lstat(name, dir_fd=fd)
+            if stat.S_ISREG(st.st_mode) and st.st_size == 0:
+                os.unlink(name, dir_fd=fd)
+            elif stat.S_ISDIR(st.st_mode):
+                os.rmdir(name, dir_fd=fd)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+        parents.add(os.path.dirname(stub))
+    if not isinstance(root, OverlayRoot):
+        return
+    for parent in sorted(parents, key=lambda p: -p.count("/")):
+        while parent not in ("/", ""):
+            path = os.path.join(base, parent.lstrip("/"))
+            in_lower = any(os.path.isdir(os.path.join(lo, parent.lstrip("/"))) for lo in root.lowers)
+            try:
+                if not in_lower or os.path.islink(path) or os.listdir(path):
+                    break
+                if "trusted.overlay.opaque" in os.listxattr(path, follow_symlinks=False):
+                    break
+                os.rmdir(path)
+            except OSError:
+                break
+            parent = os.path.dirname(parent)

@@ -11,6 +11,7 @@ store's ingest, resume with Range and are verified before they become visible.
 from __future__ import annotations
 
 import json
+import queue
 import random
 import threading
 import time
@@ -136,6 +137,15 @@ class RegistryClient:
         self.session.mount("http://", adapter)
         self.base: str | None = None
         self._ping_lock = threading.Lock()
+        self.cancelled = threading.Event()
+
+    def cancel(self) -> None:
+        """Make transfers in other threads stop at their next chunk (Ctrl-C, a failed sibling)."""
+        self.cancelled.set()
+
+    def _check_cancelled(self) -> None:
+        if self.cancelled.is_set():
+            raise Cancelled(f"{self.host}: transfer cancelled")
 
     def close(self) -> None:
         self.session.close()
@@ -406,6 +416,7 @@ class RegistryClient:
             if declared is not None and int(declared) + start - skip > desc.size:
                 raise SizeMismatch(f"{what}: registry sends {int(declared) + start - skip} bytes,"
                                    f" the descriptor says {desc.size}")
+            sink = _WriteBehind(w, progress)
             try:
                 for chunk in resp.raw.stream(CHUNK, decode_content=False):
                     got += len(chunk)
@@ -415,11 +426,15 @@ class RegistryClient:
                             continue
                         chunk = chunk[skip:]
                         skip = 0
-                    w.write(chunk)
-                    if progress:
-                        progress(len(chunk))
+                    sink.put(chunk)
+                    self._check_cancelled()
             except (requests.RequestException, OSError, _urllib3_errors()) as exc:
+                sink.finish()
                 raise _Interrupted(got, type(exc).__name__) from None
+            except BaseException:
+                sink.finish()
+                raise
+            sink.finish()
             if w.offset < desc.size:
                 raise _Interrupted(got, f"body ended after {w.offset} of {desc.size} bytes")
             return got
@@ -454,6 +469,7 @@ class RegistryClient:
             sent = [0]
 
             def counted(n: int) -> None:
+                self._check_cancelled()
                 sent[0] += n
                 if progress:
                     progress(n)
@@ -510,6 +526,52 @@ class RegistryClient:
         resp.close()
         if header and header != desc.digest:
             raise DigestMismatch(desc.digest, header, what=f"{what}: registry stored")
+
+
+class _WriteBehind:
+    """Hashes and writes chunks in a second thread while the socket is read.
+
+    Both sides drop the GIL (recv; sha256 and write), so network and disk
+    overlap. finish() waits for the writer and re-raises its error (such as
+    SizeMismatch) in the caller."""
+
+    def __init__(self, w, progress: Progress | None, depth: int = 16) -> None:
+        self.w, self.progress = w, progress
+        self.queue: queue.Queue = queue.Queue(depth)
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name="blob-write", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while True:
+            chunk = self.queue.get()
+            if chunk is None:
+                return
+            if self.error is not None:
+                continue          # drain after a failure
+            try:
+                self.w.write(chunk)
+                if self.progress:
+                    self.progress(len(chunk))
+            except BaseException as exc:
+                self.error = exc
+
+    def put(self, chunk: bytes) -> None:
+        if self.error is not None:
+            self.finish()
+        self.queue.put(chunk)
+
+    def finish(self) -> None:
+        if self.thread.is_alive():
+            self.queue.put(None)
+            self.thread.join()
+        if self.error is not None:
+            err, self.error = self.error, None
+            raise err
+
+
+class Cancelled(RegistryError):
+    """Stopped on purpose: the user interrupted, or another transfer failed."""
 
 
 class _Interrupted(Exception):

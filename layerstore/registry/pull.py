@@ -10,9 +10,9 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from layerstore import digest as dg
+from layerstore import mediatypes as mt
 from layerstore import reference
-from layerstore.errors import DigestMismatch, InvalidImage
+from layerstore.errors import DigestMismatch, InvalidImage, NotFound
 from layerstore.model import Descriptor, Index, Manifest, Platform, parse_manifest_or_index
 from layerstore.registry import open_client
 from layerstore.registry.client import Options, RegistryClient
@@ -50,8 +50,11 @@ def pull(store: Store, name: str, *, platform: Platform | None = None,
         top = Descriptor(media_type=top_obj.media_type, digest=digest, size=len(data))
         manifests: list[tuple[Descriptor, bytes, Manifest]] = []
         if isinstance(top_obj, Index):
-            chosen = ([m for m in top_obj.manifests if m.media_type != top_obj.media_type]
-                      if all_platforms else [store.select(top_obj, platform)])
+            try:
+                chosen = ([m for m in top_obj.manifests if m.media_type not in mt.INDEXES]
+                          if all_platforms else [store.select(top_obj, platform)])
+            except NotFound as exc:
+                raise NotFound(f"{ref.familiar}: {exc}") from None
             for desc in chosen:
                 mdata, obj = _fetch_manifest(client, repo, desc)
                 if not isinstance(obj, Manifest):
@@ -114,7 +117,19 @@ def _download(client: RegistryClient, repo: str, blobs: list[Descriptor], store:
             for f in futures:
                 total += f.result()
         except BaseException:
+            client.cancel()
             for f in futures:
                 f.cancel()
             raise
         return total
+
+
+def ensure_image(store: Store, name: str, *, platform: Platform | None = None,
+                 options: Options | None = None, progress: Reporter | None = None):
+    """The store's image for `name`, pulled first if missing (what FROM needs)."""
+    try:
+        return store.resolve(name, platform)
+    except NotFound:
+        pass
+    result = pull(store, name, platform=platform, options=options, progress=progress)
+    return store.resolve(result.name, platform)

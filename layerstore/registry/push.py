@@ -60,8 +60,12 @@ def _mount_sources(store: Store, domain: str, repo: str) -> dict[str, str]:
 
 
 def push(store: Store, name: str, dest: str | None = None, *, options: Options | None = None,
-         progress: Reporter | None = None) -> PushResult:
-    """Push the image `name` from the store to `dest` (default: `name` itself)."""
+         progress: Reporter | None = None, compression: str | None = None,
+         force_compression: bool = False) -> PushResult:
+    """Push the image `name` from the store to `dest` (default: `name` itself).
+
+    With `compression`, uncompressed layers are compressed that way before
+    upload, and (with `force_compression`) differently compressed ones too."""
     options = options or Options()
     progress = progress or Quiet()
     top, names = _local_top(store, name)
@@ -85,6 +89,9 @@ def push(store: Store, name: str, dest: str | None = None, *, options: Options |
             manifests.append((desc, obj))
     else:
         manifests.append((top, top_obj))
+    if compression:
+        manifests, top, top_obj = _recompressed(store, manifests, top, top_obj, compression,
+                                                force_compression)
     blobs: dict[str, Descriptor] = {}
     for _d, m in manifests:
         for blob in [*m.layers, m.config]:
@@ -105,6 +112,33 @@ def push(store: Store, name: str, dest: str | None = None, *, options: Options |
             raise InvalidImage(f"{name}: stored manifest bytes hash to {digest}, not {top.digest}")
         progress.note(f"{ref.familiar}: pushed {digest}")
         return result
+
+
+def _recompressed(store: Store, manifests: list[tuple[Descriptor, Manifest]], top: Descriptor,
+                  top_obj: Manifest | Index, target: str, force: bool):
+    """Apply --compression: new manifests (and index) where a layer was re-encoded."""
+    from layerstore import compression as comp
+    from layerstore import digest as dg
+    from layerstore.registry import recompress
+
+    if target not in comp.WRITABLE:
+        raise PybuildError(f"unknown compression {target!r} (use gzip, zstd or none)")
+    out, replaced = [], {}
+    for desc, m in manifests:
+        new = recompress.manifest(store, m, target, force)
+        if new is not m:
+            replaced[desc.digest] = new
+            data = new.to_bytes()
+            desc = Descriptor(new.media_type, dg.of_bytes(data), len(data), platform=desc.platform)
+        out.append((desc, new))
+    if isinstance(top_obj, Index):
+        top_obj = recompress.index(top_obj, replaced)
+        data = top_obj.to_bytes()
+        if replaced:
+            top = store.put_json(data, top_obj.media_type)
+    else:
+        top, top_obj = out[0]
+    return out, top, top_obj
 
 
 def _upload_all(client: RegistryClient, repo: str, blobs: list[Descriptor], store: Store,
@@ -139,6 +173,7 @@ def _upload_all(client: RegistryClient, repo: str, blobs: list[Descriptor], stor
                 kind = f.result()
                 setattr(result, kind, getattr(result, kind) + 1)
         except BaseException:
+            client.cancel()
             for f in futures:
                 f.cancel()
             raise

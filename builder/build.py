@@ -1,0 +1,835 @@
+"""The build solver: Dockerfile + context -> image in the store.
+
+`build(store, options)` parses and plans the Dockerfile with the frontend
+(builder.dockerfile), then builds the stages the target needs, independent
+ones in parallel (bounded by `jobs`). Every step gets a content key (parent
+state, step as expanded, build args it uses, checksums of its inputs); a key
+found in the cache reuses that state without running anything, a miss runs
+the step's handler (steps/run.py, steps/copy.py, steps/meta.py) and records
+the result. Nothing is tagged until every stage succeeded.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import copy
+import dataclasses
+import hashlib
+import json
+import os
+import posixpath
+import secrets as pysecrets
+import shutil
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from builder.cache import BuildCache, step_key
+from builder.context import Context
+from builder.dockerfile import instructions as ins
+from builder.dockerfile.document import parse_dockerfile
+from builder.dockerfile.errors import DockerfileError, ExpansionError
+from builder.dockerfile.expand import ShellLex
+from builder.dockerfile.stages import Stage, StageGraph, plan_stages, replay_onbuild
+from builder.progress import Progress
+from builder.rootview import Tree, in_overlay, normalize_dest
+from builder.steps import copy as copystep
+from builder.steps import meta
+from builder.steps import run as runstep
+from layerstore import digest as dg
+from layerstore import mediatypes as mt
+from layerstore.errors import NotFound, PybuildError
+from layerstore.humanize import rfc3339_now
+from layerstore.model import ContainerConfig, Descriptor, History, ImageConfig
+from layerstore.snapshots import remove_tree
+
+
+class BuildError(PybuildError):
+    """A step failed; the message names the step and why."""
+
+
+@dataclass
+class Secret:
+    id: str
+    src: Path | None = None
+    env: str | None = None
+
+    def value(self) -> bytes:
+        if self.src is not None:
+            try:
+                return self.src.read_bytes()
+            except OSError as exc:
+                raise BuildError(f"secret {self.id}: cannot read {self.src}: {exc.strerror}") from None
+        if self.env is not None:
+            if self.env not in os.environ:
+                raise BuildError(f"secret {self.id}: environment variable {self.env} is not set")
+            return os.environ[self.env].encode()
+        raise BuildError(f"secret {self.id}: no src or env")
+
+
+def parse_secret(text: str) -> Secret:
+    """`id=ID,src=PATH` | `id=ID,env=VAR` (also `type=file|env`, `source=`)."""
+    fields = {}
+    for part in text.split(","):
+        k, eq, v = part.partition("=")
+        if not eq:
+            raise PybuildError(f"--secret {text!r}: expected key=value pairs")
+        fields[k.strip().lower()] = v
+    sid = fields.get("id")
+    src = fields.get("src") or fields.get("source")
+    env = fields.get("env")
+    if fields.get("type") == "env" and src and not env:
+        env, src = src, None
+    if not sid:
+        sid = Path(src).name if src else env
+    if not sid or (not src and not env):
+        raise PybuildError(f"--secret {text!r}: needs id= and src= or env=")
+    return Secret(sid, Path(src).expanduser().absolute() if src else None, env)
+
+
+@dataclass
+class BuildOptions:
+    context: Path | None
+    dockerfile: Path | None = None
+    dockerfile_text: bytes | None = None
+    tags: list[str] = field(default_factory=list)
+    build_args: dict[str, str] = field(default_factory=dict)
+    target: str | None = None
+    no_cache: bool = False
+    pull: bool = False
+    network: str = "default"
+    platform: str | None = None
+    labels: dict[str, str] = field(default_factory=dict)
+    annotations: dict[str, str] = field(default_factory=dict)
+    secrets: dict[str, Secret] = field(default_factory=dict)
+    build_contexts: dict[str, Path] = field(default_factory=dict)
+    compression: str = "gzip"
+    source_date_epoch: int | None = None
+    squash: bool = False
+    jobs: int = 4
+
+
+@dataclass
+class State:
+    """An image state between steps: its config, its layers, and its cache key."""
+
+    config: ImageConfig
+    layers: list[Descriptor]
+    key: str
+    manifest: str | None = None
+
+
+@dataclass
+class BuildResult:
+    image_id: str
+    manifest: Descriptor
+    names: list[str]
+    steps: int = 0
+    cached: int = 0
+    warnings: list[str] = field(default_factory=list)
+
+
+def _clone(cfg: ImageConfig) -> ImageConfig:
+    c = copy.deepcopy(cfg)
+    c.raw = None
+    return c
+
+
+def _canonical(i: ins.Instruction) -> str:
+    """The step as expanded, without its position, for the cache key."""
+    doc = {"keyword": i.keyword}
+    for f in dataclasses.fields(i):
+        if f.name in ("line", "column", "end_line"):
+            continue
+        v = getattr(i, f.name)
+        doc[f.name] = _plain(v)
+    return json.dumps(doc, sort_keys=True, default=str)
+
+
+def _plain(v):
+    if dataclasses.is_dataclass(v) and not isinstance(v, type):
+        return {f.name: _plain(getattr(v, f.name)) for f in dataclasses.fields(v)}
+    if isinstance(v, (list, tuple)):
+        return [_plain(x) for x in v]
+    if isinstance(v, dict):
+        return {k: _plain(x) for k, x in v.items()}
+    return v
+
+
+class Builder:
+    def __init__(self, store, opts: BuildOptions, progress: Progress) -> None:
+        self.store = store
+        self.opts = opts
+        self.progress = progress
+        self.cache = BuildCache(store.root)
+        self.scratch = store.root / "tmp" / "build"
+        self.scratch.mkdir(parents=True, exist_ok=True)
+        (self.scratch / "empty").mkdir(exist_ok=True)
+        self.counter = 0
+        self.counter_lock = threading.Lock()
+        self.steps_run = 0
+        self.steps_cached = 0
+        self.hashes = copystep.FileHashes(store.root / "cache" / "context-hashes.json")
+        self.hash_lock = threading.Lock()
+        self.failed = threading.Event()
+
+    # --- plan ---------------------------------------------------------------
+
+    def load(self) -> tuple[StageGraph, object, Context]:
+        o = self.opts
+        if o.dockerfile_text is not None:
+            text, name = o.dockerfile_text, "Dockerfile"
+            df_path = None
+        else:
+            df_path = o.dockerfile
+            if df_path is None:
+                assert o.context is not None
+                df_path = o.context / "Dockerfile"
+                if not df_path.is_file() and (o.context / "Containerfile").is_file():
+                    df_path = o.context / "Containerfile"
+            try:
+                text = Path(df_path).read_bytes()
+            except FileNotFoundError:
+                raise PybuildError(f"{df_path}: no such Dockerfile") from None
+            name = Path(df_path).name
+        df = parse_dockerfile(text, name)
+        graph = plan_stages(df, o.build_args, o.target, o.platform)
+        ctx = Context.open(o.context, df_path)
+        return graph, df, ctx
+
+    # --- helpers ------------------------------------------------------------
+
+    def next_step(self) -> int:
+        with self.counter_lock:
+            self.counter += 1
+            return self.counter
+
+    def lowers(self, state: State) -> list[Path]:
+        diff_ids = state.config.diff_ids
+        paths = []
+        for chain_id, diff_id, layer in zip(dg.chain_ids(diff_ids), diff_ids, state.layers):
+            paths.append(self.store.snapshots.ensure(
+                chain_id, diff_id, lambda layer=layer: self.store.blobs.open(layer.digest)))
+        return paths
+
+    def now(self) -> str:
+        return rfc3339_now(self.opts.source_date_epoch)
+
+    def workspace(self) -> Path:
+        d = self.store.root / "containers" / f"build-{pysecrets.token_hex(8)}"
+        (d / "upper").mkdir(parents=True)
+        (d / "work").mkdir()
+        return d
+
+    def commit_upper(self, state: State, upper: Path, created_by: str, key: str,
+                     comment: str | None = None) -> State:
+        layer, diff_id = self.store.commit_layer(upper, compression=self.opts.compression,
+                                                 overlay=True,
+                                                 source_date_epoch=self.opts.source_date_epoch)
+        cfg = _clone(state.config)
+        created = self.now()
+        cfg.created = created
+        cfg.diff_ids = list(cfg.diff_ids) + [diff_id]
+        cfg.history = list(cfg.history) + [History(created=created, created_by=created_by,
+                                                   author=cfg.author, comment=comment)]
+        layers = list(state.layers) + [layer]
+        self._promote(upper, cfg.diff_ids)
+        manifest = self.store.commit_image(_clone(cfg), layers)
+        new = State(cfg, layers, key, manifest.digest)
+        self.cache.put(key, cfg, layers, manifest.digest)
+        return new
+
+    def _promote(self, upper: Path, diff_ids: list[str]) -> None:
+        """Use the upper dir as the new layer's snapshot instead of unpacking the blob again."""
+        chain = dg.chain_ids(diff_ids)[-1]
+        final = self.store.snapshots.path(chain)
+        if final.exists():
+            return
+        try:
+            os.rename(upper, final)
+        except OSError:
+            pass
+
+    def meta_state(self, state: State, cfg: ImageConfig, created_by: str, key: str) -> State:
+        created = self.now()
+        cfg.created = created
+        cfg.history = list(cfg.history) + [History(created=created, created_by=created_by,
+                                                   author=cfg.author, empty_layer=True)]
+        new = State(cfg, list(state.layers), key, None)
+        self.cache.put(key, cfg, new.layers, None)
+        return new
+
+    def cached(self, key: str) -> State | None:
+        if self.opts.no_cache:
+            return None
+        e = self.cache.get(key, self.store)
+        if e is None:
+            return None
+        return State(e.config, e.layers, key, e.manifest)
+
+    # --- stages -------------------------------------------------------------
+
+    def base_state(self, stage: Stage, results: dict[int, cf.Future]) -> tuple[State, list]:
+        """The state a stage starts from and ONBUILD triggers to replay."""
+        base = stage.base
+        if base.kind == "stage":
+            st: State = results[base.stage].result()
+            cfg = _clone(st.config)
+            triggers = []
+            if cfg.config.OnBuild:
+                cfg.config = dataclasses.replace(cfg.config, OnBuild=None)
+            return State(cfg, list(st.layers), st.key, st.manifest), triggers
+        if base.kind == "scratch":
+            from layerstore.platforms import host_platform, parse_platform
+
+            plat = parse_platform(stage.platform or self.opts.platform) \
+                if (stage.platform or self.opts.platform) else host_platform()
+            cfg = ImageConfig(architecture=plat.architecture, os=plat.os, variant=plat.variant,
+                              config=ContainerConfig(Env=[meta.DEFAULT_PATH]))
+            key = hashlib.sha256(f"scratch {plat}".encode()).hexdigest()
+            return State(cfg, [], key), []
+        image = self.resolve_image(base.ref, stage.platform)
+        cfg = _clone(image.config)
+        triggers = list(cfg.config.OnBuild or [])
+        if triggers:
+            cfg.config = dataclasses.replace(cfg.config, OnBuild=None)
+        if not cfg.config.Env or not any(e.startswith("PATH=") for e in cfg.config.Env):
+            cfg.config = dataclasses.replace(cfg.config, Env=[meta.DEFAULT_PATH] + list(cfg.config.Env or []))
+        key = hashlib.sha256(f"image {image.descriptor.digest}".encode()).hexdigest()
+        return State(cfg, list(image.manifest.layers), key), triggers
+
+    def resolve_image(self, ref: str, platform: str | None = None):
+        from layerstore.platforms import parse_platform
+
+        plat = parse_platform(platform or self.opts.platform) if (platform or self.opts.platform) else None
+        if not self.opts.pull:
+            try:
+                return self.store.resolve(ref, plat)
+            except NotFound:
+                pass
+        try:
+            from layerstore.registry.pull import pull
+        except ImportError:
+            raise NotFound(f"{ref}: not found locally (and pulling is not available)") from None
+        try:
+            pull(self.store, ref, platform=plat)
+        except PybuildError as exc:
+            raise NotFound(f"{ref}: not found locally, and pulling it failed: {exc}") from None
+        return self.store.resolve(ref, plat)
+
+    def build_stage(self, stage: Stage, graph: StageGraph, df, ctx: Context,
+                    results: dict[int, cf.Future]) -> State:
+        total = 1 + len(stage.instructions)
+        label = stage.name or f"stage-{stage.index}"
+        n = self.next_step()
+        self.progress.start(n, f"{label} 1/{total}", f"FROM {stage.from_.image}"
+                            + (f" AS {stage.name}" if stage.name else ""))
+        state, triggers = self.base_state(stage, results)
+        self.progress.done(n)
+        runner = _StageRunner(self, stage, graph, df, ctx, results, state, label, total)
+        for t in stage.triggers:
+            runner.step(t, raw=t, trigger=True)
+        if triggers:
+            for t in replay_onbuild(triggers, df.escape):
+                runner.step(t, raw=t, trigger=True)
+        runner.args = {}
+        raws = _raw_bodies(df)[stage.index]
+        for k, (planned, raw) in enumerate(zip(stage.instructions, raws)):
+            if self.failed.is_set():
+                raise BuildError("build cancelled: another stage failed")
+            runner.step(planned, raw=raw, position=k + 2)
+        return runner.state
+
+    # --- whole build --------------------------------------------------------
+
+    def run(self) -> BuildResult:
+        graph, df, ctx = self.load()
+        needed = graph.needed()
+        results: dict[int, cf.Future] = {}
+        with self.store.writing():
+            with cf.ThreadPoolExecutor(max_workers=max(1, self.opts.jobs)) as pool:
+                for s in needed:
+                    results[s.index] = pool.submit(self._guarded, s, graph, df, ctx, results)
+                errors = []
+                for s in needed:
+                    try:
+                        results[s.index].result()
+                    except BaseException as exc:  # noqa: BLE001 - first real error reported
+                        self.failed.set()
+                        errors.append(exc)
+            if errors:
+                real = [e for e in errors if not (isinstance(e, BuildError)
+                                                  and str(e).startswith("build cancelled"))]
+                raise (real or errors)[0]
+            final: State = results[graph.target].result()
+            with self.hash_lock:
+                self.hashes.save()
+            result = self.finish(final)
+            self.cache.write_roots()
+        result.warnings = list(graph.warnings)
+        return result
+
+    def _guarded(self, stage, graph, df, ctx, results):
+        try:
+            return self.build_stage(stage, graph, df, ctx, results)
+        except BaseException:
+            self.failed.set()
+            raise
+
+    def finish(self, final: State) -> BuildResult:
+        cfg = _clone(final.config)
+        layers = list(final.layers)
+        if self.opts.labels:
+            labels = dict(cfg.config.Labels or {})
+            labels.update(self.opts.labels)
+            cfg.config = dataclasses.replace(cfg.config, Labels=labels)
+        if self.opts.squash and len(layers) > 1:
+            cfg, layers = self.squash(cfg, layers)
+        manifest = self.store.commit_image(cfg, layers, annotations=self.opts.annotations or None)
+        names = []
+        for t in self.opts.tags:
+            names.append(self.store.tag(t, manifest))
+        if not names:
+            self.store.refs.add_untagged(manifest)
+        image_id = self.store.read_manifest(manifest).config.digest
+        return BuildResult(image_id, manifest, names, self.steps_run, self.steps_cached)
+
+    def squash(self, cfg: ImageConfig, layers: list[Descriptor]) -> tuple[ImageConfig, list[Descriptor]]:
+        """Merge every layer into one (docker's --squash keeps the base; ours flattens all)."""
+        tmp = self.scratch / f"squash-{pysecrets.token_hex(6)}"
+        try:
+            st = State(cfg, layers, "")
+            lowers = self.lowers(st)
+            from layerstore.layer_apply import apply_layer
+
+            tmp.mkdir()
+            for layer, diff_id in zip(layers, cfg.diff_ids):
+                with self.store.blobs.open(layer.digest) as f:
+                    apply_layer(f, tmp, mode="flat", expected_diff_id=diff_id)
+            del lowers
+            layer, diff_id = self.store.commit_layer(tmp, compression=self.opts.compression,
+                                                     overlay=False,
+                                                     source_date_epoch=self.opts.source_date_epoch)
+        finally:
+            remove_tree(tmp)
+        cfg.diff_ids = [diff_id]
+        hist = [dataclasses.replace(h, empty_layer=True) for h in cfg.history]
+        if hist:
+            hist[-1].empty_layer = False
+        cfg.history = hist
+        return cfg, [layer]
+
+
+_RAW_CACHE: dict[int, list[list[ins.Instruction]]] = {}
+
+
+def _raw_bodies(df) -> list[list[ins.Instruction]]:
+    """The unexpanded instructions of each stage, in file order (FROM excluded)."""
+    key = id(df)
+    if key not in _RAW_CACHE:
+        bodies: list[list[ins.Instruction]] = []
+        for i in df.instructions:
+            if isinstance(i, ins.From):
+                bodies.append([])
+            elif bodies:
+                bodies[-1].append(i)
+        _RAW_CACHE[key] = bodies
+    return _RAW_CACHE[key]
+
+
+class _StageRunner:
+    """Runs one stage's steps in order, keeping its state, args in scope and flags."""
+
+    def __init__(self, b: Builder, stage: Stage, graph: StageGraph, df, ctx: Context,
+                 results: dict[int, cf.Future], state: State, label: str, total: int) -> None:
+        self.b = b
+        self.stage = stage
+        self.graph = graph
+        self.df = df
+        self.ctx = ctx
+        self.results = results
+        self.state = state
+        self.label = label
+        self.total = total
+        self.args: dict[str, str] = {}
+        self.cmd_set = False
+        self.lex = ShellLex(df.escape)
+
+    # expansion with the live image env (the planner cannot know a base image's ENV)
+    def scope(self) -> dict[str, str]:
+        return {**self.args, **self.state.config.config.env_dict()}
+
+    def expand(self, raw: ins.Instruction) -> ins.Instruction:
+        env = self.scope()
+
+        def fn(word: str) -> str:
+            try:
+                return self.lex.process_word(word, env)
+            except ExpansionError as exc:
+                raise DockerfileError(exc.message, self.df.filename, raw.line, raw.column,
+                                      self.df.source_line(raw.line)) from None
+        return raw.expand(fn)
+
+    def step(self, planned: ins.Instruction, raw: ins.Instruction, position: int = 0,
+             trigger: bool = False) -> None:
+        if isinstance(planned, ins.Arg):
+            for d in planned.args:
+                if d.default is not None:
+                    self.args[d.name] = d.default
+            i: ins.Instruction = planned
+        else:
+            i = self.expand(raw)
+        b = self.b
+        n = b.next_step()
+        where = f"{self.label} {position}/{self.total}" if position else f"{self.label} ONBUILD"
+        text = " ".join(i.original.split()) if i.original else i.keyword
+        b.progress.start(n, where, text)
+        try:
+            self._dispatch(i, n)
+        except PybuildError as exc:
+            b.progress.error(n, str(exc).splitlines()[0])
+            loc = f"{self.df.filename}:{raw.line}" if raw.line else self.df.filename
+            if isinstance(exc, (runstep.RunError, DockerfileError)):
+                raise
+            raise BuildError(f"{loc}: {i.keyword}: {exc}") from None
+
+    def _dispatch(self, i: ins.Instruction, n: int) -> None:
+        if isinstance(i, ins.Run):
+            self.run(i, n)
+        elif isinstance(i, (ins.Copy, ins.Add)):
+            self.copy(i, n)
+        elif isinstance(i, ins.Workdir):
+            self.workdir(i, n)
+        else:
+            self.metadata(i, n)
+
+    def _hit(self, key: str, n: int) -> bool:
+        hit = self.b.cached(key)
+        if hit is None:
+            return False
+        self.state = hit
+        self.b.steps_cached += 1
+        self.b.progress.cached(n)
+        return True
+
+    def _ran(self, n: int) -> None:
+        self.b.steps_run += 1
+        self.b.progress.done(n)
+
+    # --- config-only ---------------------------------------------------------
+
+    def metadata(self, i: ins.Instruction, n: int) -> None:
+        key = step_key(self.state.key, _canonical(i), {})
+        if isinstance(i, ins.Cmd):
+            self.cmd_set = True
+        if self._hit(key, n):
+            return
+        cfg = _clone(self.state.config)
+        if isinstance(i, ins.Maintainer):
+            cfg.author = i.value
+        else:
+            cfg.config = meta.apply(i, cfg.config, cmd_set=self.cmd_set and not isinstance(i, ins.Cmd))
+        self.state = self.b.meta_state(self.state, cfg, meta.created_by(i), key)
+        self._ran(n)
+
+    def workdir(self, i: ins.Workdir, n: int) -> None:
+        key = step_key(self.state.key, _canonical(i), {})
+        if self._hit(key, n):
+            return
+        cfg = _clone(self.state.config)
+        cfg.config = meta.apply(i, cfg.config)
+        path = cfg.config.WorkingDir or "/"
+        ws = self.b.workspace()
+        try:
+            job = copystep.CopyJob("WORKDIR", path, None, None, workdir_only=True,
+                                   chown=self.state.config.config.User or None)
+            try:
+                in_overlay([Tree(self.b.lowers(self.state), ws / "upper", ws / "work")],
+                           copystep.copy_into, job, scratch=self.b.scratch)
+            except PybuildError:
+                job.chown = None  # USER not resolvable yet (created later): docker makes it root-owned
+                in_overlay([Tree(self.b.lowers(self.state), ws / "upper", ws / "work")],
+                           copystep.copy_into, job, scratch=self.b.scratch)
+            if any(os.scandir(ws / "upper")):
+                tmp_state = State(cfg, self.state.layers, self.state.key)
+                self.state = self.b.commit_upper(tmp_state, ws / "upper", meta.created_by(i), key)
+            else:
+                self.state = self.b.meta_state(self.state, cfg, meta.created_by(i), key)
+        finally:
+            remove_tree(ws)
+        self._ran(n)
+
+    # --- COPY / ADD ---------------------------------------------------------
+
+    def _source_state(self, ref: str) -> State:
+        g = self.graph
+        idx = None
+        if ref.isdigit() and int(ref) < len(g.stages):
+            idx = int(ref)
+        else:
+            for s in g.stages:
+                if s.name == ref.lower():
+                    idx = s.index
+                    break
+        if idx is not None:
+            return self.results[idx].result()
+        if ref in self.b.opts.build_contexts:
+            raise BuildError(f"--from={ref}: named build contexts are only supported as directories "
+                             "for COPY --from in a later version")
+        image = self.b.resolve_image(ref)
+        return State(image.config, list(image.manifest.layers),
+                     hashlib.sha256(f"image {image.descriptor.digest}".encode()).hexdigest())
+
+    def copy(self, i: ins._Transfer, n: int) -> None:
+        b = self.b
+        is_add = isinstance(i, ins.Add)
+        from_ = getattr(i, "from_", None)
+        heredoc_names = {h.name for h in i.heredocs}
+        heredocs: list[tuple[str, str]] = []
+        plain_sources = []
+        for s in i.sources:
+            name = s.lstrip("0123456789").lstrip("<").lstrip("-").strip("'\"")
+            if s.lstrip("0123456789").startswith("<<") and name in heredoc_names:
+                h = next(h for h in i.heredocs if h.name == name)
+                body = h.body()
+                if h.expand:
+                    lex = ShellLex(self.df.escape, raw_quotes=True, raw_escapes=True)
+                    body = lex.process_word(body, self.scope())
+                heredocs.append((name, body))
+            else:
+                plain_sources.append(s)
+        dest = normalize_dest(i.dest, self.state.config.config.WorkingDir or "/")
+        urls = [s for s in plain_sources if is_add and "://" in s]
+        if urls:
+            raise BuildError(f"ADD {urls[0]}: downloading needs network access to the URL; "
+                             "this build cannot reach it (offline?) — download it into the context "
+                             "and use COPY")
+        source_state = None
+        sel = None
+        if from_:
+            source_state = self._source_state(from_)
+            inputs = "from " + source_state.key
+            content = hashlib.sha256((inputs + json.dumps(plain_sources)).encode()).hexdigest()
+        else:
+            if plain_sources and self.ctx.root is None:
+                raise BuildError("no build context (Dockerfile from stdin): "
+                                 f"{i.keyword} {plain_sources[0]} has nothing to copy from")
+            sel = copystep.select_sources(plain_sources, str(self.ctx.root or "/"), self.ctx) \
+                if plain_sources else copystep.Selection()
+            with b.hash_lock:
+                content = copystep.digest_selection(sel, self.ctx, i.exclude, b.hashes)
+            inputs = content
+        hd = hashlib.sha256(json.dumps(heredocs).encode()).hexdigest()
+        key = step_key(self.state.key, _canonical(i) + dest, {}, inputs + hd)
+        if self._hit(key, n):
+            return
+        job = copystep.CopyJob(i.keyword, dest, sel.items if sel else None,
+                               plain_sources if from_ else None, heredocs, self.ctx if not from_ else None,
+                               chown=i.chown, chmod=i.chmod, exclude=list(i.exclude),
+                               parents=bool(getattr(i, "parents", False)), extract=is_add,
+                               arg_count=len(plain_sources),
+                               mtime=float(b.opts.source_date_epoch) if b.opts.source_date_epoch else None)
+        ws = b.workspace()
+        try:
+            trees = [Tree(b.lowers(self.state), ws / "upper", ws / "work")]
+            if source_state is not None:
+                trees.append(Tree(b.lowers(source_state)))
+            in_overlay(trees, copystep.copy_into, job, scratch=b.scratch)
+            shown = i.dest
+            created_by = copystep.summary(i.keyword, content, sel, shown)
+            self.state = b.commit_upper(self.state, ws / "upper", created_by, key)
+        finally:
+            remove_tree(ws)
+        self._ran(n)
+
+    # --- RUN ----------------------------------------------------------------
+
+    def run(self, i: ins.Run, n: int) -> None:
+        b = self.b
+        cfg = self.state.config.config
+        shell = list(cfg.Shell or meta.DEFAULT_SHELL)
+        pipes: list[tuple[str, str]] = []
+        if i.heredocs:
+            cmdline = i.command[0] if i.command else ""
+            h0 = i.heredocs[0]
+            simple = len(i.heredocs) == 1 and cmdline.strip().lstrip("0123456789").startswith("<<") \
+                and len(cmdline.split()) == 1
+            if simple and h0.body().startswith("#!"):
+                pipes.append((h0.name, h0.body()))
+                argv = [f"/dev/pipes/{h0.name}"]
+            elif simple:
+                argv = shell + [h0.body()]
+            else:
+                full = cmdline
+                for h in i.heredocs:
+                    full += "\n" + h.content + h.name
+                argv = shell + [full]
+        elif i.prepend_shell:
+            argv = shell + [" ".join(i.command)]
+        else:
+            argv = list(i.command)
+        used_args = dict(self.args)
+        env = dict(used_args)
+        env.update(cfg.env_dict())
+        mounts_key = [dataclasses.asdict(m) for m in i.mounts]
+        for m in mounts_key:
+            m.pop("raw", None)
+        inputs = self._mount_inputs(i)
+        network = i.network or b.opts.network
+        key = step_key(self.state.key, json.dumps([argv, mounts_key, network, pipes]), used_args, inputs)
+        if self._hit(key, n):
+            return
+        ws = b.workspace()
+        binds, locks, targets = [], [], []
+        try:
+            binds, locks, targets = self._mounts(i, ws, env)
+            if pipes:
+                pd = ws / "pipes"
+                pd.mkdir()
+                for name, body in pipes:
+                    (pd / name).write_text(body)
+                    os.chmod(pd / name, 0o755)
+                from builder.sandbox import BindMount
+
+                binds.append(BindMount(pd, "/dev/pipes", readonly=True))
+            lowers = b.lowers(self.state)
+            tail = runstep.Tail(12)
+
+            def out(line: bytes) -> None:
+                tail.add(line)
+                b.progress.output(n, line)
+            job = runstep.RunJob(lowers, ws / "upper", ws / "work", argv, env,
+                                 cfg.WorkingDir or "/", cfg.User or "0", network, binds, locks,
+                                 state_dir=ws / "state")
+            code = runstep.execute(job, out, b.scratch / "empty")
+            if code != 0:
+                shown = " ".join(i.original.split())
+                msg = (f"{self.df.filename}:{i.line}: {shown}: process did not complete "
+                       f"successfully: exit code {code}")
+                if tail.lines:
+                    msg += "\n" + tail.text()
+                raise runstep.RunError(msg, code)
+            runstep.clean_stubs(ws / "upper", lowers, targets)
+            created_by = meta.run_created_by(argv, used_args)
+            self.state = b.commit_upper(self.state, ws / "upper", created_by, key)
+        finally:
+            remove_tree(ws)
+        self._ran(n)
+
+    def _mount_inputs(self, i: ins.Run) -> str:
+        """Content of bind mounts from the context or other stages (their keys)."""
+        parts = []
+        for m in i.mounts:
+            if m.type == "bind":
+                if m.from_:
+                    parts.append("stage " + self._source_state(m.from_).key)
+                else:
+                    src = m.source or "."
+                    sel = copystep.select_sources([src], str(self.ctx.root or "/"), self.ctx)
+                    with self.b.hash_lock:
+                        parts.append(copystep.digest_selection(sel, self.ctx, [], self.b.hashes))
+        return hashlib.sha256("\n".join(parts).encode()).hexdigest()
+
+    def _mounts(self, i: ins.Run, ws: Path, env: dict[str, str]):
+        from builder.sandbox import BindMount, TmpfsMount
+
+        binds, locks, targets = [], [], []
+        for k, m in enumerate(i.mounts):
+            t = m.type
+            if t == "secret":
+                sec = self.b.opts.secrets.get(m.id or Path(m.target or "").name)
+                if sec is None:
+                    if m.required:
+                        raise BuildError(f"secret {m.id} was not provided (--secret id={m.id},...)")
+                    continue
+                value = sec.value()
+                if m.env:
+                    env[m.env] = value.decode("utf-8", "replace")
+                    if not m.target:
+                        continue
+                target = m.target or f"/run/secrets/{sec.id}"
+                sd = ws / "secrets"
+                sd.mkdir(exist_ok=True, mode=0o700)
+                f = sd / f"s{k}"
+                f.write_bytes(value)
+                os.chmod(f, int(m.mode, 8) if m.mode else 0o400)
+                os.chown(f, int(m.uid or 0), int(m.gid or 0))
+                binds.append(BindMount(f, target, readonly=True))
+                targets.append(target)
+            elif t == "cache":
+                target = m.target
+                if not target:
+                    raise BuildError("RUN --mount=type=cache needs target=")
+                cid = m.id or target
+                d = self.b.store.root / "cache" / "mounts" / hashlib.sha256(cid.encode()).hexdigest()[:32]
+                fresh = not d.exists()
+                d.mkdir(parents=True, exist_ok=True)
+                if fresh:
+                    os.chmod(d, int(m.mode, 8) if m.mode else 0o755)
+                    os.chown(d, int(m.uid or 0), int(m.gid or 0))
+                if (m.sharing or "shared") == "locked":
+                    locks.append(d.with_suffix(".lock"))
+                binds.append(BindMount(d, target, readonly=bool(m.readonly)))
+                targets.append(target)
+            elif t == "tmpfs":
+                target = m.target
+                if not target:
+                    raise BuildError("RUN --mount=type=tmpfs needs target=")
+                size = None
+                if m.size:
+                    size = _parse_size(m.size)
+                binds.append(TmpfsMount(target, size=size))
+                targets.append(target)
+            elif t == "bind":
+                target = m.target
+                if not target:
+                    raise BuildError("RUN --mount=type=bind needs target=")
+                src_rel = m.source or "."
+                if m.from_:
+                    st = self._source_state(m.from_)
+                    flat = ws / f"bind{k}"
+                    from layerstore.layer_apply import apply_layer
+
+                    flat.mkdir()
+                    for layer, diff_id in zip(st.layers, st.config.diff_ids):
+                        with self.b.store.blobs.open(layer.digest) as f:
+                            apply_layer(f, flat, mode="flat", expected_diff_id=diff_id)
+                    from builder.rootview import secure_join
+
+                    src = Path(secure_join(str(flat), src_rel))
+                else:
+                    if self.ctx.root is None:
+                        raise BuildError("RUN --mount=type=bind: no build context")
+                    rel = self.ctx.resolve(src_rel)
+                    src = self.ctx.real(rel)
+                    if not src.exists():
+                        raise BuildError(f"RUN --mount=type=bind,source={src_rel}: not found "
+                                         "in the build context")
+                rw = m.readonly is False
+                if rw:
+                    copy_dir = ws / f"bindrw{k}"
+                    if src.is_dir():
+                        shutil.copytree(src, copy_dir, symlinks=True)
+                    else:
+                        shutil.copy2(src, copy_dir)
+                    src = copy_dir
+                binds.append(BindMount(src, target, readonly=not rw))
+                targets.append(target)
+            elif t == "ssh":
+                raise BuildError("RUN --mount=type=ssh is not supported")
+        return binds, locks, targets
+
+
+def _parse_size(text: str) -> int:
+    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+    t = text.strip().lower().rstrip("b")
+    if t and t[-1] in units:
+        return int(float(t[:-1]) * units[t[-1]])
+    return int(t)
+
+
+def build(store, opts: BuildOptions, progress: Progress | None = None) -> BuildResult:
+    """Build per `opts` into `store`; raises PybuildError (BuildError, DockerfileError, ...)."""
+    b = Builder(store, opts, progress or Progress("quiet"))
+    return b.run()

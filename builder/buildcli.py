@@ -1,0 +1,131 @@
+"""`pybuild build` arguments -> BuildOptions -> build -> outputs (image, archive, dir).
+
+Kept out of cli.py so the command stays thin and this is callable from tests.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from layerstore.errors import PybuildError
+
+
+def _pairs(items, what: str) -> dict[str, str]:
+    out = {}
+    for item in items:
+        k, eq, v = item.partition("=")
+        if not k or not eq:
+            raise PybuildError(f"{what} {item!r}: expected KEY=VALUE")
+        out[k] = v
+    return out
+
+
+def parse_output(text: str | None) -> dict[str, str]:
+    if not text:
+        return {"type": "image"}
+    if "=" not in text:
+        return {"type": "local", "dest": text}
+    out = _pairs(text.split(","), "--output")
+    if out.get("type", "image") not in ("image", "oci", "docker", "local", "tar", "registry"):
+        raise PybuildError(f"--output {text!r}: unknown type {out.get('type')!r}")
+    out.setdefault("type", "image")
+    if out["type"] != "image" and "dest" not in out:
+        raise PybuildError(f"--output {text!r}: dest= is required")
+    return out
+
+
+def run_build(store, context: str, dockerfile: str | None, *, tags, build_args, build_arg_files,
+              target, no_cache, pull, network, platform, labels, annotations, secrets,
+              build_contexts, compression, source_date_epoch, squash, iidfile, metadata_file,
+              output, progress_mode, quiet, jobs) -> None:
+    from builder.build import BuildOptions, build, parse_secret
+    from builder.dockerfile.check import parse_build_args
+    from builder.progress import Progress
+
+    args: dict[str, str] = {}
+    for f in build_arg_files:
+        try:
+            lines = Path(f).read_text().splitlines()
+        except OSError as exc:
+            raise PybuildError(f"--build-arg-file {f}: {exc.strerror}") from None
+        args.update(parse_build_args(l for l in lines if l.strip() and not l.lstrip().startswith("#")))
+    args.update(parse_build_args(build_args))
+    if source_date_epoch is None and os.environ.get("SOURCE_DATE_EPOCH", "").isdigit():
+        source_date_epoch = int(os.environ["SOURCE_DATE_EPOCH"])
+    opts = BuildOptions(context=None if context == "-" else Path(context).absolute(),
+                        tags=list(tags), build_args=args, target=target, no_cache=no_cache,
+                        pull=pull, network=network, platform=platform,
+                        labels=_pairs(labels, "--label"),
+                        annotations=_pairs(annotations, "--annotation"),
+                        compression=compression, source_date_epoch=source_date_epoch,
+                        squash=squash, jobs=max(1, jobs))
+    if context == "-" or dockerfile == "-":
+        opts.dockerfile_text = sys.stdin.buffer.read()
+    elif dockerfile:
+        opts.dockerfile = Path(dockerfile).absolute()
+    if opts.context is not None and not opts.context.is_dir():
+        raise PybuildError(f"build context {context}: not a directory")
+    for s in secrets:
+        sec = parse_secret(s)
+        opts.secrets[sec.id] = sec
+    for item in build_contexts:
+        k, _, v = item.partition("=")
+        opts.build_contexts[k] = Path(v).absolute()
+    out = parse_output(output)
+    mode = "quiet" if quiet else progress_mode
+    progress = Progress(mode)
+    result = build(store, opts, progress)
+    for w in result.warnings:
+        click.echo(f"WARNING: {w}", err=True)
+    deliver(store, result, out)
+    if iidfile:
+        iidfile.write_text(result.image_id)
+    if metadata_file:
+        metadata_file.write_text(json.dumps({
+            "containerimage.config.digest": result.image_id,
+            "containerimage.digest": result.manifest.digest,
+            "image.name": ",".join(result.names)}, indent=2))
+    if mode not in ("quiet", "rawjson"):
+        for n in result.names:
+            click.echo(f"Successfully tagged {n}", err=True)
+        click.echo(f"--> {result.image_id[7:19]} ({result.steps} steps run, "
+                   f"{result.cached} cached)", err=True)
+    click.echo(result.image_id)
+
+
+def deliver(store, result, out: dict[str, str]) -> None:
+    kind = out["type"]
+    if kind == "image":
+        return
+    dest = Path(out["dest"])
+    if kind in ("oci", "docker"):
+        from layerstore.archive import save
+
+        name = result.names[0] if result.names else result.manifest.digest
+        save(store, [name], dest, kind)
+    elif kind in ("local", "tar"):
+        from layerstore.unpack import unpack_image
+
+        image = store.resolve(result.manifest.digest)
+        if kind == "local":
+            unpack_image(store, image, dest)
+        else:
+            import tarfile
+            import tempfile
+
+            from layerstore.snapshots import remove_tree
+
+            tmp = Path(tempfile.mkdtemp(prefix="pybuild-out-"))
+            try:
+                unpack_image(store, image, tmp / "root")
+                with tarfile.open(dest, "w") as tar:
+                    tar.add(tmp / "root", arcname=".")
+            finally:
+                remove_tree(tmp)
+    else:
+        raise PybuildError(f"--output type={kind}: not supported yet")

@@ -1,0 +1,119 @@
+"""The build cache: step key -> resulting image state, under ROOT/cache/.
+
+A key is a sha256 over the parent state's key, the step as expanded, the
+build args it uses and the content of its inputs; it never contains a store
+path or a time, so the same computation could later be shared through a
+registry (--cache-to/--cache-from). An entry holds the state itself (config
+bytes and layer descriptors) and, for steps that made a layer, a manifest
+digest; ROOT/cache/roots lists those manifests so `prune` keeps their blobs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from layerstore.atomic import atomic_write
+from layerstore.model import Descriptor, ImageConfig
+
+
+def step_key(parent: str, step: str, args: dict[str, str], inputs: str = "") -> str:
+    doc = json.dumps({"parent": parent, "step": step, "args": sorted(args.items()),
+                      "inputs": inputs}, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(doc.encode()).hexdigest()
+
+
+@dataclass
+class Entry:
+    config: ImageConfig
+    layers: list[Descriptor]
+    manifest: str | None
+
+
+class BuildCache:
+    def __init__(self, root: Path) -> None:
+        self.dir = Path(root) / "cache"
+        self.entries = self.dir / "entries"
+
+    def _path(self, key: str) -> Path:
+        return self.entries / key[:2] / f"{key}.json"
+
+    def get(self, key: str, store) -> Entry | None:
+        """The entry for `key` if all its layer blobs are still in the store."""
+        try:
+            doc = json.loads(self._path(key).read_bytes())
+        except (OSError, ValueError):
+            return None
+        layers = [Descriptor.from_json(d) for d in doc.get("layers", [])]
+        if not all(store.blobs.has(l.digest) for l in layers):
+            return None
+        cfg = ImageConfig.from_bytes(doc["config"].encode())
+        try:
+            os.utime(self._path(key))  # last use, for `prune --filter until=`
+        except OSError:
+            pass
+        return Entry(cfg, layers, doc.get("manifest"))
+
+    def put(self, key: str, config: ImageConfig, layers: list[Descriptor],
+            manifest: str | None) -> None:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        config.raw = None
+        doc = {"config": config.to_bytes().decode(), "layers": [l.to_json() for l in layers],
+               "manifest": manifest, "created": time.time()}
+        atomic_write(path, json.dumps(doc).encode())
+
+    def write_roots(self) -> None:
+        """Rewrite ROOT/cache/roots: the manifest digest of every layer-making entry."""
+        digests = set()
+        if self.entries.is_dir():
+            for sub in os.scandir(self.entries):
+                if not sub.is_dir():
+                    continue
+                for e in os.scandir(sub.path):
+                    if not e.name.endswith(".json"):
+                        continue
+                    try:
+                        m = json.loads(Path(e.path).read_bytes()).get("manifest")
+                    except (OSError, ValueError):
+                        continue
+                    if m:
+                        digests.add(m)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        atomic_write(self.dir / "roots", "".join(f"{d}\n" for d in sorted(digests)).encode())
+
+    def prune(self, until: float | None = None, keep_bytes: int | None = None, store=None) -> int:
+        """Drop entries unused since `until` (epoch), then oldest until under `keep_bytes`."""
+        removed = 0
+        files = []
+        if self.entries.is_dir():
+            for sub in os.scandir(self.entries):
+                for e in os.scandir(sub.path):
+                    st = e.stat()
+                    files.append((st.st_mtime, e.path))
+        files.sort()
+        total = 0
+        if keep_bytes is not None and store is not None:
+            sizes = {}
+            for _, p in files:
+                try:
+                    doc = json.loads(Path(p).read_bytes())
+                    sizes[p] = sum(l["size"] for l in doc.get("layers", [])[-1:])
+                except (OSError, ValueError, KeyError):
+                    sizes[p] = 0
+            total = sum(sizes.values())
+        for mtime, p in files:
+            drop = until is not None and mtime < until
+            if keep_bytes is not None and total > keep_bytes:
+                drop = True
+            if drop:
+                if keep_bytes is not None and store is not None:
+                    total -= sizes.get(p, 0)
+                os.unlink(p)
+                removed += 1
+        self.write_roots()
+        return removed

@@ -1,0 +1,103 @@
+"""`pybuild check`: parse and plan a Dockerfile without building it.
+
+The build command goes through the same `check_dockerfile` call, so what
+check accepts is exactly what a build would start from.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from .document import Dockerfile, parse_dockerfile
+from .errors import DockerfileError
+from .stages import StageGraph, plan_stages
+
+
+@dataclass
+class CheckResult:
+    dockerfile: Dockerfile
+    graph: StageGraph
+
+    @property
+    def warnings(self) -> list[str]:
+        parse = [f"{self.dockerfile.filename}:{w.line}: {w.message}" for w in self.dockerfile.warnings]
+        return parse + list(self.graph.warnings)
+
+
+def parse_build_args(items: Iterable[str]) -> dict[str, str]:
+    """`K=V` pairs; a bare `K` takes its value from the environment, as docker does."""
+    out: dict[str, str] = {}
+    for item in items:
+        key, eq, value = item.partition("=")
+        if not key:
+            raise DockerfileError(f"invalid build arg {item!r}: expected KEY=VALUE", "--build-arg")
+        if eq:
+            out[key] = value
+        elif key in os.environ:
+            out[key] = os.environ[key]
+    return out
+
+
+def locate_dockerfile(context: Path, dockerfile: Path | None) -> Path:
+    """-f wins; otherwise CONTEXT/Dockerfile, then CONTEXT/Containerfile."""
+    if dockerfile is not None:
+        return dockerfile
+    for name in ("Dockerfile", "Containerfile"):
+        if (context / name).is_file():
+            return context / name
+    return context / "Dockerfile"
+
+
+def check_dockerfile(path: Path, build_args: dict[str, str] | None = None, target: str | None = None,
+                     platform: str | None = None, filename: str | None = None) -> CheckResult:
+    """Read, parse and plan one Dockerfile; raises DockerfileError on the first problem."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise DockerfileError("no such file: cannot read the Dockerfile", str(path)) from None
+    df = parse_dockerfile(data, filename or str(path))
+    return CheckResult(df, plan_stages(df, build_args or {}, target, platform))
+
+
+def to_json(result: CheckResult) -> dict:
+    """Stages the target needs, in build order, with their expanded instructions."""
+    graph = result.graph
+    stages = []
+    for stage in graph.needed():
+        stages.append({
+            "index": stage.index,
+            "name": stage.name,
+            "line": stage.from_.line,
+            "base": {"kind": stage.base.kind, "ref": stage.base.ref, "stage": stage.base.stage},
+            "platform": stage.platform,
+            "depends_on": sorted(stage.depends_on),
+            "images": list(stage.images),
+            "instructions": [i.to_json() for i in [stage.from_, *stage.triggers, *stage.instructions]],
+        })
+    return {
+        "file": result.dockerfile.filename,
+        "syntax": result.dockerfile.syntax,
+        "escape": result.dockerfile.escape,
+        "target": graph.stages[graph.target].label,
+        "platform": str(graph.target_platform),
+        "stages": stages,
+        "skipped_stages": [s.label for s in graph.stages if s.index not in set(graph.order)],
+        "warnings": result.warnings,
+    }
+
+
+def to_text(result: CheckResult) -> str:
+    graph = result.graph
+    lines = []
+    for stage in graph.needed():
+        base = stage.base.ref if stage.base.kind != "stage" else f"stage {graph.stages[stage.base.stage].label}"
+        lines.append(f"stage {stage.label} (line {stage.from_.line}) from {base}: "
+                     f"{len(stage.instructions) + len(stage.triggers)} instructions")
+    skipped = len(graph.stages) - len(graph.order)
+    lines.append(f"{result.dockerfile.filename}: OK, {len(graph.order)} of {len(graph.stages)} stages "
+                 f"needed for target {graph.stages[graph.target].label}"
+                 + (f" ({skipped} skipped)" if skipped else ""))
+    return "\n".join(lines)

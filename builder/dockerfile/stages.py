@@ -1,0 +1,354 @@
+"""The stage graph: ARG scoping, expansion, stage dependencies and pruning.
+
+This is the meaning BuildKit gives a parsed Dockerfile before it builds
+anything: ARGs before the first FROM are global and usable only in FROM
+lines (a stage re-declares them to use them), build args override defaults,
+the platform ARGs are predefined, ENV wins over ARG, stages depend on each
+other through `FROM <stage>`, `COPY --from` and `RUN --mount=from=`, and only
+the stages the target needs are built.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+
+from .document import Dockerfile
+from .errors import DockerfileError, ExpansionError
+from .expand import ShellLex
+from .instructions import STAGE_NAME, Arg, Copy, Env, From, Instruction, OnBuild, Run
+
+PROXY_ARGS = ("HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "FTP_PROXY", "ftp_proxy",
+              "NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy")
+PLATFORM_ARGS = ("TARGETPLATFORM", "TARGETOS", "TARGETARCH", "TARGETVARIANT",
+                 "BUILDPLATFORM", "BUILDOS", "BUILDARCH", "BUILDVARIANT")
+_MACHINE_ARCH = {"x86_64": ("amd64", ""), "amd64": ("amd64", ""), "aarch64": ("arm64", ""),
+                 "arm64": ("arm64", ""), "armv7l": ("arm", "v7"), "armv6l": ("arm", "v6"),
+                 "i386": ("386", ""), "i686": ("386", ""), "ppc64le": ("ppc64le", ""),
+                 "s390x": ("s390x", ""), "riscv64": ("riscv64", "")}
+
+
+@dataclass(frozen=True)
+class Platform:
+    os: str
+    arch: str
+    variant: str = ""
+
+    @classmethod
+    def parse(cls, text: str) -> Platform:
+        parts = text.strip().lower().split("/")
+        if not 2 <= len(parts) <= 3 or not all(parts):
+            raise DockerfileError(f'invalid platform "{text}": expected os/arch[/variant]', "platform")
+        return cls(parts[0], parts[1], parts[2] if len(parts) == 3 else "")
+
+    @classmethod
+    def host(cls) -> Platform:
+        arch, variant = _MACHINE_ARCH.get(os.uname().machine, (os.uname().machine, ""))
+        return cls("linux", arch, variant)
+
+    def __str__(self) -> str:
+        return f"{self.os}/{self.arch}" + (f"/{self.variant}" if self.variant else "")
+
+
+@dataclass
+class Base:
+    """What a stage starts from: an image reference, another stage, or nothing."""
+
+    kind: str                      # "image" | "stage" | "scratch"
+    ref: str                       # the expanded FROM word
+    stage: int | None = None       # index when kind == "stage"
+
+
+@dataclass
+class Stage:
+    index: int
+    name: str | None
+    base: Base
+    from_: From                            # the expanded FROM instruction
+    platform: str | None = None            # expanded --platform, if given
+    instructions: list[Instruction] = field(default_factory=list)   # expanded, without FROM
+    triggers: list[Instruction] = field(default_factory=list)       # ONBUILD of a stage base, replayed first
+    onbuild: list[OnBuild] = field(default_factory=list)            # triggers this stage records
+    depends_on: list[int] = field(default_factory=list)             # stage indexes
+    images: list[str] = field(default_factory=list)                 # other images it reads (COPY --from)
+    args: dict[str, str] = field(default_factory=dict)              # ARG values in scope at the end
+    env: dict[str, str] = field(default_factory=dict)               # ENV set by this stage (and stage bases)
+
+    @property
+    def label(self) -> str:
+        return self.name if self.name else str(self.index)
+
+
+@dataclass
+class StageGraph:
+    stages: list[Stage]
+    target: int
+    order: list[int]                         # stages the target needs, dependencies first
+    meta_args: dict[str, str | None]
+    build_args: dict[str, str]
+    target_platform: Platform
+    build_platform: Platform
+    warnings: list[str] = field(default_factory=list)
+
+    def needed(self) -> list[Stage]:
+        return [self.stages[i] for i in self.order]
+
+    def stage(self, name_or_index: str | int) -> Stage:
+        if isinstance(name_or_index, int) or str(name_or_index).isdigit():
+            return self.stages[int(name_or_index)]
+        for s in self.stages:
+            if s.name == str(name_or_index).lower():
+                return s
+        raise KeyError(name_or_index)
+
+
+def platform_args(target: Platform, build: Platform) -> dict[str, str]:
+    return {"TARGETPLATFORM": str(target), "TARGETOS": target.os, "TARGETARCH": target.arch,
+            "TARGETVARIANT": target.variant, "BUILDPLATFORM": str(build), "BUILDOS": build.os,
+            "BUILDARCH": build.arch, "BUILDVARIANT": build.variant}
+
+
+class _Planner:
+    def __init__(self, df: Dockerfile, build_args: Mapping[str, str], target_platform: Platform,
+                 build_platform: Platform) -> None:
+        self.df = df
+        self.build_args = dict(build_args)
+        self.lex = ShellLex(df.escape)
+        self.platform = platform_args(target_platform, build_platform)
+        self.declared: set[str] = set()
+        self.warnings: list[str] = []
+
+    def fail(self, ins: Instruction, message: str) -> DockerfileError:
+        return DockerfileError(message, self.df.filename, ins.line, ins.column,
+                               self.df.source_line(ins.line))
+
+    def expander(self, ins: Instruction, env: Mapping[str, str]):
+        def expand(word: str) -> str:
+            try:
+                return self.lex.process_word(word, env)
+            except ExpansionError as exc:
+                raise self.fail(ins, exc.message) from None
+        return expand
+
+    def arg_value(self, ins: Instruction, name: str, default: str | None, env: Mapping[str, str],
+                  inherited: Mapping[str, str | None]) -> str | None:
+        self.declared.add(name)
+        if name in self.build_args:
+            return self.build_args[name]
+        if default is not None:
+            return self.expander(ins, env)(default)
+        if name in inherited and inherited[name] is not None:
+            return inherited[name]
+        return self.platform.get(name)
+
+    def plan(self, target: str | None) -> StageGraph:
+        meta: dict[str, str | None] = {}
+        groups: list[tuple[From, list[Instruction]]] = []
+        for ins in self.df.instructions:
+            if isinstance(ins, From):
+                groups.append((ins, []))
+            elif not groups:
+                assert isinstance(ins, Arg)
+                scope = {**self.platform, **{k: v for k, v in meta.items() if v is not None}}
+                for decl in ins.args:
+                    meta[decl.name] = self.arg_value(ins, decl.name, decl.default, scope, {})
+                    scope = {**scope, **({decl.name: meta[decl.name]} if meta[decl.name] is not None else {})}
+            else:
+                groups[-1][1].append(ins)
+        if not groups:
+            raise DockerfileError("no build stage in Dockerfile (it has no FROM)", self.df.filename, 1, 1)
+        meta_env = {**self.platform, **{k: v for k, v in meta.items() if v is not None}}
+
+        stages: list[Stage] = []
+        for index, (frm, _) in enumerate(groups):
+            expand = self.expander(frm, meta_env)
+            image = expand(frm.image)
+            if not image:
+                raise self.fail(frm, f'base name ({frm.image}) should not be blank')
+            platform = expand(frm.platform) if frm.platform is not None else None
+            if frm.name and not STAGE_NAME.match(frm.name):
+                self.warnings.append(f"{self.df.filename}:{frm.line}: stage name {frm.name!r} is not valid for "
+                                     "BuildKit (use lower-case letters, digits, '-', '_' and '.')")
+            stages.append(Stage(index, frm.name, Base("image", image),
+                                replace(frm, image=image, platform=platform), platform))
+        by_name: dict[str, int] = {}
+        for s in stages:
+            if s.name and s.name in by_name:
+                self.warnings.append(f"{self.df.filename}:{s.from_.line}: duplicate stage name {s.name!r}; "
+                                     f"references mean the first one (line {stages[by_name[s.name]].from_.line})")
+            elif s.name:
+                by_name[s.name] = s.index
+        for s in stages:
+            ref = s.base.ref
+            j = by_name.get(ref.lower())
+            if ref.lower() == "scratch":
+                s.base = Base("scratch", ref)
+            elif j is not None and j != s.index:
+                s.base = Base("stage", ref, j)
+                s.depends_on.append(j)
+
+        for s in self._base_order(stages):
+            self._plan_stage(s, groups[s.index][1], stages, by_name, meta)
+        self._check_cycles(stages)
+
+        if target is None:
+            target_index = len(stages) - 1
+        else:
+            t = by_name.get(target.lower())
+            if t is None:
+                raise DockerfileError(f'target stage "{target}" could not be found', self.df.filename)
+            target_index = t
+        order = self._needed(stages, target_index)
+        unused = sorted(k for k in self.build_args
+                        if k not in self.declared and k not in PROXY_ARGS and k not in PLATFORM_ARGS)
+        if unused:
+            self.warnings.append(f"one or more build-args {unused} were not consumed".replace("'", ""))
+        return StageGraph(stages, target_index, order, meta, self.build_args,
+                          _platform(self.platform, "TARGET"), _platform(self.platform, "BUILD"),
+                          self.warnings)
+
+    def _base_order(self, stages: list[Stage]) -> list[Stage]:
+        """Stages ordered so that a stage base is planned before the stages built on it."""
+        out: list[Stage] = []
+        state: dict[int, int] = {}
+
+        def visit(s: Stage, chain: list[Stage]) -> None:
+            if state.get(s.index) == 2:
+                return
+            if state.get(s.index) == 1:
+                names = " -> ".join(c.label for c in chain[chain.index(s):] + [s])
+                raise self.fail(s.from_, f"circular dependency detected on stage: {s.label} ({names})")
+            state[s.index] = 1
+            if s.base.kind == "stage":
+                visit(stages[s.base.stage], chain + [s])
+            state[s.index] = 2
+            out.append(s)
+
+        for s in stages:
+            visit(s, [])
+        return out
+
+    def _plan_stage(self, stage: Stage, body: list[Instruction], stages: list[Stage],
+                    by_name: dict[str, int], meta: dict[str, str | None]) -> None:
+        env: dict[str, str] = {}
+        triggers: list[Instruction] = []
+        if stage.base.kind == "stage":
+            base = stages[stage.base.stage]
+            env.update(base.env)
+            triggers = [t.trigger for t in base.onbuild]
+        args: dict[str, str | None] = {}
+
+        def scope() -> dict[str, str]:
+            return {**{k: v for k, v in args.items() if v is not None}, **env}
+
+        for replayed, ins in [*((True, t) for t in triggers), *((False, b) for b in body)]:
+            if isinstance(ins, Arg):
+                for decl in ins.args:
+                    args[decl.name] = self.arg_value(ins, decl.name, decl.default, scope(), meta)
+                expanded: Instruction = replace(ins, args=[replace(d, default=args[d.name]) for d in ins.args])
+            elif isinstance(ins, Env):
+                expanded = ins.expand(self.expander(ins, scope()))
+                for k, v in expanded.pairs:
+                    env[k] = v
+            elif isinstance(ins, OnBuild):
+                expanded = ins
+                stage.onbuild.append(ins)
+            else:
+                expanded = ins.expand(self.expander(ins, scope()))
+            for ref in _stage_refs(expanded):
+                self._add_ref(stage, expanded, ref, stages, by_name)
+            (stage.triggers if replayed else stage.instructions).append(expanded)
+        stage.args = {k: v for k, v in args.items() if v is not None}
+        stage.env = env
+
+    def _add_ref(self, stage: Stage, ins: Instruction, ref: str, stages: list[Stage],
+                 by_name: dict[str, int]) -> None:
+        if ref.isdigit():
+            j = int(ref)
+            if j >= len(stages):
+                raise self.fail(ins, f"invalid stage index {ref}: the Dockerfile has {len(stages)} stages")
+            if j == stage.index:
+                raise self.fail(ins, f"stage {stage.label} cannot copy from itself")
+        else:
+            j = by_name.get(ref.lower())
+        if j is None:
+            if ref not in stage.images:
+                stage.images.append(ref)
+        elif j == stage.index:
+            raise self.fail(ins, f"circular dependency detected on stage: {stage.label}")
+        elif j not in stage.depends_on:
+            stage.depends_on.append(j)
+
+    def _check_cycles(self, stages: list[Stage]) -> None:
+        state: dict[int, int] = {}
+
+        def visit(i: int, chain: list[int]) -> None:
+            if state.get(i) == 2:
+                return
+            if state.get(i) == 1:
+                loop = chain[chain.index(i):] + [i]
+                names = " -> ".join(stages[k].label for k in loop)
+                raise self.fail(stages[i].from_, f"circular dependency detected on stage: "
+                                                 f"{stages[i].label} ({names})")
+            state[i] = 1
+            for j in stages[i].depends_on:
+                visit(j, chain + [i])
+            state[i] = 2
+
+        for s in stages:
+            visit(s.index, [])
+
+    @staticmethod
+    def _needed(stages: list[Stage], target: int) -> list[int]:
+        order: list[int] = []
+        seen: set[int] = set()
+
+        def visit(i: int) -> None:
+            if i in seen:
+                return
+            seen.add(i)
+            for j in sorted(stages[i].depends_on):
+                visit(j)
+            order.append(i)
+
+        visit(target)
+        return order
+
+
+def _stage_refs(ins: Instruction) -> list[str]:
+    if isinstance(ins, Copy) and ins.from_:
+        return [ins.from_]
+    if isinstance(ins, Run):
+        return [m.from_ for m in ins.mounts if m.from_]
+    return []
+
+
+def _platform(args: Mapping[str, str], prefix: str) -> Platform:
+    return Platform(args[prefix + "OS"], args[prefix + "ARCH"], args[prefix + "VARIANT"])
+
+
+def plan_stages(dockerfile: Dockerfile, build_args: Mapping[str, str] | None = None,
+                target: str | None = None, platform: str | Platform | None = None,
+                build_platform: str | Platform | None = None) -> StageGraph:
+    """Resolve ARGs, expand words, link stages and prune to `target` (default: the last stage)."""
+    host = Platform.host()
+    build = build_platform if isinstance(build_platform, Platform) else (
+        Platform.parse(build_platform) if build_platform else host)
+    tgt = platform if isinstance(platform, Platform) else (Platform.parse(platform) if platform else build)
+    return _Planner(dockerfile, build_args or {}, tgt, build).plan(target)
+
+
+def replay_onbuild(triggers: list[str], escape: str = "\\", filename: str = "ONBUILD") -> list[Instruction]:
+    """Parse the ONBUILD triggers stored in a base image's config, to run them first."""
+    from .document import parse_dockerfile
+
+    if not triggers:
+        return []
+    text = "FROM scratch\n" + "\n".join(t.replace("\n", " ") for t in triggers) + "\n"
+    df = parse_dockerfile(text, filename)
+    out = df.instructions[1:]
+    for ins in out:
+        if isinstance(ins, (From, OnBuild)):
+            raise DockerfileError(f"{ins.keyword} isn't allowed as an ONBUILD trigger", filename, ins.line - 1)
+    return out

@@ -1,0 +1,157 @@
+"""Foreground containers: stdio attached, signals forwarded, a pty when -t.
+
+Without -t the container inherits our stdin (or /dev/null without -i),
+stdout and stderr. With -t the sandbox gives us a pty master: we copy our
+terminal's window size to it (again on every SIGWINCH), put our terminal in
+raw mode, and pump bytes both ways until the container side closes.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import selectors
+import signal
+import struct
+import termios
+import tty
+from contextlib import contextmanager
+from typing import Iterator
+
+from builder.sandbox import Container, Result
+
+from .create import Prepared
+from .lifecycle import finish, launch
+
+FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1,
+             signal.SIGUSR2)
+
+
+def copy_winsize(src_fd: int, dst_fd: int) -> None:
+    try:
+        size = fcntl.ioctl(src_fd, termios.TIOCGWINSZ, struct.pack("HHHH", 0, 0, 0, 0))
+        fcntl.ioctl(dst_fd, termios.TIOCSWINSZ, size)
+    except OSError:
+        pass
+
+
+@contextmanager
+def stdin_from_devnull(enabled: bool) -> Iterator[None]:
+    """Without -i the container reads /dev/null, as docker's does."""
+    if not enabled:
+        yield
+        return
+    saved = os.dup(0)
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.close(null)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 0)
+        os.close(saved)
+
+
+@contextmanager
+def forwarding(target) -> Iterator[None]:
+    """Deliver the usual signals to `target(sig)` instead of dying of them."""
+    old = {}
+    for s in FORWARDED:
+        old[s] = signal.signal(s, lambda signum, frame: target(signum))
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+@contextmanager
+def raw_terminal(fd: int) -> Iterator[None]:
+    if not os.isatty(fd):
+        yield
+        return
+    saved = termios.tcgetattr(fd)
+    tty.setraw(fd)
+    try:
+        yield
+    finally:
+        termios.tcsetattr(fd, termios.TCSADRAIN, saved)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        try:
+            view = view[os.write(fd, view):]
+        except InterruptedError:
+            continue
+
+
+def pump_pty(master: int, interactive: bool, out_fd: int = 1, in_fd: int = 0) -> None:
+    """Copy master -> out_fd (and in_fd -> master with -i) until the slave side closes."""
+    with selectors.DefaultSelector() as sel:
+        sel.register(master, selectors.EVENT_READ)
+        if interactive:
+            sel.register(in_fd, selectors.EVENT_READ)
+        while True:
+            try:
+                events = sel.select()
+            except InterruptedError:
+                continue
+            for key, _ in events:
+                try:
+                    data = os.read(key.fd, 65536)
+                except OSError as e:
+                    if e.errno == errno.EINTR:
+                        continue
+                    data = b""  # EIO: every slave fd is closed
+                if key.fd == master:
+                    if not data:
+                        return
+                    _write_all(out_fd, data)
+                elif data:
+                    _write_all(master, data)
+                else:
+                    sel.unregister(in_fd)  # our stdin ended; send EOF (^D) to the pty
+                    try:
+                        os.write(master, b"\x04")
+                    except OSError:
+                        pass
+
+
+def run_foreground(p: Prepared, interactive: bool, use_tty: bool) -> Result:
+    """Run a prepared container attached to our stdio; returns its Result."""
+    p.spec.stdio = "pty" if use_tty else "inherit"
+    with stdin_from_devnull(not interactive and not use_tty):
+        c = launch(p)
+    try:
+        with forwarding(c.kill):
+            if use_tty:
+                result = _attached_tty(c, interactive)
+            else:
+                result = c.wait()
+    except BaseException:
+        c.teardown()
+        finish(p.containers, p.state, None, error="pybuild run was interrupted", code=137)
+        raise
+    finish(p.containers, p.state, result)
+    return result
+
+
+def _attached_tty(c: Container, interactive: bool) -> Result:
+    master = c.stdout
+    assert master is not None
+    copy_winsize(0 if os.isatty(0) else 1, master)
+    old = signal.signal(signal.SIGWINCH, lambda s, f: copy_winsize(0 if os.isatty(0) else 1, master))
+    try:
+        with raw_terminal(0) if interactive else _nothing():
+            pump_pty(master, interactive)
+    finally:
+        signal.signal(signal.SIGWINCH, old)
+    return c.wait()
+
+
+@contextmanager
+def _nothing() -> Iterator[None]:
+    yield

@@ -1,0 +1,248 @@
+"""Image config + run options -> a SandboxSpec and a container record.
+
+docker's rules: Env is the image's overlaid by -e/--env-file; argv is the
+entrypoint (`--entrypoint` replaces the image's and drops its Cmd) followed by
+the command line's args or else the image's Cmd; WorkingDir, User and
+StopSignal come from the image unless a flag overrides them; image Volumes
+not covered by a mount get anonymous volumes; -P publishes ExposedPorts.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+from builder.sandbox import (BindMount, Limits, NetworkConfig, OverlayRoot, PortMapping,
+                             SandboxSpec, TmpfsMount)
+from layerstore.errors import NotFound, PybuildError
+from layerstore.store import Image, Store
+
+from .containers import Containers, ContainerState
+from .errors import RunError
+from .options import (MountSpec, PortSpec, RunOptions, parse_env, parse_env_file,
+                      parse_signal)
+from .volumes import Volumes, copy_up
+
+
+@dataclass
+class Prepared:
+    """A created container: its record, directory and the spec that will run it."""
+
+    state: ContainerState
+    dir: Path
+    spec: SandboxSpec
+    containers: Containers
+    ulimits: list = field(default_factory=list)
+
+
+def resolve_image(store: Store, name: str, pull: str) -> Image:
+    """Find the image, pulling it per --pull (missing, always, never)."""
+    if pull not in ("missing", "always", "never"):
+        raise RunError(f"invalid --pull {pull!r}: expected missing, always or never")
+    if pull == "always":
+        _pull(store, name)
+    try:
+        return store.resolve(name)
+    except NotFound:
+        if pull == "never":
+            raise RunError(f"{name}: no such image in the store (and --pull=never)") from None
+    _pull(store, name)
+    try:
+        return store.resolve(name)
+    except NotFound as e:
+        raise RunError(str(e)) from None
+
+
+def _pull(store: Store, name: str) -> None:
+    try:
+        from layerstore.registry.pull import pull
+    except ImportError:  # the registry client is not there yet
+        raise RunError(f"{name}: no such image in the store, and pulling is unavailable") from None
+    try:
+        pull(store, name)
+    except PybuildError as e:
+        raise RunError(f"unable to find image {name!r} locally, and pulling it failed: {e}") from None
+
+
+def compose_argv(cfg, command: list[str], entrypoint: str | None) -> list[str]:
+    """docker's Entrypoint/Cmd composition."""
+    if entrypoint is not None:
+        ep = [entrypoint] if entrypoint else []
+        cmd = list(command)
+    else:
+        ep = list(cfg.Entrypoint or [])
+        cmd = list(command) if command else list(cfg.Cmd or [])
+    argv = ep + cmd
+    if not argv:
+        raise RunError("no command specified: the image has no Entrypoint or Cmd and none was given")
+    return argv
+
+
+def image_env(cfg) -> dict[str, str]:
+    env: dict[str, str] = {}
+    for item in cfg.Env or []:
+        key, _, value = item.partition("=")
+        if key:
+            env[key] = value
+    return env
+
+
+def working_dir(cfg, flag: str | None) -> str:
+    if flag is not None:
+        if not flag.startswith("/"):
+            raise RunError(f"the working directory {flag!r} is invalid: it must be an absolute path")
+        return flag
+    wd = cfg.WorkingDir or "/"
+    return str(PurePosixPath("/") / wd)
+
+
+def _free_port(ip: str, proto: str) -> int:
+    kind = socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind((ip, 0))
+        return s.getsockname()[1]
+
+
+def port_mappings(cfg, ports: list[PortSpec], publish_all: bool) -> list[PortMapping]:
+    wanted = list(ports)
+    if publish_all:
+        have = {(p.container_port, p.proto) for p in wanted}
+        for key in sorted(cfg.ExposedPorts or {}):
+            num, _, proto = key.partition("/")
+            proto = proto or "tcp"
+            if num.isdigit() and (int(num), proto) not in have:
+                wanted.append(PortSpec("0.0.0.0", 0, int(num), proto))
+    out = []
+    for p in wanted:
+        host_port = p.host_port or _free_port(p.host_ip, p.proto)
+        out.append(PortMapping(host_port, p.container_port, p.proto, p.host_ip))
+    return out
+
+
+def _mounts(opts: RunOptions, cfg, lowers: list[Path], volumes: Volumes,
+            state: ContainerState) -> list[BindMount | TmpfsMount]:
+    requested = list(opts.mounts)
+    targets = {os.path.normpath(m.target) for m in requested}
+    for vol_target in sorted(cfg.Volumes or {}):
+        t = str(PurePosixPath("/") / vol_target)
+        if os.path.normpath(t) not in targets:
+            requested.append(MountSpec("volume", t))
+    out: list[BindMount | TmpfsMount] = []
+    seen: set[str] = set()
+    for m in requested:
+        t = os.path.normpath(m.target)
+        if t in seen:
+            raise RunError(f"duplicate mount point: {m.target}")
+        seen.add(t)
+        if m.type == "tmpfs":
+            out.append(TmpfsMount(t, m.size, m.mode))
+            state.mounts.append({"Type": "tmpfs", "Destination": t, "RW": True})
+            continue
+        if m.type == "bind":
+            src = Path(m.source)
+            if not src.exists():
+                raise RunError(f"invalid mount {m.source}:{m.target}: bind source path "
+                               f"{m.source} does not exist")
+            out.append(BindMount(src.resolve(), t, m.readonly))
+            state.mounts.append({"Type": "bind", "Source": str(src.resolve()), "Destination": t,
+                                 "RW": not m.readonly})
+            continue
+        vol = volumes.create(m.source or None)
+        if not m.source:
+            state.anon_volumes.append(vol.name)
+        copy_up(lowers, t, vol.data)
+        out.append(BindMount(vol.data, t, m.readonly))
+        state.mounts.append({"Type": "volume", "Name": vol.name, "Source": str(vol.data),
+                             "Destination": t, "RW": not m.readonly})
+    out.sort(key=lambda m: m.dst.count("/"))
+    return out
+
+
+def prepare(store: Store, opts: RunOptions) -> Prepared:
+    """Create the container (directory, record, volumes) and its spec; nothing runs yet."""
+    try:
+        return _prepare(store, opts)
+    except RunError:
+        raise
+    except PybuildError as e:
+        if e.exit_code == 1:
+            raise RunError(str(e)) from None
+        raise
+
+
+def _prepare(store: Store, opts: RunOptions) -> Prepared:
+    image = resolve_image(store, opts.image, opts.pull)
+    cfg = image.config.config
+    argv = compose_argv(cfg, opts.command, opts.entrypoint)
+    env = image_env(cfg)
+    from_files = [item for f in opts.env_files for item in parse_env_file(f)]
+    env.update(parse_env(from_files + list(opts.env), dict(os.environ)))
+    cwd = working_dir(cfg, opts.workdir)
+    user = opts.user if opts.user is not None else (cfg.User or "0")
+    if not user:
+        user = "0"
+    stop_signal = parse_signal(opts.stop_signal or cfg.StopSignal or "SIGTERM")
+    ports = port_mappings(cfg, opts.ports, opts.publish_all)
+    network = NetworkConfig(opts.network, ports=ports)
+    containers = Containers(store.root)
+    cid = containers.new_id()
+    hostname = opts.hostname or cid[:12]
+    limits = Limits(memory=opts.memory, memory_swap=opts.memory_swap, pids=opts.pids_limit,
+                    cpus=opts.cpus)
+    cap_add, seccomp, nnp = list(opts.cap_add), opts.seccomp, opts.no_new_privs
+    if opts.privileged:
+        cap_add, seccomp, nnp = ["ALL"], "unconfined", False
+    labels = dict(cfg.Labels or {})
+    labels.update(opts.labels)
+    state = ContainerState(
+        id=cid, name=opts.name or "", image=image.descriptor.digest,
+        image_name=opts.image, image_id=image.id, created=containers.now(), argv=argv, env=env,
+        cwd=cwd, user=user, hostname=hostname, detached=opts.detach, tty=opts.tty,
+        auto_remove=opts.rm, stop_signal=stop_signal,
+        stop_timeout=opts.stop_timeout if opts.stop_timeout is not None else 10,
+        cap_add=cap_add, cap_drop=list(opts.cap_drop), seccomp=seccomp, no_new_privs=nnp,
+        privileged=opts.privileged, read_only=opts.read_only, network=opts.network,
+        ports=[str(p) for p in ports], labels=labels,
+        limits={k: v for k, v in vars(limits).items() if v is not None})
+    spec = SandboxSpec(root=OverlayRoot([], Path(), Path()), argv=argv, env=env, cwd=cwd,
+                       user=user, hostname=hostname, limits=limits, network=network,
+                       cap_add=cap_add, cap_drop=list(opts.cap_drop), seccomp=seccomp,
+                       no_new_privs=nnp, init=opts.init, id=cid)
+    _check_security(spec)
+    cdir = containers.create(state)
+    try:
+        lowers = store.snapshot_chain(image)
+        if not lowers:
+            empty = cdir / "empty"
+            empty.mkdir()
+            lowers = [empty]
+        spec.root = OverlayRoot(lowers, cdir / "upper", cdir / "work", readonly=opts.read_only)
+        spec.state_dir = cdir / "sandbox"
+        spec.mounts = _mounts(opts, cfg, lowers, Volumes(store.root), state)
+        containers.save(state)
+        spec.validate()
+    except BaseException:
+        discard(containers, state)
+        raise
+    return Prepared(state, cdir, spec, containers, list(opts.ulimits))
+
+
+def _check_security(spec: SandboxSpec) -> None:
+    """Unknown capabilities and unreadable seccomp profiles fail before anything is made."""
+    from builder.sandbox import caps, seccomp
+
+    capset = caps.resolve(spec.cap_add, spec.cap_drop)
+    seccomp.bpf_for(spec.seccomp, capset)
+
+
+def discard(containers: Containers, state: ContainerState) -> None:
+    """Remove a container's directory and its anonymous volumes."""
+    containers.remove_dir(state.id)
+    vols = Volumes(containers.root)
+    for name in state.anon_volumes:
+        try:
+            vols.remove(name, set())
+        except RunError:
+            pass

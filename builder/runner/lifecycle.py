@@ -1,0 +1,188 @@
+"""Starting a prepared container, recording its exit, and the commands on records:
+stop, kill, rm, wait, container prune.
+
+Whoever calls `sandbox.start` (the foreground CLI or the detached supervisor)
+owns the container: it records the exit status and, with --rm, removes it.
+Other commands only send signals to the container's PID 1 and read records.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import signal
+import sys
+import time
+from contextlib import contextmanager
+from typing import Iterator
+
+from builder.sandbox import Container, Result, SandboxError, start
+
+from .containers import Containers, ContainerState, alive, proc_start_time
+from .create import Prepared, discard
+from .errors import RunError
+from .options import ULIMITS, Ulimit
+
+
+@contextmanager
+def rlimits(ulimits: list[Ulimit]) -> Iterator[None]:
+    """Set --ulimit values on ourselves while the container is forked, then restore them.
+
+    The sandbox spec has no rlimits yet; limits are inherited across fork and exec."""
+    saved = []
+    try:
+        for u in ulimits:
+            res = getattr(resource, ULIMITS[u.name])
+            saved.append((res, resource.getrlimit(res)))
+            soft = resource.RLIM_INFINITY if u.soft == -1 else u.soft
+            hard = resource.RLIM_INFINITY if u.hard == -1 else u.hard
+            try:
+                resource.setrlimit(res, (soft, hard))
+            except (ValueError, OSError) as e:
+                raise RunError(f"invalid --ulimit {u.name}={u.soft}:{u.hard}: {e}") from None
+        yield
+    finally:
+        for res, old in reversed(saved):
+            resource.setrlimit(res, old)
+
+
+def launch(p: Prepared) -> Container:
+    """sandbox.start under the container's rlimits, then record it as running.
+
+    A container that cannot start is recorded as exited with docker's code
+    (125/126/127) -- or removed with --rm -- and the error is raised."""
+    st = p.state
+    try:
+        with rlimits(p.ulimits):
+            c = start(p.spec)
+    except SandboxError as e:
+        finish(p.containers, st, None, error=str(e), code=e.exit_code)
+        raise
+    except BaseException as e:
+        finish(p.containers, st, None, error=str(e) or type(e).__name__, code=125)
+        raise
+    with p.containers.locked(st.id):
+        st.status = "running"
+        st.pid, st.pid_start = c.pid, proc_start_time(c.pid)
+        st.owner_pid, st.owner_start = os.getpid(), proc_start_time(os.getpid())
+        st.started_at = p.containers.now()
+        st.ip = c.ip
+        p.containers.save(st)
+    return c
+
+
+def finish(containers: Containers, st: ContainerState, result: Result | None,
+           error: str = "", code: int | None = None) -> None:
+    """Record the exit; with --rm remove the container and its anonymous volumes."""
+    if st.auto_remove:
+        discard(containers, st)
+        return
+    with containers.locked(st.id):
+        st.status = "exited"
+        st.exit_code = result.exit_code if result is not None else code
+        st.oom_killed = bool(result and result.oom_killed)
+        st.error = error or (result.message or "" if result else "")
+        st.finished_at = containers.now()
+        st.pid = 0
+        containers.save(st)
+
+
+def is_running(st: ContainerState) -> bool:
+    return st.status == "running" and alive(st.owner_pid, st.owner_start)
+
+
+def _signal(st: ContainerState, sig: int) -> None:
+    if not alive(st.pid, st.pid_start):
+        return
+    try:
+        os.kill(st.pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def _gone(containers: Containers, st: ContainerState) -> bool:
+    """The container's PID 1 is dead and its owner has finished with it."""
+    if alive(st.pid, st.pid_start):
+        return False
+    cur = containers.try_load(st.id)
+    return cur is None or cur.status != "running"      # None: removed (--rm)
+
+
+def _wait_gone(containers: Containers, st: ContainerState, timeout: float | None) -> bool:
+    deadline = None if timeout is None else time.monotonic() + timeout
+    delay = 0.005
+    while not _gone(containers, st):
+        if deadline is not None and time.monotonic() >= deadline:
+            return False
+        time.sleep(delay)
+        delay = min(delay * 2, 0.1)
+    return True
+
+
+def stop(containers: Containers, ref: str, timeout: int | None = None,
+         sig: int | None = None) -> ContainerState:
+    """The stop signal, then SIGKILL after the timeout (docker's default 10 s)."""
+    st = containers.find(ref)
+    if not is_running(st):
+        return st
+    _signal(st, sig or st.stop_signal)
+    wait_s = st.stop_timeout if timeout is None else timeout
+    if not _wait_gone(containers, st, wait_s):
+        _signal(st, signal.SIGKILL)
+        _wait_gone(containers, st, 30)
+    return st
+
+
+def kill(containers: Containers, ref: str, sig: int = signal.SIGKILL) -> ContainerState:
+    st = containers.find(ref)
+    if not is_running(st):
+        raise RunError(f"container {st.id[:12]} is not running")
+    _signal(st, sig)
+    return st
+
+
+def remove(containers: Containers, ref: str, force: bool = False,
+           volumes: bool = False) -> ContainerState:
+    st = containers.find(ref)
+    if is_running(st):
+        if not force:
+            raise RunError(f"cannot remove running container {st.id[:12]}: stop it first or use -f")
+        _signal(st, signal.SIGKILL)
+        _wait_gone(containers, st, 30)
+        if st.auto_remove:
+            _wait_removed(containers, st.id, 10)
+    if volumes:
+        discard(containers, st)
+    else:
+        containers.remove_dir(st.id)
+    return st
+
+
+def _wait_removed(containers: Containers, cid: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while containers.path(cid).exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
+def wait(containers: Containers, ref: str) -> int:
+    """Block until the container exits; its exit code (docker's `wait`)."""
+    st = containers.find(ref)
+    _wait_gone(containers, st, None)
+    cur = containers.try_load(st.id)
+    return cur.exit_code or 0 if cur is not None else 0
+
+
+def prune(containers: Containers) -> list[str]:
+    gone = []
+    for st in containers.all():
+        if not is_running(st):
+            containers.remove_dir(st.id)
+            gone.append(st.id)
+    return gone
+
+
+def report(result: Result) -> int:
+    """Say why the container ended abnormally (OOM, timeout); its exit code."""
+    if result.message:
+        print(f"pybuild: {result.message}", file=sys.stderr)
+    return result.exit_code

@@ -1,0 +1,192 @@
+"""Container logs: JSON lines ({"log", "stream", "time"}, docker's json-file format)
+in ROOT/containers/<id>/container.log, rotated to .1, .2, ... at a size cap.
+
+Bytes that are not UTF-8 survive the round trip (surrogate escapes in JSON).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+from layerstore.humanize import rfc3339_now
+
+LOG_NAME = "container.log"
+
+
+@dataclass
+class LogWriter:
+    path: Path
+    max_size: int = 10 << 20
+    max_files: int = 3
+    _partial: dict[str, bytes] = field(default_factory=dict)
+    _fd: int = -1
+    _size: int = 0
+
+    def __post_init__(self) -> None:
+        self._open()
+
+    def _open(self) -> None:
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        self._size = os.fstat(self._fd).st_size
+
+    def _rotate(self) -> None:
+        os.close(self._fd)
+        if self.max_files <= 1:
+            os.truncate(self.path, 0)
+        else:
+            for n in range(self.max_files - 1, 0, -1):
+                src = self.path if n == 1 else self.path.with_name(f"{LOG_NAME}.{n - 1}")
+                if src.exists():
+                    os.replace(src, self.path.with_name(f"{LOG_NAME}.{n}"))
+        self._open()
+
+    def write(self, stream: str, data: bytes) -> None:
+        """Record whole lines; a trailing partial line waits for more (or for close)."""
+        buf = self._partial.get(stream, b"") + data
+        *lines, rest = buf.split(b"\n")
+        pieces = [ln + b"\n" for ln in lines]
+        if len(rest) > 16384:  # a very long line without newline is written in pieces
+            pieces.append(rest)
+            rest = b""
+        self._partial[stream] = rest
+        self._emit(stream, pieces)
+
+    def _emit(self, stream: str, pieces: list[bytes]) -> None:
+        now = rfc3339_now()
+        for piece in pieces:
+            rec = json.dumps({"log": piece.decode("utf-8", "surrogateescape"), "stream": stream,
+                              "time": now}) + "\n"
+            data = rec.encode("utf-8", "surrogatepass")
+            if self._size and self._size + len(data) > self.max_size:
+                self._rotate()
+            os.write(self._fd, data)
+            self._size += len(data)
+
+    def close(self) -> None:
+        for stream, rest in self._partial.items():
+            if rest:
+                self._emit(stream, [rest])
+        self._partial.clear()
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+@dataclass
+class Entry:
+    stream: str
+    data: bytes
+    time: str
+
+
+def _parse(line: bytes) -> Entry | None:
+    try:
+        rec = json.loads(line.decode("utf-8", "surrogatepass"))
+        return Entry(rec["stream"], rec["log"].encode("utf-8", "surrogateescape"), rec["time"])
+    except (ValueError, KeyError, UnicodeError):
+        return None
+
+
+def log_files(cdir: Path) -> list[Path]:
+    """Oldest first."""
+    rotated = sorted((p for p in cdir.glob(LOG_NAME + ".*") if p.suffix[1:].isdigit()),
+                     key=lambda p: -int(p.suffix[1:]))
+    base = cdir / LOG_NAME
+    return rotated + ([base] if base.exists() else [])
+
+
+def read_entries(cdir: Path, tail: int | None = None) -> tuple[list[Entry], int]:
+    """Every (or the last `tail`) entry; plus how far the current file was read."""
+    entries: deque[Entry] = deque(maxlen=tail)
+    offset = 0
+    for path in log_files(cdir):
+        with open(path, "rb") as f:
+            data = f.read()
+        complete = data[:data.rfind(b"\n") + 1]
+        for line in complete.splitlines():
+            e = _parse(line)
+            if e is not None:
+                entries.append(e)
+        if path.name == LOG_NAME:
+            offset = len(complete)
+    return list(entries), offset
+
+
+def follow_log(cdir: Path, running: Callable[[], bool], offset: int = 0) -> Iterator[Entry]:
+    """Entries of the current log file from `offset` on, until the container has
+    stopped and everything is drained; follows rotations."""
+    path = cdir / LOG_NAME
+    f = None
+    ino = None
+    buf = b""
+    try:
+        while True:
+            active = running()
+            if f is None and path.exists():
+                f = open(path, "rb")
+                ino = os.fstat(f.fileno()).st_ino
+                f.seek(offset)
+            chunk = f.read() if f else b""
+            if chunk:
+                buf += chunk
+                *lines, buf = buf.split(b"\n")
+                for line in lines:
+                    e = _parse(line)
+                    if e is not None:
+                        yield e
+                continue
+            try:
+                moved = os.stat(path).st_ino != ino
+            except FileNotFoundError:
+                moved = False
+            if f is not None and moved:  # rotated: the new file is read from its start
+                f.close()
+                f, offset, buf = None, 0, b""
+                continue
+            if not active:
+                return
+            time.sleep(0.05)
+    finally:
+        if f:
+            f.close()
+
+
+def render(entry: Entry, timestamps: bool) -> None:
+    out = sys.stdout.buffer if entry.stream == "stdout" else sys.stderr.buffer
+    if timestamps:
+        out.write(entry.time.encode() + b" ")
+    out.write(entry.data)
+    out.flush()
+
+
+def show(containers, ref: str, follow: bool, tail: str, timestamps: bool) -> None:
+    """`pybuild logs`: the recorded output, then (with -f) new output until the end."""
+    from .errors import RunError
+    from .lifecycle import is_running
+
+    st = containers.find(ref)
+    if tail == "all":
+        n = None
+    elif tail.isdigit():
+        n = int(tail)
+    else:
+        raise RunError(f"invalid --tail {tail!r}: expected a number or all")
+    cdir = containers.path(st.id)
+    entries, offset = read_entries(cdir, n)
+    for e in entries:
+        render(e, timestamps)
+    if not follow:
+        return
+
+    def running() -> bool:
+        cur = containers.try_load(st.id)
+        return cur is not None and is_running(cur)
+    for e in follow_log(cdir, running, offset):
+        render(e, timestamps)

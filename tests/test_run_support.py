@@ -1,0 +1,71 @@
+"""Shared fixtures for the test_run_* files: a store holding busybox images, and a
+snapshot of the host resources a container could leave behind. No tests here."""
+
+from __future__ import annotations
+
+import copy
+import os
+import subprocess
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from conftest import CLI
+from layerstore.store import Store
+
+CONFIGURED = {"Entrypoint": ["echo", "ep"], "Cmd": ["c1", "c2"], "Env": ["A=1", "B=2"],
+              "WorkingDir": "/srv", "Volumes": {"/data": {}}, "ExposedPorts": {"80/tcp": {}},
+              "StopSignal": "SIGUSR1", "User": "user"}
+
+
+def tag_configured(root: Path, source: str, name: str, **fields) -> None:
+    """Tag a copy of `source` whose container config has `fields` set."""
+    store = Store.open(root)
+    image = store.resolve(source)
+    config = copy.deepcopy(image.config)
+    for key, value in fields.items():
+        setattr(config.config, key, value)
+    store.tag(name, store.commit_image(config, list(image.manifest.layers)))
+
+
+@pytest.fixture(scope="module")
+def run_store(tmp_path_factory, busybox_rootfs) -> CLI:
+    """A store with `busybox` (no config) and `bbcfg` (Entrypoint, Cmd, Env, ...)."""
+    base = tmp_path_factory.mktemp("runstore")
+    tar = base / "busybox.tar"
+    with tarfile.open(tar, "w") as t:
+        t.add(busybox_rootfs, arcname=".")
+    cli = CLI(base / "store")
+    cli("import", tar, "busybox")
+    tag_configured(cli.root, "busybox", "bbcfg", **CONFIGURED)
+    yield cli
+    # leave nothing running: every container still recorded is removed
+    ids = cli("ps", "-aq", "--no-trunc", check=False).stdout.split()
+    if ids:
+        cli("rm", "-f", *ids, check=False)
+
+
+def host_resources(root: Path) -> dict[str, object]:
+    """Counts of what a container could leak: mounts, cgroups, netns, veths, processes, files."""
+    def count_cgroups() -> int:
+        n = 0
+        for dirpath, dirnames, _ in os.walk("/sys/fs/cgroup"):
+            n += sum(1 for d in dirnames if d.startswith("pybuild-"))
+        return n
+    with open("/proc/self/mountinfo") as f:
+        mounts = f.read().count("\n")
+    links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
+    netns = len(os.listdir("/run/netns")) if os.path.isdir("/run/netns") else 0
+    procs = 0
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if str(root).encode() in f.read() and int(pid) != os.getpid():
+                    procs += 1
+        except OSError:
+            continue
+    files = sum(len(fs) + len(ds) for _, ds, fs in os.walk(root / "containers"))
+    return {"mounts": mounts, "cgroups": count_cgroups(), "netns": netns,
+            "veths": links.count("pbv"), "links": len(links.splitlines()),
+            "processes": procs, "files": files}
