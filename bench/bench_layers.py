@@ -23,6 +23,7 @@ import hashlib
 import json
 import os
 import random
+import resource
 import shutil
 import statistics
 import subprocess
@@ -73,10 +74,21 @@ def make_tree(root: Path, total_mb: int, files: int, seed: int = 42) -> tuple[in
     return written, files
 
 
-def timed(fn: Callable[[], object]) -> float:
-    t = time.perf_counter()
+CPU: dict[str, list[float]] = {}
+
+
+def _cpu() -> float:
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def timed(fn: Callable[[], object], label: str = "") -> float:
+    """Wall seconds of fn(); its CPU seconds (all threads and children) go to CPU[label]."""
+    c, t = _cpu(), time.perf_counter()
     fn()
-    return time.perf_counter() - t
+    wall = time.perf_counter() - t
+    CPU.setdefault(label, []).append(_cpu() - c)
+    return wall
 
 
 def sh(cmd: str) -> None:
@@ -115,12 +127,14 @@ def umoci_unpack(layout: Path, dest: Path) -> None:
 
 
 def summary(label: str, times: list[float]) -> str:
-    return (f"{label:<38} median {statistics.median(times):7.3f}s  "
-            f"min-max {min(times):7.3f}-{max(times):7.3f}s  (n={len(times)})")
+    cpu = CPU.get(label)
+    return (f"{label:<30} median {statistics.median(times):7.3f}s  "
+            f"min-max {min(times):7.3f}-{max(times):7.3f}s  (n={len(times)})"
+            + (f"  cpu median {statistics.median(cpu):6.2f}s" if cpu else ""))
 
 
 def ratio(ours: list[float], peer: list[float], target: str) -> str:
-    return f"{'':<38} ratio ours/peer {statistics.median(ours) / statistics.median(peer):5.2f}x  (target {target})"
+    return f"{'':<30} ratio ours/peer {statistics.median(ours) / statistics.median(peer):5.2f}x  (target {target})"
 
 
 def main() -> int:
@@ -159,20 +173,21 @@ def main() -> int:
         layout = oci_layout(ours_gz, "application/vnd.oci.image.layer.v1.tar+gzip", stats.diff_id, work / "oci")
         n = 0
         for run in range(args.runs):
-            res["ours gzip"].append(timed(lambda: commit(ours_gz, "gzip")))
-            res["tar | gzip"].append(timed(lambda: sh(f"tar -cf - -C {tree} . | gzip > {work}/peer.tar.gz")))
-            res["ours zstd"].append(timed(lambda: commit(ours_zst, "zstd")))
+            res["ours gzip"].append(timed(lambda: commit(ours_gz, "gzip"), "ours gzip"))
+            res["tar | gzip"].append(timed(
+                lambda: sh(f"tar -cf - -C {tree} . | gzip > {work}/peer.tar.gz"), "tar | gzip"))
+            res["ours zstd"].append(timed(lambda: commit(ours_zst, "zstd"), "ours zstd"))
             res["tar | zstd -T0"].append(timed(
-                lambda: sh(f"tar -cf - -C {tree} . | zstd -q -T0 > {work}/peer.tar.zst")))
+                lambda: sh(f"tar -cf - -C {tree} . | zstd -q -T0 > {work}/peer.tar.zst"), "tar | zstd -T0"))
             for label, blob, peer_label, peer_flags in (("ours unpack (gzip)", ours_gz, "tar -xzf", "-xzf"),
                                                          ("ours unpack (zstd)", ours_zst, "tar -x --zstd",
                                                           "--zstd -xf")):
                 n += 1
-                res[label].append(timed(lambda: unpack(blob, work / f"u{n}")))
+                res[label].append(timed(lambda: unpack(blob, work / f"u{n}"), label))
                 peer_dir = work / f"p{n}"
                 peer_dir.mkdir()
-                res[peer_label].append(timed(lambda: sh(f"tar {peer_flags} {blob} -C {peer_dir}")))
-            res["umoci unpack"].append(timed(lambda: umoci_unpack(layout, work / f"m{run}")))
+                res[peer_label].append(timed(lambda: sh(f"tar {peer_flags} {blob} -C {peer_dir}"), peer_label))
+            res["umoci unpack"].append(timed(lambda: umoci_unpack(layout, work / f"m{run}"), "umoci unpack"))
             env = dict(os.environ, PYTHONPATH=str(REPO))
             res["python3 -m builder --help"].append(timed(lambda: subprocess.run(
                 [sys.executable, "-m", "builder", "--help"], check=True, capture_output=True, env=env)))

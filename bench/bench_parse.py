@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -130,17 +131,22 @@ def main() -> None:
         env.pop("PYTHONDONTWRITEBYTECODE", None)
         cmd = [sys.executable, "-m", "builder", "check", "-f", str(path), "--format", "json"]
         subprocess.run(cmd, check=True, capture_output=True, env=env)   # warm grammar and bytecode caches
-        walls, floor = [], []
+        walls, floor, cpu, floor_cpu = [], [], [], []
         for _ in range(runs):
-            t = time.perf_counter()
-            subprocess.run(cmd, check=True, capture_output=True, env=env)
-            walls.append(time.perf_counter() - t)
-            t = time.perf_counter()
-            subprocess.run([sys.executable, "-c", "pass"], check=True, env=env)
-            floor.append(time.perf_counter() - t)
+            for argv, wall, used in ((cmd, walls, cpu), ([sys.executable, "-c", "pass"], floor, floor_cpu)):
+                before = resource.getrusage(resource.RUSAGE_CHILDREN)
+                t = time.perf_counter()
+                subprocess.run(argv, check=True, capture_output=True, env=env)
+                wall.append(time.perf_counter() - t)
+                after = resource.getrusage(resource.RUSAGE_CHILDREN)
+                used.append(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
     print(f"`pybuild check` wall, 200-line file:       {figures(walls)}   target < 250 ms")
     print(f"`python -c pass` wall (interpreter floor): {figures(floor)}")
-    print(f"check / interpreter-floor ratio: {statistics.median(walls) / statistics.median(floor):.2f}x")
+    print(f"`pybuild check` CPU (user+sys):            {figures(cpu)}")
+    print(f"`python -c pass` CPU (user+sys):           {figures(floor_cpu)}")
+    print(f"check / interpreter-floor ratio: wall {statistics.median(walls) / statistics.median(floor):.2f}x, "
+          f"CPU {statistics.median(cpu) / statistics.median(floor_cpu):.2f}x")
+    print(f"host load average: {os.getloadavg()[0]:.2f} (2 cores; other work inflates wall times)")
     print("peer: none (no standalone Dockerfile parser installed; buildah/docker parse only inside a build)")
 
 

@@ -49,6 +49,17 @@ class BuildError(PybuildError):
     """A step failed; the message names the step and why."""
 
 
+class _DependencyFailed(Exception):
+    """A stage this one waits for failed; that stage reports the error."""
+
+
+def _wait(fut: cf.Future):
+    try:
+        return fut.result()
+    except BaseException as exc:  # noqa: BLE001 - reported by the stage that failed
+        raise _DependencyFailed(str(exc)) from None
+
+
 @dataclass
 class Secret:
     id: str
@@ -274,7 +285,7 @@ class Builder:
         """The state a stage starts from and ONBUILD triggers to replay."""
         base = stage.base
         if base.kind == "stage":
-            st: State = results[base.stage].result()
+            st: State = _wait(results[base.stage])
             cfg = _clone(st.config)
             triggers = []
             if cfg.config.OnBuild:
@@ -331,13 +342,13 @@ class Builder:
         for t in stage.triggers:
             runner.step(t, raw=t, trigger=True)
         if triggers:
-            for t in replay_onbuild(triggers, df.escape):
+            for t in _replay(triggers, df.escape):
                 runner.step(t, raw=t, trigger=True)
         runner.args = {}
         raws = _raw_bodies(df)[stage.index]
         for k, (planned, raw) in enumerate(zip(stage.instructions, raws)):
             if self.failed.is_set():
-                raise BuildError("build cancelled: another stage failed")
+                raise _DependencyFailed("build cancelled: another stage failed")
             runner.step(planned, raw=raw, position=k + 2)
         return runner.state
 
@@ -359,8 +370,8 @@ class Builder:
                         self.failed.set()
                         errors.append(exc)
             if errors:
-                real = [e for e in errors if not (isinstance(e, BuildError)
-                                                  and str(e).startswith("build cancelled"))]
+                real = [e for e in errors if not isinstance(e, _DependencyFailed) and not (
+                    isinstance(e, BuildError) and str(e).startswith("build cancelled"))]
                 raise (real or errors)[0]
             final: State = results[graph.target].result()
             with self.hash_lock:
@@ -419,6 +430,19 @@ class Builder:
             hist[-1].empty_layer = False
         cfg.history = hist
         return cfg, [layer]
+
+
+def _replay(triggers: list[str], escape: str) -> list[ins.Instruction]:
+    """Parse a base image's ONBUILD triggers (kept with their heredoc bodies)."""
+    if not any("\n" in t for t in triggers):
+        return replay_onbuild(triggers, escape)
+    esc = f"# escape={escape}\n" if escape != "\\" else ""
+    df = parse_dockerfile(esc + "FROM scratch\n" + "\n".join(triggers) + "\n", "ONBUILD")
+    out = df.instructions[1:]
+    for i in out:
+        if isinstance(i, (ins.From, ins.OnBuild)):
+            raise DockerfileError(f"{i.keyword} isn't allowed as an ONBUILD trigger", "ONBUILD")
+    return out
 
 
 _RAW_CACHE: dict[int, list[list[ins.Instruction]]] = {}
@@ -520,7 +544,9 @@ class _StageRunner:
     # --- config-only ---------------------------------------------------------
 
     def metadata(self, i: ins.Instruction, n: int) -> None:
-        key = step_key(self.state.key, _canonical(i), {})
+        # an ARG's value reaches the key of every step that uses it, not the ARG step's own
+        text = ("ARG " + " ".join(d.name for d in i.args)) if isinstance(i, ins.Arg) else _canonical(i)
+        key = step_key(self.state.key, text, {})
         if isinstance(i, ins.Cmd):
             self.cmd_set = True
         if self._hit(key, n):
@@ -573,7 +599,7 @@ class _StageRunner:
                     idx = s.index
                     break
         if idx is not None:
-            return self.results[idx].result()
+            return _wait(self.results[idx])
         if ref in self.b.opts.build_contexts:
             raise BuildError(f"--from={ref}: named build contexts are only supported as directories "
                              "for COPY --from in a later version")
@@ -594,7 +620,7 @@ class _StageRunner:
                 h = next(h for h in i.heredocs if h.name == name)
                 body = h.body()
                 if h.expand:
-                    lex = ShellLex(self.df.escape, raw_quotes=True, raw_escapes=True)
+                    lex = ShellLex(self.df.escape, raw_quotes=True, skip_process_quotes=True)
                     body = lex.process_word(body, self.scope())
                 heredocs.append((name, body))
             else:

@@ -288,7 +288,7 @@ def _transfer_options(fn):
     fn = click.option("--progress", "progress_mode", default="auto",
                       type=click.Choice(["auto", "tty", "plain"]),
                       help="Bars on a terminal (auto), or one plain line per blob.")(fn)
-    fn = click.option("--max-concurrent", default=3, show_default=True,
+    fn = click.option("--max-concurrent", default=6, show_default=True,
                       help="Blobs transferred at the same time.")(fn)
     fn = click.option("--tls-verify", type=click.BOOL, default=None,
                       help="Verify TLS certificates (default: yes, except on localhost).")(fn)
@@ -661,13 +661,15 @@ def volume_prune_cmd(settings: Settings, all_volumes: bool, force: bool) -> None
 @click.argument("directory", type=click.Path(path_type=Path))
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 @click.option("--hostname", default=None, help="Host name (default: the image ID's first 12).")
+@click.option("--entrypoint", default=None, help="Override the image's entrypoint.")
 @click.pass_obj
 def bundle_cmd(settings: Settings, image: str, directory: Path, command: tuple[str, ...],
-               hostname: str | None) -> None:
+               hostname: str | None, entrypoint: str | None) -> None:
     """Write an OCI runtime bundle (config.json + rootfs) that `runc run` executes."""
     from builder.runner.bundle import write_bundle
 
-    write_bundle(settings.store(), image, directory, hostname=hostname, command=list(command))
+    write_bundle(settings.store(), image, directory, hostname=hostname, command=list(command),
+                 entrypoint=entrypoint)
     click.echo(str(directory))
 
 

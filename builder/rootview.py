@@ -71,39 +71,36 @@ def secure_join(root: str, path: str, follow_last: bool = True) -> str:
 
 
 def _mount_tree(tree: Tree, target: str, empty: Path) -> None:
-    from builder.sandbox import OverlayRoot, libc
-    from builder.sandbox.rootfs import _mount_overlay_legacy
+    """Mount `tree` on `target` (in the caller's private mount namespace)."""
+    from builder.sandbox import libc
 
     lowers = list(tree.lowers) or [empty]
-    if tree.upper is None:
-        if len(lowers) == 1:
-            libc.mount(str(lowers[0]), target, None, libc.MS_BIND)
-            libc.mount(None, target, None, libc.MS_BIND | libc.MS_REMOUNT | libc.MS_RDONLY)
-            return
-        root = OverlayRoot(lowers=lowers, upper=None, work=None, readonly=True)  # type: ignore[arg-type]
-        if libc.new_api_available():
-            fd = libc.fsopen("overlay")
-            try:
-                for lower in reversed(lowers):
-                    libc.fsconfig(fd, libc.FSCONFIG_SET_STRING, "lowerdir+", str(lower))
-                libc.fsconfig(fd, libc.FSCONFIG_CMD_CREATE)
-                mfd = libc.fsmount(fd)
-            finally:
-                os.close(fd)
-            libc.move_mount_fd(mfd, target)
-            os.close(mfd)
-        else:
-            _mount_overlay_legacy(root, target)
+    if tree.upper is None and len(lowers) == 1:
+        libc.mount(str(lowers[0]), target, None, libc.MS_BIND)
+        libc.mount(None, target, None, libc.MS_BIND | libc.MS_REMOUNT | libc.MS_RDONLY)
         return
-    root = OverlayRoot(lowers=lowers, upper=tree.upper, work=tree.work)  # type: ignore[arg-type]
-    from builder.sandbox.rootfs import mount_root, open_root
-
-    class _Spec:
-        pass
-    spec = _Spec()
-    spec.root = root  # type: ignore[attr-defined]
-    fd = open_root(spec) if libc.new_api_available() else None  # type: ignore[arg-type]
-    mount_root(spec, fd, target)  # type: ignore[arg-type]
+    if tree.upper is None:
+        lowers = lowers + [empty]  # a read-only overlay needs two lowers; `empty` adds nothing
+    if libc.new_api_available():
+        fd = libc.fsopen("overlay")
+        try:
+            # lowerdir+ appends each below the previous: give the top layer first
+            for lower in reversed(lowers):
+                libc.fsconfig(fd, libc.FSCONFIG_SET_STRING, "lowerdir+", str(lower))
+            if tree.upper is not None:
+                libc.fsconfig(fd, libc.FSCONFIG_SET_STRING, "upperdir", str(tree.upper))
+                libc.fsconfig(fd, libc.FSCONFIG_SET_STRING, "workdir", str(tree.work))
+            libc.fsconfig(fd, libc.FSCONFIG_CMD_CREATE)
+            mfd = libc.fsmount(fd)
+        finally:
+            os.close(fd)
+        libc.move_mount_fd(mfd, target)
+        os.close(mfd)
+        return
+    opts = "lowerdir=" + ":".join(str(l) for l in reversed(lowers))
+    if tree.upper is not None:
+        opts += f",upperdir={tree.upper},workdir={tree.work}"
+    libc.mount("overlay", target, "overlay", 0, opts)
 
 
 def in_overlay(trees: list[Tree], fn: Callable[..., Any], *args: Any, scratch: Path) -> Any:

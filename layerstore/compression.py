@@ -19,6 +19,8 @@ from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import BinaryIO, Iterator, Protocol
 
+from layerstore.errors import PybuildError
+
 GZIP, ZSTD, NONE, BZIP2, XZ = "gzip", "zstd", "none", "bzip2", "xz"
 WRITABLE = (GZIP, ZSTD, NONE)
 
@@ -40,6 +42,10 @@ _GZIP_BLOCK = 1 << 20
 _WINDOW = 32768
 
 
+class UnsupportedCompression(PybuildError, ValueError):
+    """An unknown compression name or a level it does not have."""
+
+
 class Compressor(Protocol):
     """What write_layer feeds: bytes in; close() finishes without closing `out`."""
 
@@ -47,12 +53,15 @@ class Compressor(Protocol):
 
     def close(self) -> None: ...
 
+    def abort(self) -> None:
+        """Releases resources without finishing the stream (after an error)."""
+
 
 def media_type(compression: str) -> str:
     try:
         return MEDIA_TYPES[compression]
     except KeyError:
-        raise ValueError(f"unknown layer compression {compression!r} (use gzip, zstd or none)") from None
+        raise UnsupportedCompression(f"unknown layer compression {compression!r} (use gzip, zstd or none)") from None
 
 
 def detect(head: bytes) -> str:
@@ -72,6 +81,8 @@ class _PlainWriter:
 
     def close(self) -> None:
         pass
+
+    abort = close
 
 
 def _deflate_block(block: bytes, zdict: bytes, level: int, last: bool) -> bytes:
@@ -130,7 +141,10 @@ class ParallelGzipWriter:
                 self._out.write(self._pending.popleft().result())
             self._out.write(struct.pack("<II", self._crc, self._size & 0xFFFFFFFF))
         finally:
-            self._pool.shutdown(wait=True, cancel_futures=True)
+            self.abort()
+
+    def abort(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
 
 
 class _ZstdWriter:
@@ -144,13 +158,20 @@ class _ZstdWriter:
     def close(self) -> None:
         self._writer.close()
 
+    def abort(self) -> None:
+        pass  # the context and its threads go with the object; `out` gets no frame end
+
 
 def open_writer(out: BinaryIO, compression: str = GZIP, level: int | None = None) -> Compressor:
     """A compressing writer into `out` (which stays open and owned by the caller)."""
     media_type(compression)
     if compression == GZIP:
+        if level is not None and not 0 <= level <= 9:
+            raise UnsupportedCompression(f"gzip compression level {level} is not in 0..9")
         return ParallelGzipWriter(out, 6 if level is None else level)
     if compression == ZSTD:
+        if level is not None and not -7 <= level <= 22:
+            raise UnsupportedCompression(f"zstd compression level {level} is not in -7..22")
         return _ZstdWriter(out, 3 if level is None else level)
     return _PlainWriter(out)
 

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import BinaryIO, Iterator
 
 from layerstore import compression as comp
-from layerstore.errors import BadLayer, DigestMismatch
+from layerstore.errors import BadLayer, DigestMismatch, NotFound, PybuildError
 from layerstore.layer_tar import (AREG, BLK, BLOCK, CHR, CONT, DIR, FIFO, GNU_LONGLINK, GNU_LONGNAME, LNK,
                                   OPAQUE_MARKER, PAX, PAX_GLOBAL, REG, SYM, WHITEOUT_PREFIX, XATTR_PREFIX,
                                   ZERO_BLOCK, Header, HeaderError, padding, parse_header, parse_pax,
@@ -34,6 +34,7 @@ from layerstore.layer_tar import (AREG, BLK, BLOCK, CHR, CONT, DIR, FIFO, GNU_LO
 
 OVERLAY, FLAT = "overlay", "flat"
 OPAQUE_XATTR = "trusted.overlay.opaque"
+_MAX_DEPTH = 400  # the walk keeps one fd per level open
 _MAX_META = 8 << 20  # PAX / GNU long-name data beyond this is not a real header
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -46,6 +47,10 @@ class ApplyStats:
     diff_id: str
     uncompressed_size: int
     entries: int
+
+
+class LayerApplyError(PybuildError):
+    """The target refused an entry for a reason other than the layer (disk full, permissions)."""
 
 
 class _Truncated(Exception):
@@ -124,6 +129,8 @@ def _components(name: bytes, what: str, entry: bytes) -> list[bytes]:
     parts = [p for p in name.split(b"/") if p and p != b"."]
     if b".." in parts:
         raise BadLayer(f"layer entry {_show(entry)}: '..' in {what} leads outside the target")
+    if len(parts) > _MAX_DEPTH:
+        raise BadLayer(f"layer entry {_show(entry)}: {what} is nested deeper than {_MAX_DEPTH} levels")
     return parts
 
 
@@ -354,11 +361,11 @@ class _Extractor:
         """Directory owner, mode and mtime, now that their contents are written."""
         for parts, h in self.dirs:
             if parts:
-                pfd = self.tree.dir_fd(parts[:-1], b"/".join(parts), create=False)
                 try:
+                    pfd = self.tree.dir_fd(parts[:-1], b"/".join(parts), create=False)
                     fd = os.open(parts[-1], _DIR_FLAGS, dir_fd=pfd) if pfd is not None else None
-                except OSError:
-                    fd = None  # replaced or whited out by a later entry
+                except (OSError, BadLayer):
+                    fd = None  # replaced, whited out or turned into a symlink by a later entry
                 if fd is None:
                     continue
             else:
@@ -437,6 +444,8 @@ def _fold_pax(h: Header, pax: dict[bytes, bytes], long_link: bytes | None) -> No
         h.mtime_ns = pax_time_ns(pax[b"mtime"])
     if h.size < 0 or h.uid < 0 or h.gid < 0:
         raise HeaderError("negative size or owner")
+    if any(key.startswith(b"GNU.sparse.") for key in pax):
+        raise HeaderError("GNU sparse files are not supported in layers")
     for key, value in pax.items():
         if key.startswith(XATTR_PREFIX):
             h.xattrs[key[len(XATTR_PREFIX):]] = value
@@ -452,31 +461,39 @@ def apply_layer(stream: BinaryIO, target: Path, *, mode: str = OVERLAY,
     """
     if mode not in (OVERLAY, FLAT):
         raise ValueError(f"unknown apply mode {mode!r}")
-    _, reader = comp.open_reader(stream)
-    hasher = hashlib.sha256()
-    pump = comp.ChunkPump(reader, hasher)
+    try:
+        ex = _Extractor(target, mode)
+    except OSError as exc:
+        raise NotFound(f"{target}: cannot apply a layer here: {exc.strerror}") from None
+    pump = None
     state = {"last": b"(start of layer)"}
     count = 0
     try:
+        _, reader = comp.open_reader(stream)
+        hasher = hashlib.sha256()
+        pump = comp.ChunkPump(reader, hasher)
         ts = _TarStream(iter(pump))
-        ex = _Extractor(target, mode)
-        try:
-            for entry in _entries(ts, state):
-                size = entry.header.size if entry.header.typeflag in _DATA_TYPES else 0
-                if not ex.apply(entry, ts):
-                    ts.copy(None, size)  # data of an entry that holds none (dir, whiteout): skipped
-                ts.copy(None, padding(size))
-                count += 1
-            ex.finish()
-        finally:
-            ex.close()
+        for entry in _entries(ts, state):
+            size = entry.header.size if entry.header.typeflag in _DATA_TYPES else 0
+            try:
+                consumed = ex.apply(entry, ts)
+            except OSError as exc:
+                raise LayerApplyError(f"layer entry {_show(entry.name)}: cannot apply: "
+                                      f"{exc.strerror or exc}") from None
+            if not consumed:
+                ts.copy(None, size)  # data of an entry that holds none (dir, whiteout): skipped
+            ts.copy(None, padding(size))
+            count += 1
+        ex.finish()
         ts.drain()
     except _Truncated:
         raise BadLayer(f"layer truncated in or after entry {_show(state['last'])}") from None
     except comp.CorruptStream as exc:
         raise BadLayer(f"layer stream corrupt in or after entry {_show(state['last'])}: {exc}") from None
     finally:
-        pump.close()
+        ex.close()
+        if pump is not None:
+            pump.close()
     diff_id = "sha256:" + hasher.hexdigest()
     if expected_diff_id is not None and expected_diff_id != diff_id:
         raise DigestMismatch(expected_diff_id, diff_id, what="layer diff ID")

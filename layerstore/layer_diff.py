@@ -6,6 +6,8 @@ ID; nothing is staged on disk.  The bytes depend only on the tree: entries in
 component-wise byte order of their paths (parents before children), numeric
 owners, no atime/ctime, mtimes optionally clamped to SOURCE_DATE_EPOCH, and
 deterministic compression, so an identical tree gives an identical blob.
+An opaque dir's `.wh..wh..opq` marker comes right after the dir, before its
+children, so that appliers which clear the dir on seeing it keep them.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from layerstore.layer_tar import (BLK, CHR, DIR, FIFO, LNK, OPAQUE_MARKER, REG, 
 _FLUSH = 1 << 20
 _OPAQUE_XATTRS = (b"trusted.overlay.opaque", b"user.overlay.opaque")
 _SKIPPED_XATTR_PREFIXES = (b"trusted.overlay.", b"user.overlay.")
+_UNSUPPORTED_OVERLAY = (b".overlay.metacopy", b".overlay.redirect")
 
 
 class LayerSourceError(PybuildError):
@@ -63,8 +66,13 @@ class _TarSink:
         return "sha256:" + self._hash.hexdigest()
 
 
-def _xattrs(path: bytes, fd: int | None = None) -> tuple[dict[bytes, bytes], bool]:
-    """(xattrs to record, whether the dir is marked overlay-opaque)."""
+def _xattrs(path: bytes, fd: int | None = None, overlay: bool = True) -> tuple[dict[bytes, bytes], bool]:
+    """(xattrs to record, whether the dir is marked overlay-opaque).
+
+    An upper dir from a mount with metacopy=on or redirect_dir=on holds
+    entries whose data or contents live in the lower layers; a diff of it
+    would silently lose them, so those are refused.
+    """
     target: bytes | int = path if fd is None else fd
     try:
         names = os.listxattr(target, follow_symlinks=False) if fd is None else os.listxattr(fd)
@@ -81,6 +89,9 @@ def _xattrs(path: bytes, fd: int | None = None) -> tuple[dict[bytes, bytes], boo
             continue
         if name in _OPAQUE_XATTRS:
             opaque = opaque or value == b"y"
+        elif overlay and name.endswith(_UNSUPPORTED_OVERLAY) and name.startswith(_SKIPPED_XATTR_PREFIXES):
+            raise LayerSourceError(f"{os.fsdecode(path)}: overlay {name.decode()} entry (mounted with "
+                                   "metacopy=on or redirect_dir=on?) cannot be written as a layer")
         elif not name.startswith(_SKIPPED_XATTR_PREFIXES):
             found[name] = value
     return found, opaque
@@ -100,27 +111,34 @@ class _Differ:
     def walk(self, dirpath: bytes, prefix: bytes) -> None:
         try:
             with os.scandir(dirpath) as it:
-                entries = sorted(it, key=lambda e: e.name)
+                listed = [(e, e.stat(follow_symlinks=False)) for e in it]
+        except FileNotFoundError as exc:
+            raise LayerSourceError(f"{os.fsdecode(exc.filename or dirpath)}: vanished while writing the layer") from None
         except OSError as exc:
             raise LayerSourceError(f"{os.fsdecode(dirpath)}: cannot list: {exc.strerror}") from None
-        for entry in entries:
+        # sorted by the name the entry gets in the tar (a whiteout by its .wh. name)
+        listed.sort(key=lambda es: WHITEOUT_PREFIX + es[0].name if self.is_whiteout(es[1]) else es[0].name)
+        for entry, st in listed:
             try:
-                self.entry(entry.path, prefix + entry.name, entry.stat(follow_symlinks=False))
+                self.entry(entry.path, prefix + entry.name, st)
             except FileNotFoundError:
                 raise LayerSourceError(f"{os.fsdecode(entry.path)}: vanished while writing the layer") from None
+
+    def is_whiteout(self, st: os.stat_result) -> bool:
+        return self.overlay and stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
 
     def entry(self, path: bytes, name: bytes, st: os.stat_result) -> None:
         fmt = stat.S_IFMT(st.st_mode)
         common = dict(mode=st.st_mode & 0o7777, uid=st.st_uid, gid=st.st_gid, mtime=self.mtime(st))
         add = self.sink.add
         if fmt == stat.S_IFDIR:
-            xattrs, opaque = _xattrs(path)
+            xattrs, opaque = _xattrs(path, overlay=self.overlay)
             add(build_header(name + b"/", DIR, xattrs=xattrs, **common))
             if opaque and self.overlay:
                 add(build_header(name + b"/" + OPAQUE_MARKER, REG))
             self.walk(path, name + b"/")
             return
-        if fmt == stat.S_IFCHR and self.overlay and st.st_rdev == 0:
+        if self.is_whiteout(st):
             head, _, base = name.rpartition(b"/")
             add(build_header((head + b"/" if head else b"") + WHITEOUT_PREFIX + base, REG))
             return
@@ -136,14 +154,14 @@ class _Differ:
         if fmt == stat.S_IFREG:
             self.regular(path, name, st, common)
         elif fmt == stat.S_IFLNK:
-            xattrs, _ = _xattrs(path)
+            xattrs, _ = _xattrs(path, overlay=self.overlay)
             add(build_header(name, SYM, linkname=os.readlink(path), xattrs=xattrs, **common))
         elif fmt in (stat.S_IFCHR, stat.S_IFBLK):
-            xattrs, _ = _xattrs(path)
+            xattrs, _ = _xattrs(path, overlay=self.overlay)
             add(build_header(name, CHR if fmt == stat.S_IFCHR else BLK, devmajor=os.major(st.st_rdev),
                              devminor=os.minor(st.st_rdev), xattrs=xattrs, **common))
         elif fmt == stat.S_IFIFO:
-            xattrs, _ = _xattrs(path)
+            xattrs, _ = _xattrs(path, overlay=self.overlay)
             add(build_header(name, FIFO, xattrs=xattrs, **common))
 
     def regular(self, path: bytes, name: bytes, st: os.stat_result, common: dict) -> None:
@@ -152,7 +170,7 @@ class _Differ:
         except OSError as exc:
             raise LayerSourceError(f"{os.fsdecode(path)}: cannot open: {exc.strerror}") from None
         try:
-            xattrs, _ = _xattrs(path, fd)
+            xattrs, _ = _xattrs(path, fd, self.overlay)
             size = st.st_size
             self.sink.add(build_header(name, REG, size=size, xattrs=xattrs, **common))
             left = size
@@ -185,6 +203,8 @@ def write_layer(src: Path, out: BinaryIO, *, compression: str = "gzip", source_d
         _Differ(sink, source_date_epoch, overlay).walk(root, b"")
         sink.add(ZERO_BLOCK * 2)
         sink.flush()
-    finally:
-        writer.close()
+    except BaseException:
+        writer.abort()
+        raise
+    writer.close()
     return LayerStats(diff_id=sink.digest(), uncompressed_size=sink.size, media_type=media)

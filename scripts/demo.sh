@@ -1,14 +1,20 @@
 #!/bin/sh
-# The main job on a sample image: make a busybox base image, then show it.
+# The main job on the sample images: make a busybox base image, build the
+# samples on it with `pybuild build`, and run the results.
 set -eu
 cd "$(dirname "$0")/.."
-work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
-sh sample-images/busybox/mkrootfs.sh "$work/rootfs"
-tar -C "$work/rootfs" -cf "$work/rootfs.tar" .
-pybuild import --change 'CMD ["/bin/sh"]' "$work/rootfs.tar" busybox
+export PYBUILD_ROOT="${PYBUILD_ROOT:-$(mktemp -d /tmp/pybuild-demo.XXXXXX)}"
+echo "store: $PYBUILD_ROOT"
+sh sample-images/busybox/make-image.sh busybox
+pybuild build --progress plain -t hello sample-images/hello
+echo "--- rebuild with no change (every step CACHED):"
+pybuild build --progress plain -t hello sample-images/hello
+pybuild build --progress plain -t multistage sample-images/multistage
+pybuild build --progress plain -t cache-mount sample-images/cache-mount
 pybuild images
-pybuild history busybox
-pybuild save busybox -o "$work/busybox.tar"
-skopeo inspect "oci-archive:$work/busybox.tar:docker.io/library/busybox:latest" | head -5
+pybuild history hello
+echo "--- running the results:"
+pybuild run --rm hello
+pybuild run --rm multistage demo
+pybuild run --rm cache-mount
 pybuild fsck

@@ -123,3 +123,22 @@ def processes_matching(word: str) -> list[str]:
         if word in cmd:
             out.append(f"{pid} {cmd}")
     return out
+
+
+def import_busybox(pybuild, busybox_rootfs: Path, tmp: Path, name: str = "busybox") -> None:
+    """The busybox base image in the test's store (one layer, CMD sh)."""
+    tar = tmp / "busybox-rootfs.tar"
+    if not tar.exists():
+        rootfs_tar(busybox_rootfs, tar)
+    pybuild("import", "--change", 'CMD ["sh"]', tar, name)
+
+
+def steps(output: str) -> dict[int, str]:
+    """Plain progress -> {step number: "CACHED" | "DONE" | "ERROR"}."""
+    out: dict[int, str] = {}
+    for line in output.splitlines():
+        parts = line.split()
+        if len(parts) >= 2 and parts[0].startswith("#") and parts[0][1:].isdigit():
+            if parts[1] in ("CACHED", "DONE", "ERROR:"):
+                out[int(parts[0][1:])] = parts[1].rstrip(":")
+    return out

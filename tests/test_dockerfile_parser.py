@@ -236,3 +236,14 @@ def test_grammar_parser_is_cached_on_disk(tmp_path):
     env["XDG_CACHE_HOME"] = str(blocker / "sub")
     third = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert third.stdout == first.stdout, third.stderr
+
+
+@pytest.mark.parametrize("line,dump", [
+    ('COPY --"" --x a b', '(copy "--x" "a" "b")'),          # `--""` is a bare `--`: flags end there
+    ('RUN --a --"" --b echo', '(run ["--a"] "--b echo")'),
+    ('COPY --"  a" x y', '(copy ["--  a"] "x" "y")'),      # quotes keep blanks inside a flag
+    ("COPY --a\\ b x y", '(copy ["--a b"] "x" "y")'),
+    ('COPY# --"', '(copy# "")'),
+])
+def test_flag_quoting_edge_cases(line, dump):
+    assert parse_ast(line).dump() == dump

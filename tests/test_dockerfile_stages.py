@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from builder.dockerfile import (Copy, DockerfileError, Env, Expose, Label, Run, Platform, User, Volume,
@@ -137,6 +139,7 @@ def test_undeclared_build_arg_is_a_warning():
     g = plan("ARG USED\nFROM a\nARG ALSO\n", build_args={"USED": "1", "ALSO": "2", "EXTRA": "3",
                                                         "HTTP_PROXY": "p", "TARGETARCH": "x"})
     assert g.warnings == ["one or more build-args [EXTRA] were not consumed"]
+    assert g.proxy_env() == {"HTTP_PROXY": "p"}
 
 
 def test_expose_and_volume_forms():
@@ -162,3 +165,16 @@ def test_stage_name_warnings():
     assert len(g.warnings) == 2
     assert any(w.startswith("Dockerfile:2: duplicate stage name 'x'") for w in g.warnings)
     assert any(w.startswith("Dockerfile:3: stage name 'arm/v7' is not valid for BuildKit") for w in g.warnings)
+
+
+@pytest.mark.parametrize("spec,ok", [("80", True), ("80/tcp", True), ("53/UDP", True), ("8000-8010/sctp", True),
+                                     ("127.0.0.1:8080:80", True), ("65536", False), ("90-80", False),
+                                     ("80/icmp", False), ("http", False), ("/", False)])
+def test_expose_port_specs(spec, ok):
+    text = f"FROM a\nARG P={spec}\nEXPOSE $P\n"
+    if ok:
+        assert plan(text).stages[0].instructions[1].ports == [spec]
+    else:
+        with pytest.raises(DockerfileError, match=f'invalid port "{re.escape(spec)}" in EXPOSE') as info:
+            plan(text)
+        assert (info.value.line, info.value.column) == (3, 1)

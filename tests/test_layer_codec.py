@@ -161,6 +161,11 @@ def test_overlay_upper_markers(tmp_path):
         assert not any(k.startswith("SCHILY.xattr.trusted.overlay") for m in tf for k in m.pax_headers)
     plain, _ = layer_bytes(upper, overlay=False)
     assert names_of(plain) == ["gone", "keep", "keep/dead", "opq", "opq/child", "uopq"]
+    # whiteouts sort by their tar name: "-minus" < ".wh.-early", though the upper holds "-early" < "-minus"
+    os.mknod(upper / "-early", stat.S_IFCHR, 0)
+    (upper / "+plus").write_bytes(b"")
+    (upper / "-minus").write_bytes(b"")
+    assert names_of(layer_bytes(upper)[0])[:4] == ["+plus", "-minus", ".wh.-early", ".wh.gone"]
 
 
 def test_apply_overlay_form_and_flat_form(tmp_path):
@@ -295,3 +300,60 @@ def test_directory_metadata_is_set_after_its_children(tmp_path):
     apply_layer(io.BytesIO(blob), dest)
     st = os.stat(dest / "ro")
     assert stat.S_IMODE(st.st_mode) == 0o555 and st.st_mtime == 12345
+
+
+def test_missing_source_is_a_clear_error(tmp_path):
+    from layerstore.layer_diff import LayerSourceError
+
+    for compression in ("gzip", "zstd", "none"):
+        with pytest.raises(LayerSourceError, match="missing: not a directory"):
+            write_layer(tmp_path / "missing", io.BytesIO(), compression=compression)
+
+
+@pytest.mark.parametrize("fmt", ["gnu", "posix"])
+def test_sparse_archives_are_refused_not_misread(tmp_path, fmt):
+    from layerstore.errors import BadLayer
+
+    src = tmp_path / "src"
+    src.mkdir()
+    with open(src / "holey", "wb") as f:
+        f.truncate(8 << 20)
+        f.seek(0, 2)
+        f.write(b"end")
+    path = tmp_path / "sparse.tar"
+    subprocess.run([require_tool("tar"), f"--format={fmt}", "-S", "-cf", str(path), "-C", str(src), "holey"],
+                   check=True)
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    with open(path, "rb") as f, pytest.raises(BadLayer, match="sparse|unsupported tar entry type"):
+        apply_layer(f, dest)
+
+
+def test_metacopy_and_redirect_uppers_are_refused(tmp_path):
+    from layerstore.layer_diff import LayerSourceError
+
+    for name, kind in (("trusted.overlay.metacopy", "file"), ("trusted.overlay.redirect", "dir")):
+        upper = tmp_path / name
+        upper.mkdir()
+        entry = upper / "x"
+        entry.mkdir() if kind == "dir" else entry.write_bytes(b"")
+        os.setxattr(entry, name, b"/elsewhere" if kind == "dir" else b"")
+        with pytest.raises(LayerSourceError, match=name.rsplit(".", 1)[1]):
+            write_layer(upper, io.BytesIO())
+        assert names_of(layer_bytes(upper, overlay=False)[0]) == ["x"]
+
+
+@pytest.mark.parametrize("compression, level", [("brotli", None), ("gzip", 10), ("zstd", 23)])
+def test_unknown_compression_or_level_is_a_clear_error(tmp_path, compression, level):
+    with pytest.raises(comp.UnsupportedCompression, match=compression):
+        write_layer(tmp_path, io.BytesIO(), compression=compression, level=level)
+
+
+@pytest.mark.parametrize("compression, level", [("gzip", 1), ("gzip", 9), ("zstd", 19), ("zstd", -3)])
+def test_levels_are_honoured_and_still_round_trip(tmp_path, compression, level):
+    src = make_tree(tmp_path / "src")
+    blob, stats = layer_bytes(src, compression, level=level)
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    apply_layer(io.BytesIO(blob), dest, expected_diff_id=stats.diff_id)
+    assert not diff_trees(describe_tree(dest), describe_tree(src))

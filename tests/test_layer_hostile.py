@@ -35,6 +35,15 @@ def dirent(name: str) -> bytes:
     return build_header(name.encode().rstrip(b"/") + b"/", DIR, mode=0o755)
 
 
+def base256_size(header: bytes, size: int) -> bytes:
+    """A ustar header with its size field rewritten in GNU base-256 (for sizes ustar cannot hold)."""
+    block = bytearray(header)
+    block[124:136] = b"\x80" + size.to_bytes(11, "big")
+    block[148:156] = b"        "
+    block[148:156] = b"%06o\0 " % sum(block)
+    return bytes(block)
+
+
 @pytest.fixture
 def arena(tmp_path):
     """(target, canary): the canary holds a file and a dir a hostile layer would aim at."""
@@ -50,8 +59,10 @@ def arena(tmp_path):
 
 
 def rejected(target: Path, layer: bytes, entry: str, mode: str) -> str:
+    fds = len(os.listdir("/proc/self/fd"))
     with pytest.raises(BadLayer) as info:
         apply_layer(io.BytesIO(layer), target, mode=mode)
+    assert len(os.listdir("/proc/self/fd")) == fds  # no fd left open on the way out
     msg = str(info.value)
     assert entry in msg, msg
     assert "\n" not in msg
@@ -141,9 +152,24 @@ def test_whiteout_through_symlink_rejected(arena, mode):
 def test_absurd_size_stops_at_real_end(arena, mode):
     target, _ = arena
     petabyte = 1 << 50
-    layer = build_header(b"huge", REG, mode=0o644, size=petabyte) + b"A" * 4096
+    layer = build_header(b"huge", REG, mode=0o644, size=petabyte) + b"A" * 4096  # size in a PAX record
     rejected(target, layer, "huge", mode)
+    layer = base256_size(build_header(b"huge2", REG, mode=0o644), petabyte) + b"A" * 4096
+    rejected(target, layer, "huge2", mode)
     assert (target / "huge").stat().st_blocks * 512 <= 1 << 20  # nothing preallocated
+
+
+@MODES
+def test_absurd_extended_headers_rejected(arena, mode):
+    target, _ = arena
+    huge_pax = base256_size(build_header(b"PaxHeaders.0/x", b"x"), 1 << 50) + bytes(512)
+    rejected(target, reg("before") + huge_pax + END, "before", mode)
+    bad_record = b"99999 path=x\n"
+    pax = build_header(b"PaxHeaders.0/y", b"x", size=len(bad_record)) + bad_record + bytes(padding(len(bad_record)))
+    rejected(target, reg("prev") + pax + reg("y") + END, "prev", mode)
+    negative = b"14 size=-1000\n"
+    pax = build_header(b"PaxHeaders.0/z", b"x", size=len(negative)) + negative + bytes(padding(len(negative)))
+    rejected(target, pax + reg("z") + END, "z", mode)
 
 
 @MODES
@@ -176,6 +202,20 @@ def test_pax_and_gnu_long_names_are_checked_too(arena, mode):
     gnu = (build_header(b"././@LongLink", b"L", size=len(longname)) + longname + bytes(padding(len(longname)))
            + reg("short") + END)
     rejected(target, gnu, evil, mode)
+
+
+@MODES
+def test_absurd_depth_rejected(arena, mode):
+    target, _ = arena
+    deep = "d/" * 5000 + "f"
+    rejected(target, reg(deep) + END, "deeper than", mode)
+
+
+def test_later_symlink_over_a_dir_is_not_followed_when_fixing_dir_metadata(arena):
+    target, canary = arena
+    layer = dirent("a") + dirent("a/sub") + sym("a", str(canary)) + END
+    apply_layer(io.BytesIO(layer), target, mode="flat")
+    assert os.readlink(target / "a") == str(canary)
 
 
 def test_wrong_diff_id_is_a_digest_mismatch(tmp_path):

@@ -202,3 +202,33 @@ def test_chunked_upload_with_a_failing_chunk(tmp_path, proxied, config_env, monk
     dst = Store.open(tmp_path / "dst")
     assert pull(dst, f"{registry.host}/chunked/img:1").top.digest == res.digest
     assert dst.blobs.read(layer.digest) == src.blobs.read(layer.digest)
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_a_parallel_pull_and_keeps_partials(tmp_path, proxied, config_env):
+    registry, proxy = proxied
+    src = Store.open(tmp_path / "src")
+    make_image(src, "cc:1", [random_files(1, 12_000_000, 141), random_files(1, 12_000_000, 142)])
+    push(src, "cc:1", f"{registry.host}/faults/cc:1")
+    for layer in src.resolve("cc:1").manifest.layers:
+        proxy.add(blob_get(layer.digest), ("slow", 2_000_000), times=1)
+    root = tmp_path / "dst"
+    cmd = [sys.executable, "-m", "builder", "--root", str(root), "pull", "-q",
+           f"{proxy.host}/faults/cc:1"]
+    proc = subprocess.Popen(cmd, env=dict(os.environ, PYTHONPATH=str(REPO)),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while proxy.sent < 2_000_000 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=20)   # both transfers stop, not run to the end
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 130 and "interrupted" in err
+    assert proxy.sent < 20_000_000
+    dst = Store.open(root)
+    assert dst.refs.list() == [] and list((root / "ingest").glob("*.partial"))
+    assert_clean(dst)

@@ -29,16 +29,24 @@ def tag_configured(root: Path, source: str, name: str, **fields) -> None:
     store.tag(name, store.commit_image(config, list(image.manifest.layers)))
 
 
+_BUILT: dict[Path, CLI] = {}
+
+
 @pytest.fixture(scope="module")
 def run_store(tmp_path_factory, busybox_rootfs) -> CLI:
-    """A store with `busybox` (no config) and `bbcfg` (Entrypoint, Cmd, Env, ...)."""
-    base = tmp_path_factory.mktemp("runstore")
-    tar = base / "busybox.tar"
-    with tarfile.open(tar, "w") as t:
-        t.add(busybox_rootfs, arcname=".")
-    cli = CLI(base / "store")
-    cli("import", tar, "busybox")
-    tag_configured(cli.root, "busybox", "bbcfg", **CONFIGURED)
+    """A store with `busybox` (no config) and `bbcfg` (Entrypoint, Cmd, Env, ...), made
+    once per session and shared by the test_run_* modules; each module's containers are
+    removed when the module is done."""
+    cli = _BUILT.get(busybox_rootfs)
+    if cli is None:
+        base = tmp_path_factory.mktemp("runstore")
+        tar = base / "busybox.tar"
+        with tarfile.open(tar, "w") as t:
+            t.add(busybox_rootfs, arcname=".")
+        cli = CLI(base / "store")
+        cli("import", tar, "busybox")
+        tag_configured(cli.root, "busybox", "bbcfg", **CONFIGURED)
+        _BUILT[busybox_rootfs] = cli
     yield cli
     # leave nothing running: every container still recorded is removed
     ids = cli("ps", "-aq", "--no-trunc", check=False).stdout.split()

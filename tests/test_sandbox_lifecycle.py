@@ -62,8 +62,9 @@ def test_init_reaps_orphans_and_forwards(busybox_rootfs):
 def test_stdin_pipe_and_pty(busybox_rootfs):
     r = sh(busybox_rootfs, "tr a-z A-Z", input=b"hello\n")
     assert out(r) == "HELLO\n" and r.stderr == b""
-    r = sh(busybox_rootfs, "[ -t 0 ] && [ -t 1 ] && echo is-a-tty", stdio="pty")
-    assert b"is-a-tty" in r.stdout
+    r = sh(busybox_rootfs, "[ -t 0 ] && [ -t 1 ] && echo is-a-tty; echo hi > /dev/console; "
+                           "stty size", stdio="pty")
+    assert r.stdout.replace(b"\r\n", b"\n").splitlines()[:2] == [b"is-a-tty", b"hi"]
 
 
 def test_failed_setup_leaves_nothing(busybox_rootfs):
@@ -152,3 +153,9 @@ def test_run_forwards_signals_sent_to_the_caller(busybox_rootfs, sig):
         proc.kill()
         proc.wait()
     assert rest.splitlines()[-1] == "exit 42" and "got-sh" in rest
+
+
+def test_wait_timeout_without_spec_timeout(busybox_rootfs):
+    c = start(spec(busybox_rootfs, "sleep 30", timeout=None))
+    r = c.wait(timeout=0.3)
+    assert r.timed_out and r.exit_code == 137 and r.message == "container was killed: timeout"

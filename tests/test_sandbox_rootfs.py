@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from builder.sandbox import BindMount, DirRoot, OverlayRoot, SandboxError, TmpfsMount
+from builder.sandbox import BindMount, DirRoot, OverlayRoot, SandboxError, TmpfsMount, rootfs
 from tests.test_sandbox_support import out, sh
 
 
@@ -77,7 +77,9 @@ def test_plain_root_gets_no_stubs(busybox_copy):
     assert tree_digest(busybox_copy) == before
 
 
-def test_two_hundred_lowers(tmp_path, busybox_rootfs):
+@pytest.mark.parametrize("new_api", [True, False], ids=["fsopen", "mount2-fallback"])
+def test_two_hundred_lowers(tmp_path, busybox_rootfs, monkeypatch, new_api):
+    monkeypatch.setattr(rootfs, "USE_NEW_MOUNT_API", new_api)
     base = tmp_path / ("x" * 60)
     lowers = [busybox_rootfs]
     for i in range(200):
@@ -87,8 +89,12 @@ def test_two_hundred_lowers(tmp_path, busybox_rootfs):
         (d / "order").write_text(str(i))
         lowers.append(d)
     assert sum(len(str(p)) + 1 for p in lowers) > 4096 * 4  # far beyond one option page
-    r = sh(busybox_rootfs, "echo $(cat /order); ls /layers | wc -l", root_plan=overlay(tmp_path, lowers))
-    assert out(r).split() == ["199", "200"]  # the last listed is the top layer
+    r = sh(busybox_rootfs, "echo $(cat /order); ls /layers | wc -l; "
+                           "awk '$5 == \"/\" {print $NF}' /proc/self/mountinfo",
+           root_plan=overlay(tmp_path, lowers))
+    order, count, options = out(r).split()
+    assert (order, count) == ("199", "200")  # the last listed is the top layer
+    assert ("lowerdir+=" in options) == new_api and ("lowerdir=0:1:2:" in options) != new_api
 
 
 def test_readonly_root_with_tmpfs(busybox_rootfs):
@@ -115,3 +121,21 @@ def test_bind_mounts_ro_and_rw(busybox_rootfs, tmp_path):
 def test_missing_root_is_a_clear_error(tmp_path):
     with pytest.raises(SandboxError, match="does not exist"):
         sh(tmp_path / "nope", "true")
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"argv": []}, "argv is empty"),
+    ({"cwd": "relative"}, "cwd 'relative' is not absolute"),
+    ({"hostname": "bad host"}, "hostname 'bad host'"),
+    ({"env": {"A=B": "x"}}, "environment variable 'A=B'"),
+    ({"stdio": "tty"}, "stdio 'tty'"),
+    ({"id": "../x"}, "container id '../x'"),
+    ({"mounts": [TmpfsMount("rel")]}, "mount target 'rel' is not absolute"),
+])
+def test_bad_spec_names_the_field(busybox_rootfs, change, message):
+    from tests.test_sandbox_support import spec
+    s = spec(busybox_rootfs, "true")
+    for k, v in change.items():
+        setattr(s, k, v)
+    with pytest.raises(SandboxError, match=message.replace("(", r"\(")):
+        s.validate()

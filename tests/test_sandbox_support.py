@@ -4,7 +4,6 @@ snapshot of everything a container could leave behind (no tests live here)."""
 from __future__ import annotations
 
 import os
-import re
 import subprocess
 from pathlib import Path
 

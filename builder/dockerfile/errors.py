@@ -23,6 +23,8 @@ class DockerfileError(PybuildError):
         super().__init__(self._render())
 
     def _render(self) -> str:
+        if not self.filename:
+            return self.message
         where = self.filename
         if self.line is not None:
             where += f":{self.line}"
@@ -39,4 +41,12 @@ class DockerfileError(PybuildError):
 
 
 class ExpansionError(DockerfileError):
-    """A `$VAR`/`${VAR...}` word that cannot be expanded (bad syntax, `${X:?}`)."""
+    """A `$VAR`/`${VAR...}` word that cannot be expanded (bad syntax, `${X:?}`).
+
+    Raised by the lexer without a position; the stage planner re-raises it as a
+    DockerfileError at the instruction that holds the word.
+    """
+
+    def __init__(self, message: str, filename: str = "", line: int | None = None,
+                 column: int | None = None, source_line: str | None = None) -> None:
+        super().__init__(message, filename, line, column, source_line)

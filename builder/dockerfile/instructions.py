@@ -32,7 +32,11 @@ _HEREDOC_SOURCE = re.compile(r"[0-9]*<<-?")
 
 @dataclass(kw_only=True)
 class Instruction:
-    """Common to all instructions: where it came from and how it was written."""
+    """Common to all instructions: where it came from and how it was written.
+
+    Subclasses that only name their keyword are plain subclasses of a
+    dataclass (no decorator): same fields, and cheaper to import.
+    """
 
     keyword: ClassVar[str] = ""
     line: int = 0
@@ -109,17 +113,14 @@ class Run(_Command):
         return replace(self, mounts=[_expand_mount(m, expand) for m in self.mounts])
 
 
-@dataclass(kw_only=True)
 class Cmd(_Command):
     keyword: ClassVar[str] = "CMD"
 
 
-@dataclass(kw_only=True)
 class Entrypoint(_Command):
     keyword: ClassVar[str] = "ENTRYPOINT"
 
 
-@dataclass(kw_only=True)
 class Shell(_Command):
     keyword: ClassVar[str] = "SHELL"
 
@@ -183,12 +184,10 @@ class _Pairs(Instruction):
         return replace(self, pairs=[(expand(k), expand(v)) for k, v in self.pairs])
 
 
-@dataclass(kw_only=True)
 class Env(_Pairs):
     keyword: ClassVar[str] = "ENV"
 
 
-@dataclass(kw_only=True)
 class Label(_Pairs):
     keyword: ClassVar[str] = "LABEL"
 
@@ -247,22 +246,18 @@ class _Single(Instruction):
         return replace(self, value=expand(self.value)) if self.expands else self
 
 
-@dataclass(kw_only=True)
 class User(_Single):
     keyword: ClassVar[str] = "USER"
 
 
-@dataclass(kw_only=True)
 class Workdir(_Single):
     keyword: ClassVar[str] = "WORKDIR"
 
 
-@dataclass(kw_only=True)
 class StopSignal(_Single):
     keyword: ClassVar[str] = "STOPSIGNAL"
 
 
-@dataclass(kw_only=True)
 class Maintainer(_Single):
     keyword: ClassVar[str] = "MAINTAINER"
     expands: ClassVar[bool] = False

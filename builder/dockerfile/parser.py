@@ -176,11 +176,22 @@ def build_node(line: str, escape: str) -> Node:
     offset = line.find(text[:1]) if text else 0
     try:
         tree = line_parser().parse(text)
+        # a flag such as `--""` is a bare `--` once its quotes are removed: it ends the flags
+        while (bare := _quoted_dashdash(tree)) is not None:
+            text = text[:bare.start_pos] + " --" + text[bare.end_pos:]
+            tree = line_parser().parse(text)
     except lark.exceptions.UnexpectedInput as exc:   # the grammar accepts any line; be safe
         raise _LineError(f"syntax error: {exc.__class__.__name__}", offset + exc.column) from None
     if not tree.children:
         return Node(keyword="", values=[""])
     return _convert(tree.children[0], escape, offset)
+
+
+def _quoted_dashdash(tree: lark.Tree) -> lark.Token | None:
+    for token in tree.scan_values(lambda v: isinstance(v, lark.Token) and v.type == "FLAG"):
+        if _flag_word(trim_left_space(token)) == "--":
+            return token
+    return None
 
 
 def _convert(tree: lark.Tree, escape: str, offset: int) -> Node:

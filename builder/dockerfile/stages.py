@@ -11,13 +11,14 @@ the stages the target needs are built.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
 from .document import Dockerfile
 from .errors import DockerfileError, ExpansionError
 from .expand import ShellLex
-from .instructions import STAGE_NAME, Arg, Copy, Env, From, Instruction, OnBuild, Run
+from .instructions import STAGE_NAME, Arg, Copy, Env, Expose, From, Instruction, OnBuild, Run
 
 PROXY_ARGS = ("HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "FTP_PROXY", "ftp_proxy",
               "NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy")
@@ -27,6 +28,10 @@ _MACHINE_ARCH = {"x86_64": ("amd64", ""), "amd64": ("amd64", ""), "aarch64": ("a
                  "arm64": ("arm64", ""), "armv7l": ("arm", "v7"), "armv6l": ("arm", "v6"),
                  "i386": ("386", ""), "i686": ("386", ""), "ppc64le": ("ppc64le", ""),
                  "s390x": ("s390x", ""), "riscv64": ("riscv64", "")}
+
+
+_PORT_SPEC = re.compile(r"(?:(?:\[[0-9A-Fa-f:.]*\]|[0-9.]*):(?:[0-9]*(?:-[0-9]*)?):)?"
+                        r"([0-9]+)(?:-([0-9]+))?(?:/(?:tcp|udp|sctp))?\Z", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -94,6 +99,10 @@ class StageGraph:
     def needed(self) -> list[Stage]:
         return [self.stages[i] for i in self.order]
 
+    def proxy_env(self) -> dict[str, str]:
+        """Proxy build args: RUN sees them without an ARG line (and they stay out of the image)."""
+        return {k: v for k, v in self.build_args.items() if k in PROXY_ARGS}
+
     def stage(self, name_or_index: str | int) -> Stage:
         if isinstance(name_or_index, int) or str(name_or_index).isdigit():
             return self.stages[int(name_or_index)]
@@ -130,6 +139,16 @@ class _Planner:
             except ExpansionError as exc:
                 raise self.fail(ins, exc.message) from None
         return expand
+
+    def check_port(self, ins: Instruction, spec: str) -> None:
+        """EXPOSE [ip:[hostport]:]port[-port][/tcp|udp|sctp], as docker's nat.ParsePortSpec."""
+        m = _PORT_SPEC.match(spec)
+        ok = m is not None
+        if m:
+            low, high = int(m.group(1)), int(m.group(2) or m.group(1))
+            ok = low <= high <= 65535
+        if not ok:
+            raise self.fail(ins, f'invalid port "{spec}" in EXPOSE: expected PORT[-PORT][/tcp|udp|sctp]')
 
     def arg_value(self, ins: Instruction, name: str, default: str | None, env: Mapping[str, str],
                   inherited: Mapping[str, str | None]) -> str | None:
@@ -256,6 +275,9 @@ class _Planner:
                 stage.onbuild.append(ins)
             else:
                 expanded = ins.expand(self.expander(ins, scope()))
+                if isinstance(expanded, Expose):
+                    for port in expanded.ports:
+                        self.check_port(expanded, port)
             for ref in _stage_refs(expanded):
                 self._add_ref(stage, expanded, ref, stages, by_name)
             (stage.triggers if replayed else stage.instructions).append(expanded)

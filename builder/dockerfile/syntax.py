@@ -46,14 +46,19 @@ def grammar_text() -> str:
 
 
 def _cache_file(text: str) -> str | None:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(Path.home(), ".cache")
+    try:
+        base = os.environ.get("XDG_CACHE_HOME") or os.path.join(Path.home(), ".cache")
+    except (RuntimeError, KeyError):      # no home directory: build in memory
+        return None
     digest = hashlib.sha256(f"{lark.__version__}\0{text}".encode()).hexdigest()[:16]
     folder = Path(base) / "pybuild"
     try:
-        folder.mkdir(parents=True, exist_ok=True)
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
     except OSError:
         return None
-    if not os.access(folder, os.W_OK):
+    # the cache is a pickle: only trust a folder that belongs to us and nobody else can write
+    st = folder.stat()
+    if st.st_uid != os.geteuid() or st.st_mode & 0o022 or not os.access(folder, os.W_OK):
         return None
     return str(folder / f"dockerfile-grammar-{digest}.lark-cache")
 

@@ -88,7 +88,7 @@ def _safe_file(rootfs: Path, rel: str) -> str:
 
 
 def write_bundle(store: Store, name: str, dest: Path, hostname: str | None = None,
-                 command: list[str] | None = None) -> Path:
+                 command: list[str] | None = None, entrypoint: str | None = None) -> Path:
     """Unpack `name` into dest/rootfs and write dest/config.json (argv: Entrypoint +
     `command` or the image's Cmd, as `pybuild run IMAGE [COMMAND]` composes it)."""
     from .create import resolve_image
@@ -98,7 +98,7 @@ def write_bundle(store: Store, name: str, dest: Path, hostname: str | None = Non
         raise RunError(f"bundle directory {dest} exists and is not empty")
     image = resolve_image(store, name, "never")
     cfg = image.config.config
-    argv = compose_argv(cfg, list(command or []), None)
+    argv = compose_argv(cfg, list(command or []), entrypoint)
     cwd = working_dir(cfg, None)
     hostname = hostname or image.id[7:19]
     dest.mkdir(parents=True, exist_ok=True)

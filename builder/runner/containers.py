@@ -18,7 +18,6 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Iterator
 
-from layerstore.atomic import atomic_write
 from layerstore.humanize import rfc3339_now
 
 from .errors import NoSuchContainer, RunError
@@ -110,16 +109,6 @@ class Containers:
                 return cid
 
     @contextmanager
-    def _global_lock(self) -> Iterator[None]:
-        self.dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.dir / ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            os.close(fd)
-
-    @contextmanager
     def locked(self, cid: str) -> Iterator[None]:
         """Hold the container's own lock while reading-modifying-writing its state."""
         fd = os.open(self.path(cid) / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
@@ -129,35 +118,79 @@ class Containers:
         finally:
             os.close(fd)
 
+    @property
+    def names(self) -> Path:
+        return self.dir / ".names"
+
     def create(self, state: ContainerState) -> Path:
-        """Make the container's directory and first record; the name must be free."""
-        with self._global_lock():
-            if state.name:
-                for other in self.all():
-                    if other.name == state.name:
-                        raise RunError(f"container name {state.name!r} is already in use by "
-                                       f"container {other.id[:12]}")
-            else:
+        """Make the container's directory and first record, claiming its name.
+
+        Names live as symlinks name -> id in containers/.names, created with
+        O_EXCL semantics, so two concurrent runs cannot take the same name."""
+        self.names.mkdir(parents=True, exist_ok=True)
+        if state.name:
+            self._claim(state.name, state.id)
+        else:
+            while True:
                 state.name = self._generated_name()
-            d = self.path(state.id)
+                try:
+                    os.symlink(state.id, self.names / state.name)
+                    break
+                except FileExistsError:
+                    continue
+        d = self.path(state.id)
+        try:
             d.mkdir(mode=0o700)
             for sub in ("upper", "work", "sandbox"):
                 (d / sub).mkdir(mode=0o755)
             self.save(state)
+        except BaseException:
+            self._release(state.name, state.id)
+            shutil.rmtree(d, ignore_errors=True)
+            raise
         return d
 
-    def _generated_name(self) -> str:
-        taken = {c.name for c in self.all()}
+    def _claim(self, name: str, cid: str) -> None:
+        link = self.names / name
+        for _ in range(2):
+            try:
+                os.symlink(cid, link)
+                return
+            except FileExistsError:
+                owner = self._owner(name)
+                if owner is not None and (self.path(owner) / "state.json").exists():
+                    raise RunError(f"container name {name!r} is already in use by "
+                                   f"container {owner[:12]}") from None
+                self._release(name, owner)  # a stale link: its container is gone
+        raise RunError(f"container name {name!r} is already in use")
+
+    def _owner(self, name: str) -> str | None:
+        try:
+            return os.readlink(self.names / name)
+        except OSError:
+            return None
+
+    def _release(self, name: str, cid: str | None) -> None:
+        if name and self._owner(name) == cid:
+            try:
+                os.unlink(self.names / name)
+            except FileNotFoundError:
+                pass
+
+    @staticmethod
+    def _generated_name() -> str:
         adjectives = ("brave", "calm", "eager", "fond", "keen", "quiet", "sharp", "wise")
         nouns = ("ada", "curie", "hopper", "lovelace", "noether", "ritchie", "turing", "wirth")
-        while True:
-            name = f"{secrets.choice(adjectives)}_{secrets.choice(nouns)}_{secrets.token_hex(2)}"
-            if name not in taken:
-                return name
+        return f"{secrets.choice(adjectives)}_{secrets.choice(nouns)}_{secrets.token_hex(3)}"
 
     def save(self, state: ContainerState) -> None:
-        data = json.dumps(asdict(state), indent=1, sort_keys=True).encode()
-        atomic_write(self.path(state.id) / "state.json", data, 0o600)
+        """Write-temp + rename, without fsync: this is runtime state (a crash ends the
+        container anyway), and three fsyncs would double the cost of `run --rm true`."""
+        path = self.path(state.id) / "state.json"
+        tmp = path.with_name(f".state.{os.getpid()}.tmp")
+        with open(tmp, "w") as f:
+            json.dump(asdict(state), f, indent=1, sort_keys=True)
+        os.rename(tmp, path)
 
     def load(self, cid: str) -> ContainerState:
         try:
@@ -196,22 +229,29 @@ class Containers:
         return out
 
     def find(self, ref: str) -> ContainerState:
-        """By full id, unique id prefix or name, as docker resolves them."""
-        if not ref:
+        """By full id, name or unique id prefix, as docker resolves them."""
+        ref = ref.lstrip("/")
+        if not ref or "/" in ref or ref.startswith("."):
             raise NoSuchContainer(ref)
-        everything = self.all()
-        for c in everything:
-            if c.id == ref or c.name == ref.lstrip("/"):
-                return c
-        matches = [c for c in everything if c.id.startswith(ref)]
+        if (self.path(ref) / "state.json").exists():
+            return self.load(ref)
+        owner = self._owner(ref)
+        if owner is not None and (self.path(owner) / "state.json").exists():
+            return self.load(owner)
+        try:
+            entries = os.listdir(self.dir)
+        except FileNotFoundError:
+            entries = []
+        matches = [e for e in entries if e.startswith(ref) and not e.startswith(".")]
         if len(matches) == 1:
-            return matches[0]
+            return self.load(matches[0])
         if len(matches) > 1:
             raise RunError(f"{ref}: ambiguous container ID prefix ({len(matches)} match)")
         raise NoSuchContainer(ref)
 
-    def remove_dir(self, cid: str) -> None:
+    def remove_dir(self, cid: str, name: str = "") -> None:
         """Delete everything of the container on disk (no mounts of ours live on the host)."""
+        self._release(name, cid)
         d = self.path(cid)
         if not d.exists():
             return

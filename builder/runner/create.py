@@ -194,6 +194,8 @@ def _prepare(store: Store, opts: RunOptions) -> Prepared:
     cap_add, seccomp, nnp = list(opts.cap_add), opts.seccomp, opts.no_new_privs
     if opts.privileged:
         cap_add, seccomp, nnp = ["ALL"], "unconfined", False
+    if any(c.upper() in ("ALL", "CAP_ALL") for c in cap_add):
+        cap_add = own_capabilities()
     labels = dict(cfg.Labels or {})
     labels.update(opts.labels)
     state = ContainerState(
@@ -229,6 +231,16 @@ def _prepare(store: Store, opts: RunOptions) -> Prepared:
     return Prepared(state, cdir, spec, containers, list(opts.ulimits))
 
 
+def own_capabilities() -> list[str]:
+    """ALL as docker means it: every capability we hold ourselves (our bounding set may
+    lack some, e.g. CAP_SYS_RESOURCE in a restricted VM; asking for more fails capset)."""
+    from builder.sandbox.caps import CAP_NUMBERS
+
+    with open("/proc/self/status") as f:
+        bnd = next(int(ln.split()[1], 16) for ln in f if ln.startswith("CapBnd:"))
+    return sorted(name for name, n in CAP_NUMBERS.items() if bnd & (1 << n))
+
+
 def _check_security(spec: SandboxSpec) -> None:
     """Unknown capabilities and unreadable seccomp profiles fail before anything is made."""
     from builder.sandbox import caps, seccomp
@@ -239,7 +251,7 @@ def _check_security(spec: SandboxSpec) -> None:
 
 def discard(containers: Containers, state: ContainerState) -> None:
     """Remove a container's directory and its anonymous volumes."""
-    containers.remove_dir(state.id)
+    containers.remove_dir(state.id, state.name)
     vols = Volumes(containers.root)
     for name in state.anon_volumes:
         try:

@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from typing import Iterator
 
 from builder.sandbox import Container, Result, SandboxError, start
+from layerstore.errors import PybuildError
 
 from .containers import Containers, ContainerState, alive, proc_start_time
 from .create import Prepared, discard
@@ -28,7 +29,9 @@ from .options import ULIMITS, Ulimit
 def rlimits(ulimits: list[Ulimit]) -> Iterator[None]:
     """Set --ulimit values on ourselves while the container is forked, then restore them.
 
-    The sandbox spec has no rlimits yet; limits are inherited across fork and exec."""
+    The sandbox spec has no rlimits yet; limits are inherited across fork and exec.
+    Only the container's owner calls this, and it does nothing but wait afterwards,
+    so a hard limit that cannot be raised again (no CAP_SYS_RESOURCE) does no harm."""
     saved = []
     try:
         for u in ulimits:
@@ -43,7 +46,10 @@ def rlimits(ulimits: list[Ulimit]) -> Iterator[None]:
         yield
     finally:
         for res, old in reversed(saved):
-            resource.setrlimit(res, old)
+            try:
+                resource.setrlimit(res, old)
+            except (ValueError, OSError):
+                pass  # raising a hard limit again needs CAP_SYS_RESOURCE; we only wait now
 
 
 def launch(p: Prepared) -> Container:
@@ -58,6 +64,9 @@ def launch(p: Prepared) -> Container:
     except SandboxError as e:
         finish(p.containers, st, None, error=str(e), code=e.exit_code)
         raise
+    except PybuildError as e:  # e.g. a published port in use: pybuild's own error, 125
+        finish(p.containers, st, None, error=str(e), code=125)
+        raise RunError(str(e)) from None
     except BaseException as e:
         finish(p.containers, st, None, error=str(e) or type(e).__name__, code=125)
         raise
@@ -154,7 +163,7 @@ def remove(containers: Containers, ref: str, force: bool = False,
     if volumes:
         discard(containers, st)
     else:
-        containers.remove_dir(st.id)
+        containers.remove_dir(st.id, st.name)
     return st
 
 
@@ -176,7 +185,7 @@ def prune(containers: Containers) -> list[str]:
     gone = []
     for st in containers.all():
         if not is_running(st):
-            containers.remove_dir(st.id)
+            containers.remove_dir(st.id, st.name)
             gone.append(st.id)
     return gone
 

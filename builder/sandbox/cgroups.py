@@ -113,15 +113,22 @@ class Cgroups:
             if need is not None and c not in hs:
                 raise SandboxError(f"cgroup controller {c} is not available to this process; "
                                    f"cannot apply the {c} limit")
+        required = {c for c, v in (("memory", lim.memory), ("pids", lim.pids),
+                                    ("cpu", lim.cpus or lim.cpu_weight)) if v is not None}
         try:
             for c in sorted(wanted & hs.keys()):
                 h = hs[c]
                 d = os.path.join(h.base, PREFIX + self.container_id)
-                if h.version == 2:
-                    self._enable_v2(h.base, c)
-                if d not in self.created:
-                    os.mkdir(d, 0o755)
-                    self.created.append(d)
+                try:
+                    if h.version == 2:
+                        self._enable_v2(h.base, c)
+                    if d not in self.created:
+                        os.mkdir(d, 0o755)
+                        self.created.append(d)
+                except OSError:
+                    if c in required:
+                        raise
+                    continue  # only for accounting: do without it rather than fail
                 self.dirs[c] = d
             self._apply(hs)
         except OSError as e:

@@ -18,13 +18,13 @@ P places B in the cgroups and wires the network while B builds its mounts.
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import selectors
 import shutil
 import signal
 import tempfile
 import termios
-import fcntl
 import threading
 import time
 from dataclasses import dataclass, field
@@ -33,7 +33,7 @@ from pathlib import Path
 from . import caps as capmod
 from . import libc, rootfs, seccomp, users
 from .cgroups import Cgroups
-from .network import NetworkConfig, PrivateNetwork
+from .network import PrivateNetwork
 from .spec import DEFAULT_PATH, Result, SandboxError, SandboxSpec
 
 _FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
@@ -145,6 +145,7 @@ class Container:
     stderr: int | None = None
     _monitor: int = -1
     _ctl: int = -1
+    _pidfd: int = -1
     _cgroups: Cgroups | None = None
     _net: PrivateNetwork | None = None
     _own_state: bool = True
@@ -157,9 +158,10 @@ class Container:
     started: float = field(default_factory=time.monotonic)
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
-        if self._status is None:
+        """Signal the container's PID 1 (through a pidfd: never a recycled PID)."""
+        if self._pidfd >= 0:
             try:
-                os.kill(self.pid, sig)
+                signal.pidfd_send_signal(self._pidfd, sig)
             except ProcessLookupError:
                 pass
 
@@ -251,7 +253,8 @@ class Container:
             else:
                 res.message = f"a process in the container was killed: out of memory{limit}"
         elif timed_out:
-            res.message = f"container was killed: timeout after {self.spec.timeout:g}s"
+            res.message = "container was killed: timeout" + (
+                f" after {self.spec.timeout:g}s" if self.spec.timeout is not None else "")
         return res
 
     def teardown(self) -> None:
@@ -264,8 +267,8 @@ class Container:
         if self._monitor > 0:
             self.kill(signal.SIGKILL)
             self._reap_monitor()
-        _close(self._ctl, self.stdin, self.stdout, self.stderr)
-        self._ctl = -1
+        _close(self._ctl, self.stdin, self.stdout, self.stderr, self._pidfd)
+        self._ctl = self._pidfd = -1
         self.stdin = self.stdout = self.stderr = None
         if self._net is not None:
             try:
@@ -354,6 +357,7 @@ def start(spec: SandboxSpec) -> Container:
         if line is None or not line.startswith("P "):
             raise _child_error(line, pipes.exec_r)
         c.pid = int(line.split()[1])
+        c._pidfd = os.pidfd_open(c.pid)  # B is alive: it waits for our go
         if net is not None:
             c.ip = net.attach(c.pid)
             _etc_files(spec, state, hostname, c.ip)
@@ -481,7 +485,8 @@ def _monitor_main(spec: SandboxSpec, p: _Pipes, stdio: list[int], capset: frozen
         net_host = spec.network.mode == "host"
         try:
             root_fd = rootfs.open_root(spec)
-            detached = rootfs.detach_sources(spec, str(state), userns, net_host)
+            tty = os.ttyname(stdio[0]) if spec.stdio == "pty" else None
+            detached = rootfs.detach_sources(spec, str(state), userns, net_host, tty)
         except OSError as e:
             _send(p.exec_w, f"E 125 root filesystem: {e}")
             os._exit(1)
@@ -496,7 +501,7 @@ def _monitor_main(spec: SandboxSpec, p: _Pipes, stdio: list[int], capset: frozen
             _container_main(spec, p, stdio, capset, bpf, hostname, state, root_fd, detached)
         _close(p.exec_w, p.go_b_r, *stdio)
         _close(root_fd, *[fd for fd, *_ in detached.binds], *[fd for fd, _ in detached.etc],
-               *[fd for fd, _ in detached.devices], detached.sys_fd)
+               *[fd for fd, _ in detached.devices], detached.sys_fd, detached.console)
         try:
             while True:
                 try:
@@ -565,7 +570,7 @@ def _container_main(spec: SandboxSpec, p: _Pipes, stdio: list[int], capset: froz
         os.umask(0)
         libc.mount(None, "/", None, libc.MS_REC | libc.MS_PRIVATE)
         target = str(state / "rootfs")
-        rootfs.mount_root(spec, root_fd, target)
+        rootfs.mount_root(spec, root_fd, target, str(state))
         rootfs.mount_kernel_fs(target, detached)
         rootfs.pivot(target)
         rootfs.populate(spec, detached)

@@ -38,6 +38,7 @@ class Detached:
     etc: list[tuple[int, str]] = field(default_factory=list)               # fd, /etc/<name>
     devices: list[tuple[int, str]] = field(default_factory=list)           # fd, /dev/<name>
     sys_fd: int | None = None
+    console: int | None = None      # the pty slave, bound on /dev/console as docker does
 
 
 def _clone_tree(path: str, recursive: bool = True) -> int:
@@ -45,17 +46,35 @@ def _clone_tree(path: str, recursive: bool = True) -> int:
     return libc.open_tree(path, flags)
 
 
-def open_root(spec: SandboxSpec) -> int:
-    """The spec's root filesystem as a detached mount tree, made with our host credentials."""
+# The new mount API (fsopen + overlay's `lowerdir+`, Linux 6.8) takes any number of
+# lower dirs; tests switch it off to exercise the mount(2) fallback.
+USE_NEW_MOUNT_API = True
+
+
+def open_root(spec: SandboxSpec) -> int | None:
+    """The root filesystem as a detached mount tree made with our host credentials,
+    or None when this kernel needs the mount(2) fallback (done in the child)."""
     root = spec.root
     if isinstance(root, DirRoot):
         return _clone_tree(str(root.path))
     assert isinstance(root, OverlayRoot)
-    fd = libc.fsopen("overlay")
+    if not USE_NEW_MOUNT_API:
+        return None
+    try:
+        fd = libc.fsopen("overlay")
+    except OSError as e:
+        if e.errno in (errno.ENOSYS, errno.EPERM):
+            return None
+        raise
     try:
         # lowerdir+ appends below the ones before it; ours are listed bottom first
-        for lower in reversed(root.lowers):
-            libc.fsconfig(fd, libc.FSCONFIG_SET_STRING, "lowerdir+", str(lower))
+        for i, lower in enumerate(reversed(root.lowers)):
+            try:
+                libc.fsconfig(fd, libc.FSCONFIG_SET_STRING, "lowerdir+", str(lower))
+            except OSError as e:
+                if i == 0 and e.errno == errno.EINVAL:  # no lowerdir+ before Linux 6.8
+                    return None
+                raise
         libc.fsconfig(fd, libc.FSCONFIG_SET_STRING, "upperdir", str(root.upper))
         libc.fsconfig(fd, libc.FSCONFIG_SET_STRING, "workdir", str(root.work))
         libc.fsconfig(fd, libc.FSCONFIG_CMD_CREATE)
@@ -64,7 +83,7 @@ def open_root(spec: SandboxSpec) -> int:
         os.close(fd)
 
 
-def mount_root(spec: SandboxSpec, root_fd: int | None, target: str) -> None:
+def mount_root(spec: SandboxSpec, root_fd: int | None, target: str, state_dir: str) -> None:
     """Attach the root on `target`; without the new mount API, mount it here."""
     if root_fd is not None:
         libc.move_mount_fd(root_fd, target)
@@ -72,29 +91,37 @@ def mount_root(spec: SandboxSpec, root_fd: int | None, target: str) -> None:
     elif isinstance(spec.root, DirRoot):
         libc.mount(str(spec.root.path), target, None, libc.MS_BIND | libc.MS_REC)
     else:
-        _mount_overlay_legacy(spec.root, target)
+        _mount_overlay_legacy(spec.root, target, state_dir)
 
 
-def _mount_overlay_legacy(root: OverlayRoot, target: str) -> None:
-    """Old mount(2) path: shorten lower paths relative to their common parent."""
-    paths = [str(p) for p in reversed(root.lowers)]
-    common = os.path.commonpath(paths + [str(root.upper), str(root.work)])
+def _mount_overlay_legacy(root: OverlayRoot, target: str, state_dir: str) -> None:
+    """mount(2) takes one page of options: name each dir by a short symlink in the state
+    dir and mount from there, so 200 lowers need ~1 KiB instead of ~20."""
+    links = os.path.join(state_dir, "lowers")
+    os.mkdir(links, 0o700)
+    names = []
+    for i, lower in enumerate(reversed(root.lowers)):  # the option lists the top first
+        os.symlink(os.path.abspath(lower), os.path.join(links, str(i)))
+        names.append(str(i))
+    os.symlink(os.path.abspath(root.upper), os.path.join(links, "u"))
+    os.symlink(os.path.abspath(root.work), os.path.join(links, "w"))
+    data = f"lowerdir={':'.join(names)},upperdir=u,workdir=w"
+    if len(data) >= 4096:
+        raise SandboxError(f"overlay root: {len(names)} lower directories do not fit in one "
+                           "mount option page and this kernel lacks fsopen with lowerdir+")
     old = os.getcwd()
-    os.chdir(common)
+    os.chdir(links)
     try:
-        rel = [os.path.relpath(p, common) for p in paths]
-        data = (f"lowerdir={':'.join(rel)},upperdir={os.path.relpath(root.upper, common)},"
-                f"workdir={os.path.relpath(root.work, common)}")
-        if len(data) >= 4096:
-            raise SandboxError(f"overlay root: {len(rel)} lower directories do not fit in one "
-                               "mount option page and this kernel lacks fsopen")
         libc.mount("overlay", os.path.abspath(os.path.join(old, target)), "overlay", 0, data)
     finally:
         os.chdir(old)
 
 
-def detach_sources(spec: SandboxSpec, state_dir: str, userns: bool, net_host: bool) -> Detached:
+def detach_sources(spec: SandboxSpec, state_dir: str, userns: bool, net_host: bool,
+                   tty: str | None = None) -> Detached:
     d = Detached()
+    if tty is not None:
+        d.console = _clone_tree(tty, False)
     for m in spec.mounts:
         if isinstance(m, BindMount):
             fd = _clone_tree(str(m.src))
@@ -222,6 +249,9 @@ def _mount_dev(d: Detached) -> None:
     libc.mount("mqueue", "/dev/mqueue", "mqueue", _NOSUID_NODEV_NOEXEC)
     for name, dest in _DEV_LINKS:
         os.symlink(dest, "/dev/" + name)
+    if d.console is not None:
+        _attach(d.console, "/dev/console", False)
+        d.console = None
 
 
 def _mask(path: str) -> None:

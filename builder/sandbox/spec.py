@@ -128,6 +128,12 @@ class SandboxSpec:
             raise SandboxError(f"sandbox spec: container id {self.id!r} is not [a-zA-Z0-9_.-]")
         if self.hostname is not None and not _HOSTNAME.match(self.hostname):
             raise SandboxError(f"sandbox spec: hostname {self.hostname!r} is not a valid host name")
+        for i, arg in enumerate(self.argv):
+            if "\0" in arg:
+                raise SandboxError(f"sandbox spec: argv[{i}] contains a NUL byte")
+        for key, value in self.env.items():
+            if not key or "=" in key or "\0" in key or "\0" in value:
+                raise SandboxError(f"sandbox spec: environment variable {key!r} is not valid")
         if self.stdio not in ("inherit", "pipe", "pty"):
             raise SandboxError(f"sandbox spec: stdio {self.stdio!r} is not inherit, pipe or pty")
         if not self.cwd.startswith("/"):

@@ -124,8 +124,16 @@ def apply(i: ins.Instruction, cfg: ContainerConfig, *, cmd_set: bool = False) ->
                     hc[key] = val
             c.Healthcheck = hc
     elif isinstance(i, ins.OnBuild):
-        c.OnBuild = list(c.OnBuild or []) + [i.expression]
+        c.OnBuild = list(c.OnBuild or []) + [onbuild_text(i)]
     return c
+
+
+def onbuild_text(i: ins.OnBuild) -> str:
+    """The trigger as stored in the config; heredoc bodies are kept (BuildKit does too)."""
+    text = i.expression
+    for h in i.heredocs or i.trigger.heredocs:
+        text += "\n" + h.content + h.name
+    return text
 
 
 def _check_signal(value: str) -> None:
@@ -150,7 +158,7 @@ def created_by(i: ins.Instruction) -> str:
         return "/bin/sh -c #(nop) ARG " + " ".join(a.name for a in i.args)
     text = _text_after_keyword(i)
     if isinstance(i, ins.OnBuild):
-        text = i.expression
+        text = onbuild_text(i)
     return f"/bin/sh -c #(nop) {i.keyword} {text}".rstrip()
 
 

@@ -52,7 +52,7 @@ class Options:
     backoff: float = 0.5               # first delay; doubles each time, capped
     max_backoff: float = 20.0
     timeout: float = 60.0
-    max_concurrent: int = 3
+    max_concurrent: int = 6            # what skopeo uses; small blobs hide fsync latency
 
 
 def _origin(url: str) -> tuple[str, str]:
@@ -211,12 +211,7 @@ class RegistryClient:
                 else:
                     continue
             if isinstance(last, requests.exceptions.SSLError):
-                reason = str(last.args[0]) if last.args else "handshake failed"
-                if "CERTIFICATE_VERIFY_FAILED" in reason:
-                    reason = "certificate verify failed" + (
-                        ": " + reason.split("certificate verify failed:")[1].split(")")[0].strip()
-                        if "certificate verify failed:" in reason else "")
-                raise TLSFailure(f"{self.host}: TLS failure: {reason[:200]}")
+                raise TLSFailure(f"{self.host}: TLS failure: {_tls_reason(last)}")
             raise Unreachable(f"{self.host}: registry unreachable ({_reason(last)})")
 
     def request(self, method: str, path: str, *, scopes: frozenset[str], what: str,
@@ -242,7 +237,7 @@ class RegistryClient:
                 resp = self._send(method, url, hdrs, body.body() if body else None, stream,
                                   verify=None if _origin(url) == home else True)
             except requests.exceptions.SSLError as exc:
-                raise TLSFailure(f"{self.host}: TLS failure on {what}: {str(exc)[:160]}") from None
+                raise TLSFailure(f"{self.host}: TLS failure on {what}: {_tls_reason(exc)}") from None
             except (requests.ConnectionError, requests.Timeout) as exc:
                 if attempt >= self.options.retries:
                     raise Unreachable(f"{self.host}: registry unreachable during {what} "
@@ -604,3 +599,17 @@ def _reason(exc: BaseException | None) -> str:
         if needle in text:
             return reason
     return type(exc).__name__
+
+
+def _tls_reason(exc: BaseException) -> str:
+    """`certificate verify failed: unable to get local issuer certificate`, not the whole chain."""
+    text = str(exc)
+    marker = "certificate verify failed"
+    if marker in text:
+        rest = text.split(marker, 1)[1]
+        detail = rest[1:].split(")")[0].strip() if rest.startswith(":") else ""
+        return marker + (f": {detail}" if detail else "")
+    for needle in ("WRONG_VERSION_NUMBER", "wrong version number"):
+        if needle in text:
+            return "the server does not speak TLS on this port"
+    return text.splitlines()[0][:200] if text else "handshake failed"

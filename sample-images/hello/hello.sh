@@ -1,0 +1,2 @@
+#!/bin/sh
+echo "$GREETING ($(cat /opt/hello/build-info), running as $(id -un))"
