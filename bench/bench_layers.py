@@ -152,6 +152,8 @@ def main() -> int:
         t = time.perf_counter()
         size, files = make_tree(tree, args.mb, args.files)
         print(f"tree: {size / 1e6:.0f} MB in {files} files at {tree} (made in {time.perf_counter() - t:.1f}s)")
+        print(f"load average at start: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs "
+              "(wall times suffer when others run; cpu = user+sys of all threads and children)")
         sh(f"tar -cf - -C {tree} . | cat > /dev/null")  # warm the page cache
 
         res: dict[str, list[float]] = {k: [] for k in (
@@ -171,31 +173,37 @@ def main() -> int:
 
         stats = commit(ours_gz, "gzip")
         layout = oci_layout(ours_gz, "application/vnd.oci.image.layer.v1.tar+gzip", stats.diff_id, work / "oci")
-        n = 0
+        env = dict(os.environ, PYTHONPATH=str(REPO))
+        script = shutil.which("pybuild")
+        fresh = iter(range(1_000_000))
+
+        def peer_unpack(flags: str, blob: Path) -> None:
+            dest = work / f"p{next(fresh)}"
+            dest.mkdir()
+            sh(f"tar {flags} {blob} -C {dest}")
+
+        # groups measured back to back; within a group the order alternates run by run
+        groups: list[list[tuple[str, Callable[[], object]]]] = [
+            [("ours gzip", lambda: commit(ours_gz, "gzip")),
+             ("tar | gzip", lambda: sh(f"tar -cf - -C {tree} . | gzip > {work}/peer.tar.gz"))],
+            [("ours zstd", lambda: commit(ours_zst, "zstd")),
+             ("tar | zstd -T0", lambda: sh(f"tar -cf - -C {tree} . | zstd -q -T0 > {work}/peer.tar.zst"))],
+            [("ours unpack (gzip)", lambda: unpack(ours_gz, work / f"u{next(fresh)}")),
+             ("tar -xzf", lambda: peer_unpack("-xzf", ours_gz)),
+             ("umoci unpack", lambda: umoci_unpack(layout, work / f"m{next(fresh)}"))],
+            [("ours unpack (zstd)", lambda: unpack(ours_zst, work / f"u{next(fresh)}")),
+             ("tar -x --zstd", lambda: peer_unpack("--zstd -xf", ours_zst))],
+            [("python3 -m builder --help", lambda: subprocess.run(
+                [sys.executable, "-m", "builder", "--help"], check=True, capture_output=True, env=env))]
+            + ([("pybuild --help", lambda: subprocess.run([script, "--help"], check=True, capture_output=True,
+                                                           env=env))] if script else []),
+        ]
         for run in range(args.runs):
-            res["ours gzip"].append(timed(lambda: commit(ours_gz, "gzip"), "ours gzip"))
-            res["tar | gzip"].append(timed(
-                lambda: sh(f"tar -cf - -C {tree} . | gzip > {work}/peer.tar.gz"), "tar | gzip"))
-            res["ours zstd"].append(timed(lambda: commit(ours_zst, "zstd"), "ours zstd"))
-            res["tar | zstd -T0"].append(timed(
-                lambda: sh(f"tar -cf - -C {tree} . | zstd -q -T0 > {work}/peer.tar.zst"), "tar | zstd -T0"))
-            for label, blob, peer_label, peer_flags in (("ours unpack (gzip)", ours_gz, "tar -xzf", "-xzf"),
-                                                         ("ours unpack (zstd)", ours_zst, "tar -x --zstd",
-                                                          "--zstd -xf")):
-                n += 1
-                res[label].append(timed(lambda: unpack(blob, work / f"u{n}"), label))
-                peer_dir = work / f"p{n}"
-                peer_dir.mkdir()
-                res[peer_label].append(timed(lambda: sh(f"tar {peer_flags} {blob} -C {peer_dir}"), peer_label))
-            res["umoci unpack"].append(timed(lambda: umoci_unpack(layout, work / f"m{run}"), "umoci unpack"))
-            env = dict(os.environ, PYTHONPATH=str(REPO))
-            res["python3 -m builder --help"].append(timed(lambda: subprocess.run(
-                [sys.executable, "-m", "builder", "--help"], check=True, capture_output=True, env=env)))
-            script = shutil.which("pybuild")
-            if script:
-                res["pybuild --help"].append(timed(lambda: subprocess.run(
-                    [script, "--help"], check=True, capture_output=True, env=env)))
-            print(f"run {run + 1}/{args.runs} done", flush=True)
+            for group in groups:
+                for label, fn in (group if run % 2 == 0 else group[::-1]):
+                    os.sync()  # no writeback of the previous step's output lands on this one
+                    res[label].append(timed(fn, label))
+            print(f"run {run + 1}/{args.runs} done (load {os.getloadavg()[0]:.1f})", flush=True)
 
         sizes = {p.name: p.stat().st_size for p in (ours_gz, ours_zst, work / "peer.tar.gz", work / "peer.tar.zst")}
         print("\nblob sizes: " + ", ".join(f"{k} {v / 1e6:.1f} MB" for k, v in sizes.items()))

@@ -184,6 +184,7 @@ class Builder:
         self.hashes = copystep.FileHashes(store.root / "cache" / "context-hashes.json")
         self.hash_lock = threading.Lock()
         self.failed = threading.Event()
+        self.running: dict = {}   # containers of RUN steps in progress, by id()
 
     # --- plan ---------------------------------------------------------------
 
@@ -363,12 +364,22 @@ class Builder:
                 for s in needed:
                     results[s.index] = pool.submit(self._guarded, s, graph, df, ctx, results)
                 errors = []
-                for s in needed:
-                    try:
-                        results[s.index].result()
-                    except BaseException as exc:  # noqa: BLE001 - first real error reported
-                        self.failed.set()
-                        errors.append(exc)
+                try:
+                    for s in needed:
+                        try:
+                            results[s.index].result()
+                        except Exception as exc:  # noqa: BLE001 - first real error reported
+                            self.failed.set()
+                            errors.append(exc)
+                except KeyboardInterrupt:
+                    # Ctrl-C: stop queued steps, kill running containers; their threads
+                    # tear down what they made before the pool lets us go
+                    self.failed.set()
+                    for f in results.values():
+                        f.cancel()
+                    for c in list(self.running.values()):
+                        c.kill()
+                    raise
             if errors:
                 real = [e for e in errors if not isinstance(e, _DependencyFailed) and not (
                     isinstance(e, BuildError) and str(e).startswith("build cancelled"))]
@@ -728,7 +739,9 @@ class _StageRunner:
             job = runstep.RunJob(lowers, ws / "upper", ws / "work", argv, env,
                                  cfg.WorkingDir or "/", cfg.User or "0", network, binds, locks,
                                  state_dir=ws / "state")
-            code = runstep.execute(job, out, b.scratch / "empty")
+            if b.failed.is_set():
+                raise _DependencyFailed("build cancelled")
+            code = runstep.execute(job, out, b.scratch / "empty", b.running)
             if code != 0:
                 shown = " ".join(i.original.split())
                 msg = (f"{self.df.filename}:{i.line}: {shown}: process did not complete "

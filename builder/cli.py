@@ -138,10 +138,13 @@ def inspect_cmd(settings: Settings, names: tuple[str, ...]) -> None:
     for n in names:
         try:
             out.append(inspect(store, n))
-        except NotFound:
+        except NotFound as image_error:
             from builder.runner.views import inspect as inspect_container
 
-            out.append(inspect_container(_containers(settings).find(n)))
+            try:
+                out.append(inspect_container(_containers(settings).find(n)))
+            except NotFound:
+                raise NotFound(f"{n}: no such image or container") from image_error
     _print_json(out)
 
 

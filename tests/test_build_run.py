@@ -61,9 +61,15 @@ def _images(pybuild) -> list:
 
 def _host_state() -> dict:
     netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    cgroups = []
     with open("/proc/self/cgroup") as f:
-        cg = f.read()
-    return {"mounts": mounts_now(), "netns": netns, "cgroup": cg}
+        for line in f:
+            _, controllers, path = line.rstrip("\n").split(":", 2)
+            base = Path("/sys/fs/cgroup") / (controllers.split(",")[0] if controllers else "") \
+                / path.lstrip("/")
+            if base.is_dir():   # RUN containers' cgroups are pybuild-build-<id>
+                cgroups += [str(p) for p in base.glob("**/pybuild-build-*") if p.is_dir()]
+    return {"mounts": mounts_now(), "netns": netns, "cgroups": sorted(cgroups)}
 
 
 def test_failing_run_reports_and_leaves_nothing(bb, tmp_path, store_root):
@@ -153,3 +159,41 @@ def test_cache_tmpfs_and_bind_mounts(bb, tmp_path, store_root):
         assert not (out / "cache").exists() and not (out / "scratch").exists()
         assert not (out / "in.txt").exists()
         assert (out / "copied").read_text() == "bound\n"
+
+
+def test_ctrl_c_stops_the_build_cleanly(bb, tmp_path, store_root):
+    import signal
+    import sys
+    import time
+
+    from conftest import REPO
+
+    ctx = _write(tmp_path, """\
+        FROM busybox
+        RUN echo started; sleep 40; echo finished
+        """)
+    before = _host_state()
+    p = subprocess.Popen([sys.executable, "-m", "builder", "--root", str(store_root), "build",
+                          "--progress", "plain", str(ctx)], cwd=REPO, stderr=subprocess.PIPE,
+                         env=dict(os.environ, PYTHONFAULTHANDLER="1"),
+                         text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    deadline = time.monotonic() + 30
+    seen = ""
+    while "started" not in seen and time.monotonic() < deadline:
+        seen += p.stderr.readline()
+    p.send_signal(signal.SIGINT)
+    try:
+        _, rest = p.communicate(timeout=20)
+    except subprocess.TimeoutExpired:
+        p.send_signal(signal.SIGABRT)
+        _, rest = p.communicate()
+        raise AssertionError(rest[-5000:])
+    assert p.returncode == 130 and "interrupted" in rest
+    assert "0 finished" not in seen + rest   # the output line, not the echoed command
+    for _ in range(40):   # the container's processes die with its PID 1, within a moment
+        if not processes_matching("sleep 40"):
+            break
+        time.sleep(0.05)
+    assert processes_matching("sleep 40") == []
+    assert _host_state() == before
+    assert [c.name for c in (store_root / "containers").iterdir() if c.name.startswith("build-")] == []

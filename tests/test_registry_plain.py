@@ -218,3 +218,21 @@ def test_docker_schema2_pushed_by_skopeo_keeps_digest(tmp_path, registry, config
     # and back up unchanged, with its Content-Type
     assert push(dst, f"{registry.host}/d/v2:1", f"{registry.host}/d/v2-copy:1").digest == \
         res.top.digest
+
+
+def test_busybox_pushed_by_skopeo_pulls_and_runs(tmp_path, registry, config_env,
+                                                 busybox_rootfs, pybuild):
+    from layerstore.model import ImageConfig
+
+    src = Store.open(tmp_path / "src")
+    layer, diff_id = src.commit_layer(busybox_rootfs)
+    config = ImageConfig(architecture="amd64", os="linux", diff_ids=[diff_id])
+    config.config.Cmd = ["/bin/sh"]
+    desc = src.commit_image(config, [layer])
+    src.tag("bb:1", desc)
+    skopeo("copy", "--dest-tls-verify=false", f"oci:{src.root}:docker.io/library/bb:1",
+           f"docker://{registry.host}/sk/busybox:1")
+    ref = f"{registry.host}/sk/busybox:1"
+    assert pybuild("pull", "-q", ref).stdout.strip() == desc.digest
+    out = pybuild("run", "--rm", "--network", "none", ref, "/bin/echo", "hello from the registry")
+    assert out.stdout.strip() == "hello from the registry"

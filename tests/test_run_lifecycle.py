@@ -24,6 +24,8 @@ def test_exit_codes_and_one_line_errors(run_store):
             (("busybox", "nosuchcmd"), 127, "executable file not found"),
             (("busybox", "/etc/passwd"), 126, "/etc/passwd"),
             (("nosuchimage",), 125, "nosuchimage"),
+            (("--pull", "never", "nosuchimage"), 125, "--pull=never"),
+            (("--pull", "sometimes", "busybox", "true"), 125, "--pull"),
             (("-v", "/x:rel", "busybox", "true"), 125, "/x:rel"),
             (("-u", "ghost", "busybox", "true"), 125, "ghost"),
             (("--memory", "lots", "busybox", "true"), 125, "--memory"),
@@ -45,6 +47,9 @@ def test_config_composition(run_store):
     p = run(run_store, "--rm", "--entrypoint", "", "-u", "0:100", "-w", "/tmp", "--hostname",
             "box1", "bbcfg", "sh", "-c", "id -u; id -g; pwd; hostname")
     assert p.stdout.split() == ["0", "100", "/tmp", "box1"], p.stderr
+    # --init: a reaping init is PID 1 and the command runs beneath it
+    p = run(run_store, "--rm", "--init", "busybox", "sh", "-c", "echo $$; exit 9")
+    assert p.returncode == 9 and p.stdout.strip() != "1"
 
 
 def test_stdin_and_tty(run_store, tmp_path):
@@ -90,6 +95,8 @@ def test_detached_round_trip(run_store):
                   "id -u; pwd; echo $X; exit 6", check=False)
     assert p.returncode == 6 and p.stdout.split() == ["1000", "/tmp", "1"]
     assert run_store("exec", "rt", "nosuch", check=False).returncode == 127
+    assert run_store("exec", "-i", "rt", "tr", "a-z", "A-Z", input="piped\n").stdout == "PIPED\n"
+    assert run_store("exec", "rt", "cat", input="not without -i\n").stdout == ""
     # logs -f follows until the container ends
     follower = subprocess.Popen([sys.executable, "-m", "builder", "--root", str(run_store.root),
                                  "logs", "-f", "rt"], stdout=subprocess.PIPE, text=True, cwd=REPO)
@@ -141,3 +148,41 @@ def test_detached_start_failure_and_stop_signal(run_store):
     assert run_store("wait", cid).stdout.strip() == "42"
     run_store("container", "prune")
     assert run_store("ps", "-aq").stdout.strip() == ""
+
+
+def test_tty_window_size_propagates(run_store):
+    """-t: the container's pty takes our terminal's size, and follows it on SIGWINCH."""
+    import fcntl
+    import os
+    import pty
+    import signal
+    import struct
+    import termios
+
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 33, 111, 0, 0))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "builder", "--root", str(run_store.root), "run", "--rm", *NONE,
+         "-t", "busybox", "sh", "-c", "sleep 0.5; stty size; sleep 1.5; stty size"],
+        stdin=slave, stdout=slave, stderr=slave, cwd=REPO, start_new_session=True)
+    os.close(slave)
+    out = b""
+    try:
+        deadline = time.monotonic() + 30
+        while b"33 111" not in out and time.monotonic() < deadline:
+            out += os.read(master, 4096)
+        fcntl.ioctl(master, termios.TIOCSWINSZ, struct.pack("HHHH", 44, 122, 0, 0))
+        proc.send_signal(signal.SIGWINCH)
+        while proc.poll() is None or b"44 122" not in out:
+            try:
+                chunk = os.read(master, 4096)
+            except OSError:
+                break
+            if not chunk:
+                break
+            out += chunk
+    finally:
+        proc.wait(timeout=30)
+        os.close(master)
+    assert proc.returncode == 0
+    assert b"33 111" in out and b"44 122" in out, out

@@ -76,3 +76,7 @@ def test_limits_and_ulimits(run_store):
     assert p.stdout.split() == ["64", "128"]
     p = run_store("run", "--rm", *NONE, "--pids-limit", "x", "busybox", "true", check=False)
     assert p.returncode == 125 and "--pids-limit" in p.stderr
+    hog = 'x=$(head -c 200000000 /dev/zero | tr "\\0" a); echo survived'
+    p = sh(run_store, "--memory", "16m", "--memory-swap", "16m", "busybox", script=hog, check=False)
+    assert p.returncode == 137 and "survived" not in p.stdout
+    assert "out of memory" in p.stderr and "16MiB" in p.stderr

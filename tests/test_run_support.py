@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 import subprocess
 import tarfile
 from pathlib import Path
@@ -55,14 +56,14 @@ def run_store(tmp_path_factory, busybox_rootfs) -> CLI:
 
 
 def host_resources(root: Path) -> dict[str, object]:
-    """Counts of what a container could leak: mounts, cgroups, netns, veths, processes, files."""
-    def count_cgroups() -> int:
-        n = 0
-        for dirpath, dirnames, _ in os.walk("/sys/fs/cgroup"):
-            n += sum(1 for d in dirnames if d.startswith("pybuild-"))
-        return n
+    """What a container of this store could leak: mounts, cgroups, netns, veths, processes,
+    files under ROOT/containers. Cgroups count only `pybuild-<64 hex>` (our container ids;
+    the sandbox's own tests use shorter ids), mounts and processes only those naming ROOT."""
+    cgroups = 0
+    for _, dirnames, _ in os.walk("/sys/fs/cgroup"):
+        cgroups += sum(1 for d in dirnames if re.fullmatch(r"pybuild-[0-9a-f]{64}", d))
     with open("/proc/self/mountinfo") as f:
-        mounts = f.read().count("\n")
+        mounts = sum(1 for line in f if str(root) in line)
     links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
     netns = len(os.listdir("/run/netns")) if os.path.isdir("/run/netns") else 0
     procs = 0
@@ -74,6 +75,5 @@ def host_resources(root: Path) -> dict[str, object]:
         except OSError:
             continue
     files = sum(len(fs) + len(ds) for _, ds, fs in os.walk(root / "containers"))
-    return {"mounts": mounts, "cgroups": count_cgroups(), "netns": netns,
-            "veths": links.count("pbv"), "links": len(links.splitlines()),
+    return {"mounts": mounts, "cgroups": cgroups, "netns": netns, "veths": links.count("pbv"),
             "processes": procs, "files": files}

@@ -59,7 +59,8 @@ def _network(mode: str):
     return NetworkConfig(mode="none")
 
 
-def execute(job: RunJob, on_output: Callable[[bytes], None], empty: Path) -> int:
+def execute(job: RunJob, on_output: Callable[[bytes], None], empty: Path,
+            running: dict | None = None) -> int:
     """Run the job, streaming output lines to `on_output`; returns the exit code."""
     from builder.sandbox import OverlayRoot, SandboxSpec, start
 
@@ -68,6 +69,7 @@ def execute(job: RunJob, on_output: Callable[[bytes], None], empty: Path) -> int
                        argv=job.argv, env=job.env, cwd=job.cwd or "/", user=job.user or "0",
                        mounts=list(job.binds), network=_network(job.network), stdio="pipe",
                        input=job.input or b"", state_dir=job.state_dir)
+    spec.id = "build-" + spec.id[:32]   # cgroups show as pybuild-build-<id>
     held = []
     try:
         for lock in job.locks:
@@ -76,9 +78,13 @@ def execute(job: RunJob, on_output: Callable[[bytes], None], empty: Path) -> int
             held.append(f)
         c = start(spec)
         try:
+            if running is not None:
+                running[id(c)] = c   # so an interrupted build can kill it
             _pump(c, on_output)
             result = c.wait()
         finally:
+            if running is not None:
+                running.pop(id(c), None)
             c.teardown()
     finally:
         for f in held:

@@ -84,12 +84,21 @@ def for_host(host: str, tls_verify: bool | None = None,
     return TLSConfig(host, verify=verify, cert=cert, ca_files=ca_files)
 
 
+_BUNDLES: dict[tuple[str, ...], str] = {}
+
+
 def _merged_bundle(host: str, ca_files: list[str]) -> str:
-    """Several CA files for one host: concatenate them into a private temp bundle."""
+    """Several CA files for one host: requests takes one path, so concatenate
+    them into a private temp file (once per process, removed at exit)."""
+    import atexit
     import tempfile
 
-    fd, path = tempfile.mkstemp(prefix="pybuild-ca-", suffix=".pem")
-    with os.fdopen(fd, "wb") as out:
-        for f in ca_files:
-            out.write(Path(f).read_bytes().rstrip(b"\n") + b"\n")
-    return path
+    key = tuple(ca_files)
+    if key not in _BUNDLES:
+        fd, path = tempfile.mkstemp(prefix="pybuild-ca-", suffix=".pem")
+        with os.fdopen(fd, "wb") as out:
+            for f in ca_files:
+                out.write(Path(f).read_bytes().rstrip(b"\n") + b"\n")
+        atexit.register(os.unlink, path)
+        _BUNDLES[key] = path
+    return _BUNDLES[key]
