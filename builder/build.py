@@ -185,6 +185,7 @@ class Builder:
         self.hash_lock = threading.Lock()
         self.failed = threading.Event()
         self.running: dict = {}   # containers of RUN steps in progress, by id()
+        self.new_roots = False    # a step made a layer: ROOT/cache/roots must be rewritten
 
     # --- plan ---------------------------------------------------------------
 
@@ -250,6 +251,7 @@ class Builder:
         manifest = self.store.commit_image(_clone(cfg), layers)
         new = State(cfg, layers, key, manifest.digest)
         self.cache.put(key, cfg, layers, manifest.digest)
+        self.new_roots = True
         return new
 
     def _promote(self, upper: Path, diff_ids: list[str]) -> None:
@@ -299,7 +301,8 @@ class Builder:
                 if (stage.platform or self.opts.platform) else host_platform()
             cfg = ImageConfig(architecture=plat.architecture, os=plat.os, variant=plat.variant,
                               config=ContainerConfig(Env=[meta.DEFAULT_PATH]))
-            key = hashlib.sha256(f"scratch {plat}".encode()).hexdigest()
+            # layers are stored compressed: the compression is part of every key below
+            key = hashlib.sha256(f"scratch {plat} {self.opts.compression}".encode()).hexdigest()
             return State(cfg, [], key), []
         image = self.resolve_image(base.ref, stage.platform)
         cfg = _clone(image.config)
@@ -307,8 +310,10 @@ class Builder:
         if triggers:
             cfg.config = dataclasses.replace(cfg.config, OnBuild=None)
         if not cfg.config.Env or not any(e.startswith("PATH=") for e in cfg.config.Env):
-            cfg.config = dataclasses.replace(cfg.config, Env=[meta.DEFAULT_PATH] + list(cfg.config.Env or []))
-        key = hashlib.sha256(f"image {image.descriptor.digest}".encode()).hexdigest()
+            # BuildKit makes sure PATH is always set, appending the default
+            cfg.config = dataclasses.replace(cfg.config, Env=list(cfg.config.Env or []) + [meta.DEFAULT_PATH])
+        key = hashlib.sha256(f"image {image.descriptor.digest} {self.opts.compression}".encode()
+                             ).hexdigest()
         return State(cfg, list(image.manifest.layers), key), triggers
 
     def resolve_image(self, ref: str, platform: str | None = None):
@@ -346,7 +351,7 @@ class Builder:
             for t in _replay(triggers, df.escape):
                 runner.step(t, raw=t, trigger=True)
         runner.args = {}
-        raws = _raw_bodies(df)[stage.index]
+        raws = self.raw_bodies[stage.index]
         for k, (planned, raw) in enumerate(zip(stage.instructions, raws)):
             if self.failed.is_set():
                 raise _DependencyFailed("build cancelled: another stage failed")
@@ -357,6 +362,7 @@ class Builder:
 
     def run(self) -> BuildResult:
         graph, df, ctx = self.load()
+        self.raw_bodies = _raw_bodies(df)
         needed = graph.needed()
         results: dict[int, cf.Future] = {}
         with self.store.writing():
@@ -388,7 +394,8 @@ class Builder:
             with self.hash_lock:
                 self.hashes.save()
             result = self.finish(final)
-            self.cache.write_roots()
+            if self.new_roots or not (self.cache.dir / "roots").exists():
+                self.cache.write_roots()
         result.warnings = list(graph.warnings)
         return result
 
@@ -419,17 +426,14 @@ class Builder:
 
     def squash(self, cfg: ImageConfig, layers: list[Descriptor]) -> tuple[ImageConfig, list[Descriptor]]:
         """Merge every layer into one (docker's --squash keeps the base; ours flattens all)."""
+        from layerstore.layer_apply import apply_layer
+
         tmp = self.scratch / f"squash-{pysecrets.token_hex(6)}"
         try:
-            st = State(cfg, layers, "")
-            lowers = self.lowers(st)
-            from layerstore.layer_apply import apply_layer
-
             tmp.mkdir()
             for layer, diff_id in zip(layers, cfg.diff_ids):
                 with self.store.blobs.open(layer.digest) as f:
                     apply_layer(f, tmp, mode="flat", expected_diff_id=diff_id)
-            del lowers
             layer, diff_id = self.store.commit_layer(tmp, compression=self.opts.compression,
                                                      overlay=False,
                                                      source_date_epoch=self.opts.source_date_epoch)
@@ -456,21 +460,15 @@ def _replay(triggers: list[str], escape: str) -> list[ins.Instruction]:
     return out
 
 
-_RAW_CACHE: dict[int, list[list[ins.Instruction]]] = {}
-
-
 def _raw_bodies(df) -> list[list[ins.Instruction]]:
     """The unexpanded instructions of each stage, in file order (FROM excluded)."""
-    key = id(df)
-    if key not in _RAW_CACHE:
-        bodies: list[list[ins.Instruction]] = []
-        for i in df.instructions:
-            if isinstance(i, ins.From):
-                bodies.append([])
-            elif bodies:
-                bodies[-1].append(i)
-        _RAW_CACHE[key] = bodies
-    return _RAW_CACHE[key]
+    bodies: list[list[ins.Instruction]] = []
+    for i in df.instructions:
+        if isinstance(i, ins.From):
+            bodies.append([])
+        elif bodies:
+            bodies[-1].append(i)
+    return bodies
 
 
 class _StageRunner:
@@ -612,8 +610,8 @@ class _StageRunner:
         if idx is not None:
             return _wait(self.results[idx])
         if ref in self.b.opts.build_contexts:
-            raise BuildError(f"--from={ref}: named build contexts are only supported as directories "
-                             "for COPY --from in a later version")
+            raise BuildError(f"--from={ref}: a named build context is a directory; "
+                             "use it with COPY --from or RUN --mount=from=")
         image = self.b.resolve_image(ref)
         return State(image.config, list(image.manifest.layers),
                      hashlib.sha256(f"image {image.descriptor.digest}".encode()).hexdigest())
@@ -638,34 +636,59 @@ class _StageRunner:
                 plain_sources.append(s)
         dest = normalize_dest(i.dest, self.state.config.config.WorkingDir or "/")
         urls = [s for s in plain_sources if is_add and "://" in s]
-        if urls:
-            raise BuildError(f"ADD {urls[0]}: downloading needs network access to the URL; "
-                             "this build cannot reach it (offline?) — download it into the context "
-                             "and use COPY")
+        downloads: list[tuple[str, Path]] = []
+        dl_dir = None
+        try:
+            if urls:
+                plain_sources = [s for s in plain_sources if s not in urls]
+                dl_dir = b.scratch / f"download-{pysecrets.token_hex(6)}"
+                dl_dir.mkdir()
+                for k, url in enumerate(urls):
+                    downloads.append((url, _download(url, dl_dir / str(k),
+                                                     getattr(i, "checksum", None))))
+            self._copy(i, n, is_add, from_, heredocs, plain_sources, downloads, dest)
+        finally:
+            if dl_dir is not None:
+                remove_tree(dl_dir)
+
+    def _copy(self, i, n, is_add, from_, heredocs, plain_sources, downloads, dest) -> None:
+        b = self.b
         source_state = None
         sel = None
+        ctx = self.ctx
+        if from_ and from_ in b.opts.build_contexts:
+            # --build-context NAME=DIR: another read-only context, same rules as the main one
+            ctx = Context.open(b.opts.build_contexts[from_])
+            ctx.name = f"context {from_!r}"
+            from_ = None
         if from_:
             source_state = self._source_state(from_)
             inputs = "from " + source_state.key
             content = hashlib.sha256((inputs + json.dumps(plain_sources)).encode()).hexdigest()
         else:
-            if plain_sources and self.ctx.root is None:
+            if plain_sources and ctx.root is None:
                 raise BuildError("no build context (Dockerfile from stdin): "
                                  f"{i.keyword} {plain_sources[0]} has nothing to copy from")
-            sel = copystep.select_sources(plain_sources, str(self.ctx.root or "/"), self.ctx) \
+            sel = copystep.select_sources(plain_sources, str(ctx.root or "/"), ctx) \
                 if plain_sources else copystep.Selection()
             with b.hash_lock:
-                content = copystep.digest_selection(sel, self.ctx, i.exclude, b.hashes)
+                content = copystep.digest_selection(sel, ctx, i.exclude, b.hashes)
             inputs = content
         hd = hashlib.sha256(json.dumps(heredocs).encode()).hexdigest()
+        for url, path in downloads:
+            # a remote file is keyed by its content (and copied as a file, never extracted)
+            hd += f" {url} {copystep.file_sha256(str(path))}"
+            sel = sel or copystep.Selection()
+            sel.items.append(copystep.Item(str(path), _url_name(url), False, url))
         key = step_key(self.state.key, _canonical(i) + dest, {}, inputs + hd)
         if self._hit(key, n):
             return
         job = copystep.CopyJob(i.keyword, dest, sel.items if sel else None,
-                               plain_sources if from_ else None, heredocs, self.ctx if not from_ else None,
+                               plain_sources if from_ else None, heredocs, ctx if not from_ else None,
                                chown=i.chown, chmod=i.chmod, exclude=list(i.exclude),
                                parents=bool(getattr(i, "parents", False)), extract=is_add,
-                               arg_count=len(plain_sources),
+                               arg_count=len(plain_sources) + len(downloads),
+                               remote=[str(p) for _, p in downloads],
                                mtime=float(b.opts.source_date_epoch) if b.opts.source_date_epoch else None)
         ws = b.workspace()
         try:
@@ -761,14 +784,22 @@ class _StageRunner:
         parts = []
         for m in i.mounts:
             if m.type == "bind":
-                if m.from_:
+                if m.from_ and m.from_ not in self.b.opts.build_contexts:
                     parts.append("stage " + self._source_state(m.from_).key)
                 else:
+                    ctx = self._bind_context(m.from_)
                     src = m.source or "."
-                    sel = copystep.select_sources([src], str(self.ctx.root or "/"), self.ctx)
+                    sel = copystep.select_sources([src], str(ctx.root or "/"), ctx)
                     with self.b.hash_lock:
-                        parts.append(copystep.digest_selection(sel, self.ctx, [], self.b.hashes))
+                        parts.append(copystep.digest_selection(sel, ctx, [], self.b.hashes))
         return hashlib.sha256("\n".join(parts).encode()).hexdigest()
+
+    def _bind_context(self, name: str | None) -> Context:
+        if name:
+            ctx = Context.open(self.b.opts.build_contexts[name])
+            ctx.name = f"context {name!r}"
+            return ctx
+        return self.ctx
 
     def _mounts(self, i: ins.Run, ws: Path, env: dict[str, str]):
         from builder.sandbox import BindMount, TmpfsMount
@@ -825,7 +856,7 @@ class _StageRunner:
                 if not target:
                     raise BuildError("RUN --mount=type=bind needs target=")
                 src_rel = m.source or "."
-                if m.from_:
+                if m.from_ and m.from_ not in self.b.opts.build_contexts:
                     st = self._source_state(m.from_)
                     flat = ws / f"bind{k}"
                     from layerstore.layer_apply import apply_layer
@@ -838,10 +869,11 @@ class _StageRunner:
 
                     src = Path(secure_join(str(flat), src_rel))
                 else:
-                    if self.ctx.root is None:
+                    ctx = self._bind_context(m.from_)
+                    if ctx.root is None:
                         raise BuildError("RUN --mount=type=bind: no build context")
-                    rel = self.ctx.resolve(src_rel)
-                    src = self.ctx.real(rel)
+                    rel = ctx.resolve(src_rel)
+                    src = ctx.real(rel)
                     if not src.exists():
                         raise BuildError(f"RUN --mount=type=bind,source={src_rel}: not found "
                                          "in the build context")
@@ -858,6 +890,47 @@ class _StageRunner:
             elif t == "ssh":
                 raise BuildError("RUN --mount=type=ssh is not supported")
         return binds, locks, targets
+
+
+def _url_name(url: str) -> str:
+    from urllib.parse import urlparse
+
+    name = posixpath.basename(urlparse(url).path.rstrip("/"))
+    return name or "index.html"
+
+
+def _download(url: str, dest: Path, checksum: str | None) -> Path:
+    """Fetch `url` for ADD (http/https only); a clear error when it cannot be reached."""
+    import email.utils
+
+    import requests
+
+    if not url.startswith(("http://", "https://")):
+        raise BuildError(f"ADD {url}: only http:// and https:// URLs can be downloaded")
+    h = hashlib.sha256()
+    try:
+        with requests.get(url, stream=True, timeout=30) as r:
+            if r.status_code != 200:
+                raise BuildError(f"ADD {url}: download failed: HTTP {r.status_code}")
+            with open(dest, "wb") as f:
+                for chunk in r.iter_content(1 << 20):
+                    f.write(chunk)
+                    h.update(chunk)
+            modified = r.headers.get("Last-Modified")
+    except requests.RequestException as exc:
+        raise BuildError(f"ADD {url}: cannot download (no network access to it?): "
+                         f"{type(exc).__name__}") from None
+    if checksum and checksum != "sha256:" + h.hexdigest():
+        raise BuildError(f"ADD {url}: checksum mismatch: expected {checksum}, "
+                         f"got sha256:{h.hexdigest()}")
+    os.chmod(dest, 0o600)
+    if modified:
+        try:
+            t = email.utils.parsedate_to_datetime(modified).timestamp()
+            os.utime(dest, (t, t))
+        except (TypeError, ValueError):
+            pass
+    return dest
 
 
 def _parse_size(text: str) -> int:

@@ -79,7 +79,10 @@ def run_build(store, context: str, dockerfile: str | None, *, tags, build_args, 
     out = parse_output(output)
     mode = "quiet" if quiet else progress_mode
     progress = Progress(mode)
-    result = build(store, opts, progress)
+    try:
+        result = build(store, opts, progress)
+    finally:
+        progress.close()
     for w in result.warnings:
         click.echo(f"WARNING: {w}", err=True)
     deliver(store, result, out)

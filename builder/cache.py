@@ -86,34 +86,47 @@ class BuildCache:
         self.dir.mkdir(parents=True, exist_ok=True)
         atomic_write(self.dir / "roots", "".join(f"{d}\n" for d in sorted(digests)).encode())
 
-    def prune(self, until: float | None = None, keep_bytes: int | None = None, store=None) -> int:
-        """Drop entries unused since `until` (epoch), then oldest until under `keep_bytes`."""
-        removed = 0
-        files = []
+    def _entry_files(self) -> list[tuple[float, Path]]:
+        out = []
         if self.entries.is_dir():
             for sub in os.scandir(self.entries):
-                for e in os.scandir(sub.path):
-                    st = e.stat()
-                    files.append((st.st_mtime, e.path))
-        files.sort()
-        total = 0
-        if keep_bytes is not None and store is not None:
-            sizes = {}
-            for _, p in files:
-                try:
-                    doc = json.loads(Path(p).read_bytes())
-                    sizes[p] = sum(l["size"] for l in doc.get("layers", [])[-1:])
-                except (OSError, ValueError, KeyError):
-                    sizes[p] = 0
-            total = sum(sizes.values())
+                if sub.is_dir():
+                    out += [(e.stat().st_mtime, Path(e.path)) for e in os.scandir(sub.path)
+                            if e.name.endswith(".json")]
+        return sorted(out)
+
+    def prune(self, until: float | None = None, keep_bytes: int | None = None) -> int:
+        """Forget entries last used before `until` (epoch seconds), then the least recently
+        used ones until the layers they alone add fit in `keep_bytes`. Returns how many;
+        `prune` then frees the blobs no root names any more."""
+        files = self._entry_files()
+        sizes: dict[Path, int] = {}
+        for _, p in files:
+            try:
+                doc = json.loads(p.read_bytes())
+                sizes[p] = doc["layers"][-1]["size"] if doc.get("manifest") and doc["layers"] else 0
+            except (OSError, ValueError, KeyError, IndexError):
+                sizes[p] = 0
+        total = sum(sizes.values())
+        removed = 0
         for mtime, p in files:
-            drop = until is not None and mtime < until
-            if keep_bytes is not None and total > keep_bytes:
-                drop = True
-            if drop:
-                if keep_bytes is not None and store is not None:
-                    total -= sizes.get(p, 0)
-                os.unlink(p)
+            old = until is not None and mtime < until
+            over = keep_bytes is not None and total > keep_bytes
+            if old or over:
+                p.unlink(missing_ok=True)
+                total -= sizes[p]
                 removed += 1
         self.write_roots()
         return removed
+
+    def clear_mounts(self) -> int:
+        """Remove every RUN --mount=type=cache directory (`prune --cache-mounts`)."""
+        from layerstore.snapshots import remove_tree
+
+        mounts = self.dir / "mounts"
+        n = 0
+        if mounts.is_dir():
+            for e in os.scandir(mounts):
+                remove_tree(Path(e.path))
+                n += 1
+        return n

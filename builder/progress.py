@@ -25,10 +25,41 @@ class Progress:
         self.lock = threading.Lock()
         self.started: dict[int, float] = {}
         self.console = None
+        self.live = None
+        self.rows: dict[int, dict] = {}
         if mode == "tty":
             from rich.console import Console
+            from rich.live import Live
 
             self.console = Console(file=self.stream, highlight=False)
+            self.live = Live(console=self.console, refresh_per_second=8, transient=False,
+                             get_renderable=self._render)
+            self.live.start()
+
+    def _render(self):
+        """The live view: one line per step with its state and timer, RUN output tail."""
+        from rich.text import Text
+
+        now = time.monotonic()
+        out = Text()
+        for n in sorted(self.rows):
+            r = self.rows[n]
+            took = (r["end"] or now) - r["start"]
+            style = {"running": "yellow", "done": "green", "cached": "blue", "error": "red"}[r["state"]]
+            state = "CACHED" if r["state"] == "cached" else f"{took:5.1f}s"
+            out.append(f"{'=>' if r['state'] == 'running' else ' ✓' if r['state'] != 'error' else ' ✗'}"
+                       f" #{n} [{r['label']}] ", style=style)
+            out.append(r["text"][:100], style="bold" if r["state"] == "running" else None)
+            out.append(f"  {state}\n", style=style)
+            if r["state"] in ("running", "error"):
+                for line in r["tail"][-5:]:
+                    out.append(f"     {line[:150]}\n", style="dim")
+        return out
+
+    def close(self) -> None:
+        if self.live is not None:
+            self.live.stop()
+            self.live = None
 
     def _emit(self, text: str, style: str | None = None) -> None:
         with self.lock:
@@ -46,6 +77,10 @@ class Progress:
 
     def start(self, n: int, label: str, text: str) -> None:
         self.started[n] = time.monotonic()
+        if self.live is not None:
+            self.rows[n] = {"label": label, "text": text, "state": "running",
+                            "start": self.started[n], "end": None, "tail": []}
+            return
         if self.mode == "rawjson":
             self._json(event="start", step=n, label=label, name=text)
         elif self.mode in ("plain", "tty"):
@@ -53,6 +88,9 @@ class Progress:
 
     def output(self, n: int, line: bytes) -> None:
         text = line.decode("utf-8", "replace").rstrip("\n")
+        if self.live is not None:
+            self.rows[n]["tail"] = (self.rows[n]["tail"] + [text])[-5:]
+            return
         if self.mode == "rawjson":
             self._json(event="output", step=n, data=text)
         elif self.mode in ("plain", "tty"):
@@ -60,6 +98,9 @@ class Progress:
             self._emit(f"#{n} {took:.3f} {text}", "dim" if self.mode == "tty" else None)
 
     def cached(self, n: int) -> None:
+        if self.live is not None:
+            self.rows[n].update(state="cached", end=time.monotonic())
+            return
         if self.mode == "rawjson":
             self._json(event="cached", step=n)
         elif self.mode in ("plain", "tty"):
@@ -67,12 +108,19 @@ class Progress:
 
     def done(self, n: int) -> None:
         took = time.monotonic() - self.started.get(n, time.monotonic())
+        if self.live is not None:
+            self.rows[n].update(state="done", end=time.monotonic())
+            return
         if self.mode == "rawjson":
             self._json(event="done", step=n, seconds=round(took, 6))
         elif self.mode in ("plain", "tty"):
             self._emit(f"#{n} DONE {took:.1f}s", "green" if self.mode == "tty" else None)
 
     def error(self, n: int, message: str) -> None:
+        if self.live is not None:
+            self.rows[n].update(state="error", end=time.monotonic())
+            self.rows[n]["tail"].append(message)
+            return
         if self.mode == "rawjson":
             self._json(event="error", step=n, message=message)
         elif self.mode in ("plain", "tty"):

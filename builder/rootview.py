@@ -173,10 +173,6 @@ def in_overlay(trees: list[Tree], fn: Callable[..., Any], *args: Any, scratch: P
     return value
 
 
-def exists_dir(root: str, path: str) -> bool:
-    return os.path.isdir(secure_join(root, path))
-
-
 def normalize_dest(path: str, workdir: str) -> str:
     """A destination made absolute against WORKDIR, keeping a trailing slash."""
     trailing = path.endswith("/") or path in (".", "./") or path.endswith("/.")

@@ -211,15 +211,55 @@ def _read_head(stream: BinaryIO) -> bytes:
     return head
 
 
+class _GzipReader:
+    """Multi-member gzip decoded straight with zlib, in large pieces.
+
+    gzip.GzipFile hands out 8 KiB at a time; this returns up to `n` bytes per
+    call and what it decoded before a truncation or corruption is found.
+    zlib checks each member's CRC and length.
+    """
+
+    def __init__(self, raw: _Prepended) -> None:
+        self._raw = raw
+        self._d = zlib.decompressobj(31)
+        self._input = b""
+        self._end = False
+
+    def read(self, n: int = -1) -> bytes:
+        if n is None or n < 0:
+            parts = []
+            while piece := self.read(CHUNK * 4):
+                parts.append(piece)
+            return b"".join(parts)
+        while not self._end:
+            if self._d.eof:  # the next member, if any, starts in the unused data
+                self._input = self._d.unused_data or self._raw.read(CHUNK)
+                if not self._input:
+                    self._end = True
+                    break
+                self._d = zlib.decompressobj(31)
+            data = self._input or self._raw.read(CHUNK)
+            if not data:
+                raise EOFError("compressed stream ended before the end of the gzip member")
+            out = self._d.decompress(data, n)
+            self._input = self._d.unconsumed_tail
+            if out:
+                return out
+        return b""
+
+    read1 = read
+
+    def readable(self) -> bool:
+        return True
+
+
 def open_reader(stream: BinaryIO) -> tuple[str, BinaryIO]:
     """(compression, decompressing reader) for a stream, detected by magic."""
     head = _read_head(stream)
     kind = detect(head)
     raw = _Prepended(head, stream)
     if kind == GZIP:
-        import gzip
-
-        return kind, gzip.GzipFile(fileobj=raw, mode="rb")  # type: ignore[arg-type]
+        return kind, _GzipReader(raw)  # type: ignore[return-value]
     if kind == ZSTD:
         import zstandard
 
@@ -247,7 +287,7 @@ class ChunkPump:
     decoder error is raised from the iterator as CorruptStream.
     """
 
-    def __init__(self, reader: BinaryIO, hasher, chunk: int = CHUNK, depth: int = 8) -> None:
+    def __init__(self, reader: BinaryIO, hasher, chunk: int = 4 * CHUNK, depth: int = 4) -> None:
         self.size = 0
         self._reader = reader
         self._hasher = hasher
@@ -286,6 +326,8 @@ class ChunkPump:
             item = self._queue.get()
             if item is None:
                 return
+            if isinstance(item, PybuildError):
+                raise item  # e.g. the blob reader's own DigestMismatch: not the decoder's business
             if isinstance(item, BaseException):
                 raise CorruptStream(str(item) or type(item).__name__) from item
             yield item

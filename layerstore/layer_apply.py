@@ -115,6 +115,13 @@ class _TarStream:
 
 
 @dataclass
+class _Progress:
+    """The last entry name seen, for error messages about what follows it."""
+
+    last: bytes = b"(start of layer)"
+
+
+@dataclass
 class _Entry:
     name: bytes
     parts: list[bytes]
@@ -391,38 +398,38 @@ def _read_meta(ts: _TarStream, h: Header, what: str, last: bytes) -> bytes:
     return data
 
 
-def _entries(ts: _TarStream, state: dict) -> Iterator[_Entry]:
+def _entries(ts: _TarStream, state: _Progress) -> Iterator[_Entry]:
     """Parsed entries with PAX and GNU long names folded in, until end of archive."""
     pax: dict[bytes, bytes] = {}
     long_name = long_link = None
     while True:
         block = ts.read(BLOCK)
         if not block:
-            raise BadLayer(f"layer truncated after entry {_show(state['last'])}: no end-of-archive marker")
+            raise BadLayer(f"layer truncated after entry {_show(state.last)}: no end-of-archive marker")
         if block == ZERO_BLOCK:
             return
         try:
             h = parse_header(block)
         except HeaderError as exc:
-            raise BadLayer(f"layer entry after {_show(state['last'])} (offset {ts.offset - BLOCK}): {exc}") from None
+            raise BadLayer(f"layer entry after {_show(state.last)} (offset {ts.offset - BLOCK}): {exc}") from None
         if h.typeflag == PAX:
             try:
-                pax.update(parse_pax(_read_meta(ts, h, "PAX header", state["last"])))
+                pax.update(parse_pax(_read_meta(ts, h, "PAX header", state.last)))
             except HeaderError as exc:
-                raise BadLayer(f"layer entry after {_show(state['last'])}: {exc}") from None
+                raise BadLayer(f"layer entry after {_show(state.last)}: {exc}") from None
             continue
         if h.typeflag == PAX_GLOBAL:
-            _read_meta(ts, h, "PAX global header", state["last"])
+            _read_meta(ts, h, "PAX global header", state.last)
             continue
         if h.typeflag in (GNU_LONGNAME, GNU_LONGLINK):
-            data = _read_meta(ts, h, "GNU long name", state["last"]).split(b"\0", 1)[0]
+            data = _read_meta(ts, h, "GNU long name", state.last).split(b"\0", 1)[0]
             if h.typeflag == GNU_LONGNAME:
                 long_name = data
             else:
                 long_link = data
             continue
         name = pax.get(b"path", long_name or h.name)
-        state["last"] = name
+        state.last = name
         try:
             _fold_pax(h, pax, long_link)
         except (HeaderError, ValueError) as exc:
@@ -466,7 +473,7 @@ def apply_layer(stream: BinaryIO, target: Path, *, mode: str = OVERLAY,
     except OSError as exc:
         raise NotFound(f"{target}: cannot apply a layer here: {exc.strerror}") from None
     pump = None
-    state = {"last": b"(start of layer)"}
+    state = _Progress()
     count = 0
     try:
         _, reader = comp.open_reader(stream)
@@ -487,9 +494,9 @@ def apply_layer(stream: BinaryIO, target: Path, *, mode: str = OVERLAY,
         ex.finish()
         ts.drain()
     except _Truncated:
-        raise BadLayer(f"layer truncated in or after entry {_show(state['last'])}") from None
+        raise BadLayer(f"layer truncated in or after entry {_show(state.last)}") from None
     except comp.CorruptStream as exc:
-        raise BadLayer(f"layer stream corrupt in or after entry {_show(state['last'])}: {exc}") from None
+        raise BadLayer(f"layer stream corrupt in or after entry {_show(state.last)}: {exc}") from None
     finally:
         ex.close()
         if pump is not None:

@@ -33,11 +33,12 @@ def base_tar(busybox_rootfs, tmp_path_factory) -> Path:
     return rootfs_tar(busybox_rootfs, tmp_path_factory.mktemp("bbtar") / "rootfs.tar")
 
 
-def _context(tmp_path: Path, base_tar: Path, dockerfile: str, files: dict[str, bytes | str]) -> Path:
+def _context(tmp_path: Path, base_tar: Path, dockerfile: str, files: dict[str, bytes | str],
+             prelude: str = PRELUDE) -> Path:
     ctx = tmp_path / "ctx"
     ctx.mkdir()
     os.link(base_tar, ctx / "rootfs.tar")
-    (ctx / "Dockerfile").write_text(PRELUDE + textwrap.dedent(dockerfile))
+    (ctx / "Dockerfile").write_text(prelude + textwrap.dedent(dockerfile))
     for name, data in files.items():
         p = ctx / name
         p.parent.mkdir(parents=True, exist_ok=True)
@@ -81,6 +82,7 @@ def test_metadata_and_run(pybuild, buildah, tmp_path, base_tar):
         USER nobody
         ENTRYPOINT ["/bin/sh", "-c"]
         CMD ["echo $GREETING"]
+        SHELL ["/bin/sh", "-ec"]
         """, {})
     ours = _compare(pybuild, buildah, tmp_path, ctx, "meta-run", "--build-arg", "VERSION=2.5",
                     # buildah also creates VOLUME directories when a RUN follows; BuildKit does not
@@ -161,3 +163,24 @@ def test_add_archives(pybuild, buildah, tmp_path, base_tar):
     ours = _compare(pybuild, buildah, tmp_path, ctx, "adds")
     assert (ours / "opt/pkg/bin/tool").stat().st_uid == 7
     assert (ours / "srv/pkg/README").read_text() == "read me\n"
+
+
+def test_args_stages_and_whiteouts(pybuild, buildah, tmp_path, base_tar):
+    ctx = _context(tmp_path, base_tar, """\
+        ARG DIR=/opt/x
+        FROM scratch AS base
+        ADD rootfs.tar /
+        ARG DIR
+        ENV DIR=$DIR
+        RUN mkdir -p $DIR/sub && echo base > $DIR/file && echo deep > $DIR/sub/deep
+        FROM base AS child
+        ARG SUFFIX=default
+        RUN echo "$DIR-$SUFFIX" > /child
+        COPY --from=base $DIR/file /copied
+        RUN rm -rf /etc/passwd /tmp $DIR/sub && mkdir /tmp && touch /tmp/new && ln -s /child /etc/passwd \\
+            && mkdir $DIR/sub && echo replaced > $DIR/sub/other
+        USER 1000:1000
+        """, {}, prelude="")
+    ours = _compare(pybuild, buildah, tmp_path, ctx, "args-stages", "--build-arg", "SUFFIX=given")
+    assert (ours / "child").read_text() == "/opt/x-given\n"
+    assert not (ours / "opt/x/sub/deep").exists()

@@ -8,6 +8,8 @@ import os
 import textwrap
 import time
 
+import pytest
+
 from buildpeer import import_busybox, steps
 
 DOCKERFILE = """\
@@ -101,3 +103,28 @@ def test_cache_roots_keep_layers_through_prune(pybuild, busybox_rootfs, tmp_path
 
 def _has_run(pybuild) -> bool:
     return pybuild("run", "--help", check=False).returncode == 0
+
+
+def test_cache_prune_policy_and_cache_mounts(bb_store):
+    pybuild, ctx, store_root = bb_store
+    from builder.cache import BuildCache
+
+    cache = BuildCache(store_root)
+    assert cache.prune(until=0) == 0                       # nothing is older than the epoch
+    st, _ = _build(pybuild, ctx)
+    assert set(st[n] for n in range(2, 8)) == {"CACHED"}
+    assert cache.prune(keep_bytes=10**12) == 0             # everything fits
+    assert cache.prune(until=time.time() + 60) > 0         # everything is older than that
+    assert (store_root / "cache" / "roots").read_text() == ""
+    st, _ = _build(pybuild, ctx)
+    assert set(st[n] for n in range(2, 8)) == {"DONE"}
+    (store_root / "cache" / "mounts" / "x").mkdir(parents=True)
+    assert cache.clear_mounts() == 1 and not any((store_root / "cache" / "mounts").iterdir())
+
+
+@pytest.fixture
+def bb_store(pybuild, busybox_rootfs, tmp_path, store_root):
+    import_busybox(pybuild, busybox_rootfs, tmp_path)
+    ctx = _ctx(tmp_path)
+    _build(pybuild, ctx)
+    return pybuild, ctx, store_root

@@ -158,7 +158,7 @@ def test_user_and_workdir_creation(bb, tmp_path):
 @pytest.mark.parametrize("dockerfile,message", [
     ("FROM busybox\nRUNN true\n", 'Dockerfile:2:1: unknown instruction "RUNN"'),
     ("FROM busybox\nCOPY missing.txt /\n", "missing.txt: not found in the build context"),
-    ("FROM busybox\nADD https://example.invalid/x.tgz /\n", "ADD https://example.invalid/x.tgz"),
+    ("FROM busybox\nADD https://example.invalid/x.tgz /\n", "ADD https://example.invalid/x.tgz: cannot download"),
     ("FROM no-such-image-here\n", "no-such-image-here"),
     ("FROM busybox AS a\nFROM busybox\nCOPY --from=a /nope /x\n", "/nope: not found in the source image"),
     ("FROM busybox\nCOPY a b c\n", "must be a directory and end with a /"),
@@ -170,3 +170,57 @@ def test_errors_are_one_clear_line(bb, tmp_path, dockerfile, message):
     assert p.returncode != 0
     assert message in p.stderr, p.stderr
     assert "Traceback" not in p.stderr
+
+
+def test_named_build_context(bb, tmp_path):
+    extra = tmp_path / "extra"
+    extra.mkdir()
+    (extra / "lib.txt").write_text("from the named context\n")
+    ctx = _ctx(tmp_path, """\
+        FROM busybox
+        COPY --from=shared lib.txt /copied.txt
+        RUN --mount=type=bind,from=shared,target=/mnt cp /mnt/lib.txt /mounted.txt
+        """)
+    out = tmp_path / "out"
+    bb("build", "--progress", "quiet", "--build-context", f"shared={extra}",
+       "--output", f"type=local,dest={out}", ctx)
+    assert (out / "copied.txt").read_text() == "from the named context\n"
+    assert (out / "mounted.txt").read_text() == "from the named context\n"
+
+
+def test_add_url_downloads_with_checksum(bb, tmp_path):
+    import hashlib
+    import http.server
+    import threading
+
+    served = tmp_path / "www"
+    served.mkdir()
+    (served / "tool.tar.gz").write_bytes(b"not really an archive\n")
+    digest = "sha256:" + hashlib.sha256(b"not really an archive\n").hexdigest()
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *a, **k):
+            super().__init__(*a, directory=str(served), **k)
+
+        def log_message(self, *a):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/tool.tar.gz"
+    try:
+        ctx = _ctx(tmp_path, f"FROM busybox\nADD --checksum={digest} {url} /dl/\n")
+        out = tmp_path / "out"
+        bb("build", "--progress", "quiet", "--output", f"type=local,dest={out}", ctx)
+        got = out / "dl" / "tool.tar.gz"
+        assert got.read_bytes() == b"not really an archive\n"   # a remote archive is not extracted
+        assert got.stat().st_mode & 0o777 == 0o600
+        (ctx / "Dockerfile").write_text(f"FROM busybox\nADD --checksum=sha256:{'0' * 64} {url} /x\n")
+        p = bb("build", "--progress", "quiet", ctx, check=False)
+        assert p.returncode == 1 and "checksum mismatch" in p.stderr
+    finally:
+        server.shutdown()
+        server.server_close()
+    (ctx / "Dockerfile").write_text(f"FROM busybox\nADD {url} /x\n")
+    p = bb("build", "--progress", "quiet", ctx, check=False)
+    assert p.returncode == 1 and "cannot download" in p.stderr and "Traceback" not in p.stderr

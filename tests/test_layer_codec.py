@@ -357,3 +357,45 @@ def test_levels_are_honoured_and_still_round_trip(tmp_path, compression, level):
     dest.mkdir()
     apply_layer(io.BytesIO(blob), dest, expected_diff_id=stats.diff_id)
     assert not diff_trees(describe_tree(dest), describe_tree(src))
+
+
+def test_multi_member_gzip_applies_and_bad_crc_is_refused(tmp_path):
+    import gzip
+
+    from layerstore.errors import BadLayer
+
+    src = make_tree(tmp_path / "src")
+    plain, stats = layer_bytes(src)
+    cut = len(plain) // 3
+    multi = gzip.compress(plain[:cut], mtime=0) + gzip.compress(plain[cut:], mtime=0)
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    applied = apply_layer(io.BytesIO(multi), dest, expected_diff_id=stats.diff_id)
+    assert applied.uncompressed_size == len(plain)
+    bad = bytearray(gzip.compress(plain, mtime=0))
+    bad[-8] ^= 0xFF  # CRC32 of the member
+    other = tmp_path / "other"
+    other.mkdir()
+    with pytest.raises(BadLayer, match="corrupt"):
+        apply_layer(io.BytesIO(bytes(bad)), other)
+
+
+def test_errors_of_the_underlying_stream_pass_through(tmp_path):
+    from layerstore.errors import DigestMismatch
+
+    src = make_tree(tmp_path / "src")
+    blob, _ = layer_bytes(src, "gzip")
+
+    class VerifyingReader(io.BytesIO):
+        """Like a blob store reader that finds the content bad when it reaches the end."""
+
+        def read(self, n=-1):
+            data = super().read(n)
+            if not data:
+                raise DigestMismatch("sha256:" + "a" * 64, "sha256:" + "b" * 64)
+            return data
+
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    with pytest.raises(DigestMismatch):
+        apply_layer(VerifyingReader(blob), dest)

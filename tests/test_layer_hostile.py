@@ -134,6 +134,13 @@ def test_hardlink_to_missing_or_later_entry_rejected(arena, mode):
     rejected(target, dirent("dir") + link("h", "dir") + END, "h", mode)
 
 
+def test_flat_hardlink_to_a_file_of_a_lower_layer_rejected(arena):
+    """Not representable as an overlay snapshot, so not accepted flat either."""
+    target, _ = arena
+    (target / "lowerfile").write_bytes(b"from below")
+    rejected(target, link("h", "lowerfile") + END, "h", "flat")
+
+
 @MODES
 @pytest.mark.parametrize("name", [".wh...", "a/.wh...", ".wh..", "/.wh.canary", "../.wh.canary", "a/../../.wh.canary"])
 def test_hostile_whiteouts_rejected(arena, mode, name):

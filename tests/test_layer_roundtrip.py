@@ -1,5 +1,8 @@
 """Layer round trip through a real overlayfs: diff(upper) then apply must
-reproduce the merged view, flat onto the lower and as an overlay snapshot."""
+reproduce the merged view, flat onto the lower and as an overlay snapshot.
+
+LAYER_EXAMPLES=300 runs more hypothesis examples than the CI default of 25.
+"""
 
 from __future__ import annotations
 

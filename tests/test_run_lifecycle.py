@@ -66,8 +66,10 @@ def test_stdin_and_tty(run_store, tmp_path):
 
 
 def test_foreground_container_is_recorded(run_store):
-    p = run(run_store, "--name", "kept", "busybox", "sh", "-c", "exit 4")
-    assert p.returncode == 4
+    p = run(run_store, "--name", "kept", "busybox", "sh", "-c", "echo out; echo err >&2; exit 4")
+    assert (p.returncode, p.stdout, p.stderr) == (4, "out\n", "err\n")
+    logs = run_store("logs", "kept")          # an attached, kept container is logged too
+    assert (logs.stdout, logs.stderr) == ("out\n", "err\n")
     ps = run_store("ps", "-a").stdout
     assert "kept" in ps and "Exited (4)" in ps
     assert "kept" not in run_store("ps").stdout
@@ -97,6 +99,8 @@ def test_detached_round_trip(run_store):
     assert run_store("exec", "rt", "nosuch", check=False).returncode == 127
     assert run_store("exec", "-i", "rt", "tr", "a-z", "A-Z", input="piped\n").stdout == "PIPED\n"
     assert run_store("exec", "rt", "cat", input="not without -i\n").stdout == ""
+    # exec -t: a pty of the container's own devpts, so `tty` can name it
+    assert run_store("exec", "-t", "rt", "tty").stdout.strip().startswith("/dev/pts/")
     # logs -f follows until the container ends
     follower = subprocess.Popen([sys.executable, "-m", "builder", "--root", str(run_store.root),
                                  "logs", "-f", "rt"], stdout=subprocess.PIPE, text=True, cwd=REPO)

@@ -35,6 +35,7 @@ def test_hundred_rm_runs_leave_nothing(run_store):
 def test_failed_and_detached_rm_runs_leave_nothing(run_store):
     root = run_store.root
     before = host_resources(root)
+    volumes = run_store("volume", "ls", "-q").stdout
     assert run_store("run", "--rm", "--network", "none", "busybox", "nosuch",
                      check=False).returncode == 127
     assert run_store("run", "--rm", "--network", "none", "-v", "/anon", "busybox", "sh", "-c",
@@ -42,4 +43,4 @@ def test_failed_and_detached_rm_runs_leave_nothing(run_store):
     cid = run_store("run", "-d", "--rm", "--network", "none", "busybox", "sleep", "30").stdout.strip()
     run_store("rm", "-f", cid)
     assert _settled(root, before) == before
-    assert run_store("volume", "ls", "-q").stdout == ""
+    assert run_store("volume", "ls", "-q").stdout == volumes

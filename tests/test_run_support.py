@@ -74,6 +74,8 @@ def host_resources(root: Path) -> dict[str, object]:
                     procs += 1
         except OSError:
             continue
+    # every entry under ROOT/containers (name links included), but not the .names dir itself
     files = sum(len(fs) + len(ds) for _, ds, fs in os.walk(root / "containers"))
+    files -= (root / "containers" / ".names").is_dir()
     return {"mounts": mounts, "cgroups": cgroups, "netns": netns, "veths": links.count("pbv"),
             "processes": procs, "files": files}

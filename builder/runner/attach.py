@@ -23,6 +23,7 @@ from builder.sandbox import Container, Result
 
 from .create import Prepared
 from .lifecycle import finish, launch
+from .logs import LOG_NAME, LogWriter, copy_streams, output_pipes, write_all
 
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1,
              signal.SIGUSR2)
@@ -79,17 +80,10 @@ def raw_terminal(fd: int) -> Iterator[None]:
         termios.tcsetattr(fd, termios.TCSADRAIN, saved)
 
 
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        try:
-            view = view[os.write(fd, view):]
-        except InterruptedError:
-            continue
-
-
-def pump_pty(master: int, interactive: bool, out_fd: int = 1, in_fd: int = 0) -> None:
-    """Copy master -> out_fd (and in_fd -> master with -i) until the slave side closes."""
+def pump_pty(master: int, interactive: bool, out_fd: int = 1, in_fd: int = 0,
+             log: LogWriter | None = None) -> None:
+    """Copy master -> out_fd (and to the log), and in_fd -> master with -i, until the
+    slave side closes."""
     with selectors.DefaultSelector() as sel:
         sel.register(master, selectors.EVENT_READ)
         if interactive:
@@ -109,9 +103,11 @@ def pump_pty(master: int, interactive: bool, out_fd: int = 1, in_fd: int = 0) ->
                 if key.fd == master:
                     if not data:
                         return
-                    _write_all(out_fd, data)
+                    write_all(out_fd, data)
+                    if log is not None:
+                        log.write("stdout", data)
                 elif data:
-                    _write_all(master, data)
+                    write_all(master, data)
                 else:
                     sel.unregister(in_fd)  # our stdin ended; send EOF (^D) to the pty
                     try:
@@ -121,32 +117,48 @@ def pump_pty(master: int, interactive: bool, out_fd: int = 1, in_fd: int = 0) ->
 
 
 def run_foreground(p: Prepared, interactive: bool, use_tty: bool) -> Result:
-    """Run a prepared container attached to our stdio; returns its Result."""
+    """Run a prepared container attached to our stdio; returns its Result.
+
+    A container that is kept (no --rm) also gets its output logged, as docker's
+    attached containers do: stdout/stderr then go through pipes we copy from."""
+    log = None if p.state.auto_remove else LogWriter(p.dir / LOG_NAME, p.state.log_max_size,
+                                                     p.state.log_max_files)
     p.spec.stdio = "pty" if use_tty else "inherit"
+    streams: dict[int, str] = {}
     with stdin_from_devnull(not interactive and not use_tty):
-        c = launch(p)
+        if log is not None and not use_tty:
+            with output_pipes() as streams:
+                c = launch(p)
+        else:
+            c = launch(p)
     try:
         with forwarding(c.kill):
             if use_tty:
-                result = _attached_tty(c, interactive)
+                result = _attached_tty(c, interactive, log)
             else:
+                copy_streams(streams, log, {"stdout": 1, "stderr": 2})
                 result = c.wait()
     except BaseException:
         c.teardown()
         finish(p.containers, p.state, None, error="pybuild run was interrupted", code=137)
         raise
+    finally:
+        for fd in streams:
+            os.close(fd)
+        if log is not None:
+            log.close()
     finish(p.containers, p.state, result)
     return result
 
 
-def _attached_tty(c: Container, interactive: bool) -> Result:
+def _attached_tty(c: Container, interactive: bool, log: LogWriter | None) -> Result:
     master = c.stdout
     assert master is not None
     copy_winsize(0 if os.isatty(0) else 1, master)
     old = signal.signal(signal.SIGWINCH, lambda s, f: copy_winsize(0 if os.isatty(0) else 1, master))
     try:
         with raw_terminal(0) if interactive else _nothing():
-            pump_pty(master, interactive)
+            pump_pty(master, interactive, log=log)
     finally:
         signal.signal(signal.SIGWINCH, old)
     return c.wait()

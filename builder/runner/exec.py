@@ -16,6 +16,8 @@ import errno
 import fcntl
 import os
 import signal
+import stat
+import struct
 import termios
 from pathlib import Path
 
@@ -48,6 +50,36 @@ def cgroup_dirs(container_id: str) -> list[str]:
     return sorted(d for d in dirs if os.path.isdir(d))
 
 
+TIOCSPTLCK = 0x40045431
+TIOCGPTPEER = 0x5441
+
+
+def container_pty(pid: int) -> tuple[int, int]:
+    """A pty pair from the container's own devpts instance, so `tty` inside names it
+    (/dev/pts/N); a host pty when that fails. Both ends are close-on-exec."""
+    try:
+        master = os.open(f"/proc/{pid}/root/dev/ptmx", os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
+    except OSError:
+        return _host_pty()
+    try:
+        st = os.fstat(master)
+        if not stat.S_ISCHR(st.st_mode) or os.major(st.st_rdev) != 5 or os.minor(st.st_rdev) != 2:
+            raise OSError(errno.ENOTTY, "not a ptmx")
+        fcntl.ioctl(master, TIOCSPTLCK, struct.pack("i", 0))
+        slave = fcntl.ioctl(master, TIOCGPTPEER, os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
+        return master, slave
+    except OSError:
+        os.close(master)
+        return _host_pty()
+
+
+def _host_pty() -> tuple[int, int]:
+    master, slave = os.openpty()
+    os.set_inheritable(master, False)
+    os.set_inheritable(slave, False)
+    return master, slave
+
+
 def _send(fd: int, msg: str) -> None:
     try:
         os.write(fd, (msg.replace("\n", " ") + "\n").encode(errors="replace"))
@@ -78,8 +110,7 @@ def exec_in(containers: Containers, ref: str, argv: list[str], *, interactive: b
         raise RunError(f"container {st.id[:12]}: cannot open its namespaces: {e.strerror}") from None
     master = slave = -1
     if use_tty:
-        master, slave = os.openpty()
-        os.set_inheritable(master, False)
+        master, slave = container_pty(st.pid)
         copy_winsize(0 if os.isatty(0) else 1, master)
         stdio = [slave, slave, slave]
     elif detach:

@@ -86,6 +86,8 @@ def finish(containers: Containers, st: ContainerState, result: Result | None,
     if st.auto_remove:
         discard(containers, st)
         return
+    if not containers.path(st.id).is_dir():
+        return  # removed meanwhile (rm -f)
     with containers.locked(st.id):
         st.status = "exited"
         st.exit_code = result.exit_code if result is not None else code

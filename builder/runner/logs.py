@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import json
 import os
+import selectors
 import sys
 import time
 from collections import deque
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
@@ -77,6 +79,68 @@ class LogWriter:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
+
+
+@contextmanager
+def output_pipes() -> Iterator[dict[int, str]]:
+    """Point our fds 1 and 2 at fresh pipes while a container is started (it inherits
+    them); yields {read end: stream name}. Our own 1 and 2 are restored afterwards."""
+    out_r, out_w = os.pipe2(os.O_CLOEXEC)
+    err_r, err_w = os.pipe2(os.O_CLOEXEC)
+    saved = (os.dup(1), os.dup(2))
+    os.dup2(out_w, 1)
+    os.dup2(err_w, 2)
+    os.close(out_w)
+    os.close(err_w)
+    try:
+        yield {out_r: "stdout", err_r: "stderr"}
+    finally:
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        os.close(saved[0])
+        os.close(saved[1])
+
+
+def copy_streams(streams: dict[int, str], log: LogWriter | None,
+                 tee: dict[str, int] | None = None) -> None:
+    """Copy output fds (stream name each) into the log, and to `tee[stream]` when given,
+    until every one of them is closed (EOF, or EIO from a pty whose slave side closed)."""
+    with selectors.DefaultSelector() as sel:
+        for fd in streams:
+            sel.register(fd, selectors.EVENT_READ)
+        open_fds = set(streams)
+        while open_fds:
+            try:
+                events = sel.select()
+            except InterruptedError:
+                continue
+            for key, _ in events:
+                try:
+                    data = os.read(key.fd, 65536)
+                except InterruptedError:
+                    continue
+                except OSError:
+                    data = b""
+                if not data:
+                    sel.unregister(key.fd)
+                    open_fds.discard(key.fd)
+                    continue
+                name = streams[key.fd]
+                if log is not None:
+                    log.write(name, data)
+                if tee and name in tee:
+                    write_all(tee[name], data)
+
+
+def write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        try:
+            view = view[os.write(fd, view):]
+        except InterruptedError:
+            continue
+        except BrokenPipeError:
+            return
 
 
 @dataclass

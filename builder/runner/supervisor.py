@@ -13,7 +13,6 @@ The sandbox kills the container if the supervisor dies (PDEATHSIG).
 from __future__ import annotations
 
 import os
-import selectors
 import signal
 import traceback
 
@@ -22,7 +21,7 @@ from builder.sandbox import SandboxError
 from .create import Prepared
 from .errors import RunError
 from .lifecycle import finish, launch
-from .logs import LOG_NAME, LogWriter
+from .logs import LOG_NAME, LogWriter, copy_streams, output_pipes
 
 
 def launch_detached(p: Prepared) -> None:
@@ -76,18 +75,9 @@ def _supervise(p: Prepared, report_fd: int) -> None:
             streams[c.stdout] = "stdout"
         else:
             p.spec.stdio = "inherit"
-            out_r, out_w = os.pipe2(os.O_CLOEXEC)
-            err_r, err_w = os.pipe2(os.O_CLOEXEC)
-            os.dup2(out_w, 1)
-            os.dup2(err_w, 2)
-            os.close(out_w)
-            os.close(err_w)
-            try:
+            with output_pipes() as streams:
                 c = _start(p, report_fd)
-            finally:
-                _null_stdio()
-            streams = {out_r: "stdout", err_r: "stderr"}
-        _copy(streams, log)
+        copy_streams(streams, log)
         result = c.wait()
         log.close()
         finish(p.containers, st, result)
@@ -120,24 +110,3 @@ def _start(p: Prepared, report_fd: int):
     os.write(report_fd, b"ok")
     os.close(report_fd)
     return c
-
-
-def _copy(streams: dict[int, str], log: LogWriter) -> None:
-    """Pipe/pty output into the log until every stream is closed."""
-    with selectors.DefaultSelector() as sel:
-        for fd in streams:
-            sel.register(fd, selectors.EVENT_READ)
-        open_fds = set(streams)
-        while open_fds:
-            for key, _ in sel.select():
-                try:
-                    data = os.read(key.fd, 65536)
-                except InterruptedError:
-                    continue
-                except OSError:
-                    data = b""
-                if data:
-                    log.write(streams[key.fd], data)
-                else:
-                    sel.unregister(key.fd)
-                    open_fds.discard(key.fd)

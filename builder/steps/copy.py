@@ -326,6 +326,7 @@ class CopyJob:
     extract: bool = False           # ADD: unpack local archives
     arg_count: int = 0
     workdir_only: bool = False      # WORKDIR: just create the directory
+    remote: list[str] = field(default_factory=list)   # downloaded ADD URLs: files, not extracted
     mtime: float | None = None
 
 
@@ -460,7 +461,8 @@ class _Writer:
         st = os.stat(item.host) if self.job.ctx is None else os.lstat(item.host)
         if stat.S_ISLNK(st.st_mode) and self.job.ctx is not None:
             st = os.stat(item.host)  # a source named explicitly is followed (inside the context)
-        if self.job.extract and stat.S_ISREG(st.st_mode) and _is_archive(item.host):
+        if self.job.extract and item.host not in self.job.remote and stat.S_ISREG(st.st_mode) \
+                and _is_archive(item.host):
             self.extract(item.host, dest)
             return
         if as_dir:

@@ -10,7 +10,6 @@ first definition, ports as "80/tcp", healthcheck durations in nanoseconds).
 from __future__ import annotations
 
 import copy
-import json
 import posixpath
 
 from builder.dockerfile import instructions as ins
@@ -168,7 +167,3 @@ def run_created_by(argv: list[str], used_args: dict[str, str]) -> str:
     if used_args:
         prefix = f"|{len(used_args)} " + " ".join(f"{k}={v}" for k, v in sorted(used_args.items())) + " "
     return prefix + " ".join(argv)
-
-
-def json_text(words: list[str]) -> str:
-    return json.dumps(words)
