@@ -17,11 +17,8 @@ import dataclasses
 import hashlib
 import json
 import os
-import posixpath
 import secrets as pysecrets
-import shutil
 import threading
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,10 +32,12 @@ from builder.dockerfile.stages import Stage, StageGraph, plan_stages, replay_onb
 from builder.progress import Progress
 from builder.rootview import Tree, in_overlay, normalize_dest
 from builder.steps import copy as copystep
+from builder.steps import download
 from builder.steps import meta
+from builder.steps import mounts as mountstep
+from builder.steps.mounts import Secret
 from builder.steps import run as runstep
 from layerstore import digest as dg
-from layerstore import mediatypes as mt
 from layerstore.errors import NotFound, PybuildError
 from layerstore.humanize import rfc3339_now
 from layerstore.model import ContainerConfig, Descriptor, History, ImageConfig
@@ -58,45 +57,6 @@ def _wait(fut: cf.Future):
         return fut.result()
     except BaseException as exc:  # noqa: BLE001 - reported by the stage that failed
         raise _DependencyFailed(str(exc)) from None
-
-
-@dataclass
-class Secret:
-    id: str
-    src: Path | None = None
-    env: str | None = None
-
-    def value(self) -> bytes:
-        if self.src is not None:
-            try:
-                return self.src.read_bytes()
-            except OSError as exc:
-                raise BuildError(f"secret {self.id}: cannot read {self.src}: {exc.strerror}") from None
-        if self.env is not None:
-            if self.env not in os.environ:
-                raise BuildError(f"secret {self.id}: environment variable {self.env} is not set")
-            return os.environ[self.env].encode()
-        raise BuildError(f"secret {self.id}: no src or env")
-
-
-def parse_secret(text: str) -> Secret:
-    """`id=ID,src=PATH` | `id=ID,env=VAR` (also `type=file|env`, `source=`)."""
-    fields = {}
-    for part in text.split(","):
-        k, eq, v = part.partition("=")
-        if not eq:
-            raise PybuildError(f"--secret {text!r}: expected key=value pairs")
-        fields[k.strip().lower()] = v
-    sid = fields.get("id")
-    src = fields.get("src") or fields.get("source")
-    env = fields.get("env")
-    if fields.get("type") == "env" and src and not env:
-        env, src = src, None
-    if not sid:
-        sid = Path(src).name if src else env
-    if not sid or (not src and not env):
-        raise PybuildError(f"--secret {text!r}: needs id= and src= or env=")
-    return Secret(sid, Path(src).expanduser().absolute() if src else None, env)
 
 
 @dataclass
@@ -644,7 +604,7 @@ class _StageRunner:
                 dl_dir = b.scratch / f"download-{pysecrets.token_hex(6)}"
                 dl_dir.mkdir()
                 for k, url in enumerate(urls):
-                    downloads.append((url, _download(url, dl_dir / str(k),
+                    downloads.append((url, download.fetch(url, dl_dir / str(k),
                                                      getattr(i, "checksum", None))))
             self._copy(i, n, is_add, from_, heredocs, plain_sources, downloads, dest)
         finally:
@@ -679,7 +639,7 @@ class _StageRunner:
             # a remote file is keyed by its content (and copied as a file, never extracted)
             hd += f" {url} {copystep.file_sha256(str(path))}"
             sel = sel or copystep.Selection()
-            sel.items.append(copystep.Item(str(path), _url_name(url), False, url))
+            sel.items.append(copystep.Item(str(path), download.url_name(url), False, url))
         key = step_key(self.state.key, _canonical(i) + dest, {}, inputs + hd)
         if self._hit(key, n):
             return
@@ -802,143 +762,20 @@ class _StageRunner:
         return self.ctx
 
     def _mounts(self, i: ins.Run, ws: Path, env: dict[str, str]):
-        from builder.sandbox import BindMount, TmpfsMount
+        def stage_tree(ref: str, dest: Path) -> Path:
+            """A flat copy of another stage's or image's rootfs for a bind mount."""
+            from layerstore.layer_apply import apply_layer
 
-        binds, locks, targets = [], [], []
-        for k, m in enumerate(i.mounts):
-            t = m.type
-            if t == "secret":
-                sec = self.b.opts.secrets.get(m.id or Path(m.target or "").name)
-                if sec is None:
-                    if m.required:
-                        raise BuildError(f"secret {m.id} was not provided (--secret id={m.id},...)")
-                    continue
-                value = sec.value()
-                if m.env:
-                    env[m.env] = value.decode("utf-8", "replace")
-                    if not m.target:
-                        continue
-                target = m.target or f"/run/secrets/{sec.id}"
-                sd = ws / "secrets"
-                sd.mkdir(exist_ok=True, mode=0o700)
-                f = sd / f"s{k}"
-                f.write_bytes(value)
-                os.chmod(f, int(m.mode, 8) if m.mode else 0o400)
-                os.chown(f, int(m.uid or 0), int(m.gid or 0))
-                binds.append(BindMount(f, target, readonly=True))
-                targets.append(target)
-            elif t == "cache":
-                target = m.target
-                if not target:
-                    raise BuildError("RUN --mount=type=cache needs target=")
-                cid = m.id or target
-                d = self.b.store.root / "cache" / "mounts" / hashlib.sha256(cid.encode()).hexdigest()[:32]
-                fresh = not d.exists()
-                d.mkdir(parents=True, exist_ok=True)
-                if fresh:
-                    os.chmod(d, int(m.mode, 8) if m.mode else 0o755)
-                    os.chown(d, int(m.uid or 0), int(m.gid or 0))
-                if (m.sharing or "shared") == "locked":
-                    locks.append(d.with_suffix(".lock"))
-                binds.append(BindMount(d, target, readonly=bool(m.readonly)))
-                targets.append(target)
-            elif t == "tmpfs":
-                target = m.target
-                if not target:
-                    raise BuildError("RUN --mount=type=tmpfs needs target=")
-                size = None
-                if m.size:
-                    size = _parse_size(m.size)
-                binds.append(TmpfsMount(target, size=size))
-                targets.append(target)
-            elif t == "bind":
-                target = m.target
-                if not target:
-                    raise BuildError("RUN --mount=type=bind needs target=")
-                src_rel = m.source or "."
-                if m.from_ and m.from_ not in self.b.opts.build_contexts:
-                    st = self._source_state(m.from_)
-                    flat = ws / f"bind{k}"
-                    from layerstore.layer_apply import apply_layer
-
-                    flat.mkdir()
-                    for layer, diff_id in zip(st.layers, st.config.diff_ids):
-                        with self.b.store.blobs.open(layer.digest) as f:
-                            apply_layer(f, flat, mode="flat", expected_diff_id=diff_id)
-                    from builder.rootview import secure_join
-
-                    src = Path(secure_join(str(flat), src_rel))
-                else:
-                    ctx = self._bind_context(m.from_)
-                    if ctx.root is None:
-                        raise BuildError("RUN --mount=type=bind: no build context")
-                    rel = ctx.resolve(src_rel)
-                    src = ctx.real(rel)
-                    if not src.exists():
-                        raise BuildError(f"RUN --mount=type=bind,source={src_rel}: not found "
-                                         "in the build context")
-                rw = m.readonly is False
-                if rw:
-                    copy_dir = ws / f"bindrw{k}"
-                    if src.is_dir():
-                        shutil.copytree(src, copy_dir, symlinks=True)
-                    else:
-                        shutil.copy2(src, copy_dir)
-                    src = copy_dir
-                binds.append(BindMount(src, target, readonly=not rw))
-                targets.append(target)
-            elif t == "ssh":
-                raise BuildError("RUN --mount=type=ssh is not supported")
-        return binds, locks, targets
-
-
-def _url_name(url: str) -> str:
-    from urllib.parse import urlparse
-
-    name = posixpath.basename(urlparse(url).path.rstrip("/"))
-    return name or "index.html"
-
-
-def _download(url: str, dest: Path, checksum: str | None) -> Path:
-    """Fetch `url` for ADD (http/https only); a clear error when it cannot be reached."""
-    import email.utils
-
-    import requests
-
-    if not url.startswith(("http://", "https://")):
-        raise BuildError(f"ADD {url}: only http:// and https:// URLs can be downloaded")
-    h = hashlib.sha256()
-    try:
-        with requests.get(url, stream=True, timeout=30) as r:
-            if r.status_code != 200:
-                raise BuildError(f"ADD {url}: download failed: HTTP {r.status_code}")
-            with open(dest, "wb") as f:
-                for chunk in r.iter_content(1 << 20):
-                    f.write(chunk)
-                    h.update(chunk)
-            modified = r.headers.get("Last-Modified")
-    except requests.RequestException as exc:
-        raise BuildError(f"ADD {url}: cannot download (no network access to it?): "
-                         f"{type(exc).__name__}") from None
-    if checksum and checksum != "sha256:" + h.hexdigest():
-        raise BuildError(f"ADD {url}: checksum mismatch: expected {checksum}, "
-                         f"got sha256:{h.hexdigest()}")
-    os.chmod(dest, 0o600)
-    if modified:
-        try:
-            t = email.utils.parsedate_to_datetime(modified).timestamp()
-            os.utime(dest, (t, t))
-        except (TypeError, ValueError):
-            pass
-    return dest
-
-
-def _parse_size(text: str) -> int:
-    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
-    t = text.strip().lower().rstrip("b")
-    if t and t[-1] in units:
-        return int(float(t[:-1]) * units[t[-1]])
-    return int(t)
+            st = self._source_state(ref)
+            dest.mkdir()
+            for layer, diff_id in zip(st.layers, st.config.diff_ids):
+                with self.b.store.blobs.open(layer.digest) as f:
+                    apply_layer(f, dest, mode="flat", expected_diff_id=diff_id)
+            return dest
+        return mountstep.prepare(i.mounts, ws, env, secrets=self.b.opts.secrets,
+                                 cache_dir=self.b.store.root / "cache" / "mounts",
+                                 contexts=self.b.opts.build_contexts,
+                                 bind_context=self._bind_context, stage_tree=stage_tree)
 
 
 def build(store, opts: BuildOptions, progress: Progress | None = None) -> BuildResult:

@@ -31,8 +31,9 @@ def parse_output(text: str | None) -> dict[str, str]:
     if "=" not in text:
         return {"type": "local", "dest": text}
     out = _pairs(text.split(","), "--output")
-    if out.get("type", "image") not in ("image", "oci", "docker", "local", "tar", "registry"):
-        raise PybuildError(f"--output {text!r}: unknown type {out.get('type')!r}")
+    if out.get("type", "image") not in ("image", "oci", "docker", "local", "tar"):
+        raise PybuildError(f"--output {text!r}: type must be image, oci, docker, local or tar "
+                           "(push with `pybuild push` after building)")
     out.setdefault("type", "image")
     if out["type"] != "image" and "dest" not in out:
         raise PybuildError(f"--output {text!r}: dest= is required")
@@ -43,7 +44,8 @@ def run_build(store, context: str, dockerfile: str | None, *, tags, build_args, 
               target, no_cache, pull, network, platform, labels, annotations, secrets,
               build_contexts, compression, source_date_epoch, squash, iidfile, metadata_file,
               output, progress_mode, quiet, jobs) -> None:
-    from builder.build import BuildOptions, build, parse_secret
+    from builder.build import BuildOptions, build
+    from builder.steps.mounts import parse_secret
     from builder.dockerfile.check import parse_build_args
     from builder.progress import Progress
 
@@ -130,5 +132,3 @@ def deliver(store, result, out: dict[str, str]) -> None:
                     tar.add(tmp / "root", arcname=".")
             finally:
                 remove_tree(tmp)
-    else:
-        raise PybuildError(f"--output type={kind}: not supported yet")

@@ -451,6 +451,8 @@ def _containers(settings: Settings):
 @click.option("--stop-timeout", type=int, default=None, help="Seconds before SIGKILL on stop.")
 @click.option("--pull", default="missing", help="missing (default), always or never.")
 @click.option("-l", "--label", multiple=True, metavar="K=V", help="Set a label.")
+@click.option("--log-opt", multiple=True, metavar="max-size=S|max-file=N",
+              help="Log rotation (default max-size=10m, max-file=3).")
 @click.pass_obj
 def run_cmd(settings: Settings, image: str, command: tuple[str, ...], **flags) -> None:
     """Run a command in a new container."""

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+import queue
 import stat
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -25,6 +27,7 @@ from layerstore.layer_tar import (BLK, CHR, DIR, FIFO, LNK, OPAQUE_MARKER, REG, 
                                   ZERO_BLOCK, build_header, padding)
 
 _FLUSH = 1 << 20
+_DEPTH = 8  # pieces in flight between the walk and the hashing/compressing thread
 _OPAQUE_XATTRS = (b"trusted.overlay.opaque", b"user.overlay.opaque")
 _SKIPPED_XATTR_PREFIXES = (b"trusted.overlay.", b"user.overlay.")
 _UNSUPPORTED_OVERLAY = (b".overlay.metacopy", b".overlay.redirect")
@@ -42,25 +45,55 @@ class LayerStats:
 
 
 class _TarSink:
-    """Collects tar bytes, hashes them and feeds the compressor in ~1 MiB pieces."""
+    """Collects tar bytes and hands ~1 MiB pieces to a thread that hashes and compresses.
+
+    The walk (file reads, headers) thus overlaps with hashing and compression,
+    which drop the GIL; `out` is only ever written from that one thread.
+    """
 
     def __init__(self, writer: comp.Compressor) -> None:
         self._writer = writer
         self._hash = hashlib.sha256()
         self._buf = bytearray()
+        self._queue: queue.Queue[bytearray | None] = queue.Queue(_DEPTH)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="layer-write", daemon=True)
+        self._thread.start()
         self.size = 0
+
+    def _run(self) -> None:
+        while (buf := self._queue.get()) is not None:
+            if self._error is None:
+                try:
+                    self._hash.update(buf)
+                    self._writer.write(buf)
+                except BaseException as exc:  # re-raised in the walking thread
+                    self._error = exc
 
     def add(self, data: bytes) -> None:
         self._buf += data
         if len(self._buf) >= _FLUSH:
-            self.flush()
+            self._hand_over()
 
-    def flush(self) -> None:
+    def _hand_over(self) -> None:
+        if self._error is not None:
+            raise self._error
         if self._buf:
-            self._hash.update(self._buf)
-            self._writer.write(self._buf)
             self.size += len(self._buf)
+            self._queue.put(self._buf)
             self._buf = bytearray()
+
+    def finish(self) -> None:
+        """Waits for everything added to be hashed and compressed (raising its error)."""
+        self._hand_over()
+        self.stop()
+        if self._error is not None:
+            raise self._error
+
+    def stop(self) -> None:
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join()
 
     def digest(self) -> str:
         return "sha256:" + self._hash.hexdigest()
@@ -202,8 +235,9 @@ def write_layer(src: Path, out: BinaryIO, *, compression: str = "gzip", source_d
     try:
         _Differ(sink, source_date_epoch, overlay).walk(root, b"")
         sink.add(ZERO_BLOCK * 2)
-        sink.flush()
+        sink.finish()
     except BaseException:
+        sink.stop()
         writer.abort()
         raise
     writer.close()

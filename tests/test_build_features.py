@@ -224,3 +224,20 @@ def test_add_url_downloads_with_checksum(bb, tmp_path):
     (ctx / "Dockerfile").write_text(f"FROM busybox\nADD {url} /x\n")
     p = bb("build", "--progress", "quiet", ctx, check=False)
     assert p.returncode == 1 and "cannot download" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_progress_modes(bb, tmp_path):
+    ctx = _ctx(tmp_path, "FROM busybox\nRUN echo visible-output\n")
+    quiet = bb("build", "--progress", "quiet", "--no-cache", ctx)
+    assert quiet.stderr == "" and quiet.stdout.strip().startswith("sha256:")
+    assert len(quiet.stdout.split()) == 1
+    raw = bb("build", "--progress", "rawjson", "--no-cache", ctx)
+    events = [json.loads(line) for line in raw.stderr.splitlines()]
+    kinds = [e["event"] for e in events]
+    assert kinds.count("start") == 2 and kinds.count("done") == 2
+    assert {"event": "output", "data": "visible-output"}.items() <= next(
+        e for e in events if e["event"] == "output").items()
+    plain = bb("build", "--progress", "plain", ctx)
+    lines = plain.stderr.splitlines()
+    assert any(l.startswith("#2 [stage-0 2/2] RUN echo visible-output") for l in lines)
+    assert "#2 CACHED" in lines

@@ -91,3 +91,10 @@ def test_debian_python_sample(pybuild, store_root, tmp_path):
     out = pybuild("run", "--rm", "debian-python").stdout
     assert out.startswith("hello from Python 3.11")
     assert _runc(pybuild, tmp_path, "debian-python") == out
+
+
+def test_busybox_base_sample(base, tmp_path):
+    assert base("run", "--rm", "busybox", "echo", "base ok").stdout == "base ok\n"
+    history = base("history", "--no-trunc", "busybox").stdout
+    assert 'CMD ["sh"]' in history and "ADD file:" in history
+    assert _runc(base, tmp_path, "busybox") == ""   # CMD sh with no input: exits at once, status 0

@@ -399,3 +399,20 @@ def test_errors_of_the_underlying_stream_pass_through(tmp_path):
     dest.mkdir()
     with pytest.raises(DigestMismatch):
         apply_layer(VerifyingReader(blob), dest)
+
+
+@pytest.mark.parametrize("compression", ["gzip", "zstd", "none"])
+def test_a_failing_output_stream_fails_the_commit(tmp_path, compression):
+    import errno
+
+    src = make_tree(tmp_path / "src")
+    (src / "big").write_bytes(os.urandom(6 << 20))
+
+    class DiskFull(io.BytesIO):
+        def write(self, data):
+            if self.tell() > 100_000:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return super().write(data)
+
+    with pytest.raises(OSError, match="No space left"):
+        write_layer(src, DiskFull(), compression=compression)

@@ -6,6 +6,7 @@ import threading
 import time
 
 from builder.runner.logs import LOG_NAME, LogWriter, follow_log, log_files, read_entries
+from test_run_support import run_store  # noqa: F401  (fixture)
 
 
 def test_rotation_caps_size_and_keeps_order(tmp_path):
@@ -54,3 +55,15 @@ def test_follow_reads_until_stopped(tmp_path):
     assert got[-1] == b"after 29\n"
     numbers = [int(d.split()[1]) for d in got]
     assert numbers == sorted(numbers)
+
+
+def test_detached_log_is_capped_by_log_opt(run_store):
+    script = "i=0; while [ $i -lt 300 ]; do echo line $i; i=$((i+1)); done"
+    cid = run_store("run", "--network", "none", "-d", "--log-opt", "max-size=2k", "--log-opt",
+                    "max-file=2", "busybox", "sh", "-c", script).stdout.strip()
+    assert run_store("wait", cid).stdout.strip() == "0"
+    files = log_files(run_store.root / "containers" / cid)
+    assert [f.name for f in files] == [LOG_NAME + ".1", LOG_NAME]
+    assert all(f.stat().st_size <= 2048 for f in files)
+    assert run_store("logs", "--tail", "2", cid).stdout == "line 298\nline 299\n"
+    run_store("rm", cid)

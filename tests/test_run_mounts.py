@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from test_run_support import run_store  # noqa: F401  (fixture)
 
@@ -42,6 +43,18 @@ def test_named_volume_keeps_data(run_store):
     run_store("volume", "rm", "keep")
     assert "keep" not in run_store("volume", "ls", "-q").stdout.split()
     assert run_store("volume", "rm", "keep", check=False).returncode != 0
+
+
+def test_new_volume_is_filled_from_the_image(run_store):
+    """docker's copy-up: an empty volume mounted over image content starts with it."""
+    p = sh(run_store, "-v", "etcvol:/etc", "busybox", script="grep -c '^user:' /etc/passwd")
+    assert p.stdout == "1\n"
+    info = json.loads(run_store("volume", "inspect", "etcvol").stdout)[0]
+    assert (Path(info["Mountpoint"]) / "passwd").read_text().startswith("root:")
+    sh(run_store, "-v", "etcvol:/etc", "busybox", script="echo extra > /etc/added")
+    p = sh(run_store, "-v", "etcvol:/mnt", "busybox", script="cat /mnt/added; ls /mnt | grep -c passwd")
+    assert p.stdout.split() == ["extra", "1"]                 # not copied again, data kept
+    run_store("volume", "rm", "etcvol")
 
 
 def test_anonymous_volumes_follow_rm(run_store):

@@ -76,6 +76,14 @@ def test_signals_ulimits_env(tmp_path):
         parse_env_file(f)
 
 
+def test_log_options():
+    o = build_options("img", [], log_opt=("max-size=1k", "max-file=2"))
+    assert (o.log_max_size, o.log_max_files) == (1024, 2)
+    for bad in ("max-size=", "max-file=0", "mode=fast"):
+        with pytest.raises(RunError, match="--log-opt"):
+            build_options("img", [], log_opt=(bad,))
+
+
 def test_build_options_limits():
     o = build_options("img", ["a"], memory="64m", memory_swap="-1", cpus="0.5", pids_limit="50",
                       security_opt=("seccomp=unconfined", "no-new-privileges"))

@@ -10,6 +10,18 @@ import pytest
 from test_run_support import host_resources, run_store  # noqa: F401  (fixture)
 
 
+def _stable(root) -> dict:
+    """Resources once two readings 0.2 s apart agree (earlier tests' processes gone)."""
+    last = host_resources(root)
+    for _ in range(25):
+        time.sleep(0.2)
+        now = host_resources(root)
+        if now == last:
+            return now
+        last = now
+    return last
+
+
 def _settled(root, want: dict, timeout: float = 3.0) -> dict:
     """Resources now; a container's last processes may take a moment to vanish."""
     deadline = time.monotonic() + timeout
@@ -24,7 +36,7 @@ def _settled(root, want: dict, timeout: float = 3.0) -> dict:
 def test_hundred_rm_runs_leave_nothing(run_store):
     root = run_store.root
     run_store("run", "--rm", "--network", "none", "busybox", "true")   # snapshots made once
-    before = host_resources(root)
+    before = _stable(root)
     for i in range(100):
         p = run_store("run", "--rm", "--network", "none", "busybox", "true", check=False)
         assert p.returncode == 0, (i, p.stderr)
@@ -34,7 +46,7 @@ def test_hundred_rm_runs_leave_nothing(run_store):
 
 def test_failed_and_detached_rm_runs_leave_nothing(run_store):
     root = run_store.root
-    before = host_resources(root)
+    before = _stable(root)
     volumes = run_store("volume", "ls", "-q").stdout
     assert run_store("run", "--rm", "--network", "none", "busybox", "nosuch",
                      check=False).returncode == 127

@@ -82,7 +82,7 @@ def test_import_from_stdin_same_layer_twice(pybuild, tmp_path):
 
 
 @pytest.mark.parametrize("args,message", [
-    (("inspect", "nosuch"), "nosuch:latest: no such image in the store"),
+    (("inspect", "nosuch"), "nosuch: no such image or container"),
     (("history", "Bad/Name"), "no such image"),
     (("tag", "nosuch", "x"), "no such image"),
     (("import", "/nonexistent.tar", "x"), "/nonexistent.tar: no such file"),

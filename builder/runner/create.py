@@ -207,7 +207,8 @@ def _prepare(store: Store, opts: RunOptions) -> Prepared:
         cap_add=cap_add, cap_drop=list(opts.cap_drop), seccomp=seccomp, no_new_privs=nnp,
         privileged=opts.privileged, read_only=opts.read_only, network=opts.network,
         ports=[str(p) for p in ports], labels=labels,
-        limits={k: v for k, v in vars(limits).items() if v is not None})
+        limits={k: v for k, v in vars(limits).items() if v is not None},
+        log_max_size=opts.log_max_size, log_max_files=opts.log_max_files)
     spec = SandboxSpec(root=OverlayRoot([], Path(), Path()), argv=argv, env=env, cwd=cwd,
                        user=user, hostname=hostname, limits=limits, network=network,
                        cap_add=cap_add, cap_drop=list(opts.cap_drop), seccomp=seccomp,

@@ -138,7 +138,7 @@ def stop(containers: Containers, ref: str, timeout: int | None = None,
         return st
     _signal(st, sig or st.stop_signal)
     wait_s = st.stop_timeout if timeout is None else timeout
-    if not _wait_gone(containers, st, wait_s):
+    if not _wait_gone(containers, st, None if wait_s < 0 else wait_s):  # -1: wait for ever
         _signal(st, signal.SIGKILL)
         _wait_gone(containers, st, 30)
     return st

@@ -90,6 +90,19 @@ class RunOptions:
     stop_timeout: int | None = None
     pull: str = "missing"
     labels: dict[str, str] = field(default_factory=dict)
+    log_max_size: int = 10 << 20
+    log_max_files: int = 3
+
+
+def parse_log_opt(text: str, opts: RunOptions) -> None:
+    """--log-opt max-size=10m | max-file=3 (docker's json-file options)."""
+    key, eq, value = text.partition("=")
+    if key == "max-size" and eq:
+        opts.log_max_size = parse_size(value, "--log-opt max-size")
+    elif key == "max-file" and value.isdigit() and int(value) >= 1:
+        opts.log_max_files = int(value)
+    else:
+        raise RunError(f"invalid --log-opt {text!r}: supported are max-size=SIZE and max-file=N")
 
 
 def parse_size(text: str, what: str) -> int:
@@ -282,8 +295,9 @@ def parse_tmpfs(text: str) -> MountSpec:
             m.size = parse_size(value, "tmpfs size")
         elif key == "mode":
             m.mode = _octal(value, text)
-        elif key not in ("rw", "noexec", "exec", "nosuid", "nodev", "suid", "dev"):
-            raise RunError(f"invalid --tmpfs {text!r}: unsupported option {key!r}")
+        elif key not in ("rw", "nosuid", "nodev"):  # the sandbox always mounts nosuid,nodev
+            raise RunError(f"invalid --tmpfs {text!r}: unsupported option {key!r} "
+                           "(supported: size, mode, rw, nosuid, nodev)")
     return m
 
 
@@ -362,7 +376,8 @@ def build_options(image: str, command: tuple[str, ...] | list[str], *, rm: bool 
                   cap_drop: tuple[str, ...] = (), security_opt: tuple[str, ...] = (),
                   privileged: bool = False, ulimit: tuple[str, ...] = (),
                   stop_signal: str | None = None, stop_timeout: int | None = None,
-                  pull: str = "missing", label: tuple[str, ...] = ()) -> RunOptions:
+                  pull: str = "missing", label: tuple[str, ...] = (),
+                  log_opt: tuple[str, ...] = ()) -> RunOptions:
     """The run command line's raw strings, parsed and checked."""
     net = {"bridge": "private", "default": "private"}.get(network, network)
     if net not in ("none", "host", "private"):
@@ -394,6 +409,8 @@ def build_options(image: str, command: tuple[str, ...] | list[str], *, rm: bool 
     for s in security_opt:
         parse_security_opt(s, opts)
     opts.ulimits = [parse_ulimit(u) for u in ulimit]
+    for item in log_opt:
+        parse_log_opt(item, opts)
     if stop_signal is not None:
         parse_signal(stop_signal)
     if stop_timeout is not None and stop_timeout < -1:

@@ -1,0 +1,1 @@
+"""Step handlers of the build solver: RUN (sandbox), COPY/ADD, config-only instructions."""
