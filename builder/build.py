@@ -146,6 +146,7 @@ class Builder:
         self.failed = threading.Event()
         self.running: dict = {}   # containers of RUN steps in progress, by id()
         self.new_roots = False    # a step made a layer: ROOT/cache/roots must be rewritten
+        self.base_counts: dict[int, int] = {}
 
     # --- plan ---------------------------------------------------------------
 
@@ -303,6 +304,10 @@ class Builder:
         self.progress.start(n, f"{label} 1/{total}", f"FROM {stage.from_.image}"
                             + (f" AS {stage.name}" if stage.name else ""))
         state, triggers = self.base_state(stage, results)
+        # layers that came from an image (not built here): --squash keeps them as they are
+        base = stage.base
+        self.base_counts[stage.index] = (self.base_counts.get(base.stage, 0) if base.kind == "stage"
+                                         else len(state.layers))
         self.progress.done(n)
         runner = _StageRunner(self, stage, graph, df, ctx, results, state, label, total)
         for t in stage.triggers:
@@ -353,7 +358,7 @@ class Builder:
             final: State = results[graph.target].result()
             with self.hash_lock:
                 self.hashes.save()
-            result = self.finish(final)
+            result = self.finish(final, self.base_counts.get(graph.target, 0))
             if self.new_roots or not (self.cache.dir / "roots").exists():
                 self.cache.write_roots()
         result.warnings = list(graph.warnings)
@@ -366,15 +371,15 @@ class Builder:
             self.failed.set()
             raise
 
-    def finish(self, final: State) -> BuildResult:
+    def finish(self, final: State, base_count: int = 0) -> BuildResult:
         cfg = _clone(final.config)
         layers = list(final.layers)
         if self.opts.labels:
             labels = dict(cfg.config.Labels or {})
             labels.update(self.opts.labels)
             cfg.config = dataclasses.replace(cfg.config, Labels=labels)
-        if self.opts.squash and len(layers) > 1:
-            cfg, layers = self.squash(cfg, layers)
+        if self.opts.squash and len(layers) - base_count > 1:
+            cfg, layers = self.squash(cfg, layers, base_count)
         manifest = self.store.commit_image(cfg, layers, annotations=self.opts.annotations or None)
         names = []
         for t in self.opts.tags:
@@ -384,27 +389,48 @@ class Builder:
         image_id = self.store.read_manifest(manifest).config.digest
         return BuildResult(image_id, manifest, names, self.steps_run, self.steps_cached)
 
-    def squash(self, cfg: ImageConfig, layers: list[Descriptor]) -> tuple[ImageConfig, list[Descriptor]]:
-        """Merge every layer into one (docker's --squash keeps the base; ours flattens all)."""
-        from layerstore.layer_apply import apply_layer
+    def squash(self, cfg: ImageConfig, layers: list[Descriptor],
+               base_count: int) -> tuple[ImageConfig, list[Descriptor]]:
+        """Merge the layers this build made into one; the base image's layers stay.
 
-        tmp = self.scratch / f"squash-{pysecrets.token_hex(6)}"
+        The new layers are applied, in order, onto an overlay of the base: the
+        overlay's upper dir is then exactly their combined change, whiteouts included.
+        """
+        base = State(cfg, layers[:base_count], "")
+        base.config = dataclasses.replace(cfg, diff_ids=cfg.diff_ids[:base_count])
+        ws = self.workspace()
         try:
-            tmp.mkdir()
-            for layer, diff_id in zip(layers, cfg.diff_ids):
-                with self.store.blobs.open(layer.digest) as f:
-                    apply_layer(f, tmp, mode="flat", expected_diff_id=diff_id)
-            layer, diff_id = self.store.commit_layer(tmp, compression=self.opts.compression,
-                                                     overlay=False,
+            blobs = [(str(self.store.blobs.path(l.digest)), d)
+                     for l, d in zip(layers[base_count:], cfg.diff_ids[base_count:])]
+            in_overlay([Tree(self.lowers(base), ws / "upper", ws / "work")], _apply_blobs, blobs,
+                       scratch=self.scratch)
+            layer, diff_id = self.store.commit_layer(ws / "upper", compression=self.opts.compression,
+                                                     overlay=True,
                                                      source_date_epoch=self.opts.source_date_epoch)
         finally:
-            remove_tree(tmp)
-        cfg.diff_ids = [diff_id]
-        hist = [dataclasses.replace(h, empty_layer=True) for h in cfg.history]
+            remove_tree(ws)
+        cfg.diff_ids = cfg.diff_ids[:base_count] + [diff_id]
+        # history: the base's entries as they were, the build's as empty but the last
+        hist, seen = [], 0
+        for h in cfg.history:
+            if not h.empty_layer and seen < base_count:
+                seen += 1
+                hist.append(h)
+            else:
+                hist.append(dataclasses.replace(h, empty_layer=True))
         if hist:
             hist[-1].empty_layer = False
         cfg.history = hist
-        return cfg, [layer]
+        return cfg, layers[:base_count] + [layer]
+
+
+def _apply_blobs(points: list[str], blobs: list[tuple[str, str]]) -> None:
+    """(In the overlay child) apply layer blobs onto the merged view, as a flat tree."""
+    from layerstore.layer_apply import apply_layer
+
+    for path, diff_id in blobs:
+        with open(path, "rb") as f:
+            apply_layer(f, Path(points[0]), mode="flat", expected_diff_id=diff_id)
 
 
 def _replay(triggers: list[str], escape: str) -> list[ins.Instruction]:

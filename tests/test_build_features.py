@@ -45,13 +45,18 @@ def test_outputs_squash_labels_and_iidfile(bb, tmp_path):
     ctx = _ctx(tmp_path, """\
         FROM busybox
         RUN echo one > /one
-        RUN echo two > /two && rm /one
+        RUN echo two > /two && rm /one /bin/vi
         """)
     iid = tmp_path / "iid"
     bb("build", "--progress", "quiet", "-t", "squashed", "--squash", "--label", "team=core",
        "--iidfile", iid, ctx)
     cfg = _config(bb, "squashed")
-    assert len(cfg["RootFS"]["Layers"]) == 1
+    base_layers = _config(bb, "busybox")["RootFS"]["Layers"]
+    assert cfg["RootFS"]["Layers"][:-1] == base_layers and len(cfg["RootFS"]["Layers"]) == 2
+    squashed = tmp_path / "squashed-root"
+    bb("build", "--progress", "quiet", "--squash", "--output", f"type=local,dest={squashed}", ctx)
+    assert (squashed / "two").read_text() == "two\n" and not (squashed / "one").exists()
+    assert not (squashed / "bin/vi").exists() and (squashed / "bin/sh").exists()
     assert cfg["Config"]["Labels"] == {"team": "core"}
     assert iid.read_text() == cfg["Id"]
     tar_out = tmp_path / "rootfs.tar"

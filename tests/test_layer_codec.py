@@ -416,3 +416,25 @@ def test_a_failing_output_stream_fails_the_commit(tmp_path, compression):
 
     with pytest.raises(OSError, match="No space left"):
         write_layer(src, DiskFull(), compression=compression)
+
+
+def test_odd_file_names_round_trip(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    names = [b"new\nline", b"sp ace", b"\xff\xfe-not-utf8", "ünïcödé-☃".encode(), b"x" * 200 + b"\xff",
+             b"-dash", b"=equals=", b"trailing.", b"..dots"]
+    base = os.fsencode(src)
+    for i, name in enumerate(names):
+        with open(os.path.join(base, name), "wb") as f:
+            f.write(b"%d" % i)
+    os.symlink(b"\xff/target\nwith newline", os.path.join(base, b"odd-link"))
+    blob, stats = layer_bytes(src, "gzip")
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    apply_layer(io.BytesIO(blob), dest, expected_diff_id=stats.diff_id)
+    assert not diff_trees(describe_tree(dest), describe_tree(src))
+    gnu = tmp_path / "gnu"
+    gnu.mkdir()
+    (tmp_path / "l.tgz").write_bytes(blob)
+    subprocess.run([require_tool("tar"), "-xzf", str(tmp_path / "l.tgz"), "-C", str(gnu)], check=True)
+    assert sorted(os.listdir(os.fsencode(gnu))) == sorted(names + [b"odd-link"])

@@ -221,7 +221,8 @@ def _prepare(store: Store, opts: RunOptions) -> Prepared:
             empty = cdir / "empty"
             empty.mkdir()
             lowers = [empty]
-        spec.root = OverlayRoot(lowers, cdir / "upper", cdir / "work", readonly=opts.read_only)
+        spec.root = OverlayRoot(lowers, cdir / "upper", cdir / "work", readonly=opts.read_only,
+                                volatile=opts.rm)
         spec.state_dir = cdir / "sandbox"
         spec.mounts = _mounts(opts, cfg, lowers, Volumes(store.root), state)
         containers.save(state)

@@ -77,6 +77,8 @@ def open_root(spec: SandboxSpec) -> int | None:
                 raise
         libc.fsconfig(fd, libc.FSCONFIG_SET_STRING, "upperdir", str(root.upper))
         libc.fsconfig(fd, libc.FSCONFIG_SET_STRING, "workdir", str(root.work))
+        if root.volatile:
+            libc.fsconfig(fd, libc.FSCONFIG_SET_FLAG, "volatile")
         libc.fsconfig(fd, libc.FSCONFIG_CMD_CREATE)
         return libc.fsmount(fd)
     finally:
@@ -105,7 +107,7 @@ def _mount_overlay_legacy(root: OverlayRoot, target: str, state_dir: str) -> Non
         names.append(str(i))
     os.symlink(os.path.abspath(root.upper), os.path.join(links, "u"))
     os.symlink(os.path.abspath(root.work), os.path.join(links, "w"))
-    data = f"lowerdir={':'.join(names)},upperdir=u,workdir=w"
+    data = f"lowerdir={':'.join(names)},upperdir=u,workdir=w" + (",volatile" if root.volatile else "")
     if len(data) >= 4096:
         raise SandboxError(f"overlay root: {len(names)} lower directories do not fit in one "
                            "mount option page and this kernel lacks fsopen with lowerdir+")

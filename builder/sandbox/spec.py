@@ -52,6 +52,10 @@ class OverlayRoot:
     upper: Path
     work: Path
     readonly: bool = False
+    # skip overlay's syncs (no fsync reaches the disk, and unmounting does not
+    # flush): for throwaway uppers and for RUN steps whose upper is committed
+    # through the store's own fsynced ingest
+    volatile: bool = False
 
 
 @dataclass
