@@ -19,8 +19,6 @@ after a mass delete crawls, so each unpack goes into a new directory.
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
 import os
 import random
 import resource
@@ -96,27 +94,17 @@ def sh(cmd: str) -> None:
 
 
 def oci_layout(blob: Path, media_type: str, diff_id: str, dest: Path) -> Path:
-    """LEAD: a bare OCI layout holding one layer, written here by hand so that umoci can be
-    timed today; swap in the store (import the tree, `save --format oci`) once it exists."""
-    blobs = dest / "blobs" / "sha256"
-    blobs.mkdir(parents=True)
+    """A pybuild store (itself an OCI layout) holding one image made of `blob`,
+    tagged `bench`, which umoci reads directly."""
+    from layerstore.model import Descriptor, ImageConfig
+    from layerstore.store import Store
 
-    def put(data: bytes) -> dict:
-        digest = hashlib.sha256(data).hexdigest()
-        (blobs / digest).write_bytes(data)
-        return {"digest": "sha256:" + digest, "size": len(data)}
-
-    layer = blob.read_bytes()
-    config = put(json.dumps({"architecture": "amd64", "os": "linux", "config": {},
-                             "rootfs": {"type": "layers", "diff_ids": [diff_id]}}).encode())
-    manifest = put(json.dumps({
-        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", **config},
-        "layers": [{"mediaType": media_type, **put(layer)}]}).encode())
-    (dest / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
-    (dest / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": [{
-        "mediaType": "application/vnd.oci.image.manifest.v1+json", **manifest,
-        "annotations": {"org.opencontainers.image.ref.name": "bench"}}]}))
+    store = Store.open(dest)
+    with open(blob, "rb") as f:
+        info = store.blobs.ingest(f)
+    config = ImageConfig(architecture="amd64", os="linux", diff_ids=[diff_id])
+    store.refs.set("bench", store.commit_image(config, [Descriptor(media_type, info.digest,
+                                                                   info.size)]))
     return dest
 
 

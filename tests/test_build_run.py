@@ -36,6 +36,10 @@ def _write(tmp_path: Path, text: str, files: dict[str, str] | None = None) -> Pa
     return ctx
 
 
+def test_heredoc_corpus_is_there():
+    assert len(UNIX_CASES) >= 9, f"heredoc corpus missing or shrunk at {HEREDOCS}"
+
+
 @pytest.mark.parametrize("case", UNIX_CASES)
 def test_heredoc_corpus(bb, tmp_path, case):
     # Debian's busybox-static has no adduser applet (our rootfs already has `user`) and
