@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -130,3 +131,52 @@ class BuildCache:
                 remove_tree(Path(e.path))
                 n += 1
         return n
+
+
+@dataclass
+class PruneSummary:
+    store: object             # layerstore.gc.PruneReport
+    cache_entries: int = 0
+    cache_mounts: int = 0
+
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(h|m|s|ms)")
+
+
+def parse_until(text: str, now: float | None = None) -> float:
+    """docker's `until` filter: a Go duration (24h, 1h30m) before now, a Unix
+    timestamp, or an RFC 3339 time; returns epoch seconds."""
+    from layerstore.errors import PybuildError
+    from layerstore.humanize import parse_time
+
+    now = time.time() if now is None else now
+    t = text.strip()
+    if re.fullmatch(r"(\d+(?:\.\d+)?(h|m|s|ms))+", t):
+        scale = {"h": 3600, "m": 60, "s": 1, "ms": 0.001}
+        return now - sum(float(n) * scale[u] for n, u in _DURATION.findall(t))
+    if re.fullmatch(r"\d+(\.\d+)?", t):
+        return float(t)
+    parsed = parse_time(t)
+    if parsed is None:
+        raise PybuildError(f"invalid until filter {text!r}: expected a duration such as 24h, "
+                           "a Unix timestamp or an RFC 3339 time")
+    return parsed.timestamp()
+
+
+def prune_store(store, *, all_unused: bool = False, until: float | None = None,
+                keep_bytes: int | None = None, cache_mounts: bool = False) -> PruneSummary:
+    """`pybuild prune`: first the build cache policy (entries older than `until`,
+    or beyond `keep_bytes`; every entry with all_unused), then the store's gc,
+    which frees the blobs the forgotten entries alone kept."""
+    from layerstore.gc import prune
+
+    cache = BuildCache(store.root)
+    summary = PruneSummary(store=None)
+    if all_unused:
+        until = time.time() + 1
+    if until is not None or keep_bytes is not None:
+        summary.cache_entries = cache.prune(until=until, keep_bytes=keep_bytes)
+    if cache_mounts:
+        summary.cache_mounts = cache.clear_mounts()
+    summary.store = prune(store, all_unused=all_unused)
+    return summary

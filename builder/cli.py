@@ -245,16 +245,35 @@ def load_cmd(settings: Settings, source: Path | None, quiet: bool) -> None:
 
 @main.command("prune")
 @click.option("-a", "--all", "all_unused", is_flag=True,
-              help="Also remove unpacked snapshots no container uses.")
+              help="Also drop the whole build cache and snapshots no container uses.")
+@click.option("--keep-storage", default=None, metavar="SIZE",
+              help="Keep at most this much build cache (least recently used goes first).")
+@click.option("--filter", "filters", multiple=True, metavar="until=WHEN",
+              help="Drop build cache entries unused since WHEN (24h, timestamp, RFC 3339).")
+@click.option("--cache-mounts", is_flag=True, help="Also empty RUN --mount=type=cache dirs.")
 @click.pass_obj
-def prune_cmd(settings: Settings, all_unused: bool) -> None:
+def prune_cmd(settings: Settings, all_unused: bool, keep_storage: str | None,
+              filters: tuple[str, ...], cache_mounts: bool) -> None:
     """Remove unreachable blobs, snapshots, dangling images and leftovers."""
-    from layerstore.gc import prune
-    from layerstore.humanize import human_size
+    from builder.cache import parse_until, prune_store
+    from layerstore.humanize import human_size, parse_size
 
-    r = prune(settings.store(), all_unused=all_unused)
+    until = None
+    for f in filters:
+        key, _, value = f.partition("=")
+        if key != "until" or not value:
+            raise PybuildError(f"invalid filter {f!r}: only until=WHEN is supported")
+        until = parse_until(value)
+    try:
+        keep = parse_size(keep_storage) if keep_storage is not None else None
+    except ValueError as exc:
+        raise PybuildError(f"--keep-storage: {exc}") from None
+    s = prune_store(settings.store(), all_unused=all_unused, until=until, keep_bytes=keep,
+                    cache_mounts=cache_mounts)
+    r = s.store
     click.echo(f"Deleted: {r.untagged_images} untagged images, {r.blobs} blobs, "
-               f"{r.snapshots} snapshots, {r.partial_files} partial writes")
+               f"{r.snapshots} snapshots, {r.partial_files} partial writes, "
+               f"{s.cache_entries} build cache entries, {s.cache_mounts} cache mounts")
     click.echo(f"Total reclaimed space: {human_size(r.reclaimed)}")
 
 

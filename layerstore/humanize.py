@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime, timezone
 
 _UNITS = ("B", "kB", "MB", "GB", "TB", "PB", "EB", "ZB", "YB")
@@ -78,3 +79,16 @@ def rfc3339_now(epoch: int | None = None) -> str:
     if epoch is not None:
         return datetime.fromtimestamp(epoch, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+
+_SIZE = re.compile(r"^(\d+(?:\.\d+)?)\s*([bkmgt]?)i?b?$", re.IGNORECASE)
+_SIZE_UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+def parse_size(text: str) -> int:
+    """docker's RAMInBytes: 64m, 1g, 512k, 1.5GB, 1024 (binary units); ValueError if not."""
+    m = _SIZE.match(text.strip())
+    if not m:
+        raise ValueError(f"invalid size {text!r}: expected a size such as 64m or 1g")
+    return int(float(m.group(1)) * _SIZE_UNITS[m.group(2).lower()])

@@ -28,6 +28,9 @@ def list_images(store: Store) -> list[ImageRow]:
             rows.append(ImageRow(repository=ref.familiar_repository, tag=ref.tag or "<none>",
                                  image_id=img.id, created=img.config.created, size=img.size,
                                  digest=img.top.digest))
+        if not img.names:  # dangling, as docker lists them
+            rows.append(ImageRow("<none>", "<none>", img.id, img.config.created, img.size,
+                                 img.top.digest))
     rows.sort(key=lambda r: (r.created or ""), reverse=True)
     return rows
 

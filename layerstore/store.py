@@ -125,34 +125,15 @@ class Store:
 
     def resolve(self, name: str, platform: Platform | None = None) -> Image:
         """Find an image by reference, image ID (prefix) or manifest digest."""
-        entries = self.refs.list()
+        entries = self.refs.entries()
         candidate = name[len("sha256:"):] if name.startswith("sha256:") else name
         if 3 <= len(candidate) <= 64 and all(c in "0123456789abcdef" for c in candidate):
-            found: dict[str, Image] = {}
-            for ref_name, desc in entries:
-                if desc.digest[7:].startswith(candidate):
-                    found.setdefault(desc.digest, self.load_image(desc, self.names_of(desc.digest)))
-                    continue
-                try:
-                    img = self.load_image(desc, platform=platform)
-                except NotFound:
-                    continue
-                if img.id[7:].startswith(candidate):
-                    key = img.descriptor.digest
-                    if key not in found:
-                        img.names = [n for n, d in entries
-                                     if d.digest in (img.top.digest, img.descriptor.digest)]
-                        found[key] = img
+            found = self._by_id(entries, candidate, platform)
             if len(found) == 1:
-                return next(iter(found.values()))
+                return found[0]
             if len(found) > 1:
                 raise PybuildError(f"{name}: ambiguous image ID prefix "
                                    f"({len(found)} images match)")
-            if len(candidate) == 64 and self.blobs.has("sha256:" + candidate) and \
-                    name.startswith("sha256:"):
-                desc = Descriptor(mt.OCI_MANIFEST, "sha256:" + candidate,
-                                  self.blobs.size("sha256:" + candidate))
-                return self.load_image(desc, platform=platform)
         try:
             ref = reference.parse(name)
         except InvalidReference:
@@ -169,6 +150,22 @@ class Store:
                 desc = Descriptor(mt.OCI_MANIFEST, ref.digest, self.blobs.size(ref.digest))
                 return self.load_image(desc, [], platform)
         raise NotFound(f"{ref.familiar}: no such image in the store")
+
+    def _by_id(self, entries: list[tuple[str, Descriptor]], prefix: str,
+               platform: Platform | None) -> list[Image]:
+        """Images whose ID (config digest) or manifest digest starts with `prefix`."""
+        found: dict[str, Image] = {}
+        for _name, desc in entries:
+            try:
+                img = self.load_image(desc, platform=platform)
+            except NotFound:
+                continue
+            digests = (desc.digest[7:], img.descriptor.digest[7:], img.id[7:])
+            if any(d.startswith(prefix) for d in digests) and img.descriptor.digest not in found:
+                img.names = [n for n, d in entries
+                             if n and d.digest in (img.top.digest, img.descriptor.digest)]
+                found[img.descriptor.digest] = img
+        return list(found.values())
 
     # --- writing ----------------------------------------------------------
 

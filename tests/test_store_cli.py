@@ -167,3 +167,15 @@ def test_hostile_import_leaves_nothing(pybuild, tmp_path, store_root):
     store = Store.open(store_root)
     assert list(store.blobs.digests()) == [] and store.snapshots.leftovers() == []
     assert store.refs.entries() == []
+
+
+def test_untagged_image_by_id(pybuild, tmp_path):
+    tarball = make_tar(tmp_path / "u.tar", {"u": b"untagged"})
+    image_id = pybuild("import", tarball).stdout.strip()
+    row = pybuild("images").stdout.splitlines()[1].split()
+    assert row[:3] == ["<none>", "<none>", image_id[7:19]]
+    doc = json.loads(pybuild("inspect", image_id).stdout)[0]
+    assert doc["Id"] == image_id and doc["RepoTags"] == []
+    assert pybuild("history", image_id[7:15]).stdout.splitlines()[1].startswith(image_id[7:19])
+    pybuild("prune")
+    assert pybuild("images").stdout.splitlines()[1:] == []

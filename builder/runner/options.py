@@ -11,10 +11,10 @@ import signal
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from layerstore import humanize
+
 from .errors import RunError
 
-_SIZE = re.compile(r"^(\d+(?:\.\d+)?)\s*([bkmgt]?)i?b?$", re.IGNORECASE)
-_UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 _VOLUME_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")
 _CONTAINER_NAME = re.compile(r"^/?[a-zA-Z0-9][a-zA-Z0-9_.-]*$")
 ULIMITS = {
@@ -107,10 +107,10 @@ def parse_log_opt(text: str, opts: RunOptions) -> None:
 
 def parse_size(text: str, what: str) -> int:
     """docker's sizes: 64m, 1g, 512k, 1024 (bytes)."""
-    m = _SIZE.match(text.strip())
-    if not m:
-        raise RunError(f"invalid {what} {text!r}: expected a size such as 64m or 1g")
-    value = int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+    try:
+        value = humanize.parse_size(text)
+    except ValueError:
+        raise RunError(f"invalid {what} {text!r}: expected a size such as 64m or 1g") from None
     if value <= 0:
         raise RunError(f"invalid {what} {text!r}: must be positive")
     return value

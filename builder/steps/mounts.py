@@ -65,11 +65,12 @@ def parse_secret(text: str) -> Secret:
 
 
 def parse_size(text: str) -> int:
-    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
-    t = text.strip().lower().rstrip("b")
-    if t and t[-1] in units:
-        return int(float(t[:-1]) * units[t[-1]])
-    return int(t)
+    from layerstore.humanize import parse_size as parse
+
+    try:
+        return parse(text)
+    except ValueError as exc:
+        raise PybuildError(f"--mount size: {exc}") from None
 
 
 def prepare(mounts: list, ws: Path, env: dict[str, str], *, secrets: dict, cache_dir: Path,
