@@ -613,11 +613,7 @@ class _StageRunner:
             name = s.lstrip("0123456789").lstrip("<").lstrip("-").strip("'\"")
             if s.lstrip("0123456789").startswith("<<") and name in heredoc_names:
                 h = next(h for h in i.heredocs if h.name == name)
-                body = h.body()
-                if h.expand:
-                    lex = ShellLex(self.df.escape, raw_quotes=True, skip_process_quotes=True)
-                    body = lex.process_word(body, self.scope())
-                heredocs.append((name, body))
+                heredocs.append((name, h.render(self.scope(), self.df.escape)))
             else:
                 plain_sources.append(s)
         dest = normalize_dest(i.dest, self.state.config.config.WorkingDir or "/")
