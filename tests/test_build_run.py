@@ -201,3 +201,36 @@ def test_ctrl_c_stops_the_build_cleanly(bb, tmp_path, store_root):
     assert processes_matching("sleep 40") == []
     assert _host_state() == before
     assert [c.name for c in (store_root / "containers").iterdir() if c.name.startswith("build-")] == []
+
+
+def test_cache_sharing_private_takes_a_free_instance(tmp_path):
+    from builder.steps.mounts import private_instance
+
+    base = tmp_path / "mounts" / "abc"
+    first, held1 = private_instance(base)
+    second, held2 = private_instance(base)       # the first is busy: a new instance
+    assert first == base and second == base.with_name("abc-1")
+    held1.close()
+    third, held3 = private_instance(base)        # free again: reused
+    assert third == base
+    held2.close()
+    held3.close()
+
+
+def test_cache_sharing_private_in_parallel_stages(bb, tmp_path):
+    ctx = _write(tmp_path, """\
+        FROM busybox AS a
+        RUN --mount=type=cache,target=/c,id=p,sharing=private \\
+            touch /c/seen-a && sleep 1 && ls /c > /list
+        FROM busybox AS b
+        RUN --mount=type=cache,target=/c,id=p,sharing=private \\
+            touch /c/seen-b && sleep 1 && ls /c > /list
+        FROM busybox
+        COPY --from=a /list /a
+        COPY --from=b /list /b
+        CMD ["cat", "/a", "/b"]
+        """)
+    bb("build", "--progress", "plain", "-t", "priv", ctx)
+    out = bb("run", "--rm", "--network", "none", "priv").stdout.split()
+    # each stage wrote into its own instance while the other held one
+    assert sorted(out) == ["seen-a", "seen-b"]

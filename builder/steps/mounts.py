@@ -4,11 +4,13 @@ Secrets come from `--secret id=ID,src=PATH|env=VAR`, are written into the
 step's private workspace (or put in the command's environment) and
 bind-mounted read-only: never into the upper dir, the history or the cache
 key. Cache mounts persist under ROOT/cache/mounts/ (`sharing=locked` takes a
-lock for the step); bind mounts are read-only unless `rw`, which gets a copy.
+lock for the step; `sharing=private` takes an instance no other running step
+holds, making a new one when all are busy); bind mounts are read-only unless `rw`, which gets a copy.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import shutil
@@ -73,6 +75,29 @@ def parse_size(text: str) -> int:
         raise PybuildError(f"--mount size: {exc}") from None
 
 
+def _make_cache_dir(d: Path, m) -> None:
+    if not d.exists():
+        d.mkdir(parents=True, exist_ok=True)
+        os.chmod(d, int(m.mode, 8) if m.mode else 0o755)
+        os.chown(d, int(m.uid or 0), int(m.gid or 0))
+
+
+def private_instance(d: Path):
+    """sharing=private: the first instance of the cache no other step holds
+    (d, d-1, d-2, ...), and its lock, already taken, to keep for the step."""
+    d.parent.mkdir(parents=True, exist_ok=True)
+    n = 0
+    while True:
+        inst = d if n == 0 else d.with_name(f"{d.name}-{n}")
+        f = open(inst.with_suffix(".lock"), "a+")
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return inst, f
+        except BlockingIOError:
+            f.close()
+            n += 1
+
+
 def prepare(mounts: list, ws: Path, env: dict[str, str], *, secrets: dict, cache_dir: Path,
             contexts: dict, bind_context: Callable[[str | None], Context],
             stage_tree: Callable[[str, Path], Path]):
@@ -108,12 +133,12 @@ def prepare(mounts: list, ws: Path, env: dict[str, str], *, secrets: dict, cache
                 raise MountError("RUN --mount=type=cache needs target=")
             cid = m.id or target
             d = cache_dir / hashlib.sha256(cid.encode()).hexdigest()[:32]
-            fresh = not d.exists()
-            d.mkdir(parents=True, exist_ok=True)
-            if fresh:
-                os.chmod(d, int(m.mode, 8) if m.mode else 0o755)
-                os.chown(d, int(m.uid or 0), int(m.gid or 0))
-            if (m.sharing or "shared") == "locked":
+            sharing = m.sharing or "shared"
+            if sharing == "private":
+                d, held = private_instance(d)
+                locks.append(held)
+            _make_cache_dir(d, m)
+            if sharing == "locked":
                 locks.append(d.with_suffix(".lock"))
             binds.append(BindMount(d, target, readonly=bool(m.readonly)))
             targets.append(target)

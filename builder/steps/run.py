@@ -45,7 +45,7 @@ class RunJob:
     user: str
     network: str = "default"             # default|none|host
     binds: list = field(default_factory=list)      # sandbox BindMount/TmpfsMount
-    locks: list[Path] = field(default_factory=list)
+    locks: list = field(default_factory=list)   # Paths to lock, or locks already held
     state_dir: Path | None = None
     input: bytes | None = None
 
@@ -75,10 +75,12 @@ def execute(job: RunJob, on_output: Callable[[bytes], None], empty: Path,
     spec.id = "build-" + spec.id[:32]   # cgroups show as pybuild-build-<id>
     held = []
     try:
-        for lock in job.locks:
-            f = open(lock, "a+")
-            fcntl.flock(f, fcntl.LOCK_EX)
-            held.append(f)
+        for lock in job.locks:   # a path to lock now, or a lock already held (private)
+            if isinstance(lock, Path):
+                f = open(lock, "a+")
+                fcntl.flock(f, fcntl.LOCK_EX)
+                lock = f
+            held.append(lock)
         c = start(spec)
         try:
             if running is not None:
