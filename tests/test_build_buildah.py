@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from buildpeer import (Buildah, config_subset, pybuild_config, pybuild_unpack, rootfs_tar)
-from treecmp import diff_trees
+from treecmp import diff_dirs
 
 PRELUDE = "FROM scratch\nADD rootfs.tar /\n"
 # buildah 1.28 leaves the stubs of its RUN mounts in the image (docker/BuildKit do not)
@@ -56,7 +56,7 @@ def _compare(pybuild, buildah, tmp_path, ctx, tag, *args, ignore=BUILDAH_STUBS):
     buildah.bud(ctx, tag, *args)
     ours = pybuild_unpack(pybuild, tag, tmp_path / "ours")
     theirs = buildah.unpack(tag, tmp_path / "theirs")
-    problems = diff_trees(ours, theirs, ignore=ignore)
+    problems = diff_dirs(ours, theirs, ignore=ignore)
     assert problems == [], "\n".join(problems)
     assert config_subset(pybuild_config(pybuild, tag)) == config_subset(buildah.config(tag))
     return ours

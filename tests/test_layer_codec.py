@@ -19,7 +19,7 @@ import zstandard
 from conftest import require_tool
 from layerstore import compression as comp
 from layerstore.layer_apply import apply_layer
-from layerstore.layer_compare import describe_tree, diff_trees
+from treecmp import describe_tree, diff_trees
 from layerstore.layer_diff import write_layer
 
 CAP_NET_RAW = struct.pack("<IIIII", 0x02000001, 1 << 13, 0, 0, 0)

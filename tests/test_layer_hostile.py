@@ -12,7 +12,7 @@ import pytest
 
 from layerstore.errors import BadLayer, DigestMismatch
 from layerstore.layer_apply import apply_layer
-from layerstore.layer_compare import describe_tree
+from treecmp import describe_tree
 from layerstore.layer_tar import DIR, LNK, REG, SYM, ZERO_BLOCK, build_header, padding
 
 END = ZERO_BLOCK * 2

@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from layerstore.layer_apply import apply_layer
-from layerstore.layer_compare import describe_tree, diff_trees
+from treecmp import describe_tree, diff_trees
 from layerstore.layer_diff import write_layer
 
 # vfs_cap_data v2: effective, CAP_NET_RAW (13) permitted

@@ -10,7 +10,7 @@ from layerstore import digest as dg
 from layerstore.humanize import rfc3339_now
 from layerstore.model import ImageConfig
 from layerstore.store import Store
-from treecmp import diff_trees
+from treecmp import diff_dirs
 
 
 def _image(store: Store, dirs: list[Path], name: str):
@@ -45,7 +45,7 @@ def test_shared_prefix_and_chain_ids(store_root, tmp_path):
     chains = dg.chain_ids(img_a.config.diff_ids)
     assert lowers_a == [store.snapshots.path(c) for c in chains]
     assert chains[0] == img_a.config.diff_ids[0]
-    assert diff_trees(base, lowers_a[0]) == []
+    assert diff_dirs(base, lowers_a[0]) == []
     assert sorted(store.snapshots.chain_ids()) == sorted(
         {*dg.chain_ids(img_a.config.diff_ids), *dg.chain_ids(img_b.config.diff_ids)})
 
@@ -70,7 +70,7 @@ def test_concurrent_creation(store_root, tmp_path):
     assert store.snapshots.leftovers() == []
     assert len(store.snapshots.chain_ids()) == 3
     for d, snap in zip(dirs, results[0]):
-        assert diff_trees(d, Path(snap)) == []
+        assert diff_dirs(d, Path(snap)) == []
 
 
 def test_half_made_snapshot_is_never_used(store_root, tmp_path):
