@@ -34,11 +34,11 @@ class SnapshotStore:
 
     def ensure(self, chain_id: str, diff_id: str, open_layer: Callable[[], BinaryIO]) -> Path:
         """Return the snapshot's dir, unpacking the layer first if needed."""
-        from layerstore.layer_apply import apply_layer
-
         final = self.path(chain_id)
         if final.is_dir():
             return final
+        from layerstore.layer_apply import apply_layer  # only when unpacking
+
         tmp = self.dir / f"{TMP_PREFIX}{dg.hex_of(chain_id)[:16]}-{uuid.uuid4().hex[:8]}"
         tmp.mkdir(mode=0o755)
         try:

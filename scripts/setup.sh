@@ -15,5 +15,7 @@ if [ -n "$missing" ]; then
   apt-get install -y -q --no-install-recommends $missing
 fi
 # --break-system-packages: Debian's own python3 is "externally managed".
+# editable_mode=compat: a plain path entry; the default import-hook finder costs
+# ~15 ms at every start of the pybuild command.
 python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore \
-  --break-system-packages -e '.[test]'
+  --break-system-packages --config-settings editable_mode=compat -e '.[test]'
