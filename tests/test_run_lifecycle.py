@@ -167,7 +167,10 @@ def test_tty_window_size_propagates(run_store):
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 33, 111, 0, 0))
     proc = subprocess.Popen(
         [sys.executable, "-m", "builder", "--root", str(run_store.root), "run", "--rm", *NONE,
-         "-t", "busybox", "sh", "-c", "sleep 0.5; stty size; sleep 1.5; stty size"],
+         "-t", "busybox", "sh", "-c",
+         # print the size, wait (up to 20 s) until it changes, print it again
+         'sleep 0.5; stty size; i=0; while [ "$(stty size)" = "33 111" ] && [ $i -lt 200 ]; do '
+         'sleep 0.1; i=$((i+1)); done; stty size'],
         stdin=slave, stdout=slave, stderr=slave, cwd=REPO, start_new_session=True)
     os.close(slave)
     out = b""
