@@ -155,7 +155,8 @@ def test_detached_start_failure_and_stop_signal(run_store):
 
 
 def test_tty_window_size_propagates(run_store):
-    """-t: the container's pty takes our terminal's size, and follows it on SIGWINCH."""
+    """-t: the container's pty has our terminal's size from the first instant, and
+    follows it on SIGWINCH."""
     import fcntl
     import os
     import pty
@@ -169,7 +170,7 @@ def test_tty_window_size_propagates(run_store):
         [sys.executable, "-m", "builder", "--root", str(run_store.root), "run", "--rm", *NONE,
          "-t", "busybox", "sh", "-c",
          # print the size, wait (up to 20 s) until it changes, print it again
-         'sleep 0.5; stty size; i=0; while [ "$(stty size)" = "33 111" ] && [ $i -lt 200 ]; do '
+         'stty size; i=0; while [ "$(stty size)" = "33 111" ] && [ $i -lt 200 ]; do '
          'sleep 0.1; i=$((i+1)); done; stty size'],
         stdin=slave, stdout=slave, stderr=slave, cwd=REPO, start_new_session=True)
     os.close(slave)

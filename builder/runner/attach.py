@@ -29,6 +29,16 @@ FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signa
              signal.SIGUSR2)
 
 
+def terminal_size(fd: int) -> tuple[int, int] | None:
+    """(rows, cols) of the terminal on `fd`, or None when it is not one."""
+    try:
+        rows, cols, _, _ = struct.unpack(
+            "HHHH", fcntl.ioctl(fd, termios.TIOCGWINSZ, struct.pack("HHHH", 0, 0, 0, 0)))
+    except OSError:
+        return None
+    return (rows, cols) if rows and cols else None
+
+
 def copy_winsize(src_fd: int, dst_fd: int) -> None:
     try:
         size = fcntl.ioctl(src_fd, termios.TIOCGWINSZ, struct.pack("HHHH", 0, 0, 0, 0))
@@ -124,6 +134,8 @@ def run_foreground(p: Prepared, interactive: bool, use_tty: bool) -> Result:
     log = None if p.state.auto_remove else LogWriter(p.dir / LOG_NAME, p.state.log_max_size,
                                                      p.state.log_max_files)
     p.spec.stdio = "pty" if use_tty else "inherit"
+    if use_tty:
+        p.spec.pty_size = terminal_size(0 if os.isatty(0) else 1)
     streams: dict[int, str] = {}
     with stdin_from_devnull(not interactive and not use_tty):
         if log is not None and not use_tty:

@@ -23,6 +23,7 @@ import os
 import selectors
 import shutil
 import signal
+import struct
 import tempfile
 import termios
 import threading
@@ -445,6 +446,9 @@ def _stdio(spec: SandboxSpec, c: Container) -> list[int]:
     if spec.stdio == "pty":
         master, slave = os.openpty()
         os.set_inheritable(master, False)
+        if spec.pty_size:  # sized before the command runs: it may ask at once
+            rows, cols = spec.pty_size
+            fcntl.ioctl(master, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
         c.stdout = master
         return [slave, slave, slave]
     return []

@@ -118,6 +118,7 @@ class SandboxSpec:
     init: bool = False               # run a tiny reaping init as PID 1
     userns: UserNamespace | None = None
     stdio: str = "inherit"           # inherit | pipe | pty
+    pty_size: tuple[int, int] | None = None   # (rows, cols) of a pty before the command starts
     input: bytes | None = None       # stdin for stdio="pipe" (None: empty)
     timeout: float | None = None     # seconds; the container is killed after it
     etc_files: bool = True           # bind generated /etc/hosts, resolv.conf, hostname
