@@ -326,28 +326,17 @@ def parse_words(rest: str, escape: str) -> list[str]:
                 i += 1
                 continue
             in_word = True
-        if not quote:
-            if ch in GO_SPACE_SET:
-                if blank_ok or word:
-                    words.append("".join(word))
-                word, blank_ok, in_word = [], False, False
-                i += 1
-                continue
-            if ch in "'\"":
-                quote, blank_ok = ch, True
-            elif ch == escape:
-                if i + 1 == n:
-                    i += 1
-                    continue
-                word.append(ch)
-                i += 1
-                ch = rest[i]
-            word.append(ch)
+        if not quote and ch in GO_SPACE_SET:
+            if blank_ok or word:
+                words.append("".join(word))
+            word, blank_ok, in_word = [], False, False
             i += 1
             continue
-        if ch == quote:
+        if not quote and ch in "'\"":
+            quote, blank_ok = ch, True
+        elif quote and ch == quote:
             quote = ""
-        elif ch == escape and quote != "'":
+        elif ch == escape and quote != "'":   # escapes work unquoted and in "..."
             if i + 1 == n:
                 i += 1
                 continue
