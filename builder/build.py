@@ -22,6 +22,7 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from builder.buildopts import BuildOptions, locate_dockerfile
 from builder.cache import BuildCache, step_key
 from builder.context import Context
 from builder.dockerfile import instructions as ins
@@ -35,10 +36,10 @@ from builder.steps import copy as copystep
 from builder.steps import download
 from builder.steps import meta
 from builder.steps import mounts as mountstep
-from builder.steps.mounts import Secret
 from builder.steps import run as runstep
 from layerstore import digest as dg
-from layerstore.errors import NotFound, PybuildError
+from layerstore import reference
+from layerstore.errors import InvalidReference, NotFound, PybuildError
 from layerstore.humanize import rfc3339_now
 from layerstore.model import ContainerConfig, Descriptor, History, ImageConfig
 from layerstore.snapshots import remove_tree
@@ -60,28 +61,6 @@ def _wait(fut: cf.Future):
 
 
 @dataclass
-class BuildOptions:
-    context: Path | None
-    dockerfile: Path | None = None
-    dockerfile_text: bytes | None = None
-    tags: list[str] = field(default_factory=list)
-    build_args: dict[str, str] = field(default_factory=dict)
-    target: str | None = None
-    no_cache: bool = False
-    pull: bool = False
-    network: str = "default"
-    platform: str | None = None
-    labels: dict[str, str] = field(default_factory=dict)
-    annotations: dict[str, str] = field(default_factory=dict)
-    secrets: dict[str, Secret] = field(default_factory=dict)
-    build_contexts: dict[str, Path] = field(default_factory=dict)
-    compression: str = "gzip"
-    source_date_epoch: int | None = None
-    squash: bool = False
-    jobs: int = 4
-
-
-@dataclass
 class State:
     """An image state between steps: its config, its layers, and its cache key."""
 
@@ -99,6 +78,7 @@ class BuildResult:
     steps: int = 0
     cached: int = 0
     warnings: list[str] = field(default_factory=list)
+    memo: dict | None = None  # what builder/buildmemo.py needs to answer this build again
 
 
 def _clone(cfg: ImageConfig) -> ImageConfig:
@@ -147,6 +127,12 @@ class Builder:
         self.running: dict = {}   # containers of RUN steps in progress, by id()
         self.new_roots = False    # a step made a layer: ROOT/cache/roots must be rewritten
         self.base_counts: dict[int, int] = {}
+        # for the whole-build memo: what this build depended on and showed
+        self.keys_used: list[str] = []
+        self.blobs_used: set[str] = set()
+        self.bases: list[tuple[str, str]] = []     # (ref name in index.json or "", digest)
+        self.shown: list[tuple[int, str, str, bool]] = []   # (n, label, text, is FROM)
+        self.volatile = False     # an input the memo cannot vouch for (ADD <url>, ID lookup)
 
     # --- plan ---------------------------------------------------------------
 
@@ -156,12 +142,8 @@ class Builder:
             text, name = o.dockerfile_text, "Dockerfile"
             df_path = None
         else:
-            df_path = o.dockerfile
-            if df_path is None:
-                assert o.context is not None
-                df_path = o.context / "Dockerfile"
-                if not df_path.is_file() and (o.context / "Containerfile").is_file():
-                    df_path = o.context / "Containerfile"
+            df_path = locate_dockerfile(o.context, o.dockerfile)
+            assert df_path is not None
             try:
                 text = Path(df_path).read_bytes()
             except FileNotFoundError:
@@ -208,6 +190,7 @@ class Builder:
         cfg.history = list(cfg.history) + [History(created=created, created_by=created_by,
                                                    author=cfg.author, comment=comment)]
         layers = list(state.layers) + [layer]
+        self.blobs_used.update(l.digest for l in layers)
         self._promote(upper, cfg.diff_ids)
         manifest = self.store.commit_image(_clone(cfg), layers)
         new = State(cfg, layers, key, manifest.digest)
@@ -236,11 +219,13 @@ class Builder:
         return new
 
     def cached(self, key: str) -> State | None:
+        self.keys_used.append(key)  # every step asks here first, hit or not
         if self.opts.no_cache:
             return None
         e = self.cache.get(key, self.store)
         if e is None:
             return None
+        self.blobs_used.update(l.digest for l in e.layers)
         return State(e.config, e.layers, key, e.manifest)
 
     # --- stages -------------------------------------------------------------
@@ -283,7 +268,7 @@ class Builder:
         plat = parse_platform(platform or self.opts.platform) if (platform or self.opts.platform) else None
         if not self.opts.pull:
             try:
-                return self.store.resolve(ref, plat)
+                return self._noted(ref, self.store.resolve(ref, plat))
             except NotFound:
                 pass
         try:
@@ -294,15 +279,32 @@ class Builder:
             pull(self.store, ref, platform=plat)
         except PybuildError as exc:
             raise NotFound(f"{ref}: not found locally, and pulling it failed: {exc}") from None
-        return self.store.resolve(ref, plat)
+        return self._noted(ref, self.store.resolve(ref, plat))
+
+    def _noted(self, ref: str, image):
+        """Remember how `ref` resolved, so the memo can tell whether it still would."""
+        try:
+            name = str(reference.parse(ref))
+        except InvalidReference:
+            name = ""
+        by_name = self.store.refs.find(name) if name else None
+        if by_name is not None and by_name.digest == image.top.digest:
+            self.bases.append((name, image.top.digest))
+        elif "@" in name:
+            self.bases.append(("", image.top.digest))   # by digest: immutable
+        else:
+            self.volatile = True                        # by image ID (prefix)
+        self.blobs_used.update(l.digest for l in image.manifest.layers)
+        return image
 
     def build_stage(self, stage: Stage, graph: StageGraph, df, ctx: Context,
                     results: dict[int, cf.Future]) -> State:
         total = 1 + len(stage.instructions)
         label = stage.name or f"stage-{stage.index}"
         n = self.next_step()
-        self.progress.start(n, f"{label} 1/{total}", f"FROM {stage.from_.image}"
-                            + (f" AS {stage.name}" if stage.name else ""))
+        text = f"FROM {stage.from_.image}" + (f" AS {stage.name}" if stage.name else "")
+        self.progress.start(n, f"{label} 1/{total}", text)
+        self.shown.append((n, f"{label} 1/{total}", text, True))
         state, triggers = self.base_state(stage, results)
         # layers that came from an image (not built here): --squash keeps them as they are
         base = stage.base
@@ -362,6 +364,10 @@ class Builder:
             if self.new_roots or not (self.cache.dir / "roots").exists():
                 self.cache.write_roots()
         result.warnings = list(graph.warnings)
+        if not self.volatile:
+            self.blobs_used.update(l.digest for l in final.layers)
+            result.memo = {"bases": sorted(set(self.bases)), "entries": list(dict.fromkeys(self.keys_used)),
+                           "blobs": sorted(self.blobs_used), "steps": sorted(self.shown)}
         return result
 
     def _guarded(self, stage, graph, df, ctx, results):
@@ -504,6 +510,7 @@ class _StageRunner:
         where = f"{self.label} {position}/{self.total}" if position else f"{self.label} ONBUILD"
         text = " ".join(i.original.split()) if i.original else i.keyword
         b.progress.start(n, where, text)
+        b.shown.append((n, where, text, False))
         try:
             self._dispatch(i, n)
         except PybuildError as exc:
@@ -622,6 +629,7 @@ class _StageRunner:
         dl_dir = None
         try:
             if urls:
+                b.volatile = True   # fetched again by every build
                 plain_sources = [s for s in plain_sources if s not in urls]
                 dl_dir = b.scratch / f"download-{pysecrets.token_hex(6)}"
                 dl_dir.mkdir()

@@ -40,13 +40,13 @@ def parse_output(text: str | None) -> dict[str, str]:
     return out
 
 
-def run_build(store, context: str, dockerfile: str | None, *, tags, build_args, build_arg_files,
-              target, no_cache, pull, network, platform, labels, annotations, secrets,
-              build_contexts, compression, source_date_epoch, squash, iidfile, metadata_file,
-              output, progress_mode, quiet, jobs) -> None:
-    from builder.build import BuildOptions, build
-    from builder.steps.mounts import parse_secret
-    from builder.dockerfile.check import parse_build_args
+def run_build(root: Path, open_store, context: str, dockerfile: str | None, *, tags, build_args,
+              build_arg_files, target, no_cache, pull, network, platform, labels, annotations,
+              secrets, build_contexts, compression, source_date_epoch, squash, iidfile,
+              metadata_file, output, progress_mode, quiet, jobs) -> None:
+    """Build per the command line; a rebuild the memo can vouch for skips the solver."""
+    from builder.buildmemo import BuildMemo, MemoMiss, usable
+    from builder.buildopts import BuildOptions, parse_build_args
     from builder.progress import Progress
 
     args: dict[str, str] = {}
@@ -72,35 +72,67 @@ def run_build(store, context: str, dockerfile: str | None, *, tags, build_args, 
         opts.dockerfile = Path(dockerfile).absolute()
     if opts.context is not None and not opts.context.is_dir():
         raise PybuildError(f"build context {context}: not a directory")
-    for s in secrets:
-        sec = parse_secret(s)
-        opts.secrets[sec.id] = sec
     for item in build_contexts:
         k, _, v = item.partition("=")
         opts.build_contexts[k] = Path(v).absolute()
     out = parse_output(output)
     mode = "quiet" if quiet else progress_mode
+    memo, key, answer = BuildMemo(root), None, None
+    if usable(opts, out["type"]):
+        try:
+            key = memo.key(opts, list(secrets))
+            answer = memo.answer(key)
+        except MemoMiss:
+            key = None
+    if answer is not None:
+        progress = Progress(mode)
+        try:
+            for n, label, text, is_from in answer.steps:
+                progress.start(n, label, text)
+                progress.done(n) if is_from else progress.cached(n)
+        finally:
+            progress.close()
+        _report(mode, answer.image_id, answer.manifest_digest, answer.names, 0, answer.cached,
+                answer.warnings, iidfile, metadata_file)
+        return
+
+    from builder.build import build
+    from builder.steps.mounts import parse_secret
+
+    for s in secrets:
+        sec = parse_secret(s)
+        opts.secrets[sec.id] = sec
+    store = open_store()
     progress = Progress(mode)
     try:
         result = build(store, opts, progress)
     finally:
         progress.close()
-    for w in result.warnings:
-        click.echo(f"WARNING: {w}", err=True)
     deliver(store, result, out)
+    if key is not None and result.memo is not None:
+        memo.record(key, result.image_id, result.manifest.digest, result.names, result.warnings,
+                    result.memo)
+    _report(mode, result.image_id, result.manifest.digest, result.names, result.steps,
+            result.cached, result.warnings, iidfile, metadata_file)
+
+
+def _report(mode: str, image_id: str, manifest_digest: str, names: list[str], ran: int,
+            cached: int, warnings: list[str], iidfile: Path | None,
+            metadata_file: Path | None) -> None:
+    for w in warnings:
+        click.echo(f"WARNING: {w}", err=True)
     if iidfile:
-        iidfile.write_text(result.image_id)
+        iidfile.write_text(image_id)
     if metadata_file:
         metadata_file.write_text(json.dumps({
-            "containerimage.config.digest": result.image_id,
-            "containerimage.digest": result.manifest.digest,
-            "image.name": ",".join(result.names)}, indent=2))
+            "containerimage.config.digest": image_id,
+            "containerimage.digest": manifest_digest,
+            "image.name": ",".join(names)}, indent=2))
     if mode not in ("quiet", "rawjson"):
-        for n in result.names:
+        for n in names:
             click.echo(f"Successfully tagged {n}", err=True)
-        click.echo(f"--> {result.image_id[7:19]} ({result.steps} steps run, "
-                   f"{result.cached} cached)", err=True)
-    click.echo(result.image_id)
+        click.echo(f"--> {image_id[7:19]} ({ran} steps run, {cached} cached)", err=True)
+    click.echo(image_id)
 
 
 def deliver(store, result, out: dict[str, str]) -> None:

@@ -117,6 +117,10 @@ class BuildCache:
                 p.unlink(missing_ok=True)
                 total -= sizes[p]
                 removed += 1
+        if removed:
+            from builder.buildmemo import BuildMemo
+
+            BuildMemo(self.dir.parent).forget()
         self.write_roots()
         return removed
 

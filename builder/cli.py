@@ -14,9 +14,8 @@ from pathlib import Path
 
 import click
 
+from builder import VERSION
 from layerstore.errors import PybuildError
-
-VERSION = "0.1.0"
 
 
 def default_root() -> Path:
@@ -415,10 +414,11 @@ def logout_cmd(registry: str) -> None:
 def check_cmd(dockerfile: Path | None, build_args: tuple[str, ...], target: str | None,
               platform: str | None, fmt: str, context: Path) -> None:
     """Parse and validate a Dockerfile without building it."""
+    from builder.buildopts import locate_dockerfile, parse_build_args
     from builder.dockerfile import check
 
-    path = check.locate_dockerfile(context, dockerfile)
-    result = check.check_dockerfile(path, check.parse_build_args(build_args), target, platform)
+    path = locate_dockerfile(context, dockerfile)
+    result = check.check_dockerfile(path, parse_build_args(build_args), target, platform)
     for warning in result.warnings:
         click.echo(f"pybuild: warning: {warning}", err=True)
     if fmt == "json":
@@ -731,4 +731,4 @@ def build_cmd(settings: Settings, context: str, dockerfile: str | None, **kw) ->
     """Build an image from a Dockerfile and a context directory (- for none)."""
     from builder.buildcli import run_build
 
-    run_build(settings.store(), context, dockerfile, **kw)
+    run_build(settings.root, settings.store, context, dockerfile, **kw)

@@ -119,6 +119,18 @@ class Matcher:
         return False
 
 
+def ignore_text(root: Path, dockerfile: Path | None = None) -> str:
+    """The ignore rules in force: `<Dockerfile>.dockerignore` first, else ROOT/.dockerignore."""
+    candidates = []
+    if dockerfile is not None:
+        candidates.append(Path(str(dockerfile) + ".dockerignore"))
+    candidates.append(root / ".dockerignore")
+    for c in candidates:
+        if c.is_file():
+            return c.read_text(errors="surrogateescape")
+    return ""
+
+
 @dataclass
 class Context:
     """A build context directory and its ignore rules (None root: no context, `-`)."""
@@ -134,16 +146,7 @@ class Context:
         root = Path(root).resolve()
         if not root.is_dir():
             raise ContextError(f"build context {root} is not a directory")
-        text = ""
-        candidates = []
-        if dockerfile is not None:
-            candidates.append(Path(str(dockerfile) + ".dockerignore"))
-        candidates.append(root / ".dockerignore")
-        for c in candidates:
-            if c.is_file():
-                text = c.read_text(errors="surrogateescape")
-                break
-        return cls(root, Matcher(parse_ignore(text)))
+        return cls(root, Matcher(parse_ignore(ignore_text(root, dockerfile))))
 
     def _require(self) -> Path:
         if self.root is None:

@@ -6,8 +6,6 @@ check accepts is exactly what a build would start from.
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,30 +23,6 @@ class CheckResult:
     def warnings(self) -> list[str]:
         parse = [f"{self.dockerfile.filename}:{w.line}: {w.message}" for w in self.dockerfile.warnings]
         return parse + list(self.graph.warnings)
-
-
-def parse_build_args(items: Iterable[str]) -> dict[str, str]:
-    """`K=V` pairs; a bare `K` takes its value from the environment, as docker does."""
-    out: dict[str, str] = {}
-    for item in items:
-        key, eq, value = item.partition("=")
-        if not key:
-            raise DockerfileError(f"invalid build arg {item!r}: expected KEY=VALUE", "--build-arg")
-        if eq:
-            out[key] = value
-        elif key in os.environ:
-            out[key] = os.environ[key]
-    return out
-
-
-def locate_dockerfile(context: Path, dockerfile: Path | None) -> Path:
-    """-f wins; otherwise CONTEXT/Dockerfile, then CONTEXT/Containerfile."""
-    if dockerfile is not None:
-        return dockerfile
-    for name in ("Dockerfile", "Containerfile"):
-        if (context / name).is_file():
-            return context / name
-    return context / "Dockerfile"
 
 
 def check_dockerfile(path: Path, build_args: dict[str, str] | None = None, target: str | None = None,

@@ -1,0 +1,210 @@
+"""The whole-build memo: a rebuild with nothing changed answers without re-solving.
+
+The solver's cache already makes such a rebuild run nothing, but reaching that
+answer means loading the Dockerfile frontend, resolving images and checking every
+step. After a successful build the memo records, under a key of everything the
+build was given (Dockerfile bytes, options, ignore rules, and the stat signature
+of every context file that is not ignored), what the solver concluded: the image,
+how each base image resolved, the cache entries and blobs it used, and the steps it
+showed. A later build with the same key is answered from the record when all of that
+still holds: the refs still point where they did, the entries and blobs still exist.
+
+The stat signature (inode, size, mtime, ctime, mode, owner) is the same trust the
+solver's context hashing uses (steps/copy.py FileHashes): a file rewritten in place
+changes its ctime. Anything the record cannot vouch for goes the long way: --no-cache,
+--pull, outputs other than the store, ADD of a URL, a base found by image ID.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import stat
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from builder.buildopts import BuildOptions, locate_dockerfile
+from builder.context import Context
+from layerstore.atomic import atomic_write
+from layerstore.locking import file_lock
+
+FORMAT = 1
+REF_NAME = "org.opencontainers.image.ref.name"   # how index.json names a ref (layerstore.refs)
+KEEP = 200                                        # records kept, newest first
+
+
+@dataclass
+class Answer:
+    """A build answered from the memo: what the CLI prints and writes."""
+
+    image_id: str
+    manifest_digest: str
+    names: list[str]
+    steps: list[list]              # [n, label, text, is FROM]
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def cached(self) -> int:
+        return sum(1 for s in self.steps if not s[3])
+
+
+def usable(opts: BuildOptions, output_type: str) -> bool:
+    return not opts.no_cache and not opts.pull and output_type == "image"
+
+
+def tree_signature(ctx: Context) -> str:
+    """sha256 over (path, type+mode, owner, size, mtime, ctime, inode) of every path the
+    context exposes, in a fixed order; ignored subtrees are not entered."""
+    h = hashlib.sha256()
+    root = ctx.root
+    if root is None:
+        return ""
+    stack = [""]
+    while stack:
+        rel_dir = stack.pop()
+        try:
+            with os.scandir(os.path.join(root, rel_dir) if rel_dir else root) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError as exc:
+            raise MemoMiss(f"cannot list {rel_dir or '.'}: {exc.strerror}") from None
+        subdirs = []
+        for e in entries:
+            rel = f"{rel_dir}/{e.name}" if rel_dir else e.name
+            st = e.stat(follow_symlinks=False)
+            is_dir = stat.S_ISDIR(st.st_mode)
+            if ctx.ignored(rel) and not (is_dir and ctx.matcher.may_reinclude_below(rel)):
+                continue
+            h.update(f"{rel}\0{st.st_mode}\0{st.st_uid}\0{st.st_gid}\0{st.st_size}\0"
+                     f"{st.st_mtime_ns}\0{st.st_ctime_ns}\0{st.st_ino}\0{st.st_dev}\n"
+                     .encode(errors="surrogateescape"))
+            if is_dir:
+                subdirs.append(rel)
+        stack.extend(reversed(subdirs))
+    return h.hexdigest()
+
+
+class MemoMiss(Exception):
+    """The memo cannot answer; the solver will."""
+
+
+class BuildMemo:
+    """Records under ROOT/cache/builds/<key>.json."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self.dir = self.root / "cache" / "builds"
+
+    def key(self, opts: BuildOptions, secrets: list[str]) -> str:
+        """Everything the build was given, as one digest."""
+        df = locate_dockerfile(opts.context, opts.dockerfile)
+        if opts.dockerfile_text is not None:
+            text, df = opts.dockerfile_text, None
+        else:
+            assert df is not None
+            try:
+                text = df.read_bytes()
+            except OSError:
+                raise MemoMiss("no Dockerfile") from None
+        ctx = Context.open(opts.context, df)
+        named = {}
+        for name, path in sorted(opts.build_contexts.items()):
+            c = Context.open(path)
+            named[name] = [str(c.root), _ignore_text(c), tree_signature(c)]
+        doc = {
+            "format": FORMAT, "version": _version(),
+            "dockerfile": [str(df) if df else None, hashlib.sha256(text).hexdigest()],
+            "context": [str(ctx.root) if ctx.root else None, _ignore_text(ctx), tree_signature(ctx)],
+            "named": named, "args": opts.build_args, "target": opts.target,
+            "network": opts.network, "platform": opts.platform, "labels": opts.labels,
+            "annotations": opts.annotations, "compression": opts.compression,
+            "epoch": opts.source_date_epoch, "squash": opts.squash, "tags": opts.tags,
+            # a secret's value is never part of a key; its relative src is, with the cwd
+            "secrets": [secrets, os.getcwd() if secrets else None],
+        }
+        return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
+
+    def _path(self, key: str) -> Path:
+        return self.dir / f"{key}.json"
+
+    def answer(self, key: str) -> Answer | None:
+        """The recorded result if every fact it rests on still holds."""
+        try:
+            rec = json.loads(self._path(key).read_bytes())
+        except (OSError, ValueError):
+            return None
+        try:
+            with file_lock(self.root / "gc.lock", shared=True):   # no prune meanwhile
+                return self._check(rec)
+        except (MemoMiss, KeyError, TypeError, ValueError, OSError):
+            return None
+
+    def _check(self, rec: dict) -> Answer | None:
+        if rec.get("format") != FORMAT:
+            return None
+        index = json.loads((self.root / "index.json").read_bytes())
+        named: dict[str, str] = {}
+        present: set[str] = set()
+        for m in index.get("manifests", []):
+            present.add(m["digest"])
+            name = (m.get("annotations") or {}).get(REF_NAME)
+            if name:
+                named[name] = m["digest"]
+        for name, digest in rec["bases"]:
+            if name and named.get(name) != digest:
+                return None
+        manifest = rec["manifest"]
+        if rec["names"]:
+            if any(named.get(n) != manifest for n in rec["names"]):
+                return None
+        elif manifest not in present:
+            return None
+        blobs = self.root / "blobs" / "sha256"
+        for d in [manifest, rec["image_id"], *rec["blobs"], *(d for _, d in rec["bases"])]:
+            if not (blobs / d.partition(":")[2]).is_file():
+                return None
+        entries = self.root / "cache" / "entries"
+        paths = [entries / k[:2] / f"{k}.json" for k in rec["entries"]]
+        if not all(p.is_file() for p in paths):
+            return None
+        for p in paths:  # used now, as the solver's cache hits would mark them
+            os.utime(p)
+        return Answer(rec["image_id"], manifest, rec["names"], rec["steps"], rec["warnings"])
+
+    def record(self, key: str, image_id: str, manifest_digest: str, names: list[str],
+               warnings: list[str], memo: dict) -> None:
+        rec = {"format": FORMAT, "image_id": image_id, "manifest": manifest_digest,
+               "names": names, "warnings": warnings, **memo}
+        self.dir.mkdir(parents=True, exist_ok=True)
+        atomic_write(self._path(key), json.dumps(rec).encode())
+        self._trim()
+
+    def _trim(self, keep: int = KEEP) -> None:
+        """Keep the `keep` most recently written records (one per distinct input)."""
+        files = sorted((e.stat().st_mtime, e.path) for e in os.scandir(self.dir)
+                       if e.name.endswith(".json"))
+        for _, path in files[:max(0, len(files) - keep)]:
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+
+    def forget(self) -> int:
+        """Drop every record (the cache entries they rest on are being pruned)."""
+        n = 0
+        if self.dir.is_dir():
+            for e in os.scandir(self.dir):
+                if e.name.endswith(".json"):
+                    os.unlink(e.path)
+                    n += 1
+        return n
+
+
+def _ignore_text(ctx: Context) -> list[str]:
+    return [p.text if not p.exclusion else "!" + p.text for p in ctx.matcher.patterns]
+
+
+def _version() -> str:
+    from builder import VERSION
+
+    return VERSION
