@@ -5,6 +5,10 @@
     runc run ID            on the bundle `pybuild bundle IMG DIR true` wrote
     buildah run --network none CTR true   (buildah from an oci-archive of the image)
 
+and, as floors for pybuild, the same interpreter doing nothing (`python -c pass`)
+and only importing the command line (`python -c "import builder.cli"`, with
+pybuild's PYTHONPATH): what is left above them is pybuild's own work.
+
 Prints median and min-max of N runs (default 20) and the ratios to runc.
 Everything lives in a temporary directory that is removed at the end.
 
@@ -70,6 +74,11 @@ def main() -> None:
             "runc run": lambda i: timed(["runc", "run", f"bench-{os.getpid()}-{i}"], cwd=work / "bundle"),
             "buildah run": lambda i: timed([*bh, "run", "--network", "none", ctr, "true"]),
         }
+        floors = {  # what pybuild run cannot go below: interpreter start, importing the CLI
+            "python -c pass": lambda i: timed([sys.executable, "-c", "pass"], env=env),
+            "import cli": lambda i: timed([sys.executable, "-c", "import builder.cli"], env=env),
+        }
+        cmds.update(floors)
         for f in cmds.values():  # warm-up: snapshots unpacked, caches filled
             f(-1)
         times: dict[str, list[float]] = {k: [] for k in cmds}
@@ -81,6 +90,8 @@ def main() -> None:
               f"({'with' if args.keep_pyc else 'without'} .pyc caching)")
         print(f"{'':14} {'median':>9} {'min':>9} {'max':>9} {'vs runc':>8}")
         for name, ts in times.items():
+            if name == next(iter(floors)):
+                print("floors (same interpreter and PYTHONPATH as pybuild run):")
             med = statistics.median(ts)
             print(f"{name:14} {med * 1000:8.1f}ms {min(ts) * 1000:8.1f}ms {max(ts) * 1000:8.1f}ms "
                   f"{med / base:7.2f}x")

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from builder.keyvalues import env_pairs
 from layerstore.errors import PybuildError
 
 if TYPE_CHECKING:
@@ -43,16 +44,8 @@ class BuildOptions:
 
 def parse_build_args(items: Iterable[str]) -> dict[str, str]:
     """`K=V` pairs; a bare `K` takes its value from the environment, as docker does."""
-    out: dict[str, str] = {}
-    for item in items:
-        key, eq, value = item.partition("=")
-        if not key:
-            raise PybuildError(f"--build-arg: invalid build arg {item!r}: expected KEY=VALUE")
-        if eq:
-            out[key] = value
-        elif key in os.environ:
-            out[key] = os.environ[key]
-    return out
+    return env_pairs(items, os.environ, lambda item: PybuildError(
+        f"--build-arg: invalid build arg {item!r}: expected KEY=VALUE"))
 
 
 def locate_dockerfile(context: Path | None, dockerfile: Path | None) -> Path | None:

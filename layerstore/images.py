@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from layerstore import reference
 from layerstore.errors import NotFound, PybuildError
 from layerstore.humanize import ellipsis, human_size, since
-from layerstore.store import Image, Store
+from layerstore.store import Store
 
 
 @dataclass

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import uuid
-from pathlib import Path
 from typing import BinaryIO
 
 from layerstore.humanize import rfc3339_now

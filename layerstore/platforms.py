@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import platform as _platform
+import os
 
 from layerstore.errors import PybuildError
 from layerstore.model import Platform
@@ -14,7 +14,8 @@ _ARCH = {"x86_64": ("amd64", None), "amd64": ("amd64", None), "aarch64": ("arm64
 
 
 def host_platform() -> Platform:
-    arch, variant = _ARCH.get(_platform.machine(), (_platform.machine(), None))
+    machine = os.uname().machine
+    arch, variant = _ARCH.get(machine, (machine, None))
     return Platform(os="linux", architecture=arch, variant=variant)
 
 

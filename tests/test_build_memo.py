@@ -30,14 +30,12 @@ def bb(pybuild, busybox_rootfs, tmp_path):
 
 @pytest.fixture
 def ctx(tmp_path):
-    d = tmp_path / "ctx"
-    d.mkdir()
-    (d / "Dockerfile").write_text(DOCKERFILE)
-    (d / "msg.txt").write_text("one\n")
-    (d / ".dockerignore").write_text("scratch/\n")
-    (d / "scratch").mkdir()
-    (d / "scratch" / "junk").write_text("ignored\n")
-    return d
+    files = {"Dockerfile": DOCKERFILE, "msg.txt": "one\n", ".dockerignore": "scratch/\n",
+             "scratch/junk": "ignored\n"}
+    for name, text in files.items():
+        (tmp_path / "ctx" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "ctx" / name).write_text(text)
+    return tmp_path / "ctx"
 
 
 def _records(store_root) -> list:

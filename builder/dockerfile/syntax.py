@@ -41,7 +41,8 @@ def grammar_text() -> str:
     path = Path(__file__).resolve().parents[2] / "grammar" / "dockerfile.lark"
     if path.is_file():
         return path.read_text(encoding="utf-8")
-    
+    from importlib import resources
+
     return (resources.files("grammar") / "dockerfile.lark").read_text(encoding="utf-8")
 
 

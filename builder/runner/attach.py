@@ -8,7 +8,6 @@ raw mode, and pump bytes both ways until the container side closes.
 
 from __future__ import annotations
 
-import errno
 import fcntl
 import os
 import selectors
@@ -23,7 +22,7 @@ from builder.sandbox import Container, Result
 
 from .create import Prepared
 from .lifecycle import finish, launch
-from .logs import LOG_NAME, LogWriter, copy_streams, output_pipes, write_all
+from .logs import LOG_NAME, LogWriter, copy_streams, output_pipes, ready_chunks, write_all
 
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1,
              signal.SIGUSR2)
@@ -99,18 +98,8 @@ def pump_pty(master: int, interactive: bool, out_fd: int = 1, in_fd: int = 0,
         if interactive:
             sel.register(in_fd, selectors.EVENT_READ)
         while True:
-            try:
-                events = sel.select()
-            except InterruptedError:
-                continue
-            for key, _ in events:
-                try:
-                    data = os.read(key.fd, 65536)
-                except OSError as e:
-                    if e.errno == errno.EINTR:
-                        continue
-                    data = b""  # EIO: every slave fd is closed
-                if key.fd == master:
+            for fd, data in ready_chunks(sel):
+                if fd == master:
                     if not data:
                         return
                     write_all(out_fd, data)

@@ -10,7 +10,6 @@ not covered by a mount get anonymous volumes; -P publishes ExposedPorts.
 from __future__ import annotations
 
 import os
-import socket
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
@@ -24,6 +23,11 @@ from .errors import RunError
 from .options import (MountSpec, PortSpec, RunOptions, parse_env, parse_env_file,
                       parse_signal)
 from .volumes import Volumes, copy_up
+
+
+def seccomp_cache(root: Path) -> Path:
+    """ROOT/cache/seccomp/: compiled seccomp filters (derived data, safe to delete)."""
+    return Path(root) / "cache" / "seccomp"
 
 
 @dataclass
@@ -99,6 +103,8 @@ def working_dir(cfg, flag: str | None) -> str:
 
 
 def _free_port(ip: str, proto: str) -> int:
+    import socket
+
     kind = socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM
     with socket.socket(socket.AF_INET, kind) as s:
         s.bind((ip, 0))
@@ -212,7 +218,8 @@ def _prepare(store: Store, opts: RunOptions) -> Prepared:
     spec = SandboxSpec(root=OverlayRoot([], Path(), Path()), argv=argv, env=env, cwd=cwd,
                        user=user, hostname=hostname, limits=limits, network=network,
                        cap_add=cap_add, cap_drop=list(opts.cap_drop), seccomp=seccomp,
-                       no_new_privs=nnp, init=opts.init, id=cid)
+                       no_new_privs=nnp, init=opts.init, id=cid,
+                       cache_dir=seccomp_cache(store.root))
     _check_security(spec)
     cdir = containers.create(state)
     try:
@@ -244,11 +251,12 @@ def own_capabilities() -> list[str]:
 
 
 def _check_security(spec: SandboxSpec) -> None:
-    """Unknown capabilities and unreadable seccomp profiles fail before anything is made."""
+    """Unknown capabilities and unreadable seccomp profiles fail before anything is made
+    (the filter compiled here is the one `start` loads: same cache)."""
     from builder.sandbox import caps, seccomp
 
     capset = caps.resolve(spec.cap_add, spec.cap_drop)
-    seccomp.bpf_for(spec.seccomp, capset)
+    seccomp.bpf_for(spec.seccomp, capset, spec.cache_dir)
 
 
 def discard(containers: Containers, state: ContainerState) -> None:

@@ -30,6 +30,7 @@ from builder.sandbox.spec import DEFAULT_PATH
 
 from .attach import copy_winsize, forwarding, pump_pty, raw_terminal
 from .containers import Containers, ContainerState, alive
+from .create import seccomp_cache
 from .errors import RunError
 from .lifecycle import is_running
 from .options import parse_env
@@ -97,7 +98,7 @@ def exec_in(containers: Containers, ref: str, argv: list[str], *, interactive: b
     if workdir is not None and not workdir.startswith("/"):
         raise RunError(f"the working directory {workdir!r} is invalid: it must be an absolute path")
     capset = capmod.resolve(st.cap_add, st.cap_drop)
-    bpf = seccomp.bpf_for(st.seccomp, capset)
+    bpf = seccomp.bpf_for(st.seccomp, capset, seccomp_cache(containers.root))
     full_env = dict(st.env)
     full_env.update(parse_env(env or [], dict(os.environ)))
     ns_fds = []

@@ -110,26 +110,33 @@ def copy_streams(streams: dict[int, str], log: LogWriter | None,
             sel.register(fd, selectors.EVENT_READ)
         open_fds = set(streams)
         while open_fds:
-            try:
-                events = sel.select()
-            except InterruptedError:
-                continue
-            for key, _ in events:
-                try:
-                    data = os.read(key.fd, 65536)
-                except InterruptedError:
-                    continue
-                except OSError:
-                    data = b""
+            for fd, data in ready_chunks(sel):
                 if not data:
-                    sel.unregister(key.fd)
-                    open_fds.discard(key.fd)
+                    sel.unregister(fd)
+                    open_fds.discard(fd)
                     continue
-                name = streams[key.fd]
+                name = streams[fd]
                 if log is not None:
                     log.write(name, data)
                 if tee and name in tee:
                     write_all(tee[name], data)
+
+
+def ready_chunks(sel: selectors.BaseSelector) -> Iterator[tuple[int, bytes]]:
+    """(fd, bytes read) for each fd `sel` finds ready; b"" at EOF or EIO (a pty whose
+    slave side is closed everywhere)."""
+    try:
+        events = sel.select()
+    except InterruptedError:
+        return
+    for key, _ in events:
+        try:
+            data = os.read(key.fd, 65536)
+        except InterruptedError:
+            continue
+        except OSError:
+            data = b""
+        yield key.fd, data
 
 
 def write_all(fd: int, data: bytes) -> None:

@@ -11,6 +11,7 @@ import signal
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from builder.keyvalues import env_pairs
 from layerstore import humanize
 
 from .errors import RunError
@@ -179,16 +180,8 @@ def parse_env_file(path: Path) -> list[str]:
 
 def parse_env(items: list[str], host_env: dict[str, str]) -> dict[str, str]:
     """-e values in order; 'K' alone copies K from our environment when it is set."""
-    env: dict[str, str] = {}
-    for item in items:
-        key, eq, value = item.partition("=")
-        if not key:
-            raise RunError(f"invalid environment variable {item!r}: empty name")
-        if eq:
-            env[key] = value
-        elif key in host_env:
-            env[key] = host_env[key]
-    return env
+    return env_pairs(items, host_env,
+                     lambda item: RunError(f"invalid environment variable {item!r}: empty name"))
 
 
 def _check_target(target: str, spec: str) -> str:

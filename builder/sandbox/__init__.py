@@ -6,7 +6,7 @@ to wait on, kill or tear down. Nothing here knows about images.
 """
 
 from .container import Container, run, start
-from .network import NetworkConfig, PortMapping
+from .netconfig import NetworkConfig, PortMapping
 from .spec import (DEFAULT_CAPS, BindMount, DirRoot, Limits, OverlayRoot, Result, SandboxError,
                    SandboxSpec, TmpfsMount, UserNamespace)
 

@@ -30,12 +30,15 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import caps as capmod
 from . import libc, rootfs, seccomp, users
 from .cgroups import Cgroups
-from .network import PrivateNetwork
 from .spec import DEFAULT_PATH, Result, SandboxError, SandboxSpec
+
+if TYPE_CHECKING:
+    from .network import PrivateNetwork
 
 _FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
@@ -324,7 +327,7 @@ def start(spec: SandboxSpec) -> Container:
     """
     spec.validate()
     capset = capmod.resolve(spec.cap_add, spec.cap_drop)
-    bpf = seccomp.bpf_for(spec.seccomp, capset)
+    bpf = seccomp.bpf_for(spec.seccomp, capset, spec.cache_dir)
     hostname = spec.hostname or spec.id[:12]
     own_state = spec.state_dir is None
     state = Path(spec.state_dir) if spec.state_dir else Path(
@@ -334,7 +337,11 @@ def start(spec: SandboxSpec) -> Container:
     (state / "rootfs").mkdir(exist_ok=True)
     _etc_files(spec, state, hostname)
     cg = Cgroups(spec.id, spec.limits)
-    net = PrivateNetwork(spec.network, spec.id) if spec.network.mode == "private" else None
+    net = None
+    if spec.network.mode == "private":
+        from .network import PrivateNetwork
+
+        net = PrivateNetwork(spec.network, spec.id)
     c = Container(spec, spec.id, -1, state, _cgroups=cg, _net=net, _own_state=own_state)
     child_stdio: list[int] = []
     pipes = _Pipes()
@@ -541,6 +548,8 @@ def _orphaned_cleanup(pid: int | None, cg: Cgroups, state: Path, spec: SandboxSp
         pass
     if spec.network.mode == "private":
         try:
+            from .network import PrivateNetwork
+
             PrivateNetwork(spec.network, spec.id).teardown()
         except Exception:
             pass

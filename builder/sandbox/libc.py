@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import ctypes
 import os
-import platform
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _syscall = _libc.syscall
 _syscall.restype = ctypes.c_long
 
-if platform.machine() not in ("x86_64", "AMD64"):  # pragma: no cover - host is x86_64
+if os.uname().machine not in ("x86_64", "AMD64"):  # pragma: no cover - host is x86_64
     raise ImportError("builder.sandbox: syscall numbers are only defined for x86_64")
 
 SYS_capget = 125

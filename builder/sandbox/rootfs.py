@@ -11,7 +11,6 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
-import socket
 import stat
 import struct
 from dataclasses import dataclass, field
@@ -300,6 +299,8 @@ def populate(spec: SandboxSpec, d: Detached) -> None:
 
 def loopback_up() -> None:
     """Bring `lo` up in our fresh network namespace (SIOCGIFFLAGS/SIOCSIFFLAGS)."""
+    import socket
+
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         req = struct.pack("16sH14x", b"lo", 0)
         flags = struct.unpack("16sH14x", fcntl.ioctl(s, 0x8913, req))[1]

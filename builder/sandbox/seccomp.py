@@ -1,40 +1,37 @@
 """Docker-format seccomp profiles compiled to BPF once, loaded in the child.
 
-Compiling with libseccomp costs milliseconds, so the parent compiles a
-profile for a capability set once and caches the BPF bytes; the child only
-makes one seccomp(2) call right before exec.
+Compiling with libseccomp costs milliseconds (and importing pyseccomp a few
+more), so the parent compiles a profile for a capability set once: the BPF
+bytes are kept in memory and, when the caller names a cache directory, on
+disk as `<key>.bpf`, keyed by everything the result depends on (profile bytes,
+capabilities, machine, kernel release, libseccomp and compiler versions).
+A cache file is a sha256 of the program followed by the program; one that
+does not check out is compiled again. The child only makes one seccomp(2)
+call right before exec.
 """
 
 from __future__ import annotations
 
+import ctypes
+import hashlib
 import json
 import os
-import platform
-import tempfile
 from functools import lru_cache
 from pathlib import Path
-
-import pyseccomp
 
 from .spec import SandboxError
 
 DEFAULT_PROFILE = Path(__file__).with_name("seccomp_default.json")
 
-_OPS = {
-    "SCMP_CMP_NE": pyseccomp.NE, "SCMP_CMP_LT": pyseccomp.LT, "SCMP_CMP_LE": pyseccomp.LE,
-    "SCMP_CMP_EQ": pyseccomp.EQ, "SCMP_CMP_GE": pyseccomp.GE, "SCMP_CMP_GT": pyseccomp.GT,
-    "SCMP_CMP_MASKED_EQ": pyseccomp.MASKED_EQ,
-}
-_ARCHES = {
-    "SCMP_ARCH_X86_64": pyseccomp.Arch.X86_64, "SCMP_ARCH_X86": pyseccomp.Arch.X86,
-    "SCMP_ARCH_X32": pyseccomp.Arch.X32, "SCMP_ARCH_AARCH64": pyseccomp.Arch.AARCH64,
-    "SCMP_ARCH_ARM": pyseccomp.Arch.ARM,
-}
 # docker's arch names in includes/excludes, per native machine
 _NATIVE = {"x86_64": ("amd64", "SCMP_ARCH_X86_64"), "aarch64": ("arm64", "SCMP_ARCH_AARCH64")}
+_CMP_OPS = ("NE", "LT", "LE", "EQ", "GE", "GT", "MASKED_EQ")
+_SUB_ARCHES = ("X86_64", "X86", "X32", "AARCH64", "ARM")
 
 
 def _action(name: str, errno_ret: int | None, where: str) -> int:
+    import pyseccomp
+
     if name == "SCMP_ACT_ALLOW":
         return pyseccomp.ALLOW
     if name == "SCMP_ACT_ERRNO":
@@ -51,7 +48,7 @@ def _action(name: str, errno_ret: int | None, where: str) -> int:
 
 
 def _kernel() -> tuple[int, ...]:
-    rel = platform.release().split("-")[0]
+    rel = os.uname().release.split("-")[0]
     return tuple(int(p) for p in rel.split(".")[:2] if p.isdigit())
 
 
@@ -74,12 +71,20 @@ def _applies(rule: dict, caps: frozenset[str], arch: str) -> bool:
 
 def load_profile(path: Path) -> dict:
     try:
-        with open(path) as f:
-            prof = json.load(f)
+        with open(path, "rb") as f:
+            data = f.read()
     except OSError as e:
         raise SandboxError(f"seccomp profile {path}: {e.strerror}") from None
+    return _parse_profile(data, path)
+
+
+def _parse_profile(data: bytes, path: Path) -> dict:
+    try:
+        prof = json.loads(data)
     except json.JSONDecodeError as e:
         raise SandboxError(f"seccomp profile {path}:{e.lineno}:{e.colno}: {e.msg}") from None
+    except ValueError as e:  # not UTF-8 at all
+        raise SandboxError(f"seccomp profile {path}: {e}") from None
     if not isinstance(prof, dict) or "defaultAction" not in prof:
         raise SandboxError(f"seccomp profile {path}: not a docker seccomp profile (no defaultAction)")
     return prof
@@ -87,14 +92,20 @@ def load_profile(path: Path) -> dict:
 
 def compile_profile(prof: dict, caps: frozenset[str], where: str) -> bytes:
     """BPF for `prof` as it applies to a process holding `caps`."""
-    machine = platform.machine()
+    import tempfile
+
+    import pyseccomp
+
+    ops = {f"SCMP_CMP_{op}": getattr(pyseccomp, op) for op in _CMP_OPS}
+    arches = {f"SCMP_ARCH_{a}": getattr(pyseccomp.Arch, a) for a in _SUB_ARCHES}
+    machine = os.uname().machine
     arch, native = _NATIVE.get(machine, (machine, ""))
     f = pyseccomp.SyscallFilter(_action(prof["defaultAction"], prof.get("defaultErrnoRet"), where))
     for entry in prof.get("archMap") or []:
         if entry.get("architecture") == native:
             for sub in entry.get("subArchitectures") or []:
-                if sub in _ARCHES and not f.exist_arch(_ARCHES[sub]):
-                    f.add_arch(_ARCHES[sub])
+                if sub in arches and not f.exist_arch(arches[sub]):
+                    f.add_arch(arches[sub])
     for n, rule in enumerate(prof.get("syscalls") or []):
         if not _applies(rule, caps, arch):
             continue
@@ -102,12 +113,12 @@ def compile_profile(prof: dict, caps: frozenset[str], where: str) -> bytes:
         action = _action(rule.get("action", ""), rule.get("errnoRet"), f"{where} syscalls[{n}]")
         args = []
         for a in rule.get("args") or []:
-            if a.get("op") not in _OPS:
+            if a.get("op") not in ops:
                 raise SandboxError(f"seccomp profile {where} syscalls[{n}]: bad op {a.get('op')!r}")
             if a["op"] == "SCMP_CMP_MASKED_EQ":
-                args.append(pyseccomp.Arg(a["index"], _OPS[a["op"]], a["value"], a.get("valueTwo", 0)))
+                args.append(pyseccomp.Arg(a["index"], ops[a["op"]], a["value"], a.get("valueTwo", 0)))
             else:
-                args.append(pyseccomp.Arg(a["index"], _OPS[a["op"]], a["value"]))
+                args.append(pyseccomp.Arg(a["index"], ops[a["op"]], a["value"]))
         # docker: several conditions on one argument are alternatives (separate rules)
         indexes = [a["index"] for a in rule.get("args") or []]
         groups = [[a] for a in args] if len(set(indexes)) < len(indexes) else [args]
@@ -123,18 +134,97 @@ def compile_profile(prof: dict, caps: frozenset[str], where: str) -> bytes:
         return tmp.read()
 
 
+class _Version(ctypes.Structure):
+    _fields_ = [("major", ctypes.c_uint), ("minor", ctypes.c_uint), ("micro", ctypes.c_uint)]
+
+
+@lru_cache(maxsize=1)
+def _toolchain() -> str:
+    """What else the BPF depends on: libseccomp's version, pyseccomp and this compiler."""
+    try:
+        lib = ctypes.CDLL("libseccomp.so.2")
+        lib.seccomp_version.restype = ctypes.POINTER(_Version)
+        v = lib.seccomp_version().contents
+        libseccomp = f"{v.major}.{v.minor}.{v.micro}"
+    except (OSError, AttributeError, ValueError):
+        libseccomp = "?"
+    from importlib.util import find_spec
+
+    files = []
+    for origin in (__file__, getattr(find_spec("pyseccomp"), "origin", None)):
+        try:
+            st = os.stat(origin)
+            files.append(f"{origin}:{st.st_size}:{st.st_mtime_ns}")
+        except (OSError, TypeError):
+            files.append(f"{origin}:?")
+    return ";".join([f"libseccomp {libseccomp}", *files])
+
+
+def _cache_key(data: bytes, caps: frozenset[str]) -> str:
+    u = os.uname()
+    h = hashlib.sha256(data)
+    h.update(json.dumps([sorted(caps), u.machine, u.release, _toolchain()]).encode())
+    return h.hexdigest()
+
+
+def _cache_read(path: Path) -> bytes | None:
+    """The program in a cache file, or None when it is missing, short or corrupt."""
+    try:
+        with open(path, "rb") as f:
+            blob = f.read()
+    except OSError:
+        return None
+    digest, bpf = blob[:32], blob[32:]
+    if not bpf or len(bpf) % 8 or hashlib.sha256(bpf).digest() != digest:
+        return None
+    return bpf
+
+
+def _cache_write(path: Path, bpf: bytes) -> None:
+    """Write-temp + rename (no fsync: a torn file fails its checksum and is recompiled)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as f:
+            f.write(hashlib.sha256(bpf).digest() + bpf)
+        os.rename(tmp, path)
+    except OSError:  # only a cache: a read-only or full store still runs containers
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+
+
 @lru_cache(maxsize=16)
-def _compiled(path: str, mtime: float, caps: frozenset[str]) -> bytes:
-    return compile_profile(load_profile(Path(path)), caps, path)
+def _compiled(path: str, mtime_ns: int, size: int, caps: frozenset[str],
+              cache_dir: Path | None) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise SandboxError(f"seccomp profile {path}: {e.strerror}") from None
+    cached = None
+    if cache_dir is not None:
+        cached = Path(cache_dir) / f"{_cache_key(data, caps)}.bpf"
+        bpf = _cache_read(cached)
+        if bpf is not None:
+            return bpf
+    bpf = compile_profile(_parse_profile(data, Path(path)), caps, path)
+    if cached is not None:
+        _cache_write(cached, bpf)
+    return bpf
 
 
-def bpf_for(setting: str | os.PathLike | None, caps: frozenset[str]) -> bytes | None:
-    """BPF bytes for a spec's seccomp setting, or None for `unconfined`."""
+def bpf_for(setting: str | os.PathLike | None, caps: frozenset[str],
+            cache_dir: Path | None = None) -> bytes | None:
+    """BPF bytes for a spec's seccomp setting, or None for `unconfined`; compiled
+    programs are kept in `cache_dir` when one is given."""
     if setting == "unconfined":
         return None
     path = Path(setting) if setting is not None else DEFAULT_PROFILE
     try:
-        mtime = path.stat().st_mtime
+        st = path.stat()
     except OSError as e:
         raise SandboxError(f"seccomp profile {path}: {e.strerror}") from None
-    return _compiled(str(path.resolve()), mtime, caps)
+    return _compiled(str(path.resolve()), st.st_mtime_ns, st.st_size, caps,
+                     Path(cache_dir) if cache_dir is not None else None)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from layerstore.errors import PybuildError
 
-from .network import NetworkConfig
+from .netconfig import NetworkConfig
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
@@ -123,6 +123,7 @@ class SandboxSpec:
     timeout: float | None = None     # seconds; the container is killed after it
     etc_files: bool = True           # bind generated /etc/hosts, resolv.conf, hostname
     state_dir: Path | None = None    # where hosts/resolv.conf and the root mount point live
+    cache_dir: Path | None = None    # where compiled seccomp filters may be kept (None: memory only)
     id: str = field(default_factory=lambda: secrets.token_hex(16))
 
     def validate(self) -> None:
