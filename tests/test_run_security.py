@@ -3,6 +3,9 @@
 
 from __future__ import annotations
 
+import os
+import stat
+
 from test_run_support import run_store  # noqa: F401  (fixture)
 
 DOCKER_DEFAULT_CAPS = 0xA80425FB        # the 14 capabilities of docker's default set
@@ -26,6 +29,8 @@ mkdir -p /mnt; mount -t tmpfs t /mnt 2>/dev/null; echo mount=$?
 unshare -m true 2>/dev/null; echo unshare=$?
 swapon /dev/null 2>/dev/null; echo swapon=$?
 chown 1 /tmp 2>/dev/null; echo chown=$?
+echo sys=$(awk '$2 == "/sys" {print substr($4, 1, 2)}' /proc/mounts)
+echo devices=$(find /dev -type b -o -type c | wc -l)
 """
 
 
@@ -66,6 +71,28 @@ def test_privileged(run_store):
     assert caps(out) == ALL_CAPS and caps(out, "CapBnd") == ALL_CAPS
     assert out["Seccomp"] == "0" and out["NoNewPrivs"] == "0"
     assert out["mount"] == "0" and out["unshare"] == "0"
+    # docker's --privileged also unmasks /proc, leaves /proc/sys and /sys writable and
+    # gives the host's devices
+    default = probe(run_store)
+    assert int(out["timer_list"]) > 0 and out["timer_list"] != default["timer_list"]
+    assert out["firmware"] == str(len(os.listdir("/sys/firmware")))
+    assert out["procsys"] == "0" and default["procsys"] != "0"
+    assert out["sys"] == "rw" and default["sys"] == "ro"
+    host = sum(1 for _ in _host_device_nodes())
+    assert int(default["devices"]) < 10 < host and int(out["devices"]) >= host - 1
+
+
+def _host_device_nodes():
+    """Character and block devices under the host's /dev, as --privileged copies them."""
+    skip = {"pts", "shm", "fd", "mqueue", "console", "ptmx"}
+    for top, dirs, files in os.walk("/dev"):
+        dirs[:] = [d for d in dirs if d not in skip]
+        for f in files:
+            if f in skip:
+                continue
+            st = os.lstat(os.path.join(top, f))
+            if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
+                yield os.path.join(top, f)
 
 
 def test_cap_add_keeps_seccomp(run_store):

@@ -218,7 +218,7 @@ def _prepare(store: Store, opts: RunOptions) -> Prepared:
     spec = SandboxSpec(root=OverlayRoot([], Path(), Path()), argv=argv, env=env, cwd=cwd,
                        user=user, hostname=hostname, limits=limits, network=network,
                        cap_add=cap_add, cap_drop=list(opts.cap_drop), seccomp=seccomp,
-                       no_new_privs=nnp, init=opts.init, id=cid,
+                       no_new_privs=nnp, privileged=opts.privileged, init=opts.init, id=cid,
                        cache_dir=seccomp_cache(store.root))
     _check_security(spec)
     cdir = containers.create(state)

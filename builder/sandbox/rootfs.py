@@ -38,6 +38,8 @@ class Detached:
     devices: list[tuple[int, str]] = field(default_factory=list)           # fd, /dev/<name>
     sys_fd: int | None = None
     console: int | None = None      # the pty slave, bound on /dev/console as docker does
+    host_devices: list[tuple[str, int, int, int, int]] = field(default_factory=list)
+    writable_sys: bool = False      # privileged: sysfs read-write
 
 
 def _clone_tree(path: str, recursive: bool = True) -> int:
@@ -132,6 +134,10 @@ def detach_sources(spec: SandboxSpec, state_dir: str, userns: bool, net_host: bo
     if spec.etc_files:
         for name in _ETC_FILES:
             d.etc.append((_clone_tree(os.path.join(state_dir, name), False), "/etc/" + name))
+    if spec.privileged:
+        d.writable_sys = True
+        if not userns:
+            d.host_devices = host_devices()
     if userns:
         # mknod is not allowed in a user namespace: bind the host's nodes instead
         for name, _, _ in _DEVICES:
@@ -141,6 +147,35 @@ def detach_sources(spec: SandboxSpec, state_dir: str, userns: bool, net_host: bo
             d.sys_fd = _clone_tree("/sys")
             libc.make_readonly(d.sys_fd, "/sys")
     return d
+
+
+# not device trees of their own in a container (moby's HostDevices skips them too)
+# (and the links every container gets: /dev/ptmx is pts/ptmx, not the host's node)
+_HOST_DEV_SKIP = {"pts", "shm", "fd", "mqueue", ".lxc", ".lxd-mounts", ".udev", "console",
+                  *(name for name, _ in _DEV_LINKS)}
+
+
+def host_devices(top: str = "/dev") -> list[tuple[str, int, int, int, int]]:
+    """(path under /dev, mode, rdev, uid, gid) of every character and block device of the
+    host, for a privileged container (docker gives it all of them)."""
+    out = []
+    stack = [""]
+    while stack:
+        rel = stack.pop()
+        try:
+            entries = list(os.scandir(os.path.join(top, rel)))
+        except OSError:
+            continue
+        for e in entries:
+            if e.name in _HOST_DEV_SKIP:
+                continue
+            sub = f"{rel}/{e.name}" if rel else e.name
+            st = e.stat(follow_symlinks=False)
+            if stat.S_ISDIR(st.st_mode):
+                stack.append(sub)
+            elif stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
+                out.append((sub, st.st_mode, st.st_rdev, st.st_uid, st.st_gid))
+    return sorted(out)
 
 
 # Mount points this child had to create in the rootfs ("stubs"), reported to the
@@ -172,7 +207,8 @@ def mount_kernel_fs(target: str, d: Detached) -> None:
         os.close(d.sys_fd)
         d.sys_fd = None
     else:
-        libc.mount("sysfs", sys_dir, "sysfs", libc.MS_RDONLY | _NOSUID_NODEV_NOEXEC)
+        libc.mount("sysfs", sys_dir, "sysfs",
+                   (0 if d.writable_sys else libc.MS_RDONLY) | _NOSUID_NODEV_NOEXEC)
 
 
 def pivot(target: str) -> None:
@@ -242,6 +278,14 @@ def _mount_dev(d: Detached) -> None:
         for name, major, minor in _DEVICES:
             os.mknod("/dev/" + name, 0o666 | stat.S_IFCHR, os.makedev(major, minor))
             os.chmod("/dev/" + name, 0o666)
+    for rel, mode, rdev, uid, gid in d.host_devices:
+        path = "/dev/" + rel
+        if os.path.lexists(path):
+            continue
+        os.makedirs(os.path.dirname(path), 0o755, exist_ok=True)
+        os.mknod(path, mode, rdev)
+        os.chown(path, uid, gid)
+        os.chmod(path, stat.S_IMODE(mode))
     for sub in ("pts", "shm", "mqueue"):
         os.mkdir("/dev/" + sub, 0o755)
     libc.mount("devpts", "/dev/pts", "devpts", libc.MS_NOSUID | libc.MS_NOEXEC,
@@ -287,11 +331,12 @@ def populate(spec: SandboxSpec, d: Detached) -> None:
             # a user-namespaced root cannot create the mount point in a rootfs the
             # mapped range does not own: the image simply keeps its own /etc files
             pass
-    for path in MASKED_PATHS:
-        _mask(path)
-    for path in READONLY_PATHS:
-        if os.path.exists(path):
-            _remount_ro(path)
+    if not spec.privileged:
+        for path in MASKED_PATHS:
+            _mask(path)
+        for path in READONLY_PATHS:
+            if os.path.exists(path):
+                _remount_ro(path)
     if spec.root.readonly:
         libc.mount(None, "/", None, libc.MS_BIND | libc.MS_REMOUNT | libc.MS_RDONLY
                    | (os.statvfs("/").f_flag & _ST_FLAGS))

@@ -115,6 +115,9 @@ class SandboxSpec:
     cap_drop: list[str] = field(default_factory=list)   # "ALL" drops every capability
     seccomp: str | Path | None = None   # None: docker's default; "unconfined"; or a JSON file
     no_new_privs: bool = True
+    # docker's --privileged beyond caps and seccomp: no masked or read-only paths,
+    # /sys writable, the host's devices in /dev
+    privileged: bool = False
     init: bool = False               # run a tiny reaping init as PID 1
     userns: UserNamespace | None = None
     stdio: str = "inherit"           # inherit | pipe | pty
