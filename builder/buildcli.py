@@ -45,7 +45,7 @@ def run_build(root: Path, open_store, context: str, dockerfile: str | None, *, t
               secrets, build_contexts, compression, source_date_epoch, squash, iidfile,
               metadata_file, output, progress_mode, quiet, jobs) -> None:
     """Build per the command line; a rebuild the memo can vouch for skips the solver."""
-    from builder.buildmemo import BuildMemo, MemoMiss, usable
+    from builder.buildmemo import BuildMemo, MemoMiss, may_answer, may_record
     from builder.buildopts import BuildOptions, parse_build_args
     from builder.progress import Progress
 
@@ -78,10 +78,10 @@ def run_build(root: Path, open_store, context: str, dockerfile: str | None, *, t
     out = parse_output(output)
     mode = "quiet" if quiet else progress_mode
     memo, key, answer = BuildMemo(root), None, None
-    if usable(opts, out["type"]):
+    if may_record(out["type"]):
         try:
             key = memo.key(opts, list(secrets))
-            answer = memo.answer(key)
+            answer = memo.answer(key) if may_answer(opts) else None
         except MemoMiss:
             key = None
     if answer is not None:

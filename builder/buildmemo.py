@@ -12,7 +12,9 @@ still holds: the refs still point where they did, the entries and blobs still ex
 The stat signature (inode, size, mtime, ctime, mode, owner) is the same trust the
 solver's context hashing uses (steps/copy.py FileHashes): a file rewritten in place
 changes its ctime. Anything the record cannot vouch for goes the long way: --no-cache,
---pull, outputs other than the store, ADD of a URL, a base found by image ID.
+--pull, outputs other than the store, ADD of a URL, a base found by image ID. A --no-cache
+or --pull build still leaves a record: the cache entries it wrote are what a plain
+rebuild would hit.
 """
 
 from __future__ import annotations
@@ -49,8 +51,15 @@ class Answer:
         return sum(1 for s in self.steps if not s[3])
 
 
-def usable(opts: BuildOptions, output_type: str) -> bool:
-    return not opts.no_cache and not opts.pull and output_type == "image"
+def may_answer(opts: BuildOptions) -> bool:
+    """--no-cache and --pull ask for work the memo would skip."""
+    return not opts.no_cache and not opts.pull
+
+
+def may_record(output_type: str) -> bool:
+    """Any build into the store: its result is what a cached rebuild would give, since
+    even --no-cache writes the cache entries that rebuild would hit."""
+    return output_type == "image"
 
 
 def tree_signature(ctx: Context) -> str:

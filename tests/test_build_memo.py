@@ -55,11 +55,7 @@ def _run(pybuild, name="memo") -> str:
 def test_unchanged_rebuild_is_answered_like_the_solver(bb, ctx, store_root):
     image1, first = _build(bb, ctx)
     assert "(4 steps run" in first and len(_records(store_root)) == 1
-    from builder.buildmemo import BuildMemo
-    from builder.buildopts import BuildOptions
-
-    memo = BuildMemo(store_root)
-    answer = memo.answer(memo.key(BuildOptions(context=ctx, tags=["memo"]), []))
+    answer = _answer(store_root, ctx)
     assert answer is not None and answer.image_id == image1 and answer.names == [
         "docker.io/library/memo:latest"]
     image2, memo_out = _build(bb, ctx)
@@ -143,10 +139,22 @@ def test_cache_entry_gone_means_solver(bb, ctx, store_root):
     assert "#5 DONE" in out and "#4 CACHED" in out
 
 
-def test_no_cache_and_other_outputs_bypass_the_memo(bb, ctx, tmp_path):
+def _answer(store_root, ctx):
+    from builder.buildmemo import BuildMemo
+    from builder.buildopts import BuildOptions
+
+    memo = BuildMemo(store_root)
+    return memo.answer(memo.key(BuildOptions(context=ctx, tags=["memo"]), []))
+
+
+def test_no_cache_and_other_outputs_bypass_the_memo(bb, ctx, tmp_path, store_root):
     _build(bb, ctx)
-    _, out = _build(bb, ctx, "--no-cache")
+    image, out = _build(bb, ctx, "--no-cache")
     assert "#4 DONE" in out
+    # ... but --no-cache leaves the record a plain rebuild is answered from
+    assert _answer(store_root, ctx).image_id == image
+    again, out = _build(bb, ctx)
+    assert again == image and "(0 steps run, 4 cached)" in out
     dest = tmp_path / "out"
     bb("build", "--progress", "quiet", "--output", f"type=local,dest={dest}", ctx)
     assert (dest / "out").read_text() == "hello one\n"
