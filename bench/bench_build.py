@@ -4,9 +4,10 @@ For each context: cold build (--no-cache), fully cached rebuild, and a rebuild
 after one context file changed; runs interleaved (pybuild, buildah, pybuild,
 ...), printing median and min-max of N runs and the ratio pybuild/buildah.
 
-Contexts: the hello, multistage and cache-mount samples, a RUN that writes
-~500 MB in ~20k files, and a COPY of a 1 GB / 50k-file context (sizes scale
-with --scale). Both tools start from the same busybox base image.
+Contexts: the hello, multistage, cache-mount and debian-python samples (the last
+runs apt-get against apt's mirror: its cold figures are mostly network), a RUN that
+writes ~500 MB in ~20k files, and a COPY of a 1 GB / 50k-file context (sizes scale
+with --scale). Both tools start from the same busybox (and debootstrap'd Debian) base.
 
     python3 bench/bench_build.py [--runs 5] [--scale 1.0] [--only hello,...]
 """
@@ -78,6 +79,18 @@ def make_base(tools: Tools) -> None:
     tools.buildah(ctx, "busybox")
 
 
+def make_debian_base(tools: Tools) -> None:
+    """debian-base for both tools from one debootstrap tarball (make-base.sh caches it)."""
+    subprocess.run(["sh", str(SAMPLES / "debian-python" / "make-base.sh")], check=True,
+                   env=tools.env, stdout=subprocess.DEVNULL)
+    ctx = tools.work / "debian-base-ctx"
+    ctx.mkdir()
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "pybuild"
+    shutil.copy(cache / "debian-bookworm-minbase.tar", ctx / "rootfs.tar")
+    (ctx / "Dockerfile").write_text('FROM scratch\nADD rootfs.tar /\nCMD ["bash"]\n')
+    tools.buildah(ctx, "debian-base")
+
+
 def big_run_context(work: Path, scale: float) -> tuple[Path, Path]:
     files = max(10, int(20000 * scale))
     size_kb = 25   # 20k x 25 KiB ~ 500 MB
@@ -111,14 +124,14 @@ def copy_sample(work: Path, name: str) -> tuple[Path, Path]:
     dst = work / name
     shutil.copytree(SAMPLES / name, dst)
     changed = {"hello": dst / "hello.sh", "multistage": dst / "src" / "greet.in",
-               "cache-mount": dst / "Dockerfile"}[name]
+               "cache-mount": dst / "Dockerfile", "debian-python": dst / "app.py"}[name]
     return dst, changed
 
 
 def touch_content(path: Path, n: int) -> None:
     if path.name == "Dockerfile":
         path.write_text(path.read_text().rstrip("\n").rsplit("\n# run", 1)[0] + f"\n# run {n}\n")
-    elif path.suffix in (".sh", ".in", ".txt"):
+    elif path.suffix in (".sh", ".in", ".txt", ".py"):
         path.write_text(path.read_text().split("\n# run")[0].rstrip("\n") + f"\n# run {n}\n")
     else:
         path.write_bytes(os.urandom(path.stat().st_size))
@@ -132,7 +145,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--scale", type=float, default=1.0, help="size factor for the big contexts")
-    ap.add_argument("--only", default="hello,multistage,cache-mount,bigrun,bigcopy")
+    ap.add_argument("--only", default="hello,multistage,cache-mount,debian-python,bigrun,bigcopy")
     args = ap.parse_args()
     for tool in ("buildah", "pybuild"):
         if shutil.which(tool) is None:
@@ -149,6 +162,8 @@ def main() -> None:
             elif name == "bigcopy":
                 ctx, changed = big_copy_context(work, args.scale)
             else:
+                if name == "debian-python":
+                    make_debian_base(tools)
                 ctx, changed = copy_sample(work, name)
             results: dict[str, dict[str, list[float]]] = {}
             counter = 0
