@@ -4,6 +4,7 @@
 Interleaved runs (ours, then the peer, repeated), median and min-max of each
 and the ratio ours/peer:
   commit: write_layer gzip / zstd to a file   vs  tar -cf - | gzip / zstd -T0 > file
+          (the peers at our default levels, layerstore.compression.GZIP_LEVEL/ZSTD_LEVEL)
   unpack: apply_layer flat into a fresh dir   vs  tar -xf (and umoci unpack, see below)
   pybuild --help wall time.
 Targets (issue 2): zstd commit <= 1.3x tar|zstd -T0; gzip commit <= 1x tar|gzip;
@@ -34,6 +35,7 @@ from typing import Callable
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from layerstore.compression import GZIP_LEVEL, ZSTD_LEVEL  # noqa: E402
 from layerstore.layer_apply import apply_layer  # noqa: E402
 from layerstore.layer_diff import LayerStats, write_layer  # noqa: E402
 
@@ -173,9 +175,9 @@ def main() -> int:
         # groups measured back to back; within a group the order alternates run by run
         groups: list[list[tuple[str, Callable[[], object]]]] = [
             [("ours gzip", lambda: commit(ours_gz, "gzip")),
-             ("tar | gzip", lambda: sh(f"tar -cf - -C {tree} . | gzip > {work}/peer.tar.gz"))],
+             ("tar | gzip", lambda: sh(f"tar -cf - -C {tree} . | gzip -{GZIP_LEVEL} > {work}/peer.tar.gz"))],
             [("ours zstd", lambda: commit(ours_zst, "zstd")),
-             ("tar | zstd -T0", lambda: sh(f"tar -cf - -C {tree} . | zstd -q -T0 > {work}/peer.tar.zst"))],
+             ("tar | zstd -T0", lambda: sh(f"tar -cf - -C {tree} . | zstd -q -{ZSTD_LEVEL} -T0 > {work}/peer.tar.zst"))],
             [("ours unpack (gzip)", lambda: unpack(ours_gz, work / f"u{next(fresh)}")),
              ("tar -xzf", lambda: peer_unpack("-xzf", ours_gz)),
              ("umoci unpack", lambda: umoci_unpack(layout, work / f"m{next(fresh)}"))],

@@ -40,6 +40,11 @@ MAGIC_LEN = 6
 CHUNK = 1 << 20
 _GZIP_BLOCK = 1 << 20
 _WINDOW = 32768
+# zlib level 4: measured on a 2-core machine, half the time of level 6 for 2-4%
+# larger blobs (a Debian package layer, Python's stdlib); level 1 would be 3x faster
+# but 5-14% larger. Blob digests depend on it.
+GZIP_LEVEL = 4
+ZSTD_LEVEL = 3
 
 
 class UnsupportedCompression(PybuildError, ValueError):
@@ -168,11 +173,11 @@ def open_writer(out: BinaryIO, compression: str = GZIP, level: int | None = None
     if compression == GZIP:
         if level is not None and not 0 <= level <= 9:
             raise UnsupportedCompression(f"gzip compression level {level} is not in 0..9")
-        return ParallelGzipWriter(out, 6 if level is None else level)
+        return ParallelGzipWriter(out, GZIP_LEVEL if level is None else level)
     if compression == ZSTD:
         if level is not None and not -7 <= level <= 22:
             raise UnsupportedCompression(f"zstd compression level {level} is not in -7..22")
-        return _ZstdWriter(out, 3 if level is None else level)
+        return _ZstdWriter(out, ZSTD_LEVEL if level is None else level)
     return _PlainWriter(out)
 
 
