@@ -3,6 +3,12 @@
 Each controller is used from v2 when our v2 cgroup offers it, else from its
 v1 hierarchy. A container gets `pybuild-<id>` only beneath the cgroup this
 process is in (read from /proc/self/cgroup) and it is removed afterwards.
+
+Every container also gets device rules (devices.py): in the v1 `devices`
+controller when it is mounted, else as a BPF device program attached to the
+container's v2 cgroup (which needs no controller enabled; reached through a
+mount of our own when no cgroup file system is mounted here). A container that
+keeps CAP_MKNOD is not started without them; user-namespace ones get none.
 """
 
 from __future__ import annotations
@@ -10,12 +16,23 @@ from __future__ import annotations
 import errno
 import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache
 
+from . import devices as devmod
 from .spec import Limits, SandboxError
 
 PREFIX = "pybuild-"
+
+# Where device rules go: None picks the v1 devices controller when mounted, else v2;
+# 1 or 2 forces that one (tests use 2 to run the BPF path on a hybrid host).
+DEVICES_VERSION: int | None = None
+
+# A cgroup-v2 path in a mount of our own that no namespace sees, for when no cgroup
+# file system is mounted here (`ip netns exec` mounts a fresh /sys): see _real().
+DETACHED = "cgroup2:"
 
 
 @dataclass(frozen=True)
@@ -51,8 +68,10 @@ def _join(mount: tuple[str, str], path: str) -> str:
     return os.path.join(point, path.lstrip("/"))
 
 
-def hierarchies() -> dict[str, Hierarchy]:
-    """Where each of memory, pids and cpu can be controlled for our children."""
+def hierarchies(devices_version: int | None = None) -> dict[str, Hierarchy]:
+    """Where each of memory, pids and cpu can be controlled for our children, and under
+    "devices" where their device rules go (v1 controller, or v2 for a BPF program;
+    `devices_version` forces one of them)."""
     v1, v2 = _mounts()
     own_v1: dict[str, str] = {}
     own_v2 = None
@@ -77,7 +96,35 @@ def hierarchies() -> dict[str, Hierarchy]:
             out[c] = Hierarchy(2, v2_dir)
         elif c in v1 and c in own_v1:
             out[c] = Hierarchy(1, _join(v1[c], own_v1[c]))
+    if devices_version != 2 and "devices" in v1 and "devices" in own_v1:
+        out["devices"] = Hierarchy(1, _join(v1["devices"], own_v1["devices"]))
+    elif devices_version != 1 and v2_dir:
+        out["devices"] = Hierarchy(2, v2_dir)
+    elif devices_version != 1 and v2 is None and own_v2 is not None:
+        out["devices"] = Hierarchy(2, DETACHED + own_v2)
     return out
+
+
+@contextmanager
+def _real(path: str) -> Iterator[str]:
+    """A usable path for `path`; a DETACHED one goes through a fresh cgroup2 mount that
+    is attached nowhere and goes away when its fd is closed (so there is nothing to
+    unmount, also for a process that did not create it)."""
+    if not path.startswith(DETACHED):
+        yield path
+        return
+    from . import libc
+
+    fs = libc.fsopen("cgroup2")
+    try:
+        libc.fsconfig(fs, libc.FSCONFIG_CMD_CREATE)
+        mnt = libc.fsmount(fs)
+    finally:
+        os.close(fs)
+    try:
+        yield f"/proc/self/fd/{mnt}/" + path[len(DETACHED):].lstrip("/")
+    finally:
+        os.close(mnt)
 
 
 def _write(path: str, value: str) -> None:
@@ -99,6 +146,8 @@ class Cgroups:
 
     container_id: str
     limits: Limits
+    privileged: bool = False     # all devices allowed; else devices.DEFAULT_RULES
+    userns: bool = False         # in a user namespace mknod is impossible: no device rules
     dirs: dict[str, str] = field(default_factory=dict)      # controller -> directory
     created: list[str] = field(default_factory=list)
 
@@ -107,7 +156,7 @@ class Cgroups:
         wanted = {"memory", "pids"}
         if lim.cpus is not None or lim.cpu_weight is not None:
             wanted.add("cpu")
-        hs = hierarchies()
+        hs = hierarchies(DEVICES_VERSION)
         for c, need in (("memory", lim.memory), ("pids", lim.pids),
                         ("cpu", lim.cpus or lim.cpu_weight)):
             if need is not None and c not in hs:
@@ -131,9 +180,70 @@ class Cgroups:
                     continue  # only for accounting: do without it rather than fail
                 self.dirs[c] = d
             self._apply(hs)
+            self._devices(hs.get("devices"))
         except OSError as e:
             self.remove()
             raise SandboxError(f"cgroup set-up for container {self.container_id}: {e}") from None
+        except BaseException:
+            self.remove()
+            raise
+
+    def _devices(self, h: Hierarchy | None) -> None:
+        """Apply the device rules in `h`; without them a container that keeps CAP_MKNOD
+        could create and open any host device, so that is an error unless it is
+        privileged (allowed everything anyway). In a user namespace there are none: it
+        cannot mknod, and its monitor could not remove the cgroup if our caller died."""
+        if self.userns:
+            return
+        rules = devmod.rules_for(self.privileged)
+        try:
+            if h is None:
+                raise OSError(errno.ENOENT, "neither a v1 devices controller nor cgroup v2 "
+                              "is mounted")
+            try:
+                self.dirs["devices"] = self._device_cgroup(h, rules)
+            except OSError:
+                if h.version == 2 or DEVICES_VERSION == 1:
+                    raise
+                v2 = hierarchies(2).get("devices")  # e.g. a read-only v1 hierarchy
+                if v2 is None or v2.version != 2:
+                    raise
+                self.dirs["devices"] = self._device_cgroup(v2, rules)
+        except OSError as e:
+            if self.privileged:
+                return
+            why = f"{e.strerror}: {e.filename}" if e.filename else (e.strerror or str(e))
+            raise SandboxError(f"cannot apply device rules to container {self.container_id} "
+                               f"({why}); refusing to run it with CAP_MKNOD unconfined "
+                               "(needs write access to the devices cgroup or cgroup v2, "
+                               "or a user namespace)") from None
+
+    def _device_cgroup(self, h: Hierarchy, rules: tuple[devmod.DeviceRule, ...]) -> str:
+        d = os.path.join(h.base, PREFIX + self.container_id)
+        with _real(d) as real:
+            if d not in self.created:
+                os.mkdir(real, 0o755)
+                self.created.append(d)  # removed with the others, also on failure
+            if h.version == 1:
+                self._devices_v1(real, rules)
+            else:
+                devmod.attach(real, rules)
+        return d
+
+    def _devices_v1(self, d: str, rules: tuple[devmod.DeviceRule, ...]) -> None:
+        # a new v1 devices cgroup starts with its parent's rules: deny all, then allow.
+        # An allow the parent lacks fails with EPERM and would change nothing: skip it.
+        if rules != devmod.ALLOW_ALL:
+            _write(f"{d}/devices.deny", "a")
+        fd = os.open(f"{d}/devices.allow", os.O_WRONLY | os.O_CLOEXEC)
+        try:
+            for line in devmod.v1_lines(rules):
+                try:
+                    os.write(fd, line.encode())
+                except PermissionError:
+                    pass
+        finally:
+            os.close(fd)
 
     @staticmethod
     def _enable_v2(base: str, controller: str) -> None:
@@ -181,7 +291,8 @@ class Cgroups:
         """Move `pid` into every cgroup of the container."""
         for d in dict.fromkeys(self.dirs.values()):
             try:
-                _write(os.path.join(d, "cgroup.procs"), str(pid))
+                with _real(d) as real:
+                    _write(os.path.join(real, "cgroup.procs"), str(pid))
             except OSError as e:
                 raise SandboxError(f"cgroup {d}: cannot add process {pid}: {e.strerror}") from None
 
@@ -200,17 +311,21 @@ class Cgroups:
         """rmdir our cgroups; tasks still exiting may keep one busy for a moment."""
         deadline = time.monotonic() + wait
         for d in list(reversed(self.created)):
-            while True:
-                try:
-                    os.rmdir(d)
-                    break
-                except FileNotFoundError:
-                    break
-                except OSError as e:
-                    if e.errno != errno.EBUSY or time.monotonic() > deadline:
-                        raise SandboxError(f"cannot remove cgroup {d}: {e.strerror}") from None
-                    self._kill_all(d)
-                    time.sleep(0.005)
+            try:
+                with _real(d) as real:
+                    while True:
+                        try:
+                            os.rmdir(real)
+                            break
+                        except FileNotFoundError:
+                            break
+                        except OSError as e:
+                            if e.errno != errno.EBUSY or time.monotonic() > deadline:
+                                raise
+                            self._kill_all(real)
+                            time.sleep(0.005)
+            except OSError as e:
+                raise SandboxError(f"cannot remove cgroup {d}: {e.strerror}") from None
             self.created.remove(d)
         self.dirs.clear()
 

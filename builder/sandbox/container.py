@@ -336,7 +336,7 @@ def start(spec: SandboxSpec) -> Container:
     os.chmod(state, 0o711)
     (state / "rootfs").mkdir(exist_ok=True)
     _etc_files(spec, state, hostname)
-    cg = Cgroups(spec.id, spec.limits)
+    cg = Cgroups(spec.id, spec.limits, spec.privileged, spec.userns is not None)
     net = None
     if spec.network.mode == "private":
         from .network import PrivateNetwork

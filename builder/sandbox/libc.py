@@ -88,6 +88,12 @@ def _b(path: str | os.PathLike | None) -> bytes | None:
     return None if path is None else os.fsencode(path)
 
 
+def dgram_socket() -> int:
+    """An AF_INET datagram socket fd, for interface ioctls (no `socket` import: the
+    container child may no longer be able to read Python's own files)."""
+    return _check(_libc.socket(2, 2 | 0o2000000, 0), "socket(AF_INET, SOCK_DGRAM)")
+
+
 def unshare(flags: int) -> None:
     _check(_libc.unshare(ctypes.c_int(flags)), f"unshare({flags:#x})")
 

@@ -344,12 +344,13 @@ def populate(spec: SandboxSpec, d: Detached) -> None:
 
 def loopback_up() -> None:
     """Bring `lo` up in our fresh network namespace (SIOCGIFFLAGS/SIOCSIFFLAGS)."""
-    import socket
-
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+    s = libc.dgram_socket()
+    try:
         req = struct.pack("16sH14x", b"lo", 0)
         flags = struct.unpack("16sH14x", fcntl.ioctl(s, 0x8913, req))[1]
         fcntl.ioctl(s, 0x8914, struct.pack("16sH14x", b"lo", flags | 1))
+    finally:
+        os.close(s)
 
 
 def find_executable(name: str, path_env: str) -> str:
