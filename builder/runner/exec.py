@@ -25,7 +25,7 @@ from builder.sandbox import DirRoot, SandboxError, SandboxSpec
 from builder.sandbox import caps as capmod
 from builder.sandbox import libc, rootfs, seccomp, users
 from builder.sandbox.cgroups import PREFIX, hierarchies
-from builder.sandbox.container import _drop_privileges
+from builder.sandbox.container import drop_privileges
 from builder.sandbox.spec import DEFAULT_PATH
 
 from .attach import copy_winsize, forwarding, pump_pty, raw_terminal
@@ -237,7 +237,7 @@ class _Exec:
                 fcntl.ioctl(0, termios.TIOCSCTTY, 0)
             spec = SandboxSpec(root=DirRoot(Path("/")), argv=self.argv,
                                no_new_privs=self.st.no_new_privs)
-            _drop_privileges(spec, ids, capmod.mask(self.capset), self.bpf)
+            drop_privileges(spec, ids, capmod.mask(self.capset), self.bpf)
             os.execve(path, self.argv, env)
         except SandboxError as e:
             _send(msg_w, f"E {e.exit_code} {e}")

@@ -609,7 +609,7 @@ def _container_main(spec: SandboxSpec, p: _Pipes, stdio: list[int], capset: froz
             if spec.stdio == "pty":
                 fcntl.ioctl(0, termios.TIOCSCTTY, 0)
             _close(*{fd for fd in stdio if fd > 2})
-        _drop_privileges(spec, ids, capmod.mask(capset), bpf)
+        drop_privileges(spec, ids, capmod.mask(capset), bpf)
         if spec.init:
             _run_init(path, spec, env, p.exec_w)
         _exec(path, spec.argv, env, p.exec_w)
@@ -634,8 +634,10 @@ def _exec(path: str, argv: list[str], env: dict[str, str], exec_w: int) -> None:
         os._exit(code)
 
 
-def _drop_privileges(spec: SandboxSpec, ids: users.Ids, keep: int, bpf: bytes | None) -> None:
-    """runc's order: seccomp early only without no_new_privs; bounding set, user, caps."""
+def drop_privileges(spec: SandboxSpec, ids: users.Ids, keep: int, bpf: bytes | None) -> None:
+    """runc's order: seccomp early only without no_new_privs; bounding set, user, caps.
+    Public for `pybuild exec`, which joins a running container's namespaces and must end
+    up exactly as privileged as the container's own command."""
     if bpf is not None and not spec.no_new_privs:
         libc.seccomp_load(bpf)
     capmod.drop_bounding(keep)
