@@ -82,8 +82,8 @@ def run_build(root: Path, open_store, context: str, dockerfile: str | None, *, t
         try:
             key = memo.key(opts, list(secrets))
             answer = memo.answer(key) if may_answer(opts) else None
-        except MemoMiss:
-            key = None
+        except (MemoMiss, OSError, PybuildError):
+            key = None  # e.g. a file vanished mid-walk, a named context missing: the solver decides
     if answer is not None:
         progress = Progress(mode)
         try:

@@ -188,3 +188,11 @@ def test_multistage_copy_from_changed_source(bb, tmp_path):
     (d / "in.txt").write_text("xyz\n")
     bb("build", "--progress", "quiet", "-t", "ms", d)
     assert _run(bb, "ms") == "XYZ\n"
+
+
+def test_what_the_memo_cannot_read_is_left_to_the_solver(bb, ctx, tmp_path, store_root):
+    missing = tmp_path / "no-such-dir"   # an unused named context: the solver does not mind
+    for _ in range(2):
+        image, out = _build(bb, ctx, "--build-context", f"other={missing}")
+        assert image.startswith("sha256:")
+    assert _records(store_root) == []
