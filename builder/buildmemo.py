@@ -28,12 +28,13 @@ from pathlib import Path
 
 from builder.buildopts import BuildOptions, locate_dockerfile
 from builder.context import Context
+from builder import VERSION
 from layerstore.atomic import atomic_write
 from layerstore.locking import file_lock
+from layerstore.mediatypes import REF_NAME
 
 FORMAT = 1
-REF_NAME = "org.opencontainers.image.ref.name"   # how index.json names a ref (layerstore.refs)
-KEEP = 200                                        # records kept, newest first
+KEEP = 200      # records kept, newest first
 
 
 @dataclass
@@ -121,7 +122,7 @@ class BuildMemo:
             c = Context.open(path)
             named[name] = [str(c.root), _ignore_text(c), tree_signature(c)]
         doc = {
-            "format": FORMAT, "version": _version(),
+            "format": FORMAT, "version": VERSION,
             "dockerfile": [str(df) if df else None, hashlib.sha256(text).hexdigest()],
             "context": [str(ctx.root) if ctx.root else None, _ignore_text(ctx), tree_signature(ctx)],
             "named": named, "args": opts.build_args, "target": opts.target,
@@ -212,8 +213,3 @@ class BuildMemo:
 def _ignore_text(ctx: Context) -> list[str]:
     return [p.text if not p.exclusion else "!" + p.text for p in ctx.matcher.patterns]
 
-
-def _version() -> str:
-    from builder import VERSION
-
-    return VERSION

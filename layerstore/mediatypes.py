@@ -1,4 +1,8 @@
-"""Media types of OCI and Docker schema2 objects (both are read; OCI is written)."""
+"""Media types of OCI and Docker schema2 objects (both are read; OCI is written), and the
+annotations index.json names refs with."""
+
+REF_NAME = "org.opencontainers.image.ref.name"
+IMAGE_NAME = "io.containerd.image.name"
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"

@@ -17,8 +17,7 @@ from layerstore.errors import InvalidImage, NotFound
 from layerstore.locking import file_lock
 from layerstore.model import Descriptor, canonical_json
 
-REF_NAME = "org.opencontainers.image.ref.name"
-IMAGE_NAME = "io.containerd.image.name"
+REF_NAME, IMAGE_NAME = mt.REF_NAME, mt.IMAGE_NAME
 LAYOUT = b'{"imageLayoutVersion":"1.0.0"}'
 
 

@@ -181,18 +181,15 @@ def _cache_read(path: Path) -> bytes | None:
 
 
 def _cache_write(path: Path, bpf: bytes) -> None:
-    """Write-temp + rename (no fsync: a torn file fails its checksum and is recompiled)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
+    """Checksum + program, written atomically; only a cache: a read-only or full store
+    still runs containers."""
+    from layerstore.atomic import atomic_write
+
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "wb") as f:
-            f.write(hashlib.sha256(bpf).digest() + bpf)
-        os.rename(tmp, path)
-    except OSError:  # only a cache: a read-only or full store still runs containers
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
+        atomic_write(path, hashlib.sha256(bpf).digest() + bpf)
+    except OSError:
+        pass
 
 
 @lru_cache(maxsize=16)
