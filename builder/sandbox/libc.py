@@ -10,6 +10,18 @@ from __future__ import annotations
 import ctypes
 import os
 
+# the calls whose numbers every architecture shares live in layerstore.syscalls (the
+# snapshotter and the path resolver need them too): one wrapper of each
+from layerstore.syscalls import (AT_EMPTY_PATH, AT_FDCWD, AT_RECURSIVE, FSCONFIG_CMD_CREATE,  # noqa: F401
+                                 FSCONFIG_SET_FLAG, FSCONFIG_SET_STRING, FSMOUNT_CLOEXEC,
+                                 FSOPEN_CLOEXEC, MNT_DETACH, MOUNT_ATTR_RDONLY,
+                                 MOVE_MOUNT_F_EMPTY_PATH, MS_BIND, MS_MOVE, MS_NOATIME,
+                                 MS_NODEV, MS_NODIRATIME, MS_NOEXEC, MS_NOSUID, MS_PRIVATE,
+                                 MS_RDONLY, MS_REC, MS_RELATIME, MS_REMOUNT, MS_STRICTATIME,
+                                 OPEN_TREE_CLOEXEC, OPEN_TREE_CLONE, SYS_close_range, _b, check,
+                                 fsconfig, fsmount, fsopen, make_readonly, mount, move_mount_fd,
+                                 open_tree, umount2, unshare)
+
 _libc = ctypes.CDLL(None, use_errno=True)
 _syscall = _libc.syscall
 _syscall.restype = ctypes.c_long
@@ -21,13 +33,6 @@ SYS_capget = 125
 SYS_capset = 126
 SYS_pivot_root = 155
 SYS_seccomp = 317
-SYS_open_tree = 428
-SYS_move_mount = 429
-SYS_fsopen = 430
-SYS_fsconfig = 431
-SYS_fsmount = 432
-SYS_close_range = 436
-SYS_mount_setattr = 442
 
 CLONE_NEWNS = 0x00020000
 CLONE_NEWCGROUP = 0x02000000
@@ -37,33 +42,6 @@ CLONE_NEWUSER = 0x10000000
 CLONE_NEWPID = 0x20000000
 CLONE_NEWNET = 0x40000000
 
-MS_RDONLY = 1
-MS_NOSUID = 2
-MS_NODEV = 4
-MS_NOEXEC = 8
-MS_REMOUNT = 32
-MS_NOATIME = 1024
-MS_NODIRATIME = 2048
-MS_BIND = 4096
-MS_MOVE = 8192
-MS_REC = 16384
-MS_PRIVATE = 1 << 18
-MS_RELATIME = 1 << 21
-MS_STRICTATIME = 1 << 24
-MNT_DETACH = 2
-
-OPEN_TREE_CLONE = 1
-OPEN_TREE_CLOEXEC = os.O_CLOEXEC
-AT_RECURSIVE = 0x8000
-AT_EMPTY_PATH = 0x1000
-AT_FDCWD = -100
-MOVE_MOUNT_F_EMPTY_PATH = 4
-FSOPEN_CLOEXEC = 1
-FSMOUNT_CLOEXEC = 1
-FSCONFIG_SET_FLAG = 0
-FSCONFIG_SET_STRING = 1
-FSCONFIG_CMD_CREATE = 6
-MOUNT_ATTR_RDONLY = 1
 AT_SETATTR_RECURSIVE = AT_RECURSIVE
 
 PR_SET_PDEATHSIG = 1
@@ -77,35 +55,13 @@ SECCOMP_SET_MODE_FILTER = 1
 CLOSE_RANGE_CLOEXEC = 4
 
 
-def _check(ret: int, what: str) -> int:
-    if ret < 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"{what}: {os.strerror(err)}")
-    return ret
-
-
-def _b(path: str | os.PathLike | None) -> bytes | None:
-    return None if path is None else os.fsencode(path)
+_check = check
 
 
 def dgram_socket() -> int:
     """An AF_INET datagram socket fd, for interface ioctls (no `socket` import: the
     container child may no longer be able to read Python's own files)."""
     return _check(_libc.socket(2, 2 | 0o2000000, 0), "socket(AF_INET, SOCK_DGRAM)")
-
-
-def unshare(flags: int) -> None:
-    _check(_libc.unshare(ctypes.c_int(flags)), f"unshare({flags:#x})")
-
-
-def mount(source: str | None, target: str, fstype: str | None, flags: int = 0,
-          data: str | None = None) -> None:
-    ret = _libc.mount(_b(source), _b(target), _b(fstype), ctypes.c_ulong(flags), _b(data))
-    _check(ret, f"mount {fstype or source or ''} on {target}")
-
-
-def umount2(target: str, flags: int = 0) -> None:
-    _check(_libc.umount2(_b(target), ctypes.c_int(flags)), f"umount {target}")
 
 
 def pivot_root(new_root: str, put_old: str) -> None:
@@ -162,32 +118,6 @@ def seccomp_load(bpf: bytes) -> None:
     _check(_syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, ctypes.byref(prog)), "seccomp")
 
 
-# New mount API: detached mount trees as file descriptors.
-
-def open_tree(path: str, flags: int) -> int:
-    return _check(_syscall(SYS_open_tree, AT_FDCWD, _b(path), ctypes.c_uint(flags)),
-                  f"open_tree {path}")
-
-
-def move_mount_fd(fd: int, target: str) -> None:
-    _check(_syscall(SYS_move_mount, fd, b"", AT_FDCWD, _b(target),
-                    ctypes.c_uint(MOVE_MOUNT_F_EMPTY_PATH)), f"move_mount onto {target}")
-
-
-def fsopen(fstype: str) -> int:
-    return _check(_syscall(SYS_fsopen, _b(fstype), ctypes.c_uint(FSOPEN_CLOEXEC)), f"fsopen {fstype}")
-
-
-def fsconfig(fd: int, cmd: int, key: str | None = None, value: str | None = None) -> None:
-    ret = _syscall(SYS_fsconfig, fd, ctypes.c_uint(cmd), _b(key), _b(value), 0)
-    _check(ret, f"fsconfig {key}={value}")
-
-
-def fsmount(fd: int, attr_flags: int = 0) -> int:
-    return _check(_syscall(SYS_fsmount, fd, ctypes.c_uint(FSMOUNT_CLOEXEC),
-                           ctypes.c_uint(attr_flags)), "fsmount")
-
-
 def new_api_available() -> bool:
     """True when fsopen and overlay's `lowerdir+` key (Linux 6.8) can be used."""
     try:
@@ -201,15 +131,3 @@ def new_api_available() -> bool:
         return False
     finally:
         os.close(fd)
-
-
-class _MountAttr(ctypes.Structure):
-    _fields_ = [("attr_set", ctypes.c_uint64), ("attr_clr", ctypes.c_uint64),
-                ("propagation", ctypes.c_uint64), ("userns_fd", ctypes.c_uint64)]
-
-
-def make_readonly(fd: int, what: str) -> None:
-    """Make a detached mount tree read-only, every submount included."""
-    attr = _MountAttr(MOUNT_ATTR_RDONLY, 0, 0, 0)
-    _check(_syscall(SYS_mount_setattr, fd, b"", ctypes.c_uint(AT_EMPTY_PATH | AT_RECURSIVE),
-                    ctypes.byref(attr), ctypes.c_size_t(ctypes.sizeof(attr))), f"read-only {what}")

@@ -1,0 +1,369 @@
+"""The one path resolver for untrusted trees: image rootfs, upper dirs, snapshots, the
+build context.
+
+Every tree that an image, a layer, a build context or a running container
+could have shaped is entered through a directory fd of its root, and every
+path inside it is resolved from that fd by the kernel (openat2 with
+RESOLVE_IN_ROOT / RESOLVE_BENEATH / RESOLVE_NO_SYMLINKS) or, on kernels
+without openat2, by a walk that opens one component at a time with
+O_NOFOLLOW and expands symlinks itself. No host path is ever joined with a
+path from such a tree: a symlink planted in it (`/etc -> /host/etc`,
+`x -> ../../..`) can never lead an open, a mkdir, an unlink or a chmod out of
+its root, also when it is swapped in between two calls (each call starts from
+an fd, not from a path string).
+
+Three policies, one per kind of tree:
+
+* IN_ROOT: symlinks resolve as if the root were "/" (an image's rootfs, seen
+  the way its container sees it: COPY destinations, /etc/passwd lookups);
+* BENEATH: symlinks are followed while they stay below the root; an absolute
+  one or a `..` that climbs out is an error (the build context);
+* NO_SYMLINKS: no symlink anywhere on the path (upper dirs and snapshots,
+  where an entry is taken literally: stub removal, layer application).
+
+Errors: PathEscape (a PybuildError) when the policy forbids the path, else
+OSError with the kernel's errno (ENOENT, ENOTDIR, ELOOP, ...).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from collections import deque
+from contextlib import contextmanager
+from typing import Iterator
+
+from layerstore import syscalls
+from layerstore.errors import PybuildError
+
+IN_ROOT = "in-root"
+BENEATH = "beneath"
+NO_SYMLINKS = "no-symlinks"
+
+MAX_HOPS = 40          # the kernel's own symlink limit (MAXSYMLINKS)
+
+# openat2 where the kernel has it; tests switch it off to exercise the walk
+USE_OPENAT2 = True
+
+_RESOLVE = {
+    IN_ROOT: syscalls.RESOLVE_IN_ROOT | syscalls.RESOLVE_NO_MAGICLINKS,
+    BENEATH: syscalls.RESOLVE_BENEATH | syscalls.RESOLVE_NO_MAGICLINKS,
+    NO_SYMLINKS: syscalls.RESOLVE_BENEATH | syscalls.RESOLVE_NO_SYMLINKS,
+}
+_PATH = os.O_PATH | os.O_CLOEXEC
+_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+
+
+class PathEscape(PybuildError):
+    """A path inside an untrusted tree that its policy does not allow (leaves the root,
+    or goes through a symlink where none may be)."""
+
+
+def _show(path: str | bytes) -> str:
+    return os.fsdecode(path) if path else "/"
+
+
+def components(path: str | bytes) -> list[str]:
+    """The names of `path` relative to a root ("" and "." dropped; ".." kept)."""
+    text = os.fsdecode(path)
+    if "\0" in text:
+        raise PathEscape(f"{text!r}: NUL byte in path")
+    return [p for p in text.split("/") if p and p != "."]
+
+
+def open_root(path: str | os.PathLike) -> int:
+    """An O_PATH fd of a trusted host directory, to resolve paths inside it from."""
+    return os.open(path, _PATH | os.O_DIRECTORY)
+
+
+@contextmanager
+def rooted(path: str | os.PathLike) -> Iterator[int]:
+    fd = open_root(path)
+    try:
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def _use_openat2() -> bool:
+    return USE_OPENAT2 and syscalls.openat2_available()
+
+
+def resolve(root_fd: int, path: str | bytes, *, policy: str = IN_ROOT, follow: bool = True,
+            flags: int = os.O_PATH, mode: int = 0) -> int:
+    """Open `path` inside the tree at `root_fd` with `flags` (close-on-exec added).
+
+    `follow=False` opens a final symlink itself (O_PATH) or fails with ELOOP (other
+    flags), as O_NOFOLLOW does. O_CREAT is not supported here: create entries with
+    `parent()` and the *at calls."""
+    if policy not in _RESOLVE:
+        raise ValueError(f"unknown resolver policy {policy!r}")
+    if flags & os.O_CREAT:
+        raise ValueError("resolve() does not create; use parent() and the *at calls")
+    names = components(path)
+    flags |= os.O_CLOEXEC | (0 if follow else os.O_NOFOLLOW)
+    if _use_openat2():
+        try:
+            return syscalls.openat2(root_fd, "/".join(names) or ".", flags, mode, _RESOLVE[policy])
+        except OSError as e:
+            if e.errno == errno.EXDEV or (e.errno == errno.ELOOP and policy == NO_SYMLINKS
+                                          and _has_link(root_fd, names, follow)):
+                raise PathEscape(_escape_message(path, policy)) from None
+            raise OSError(e.errno, os.strerror(e.errno), _show(path)) from None
+    return _walk(root_fd, names, path, policy, follow, flags, mode)
+
+
+def _has_link(root_fd: int, names: list[str], follow: bool) -> bool:
+    """Whether an ELOOP under NO_SYMLINKS came from a symlink on the path (the policy)
+    rather than from O_NOFOLLOW meeting a final symlink (the caller's own flag)."""
+    if not follow:
+        try:
+            fd = syscalls.openat2(root_fd, "/".join(names[:-1]) or ".", _PATH,
+                                  0, _RESOLVE[NO_SYMLINKS])
+            os.close(fd)
+        except OSError:
+            return True
+        return False
+    return True
+
+
+def _escape_message(path: str | bytes, policy: str) -> str:
+    if policy == NO_SYMLINKS:
+        return f"{_show(path)}: goes through a symbolic link"
+    return f"{_show(path)}: leaves its root directory"
+
+
+def _walk(root_fd: int, names: list[str], path: str | bytes, policy: str, follow: bool,
+          flags: int, mode: int) -> int:
+    """The openat2 semantics, one component at a time with O_NOFOLLOW."""
+    stack = [os.dup(root_fd)]           # fds from the root down to the current directory
+    todo = deque(names)
+    hops = 0
+    try:
+        while todo:
+            name = todo.popleft()
+            if name == "..":
+                if len(stack) == 1:
+                    if policy != IN_ROOT:
+                        raise PathEscape(_escape_message(path, policy))
+                    continue                # IN_ROOT: ".." of the root is the root
+                os.close(stack.pop())
+                continue
+            last = not todo
+            try:
+                fd = os.open(name, _PATH | os.O_NOFOLLOW, dir_fd=stack[-1])
+            except OSError as e:
+                raise OSError(e.errno, os.strerror(e.errno), _show(path)) from None
+            st = os.fstat(fd)
+            if stat.S_ISLNK(st.st_mode) and (follow or not last):
+                try:
+                    target = os.readlink("", dir_fd=fd)
+                finally:
+                    os.close(fd)
+                if policy == NO_SYMLINKS:
+                    raise PathEscape(_escape_message(path, policy))
+                hops += 1
+                if hops > MAX_HOPS:
+                    raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), _show(path))
+                if target.startswith("/"):
+                    if policy == BENEATH:
+                        raise PathEscape(_escape_message(path, policy))
+                    while len(stack) > 1:
+                        os.close(stack.pop())
+                if not target:
+                    raise OSError(errno.ENOENT, os.strerror(errno.ENOENT), _show(path))
+                todo.extendleft(reversed(components(target)))
+                continue
+            if last:
+                try:
+                    return _reopen(fd, st, name, stack[-1], flags, mode, path)
+                finally:
+                    os.close(fd)
+            if not stat.S_ISDIR(st.st_mode):
+                os.close(fd)
+                raise OSError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), _show(path))
+            stack.append(fd)
+        # the path ended on a directory we hold (the root, or after "..")
+        return os.open(".", flags & ~os.O_NOFOLLOW, mode, dir_fd=stack[-1])
+    finally:
+        for fd in stack:
+            os.close(fd)
+
+
+def _reopen(fd: int, st: os.stat_result, name: str, parent_fd: int, flags: int, mode: int,
+            path: str | bytes) -> int:
+    """The final component opened with the caller's flags, and it must still be the
+    entry we looked at (a swap in between is an ENOENT-like race, never an escape)."""
+    if flags & os.O_PATH:
+        return os.dup(fd) if not (flags & os.O_DIRECTORY and not stat.S_ISDIR(st.st_mode)) \
+            else _raise(errno.ENOTDIR, path)
+    if stat.S_ISLNK(st.st_mode):
+        _raise(errno.ELOOP, path)
+    new = os.open(name, flags | os.O_NOFOLLOW, mode, dir_fd=parent_fd)
+    now = os.fstat(new)
+    if (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino):
+        os.close(new)
+        _raise(errno.ESTALE, path)
+    return new
+
+
+def _raise(code: int, path: str | bytes):
+    raise OSError(code, os.strerror(code), _show(path))
+
+
+def parent(root_fd: int, path: str | bytes, *, policy: str = IN_ROOT) -> tuple[int, str]:
+    """(fd of the directory holding `path`'s last name, that name), for the *at calls
+    that create, replace or remove an entry. The name itself is never followed. The
+    directory fd is a real O_RDONLY one (usable with scandir, fchmod, fsetxattr)."""
+    names = components(path)
+    if not names or names[-1] == "..":
+        raise OSError(errno.EINVAL, "not an entry of a directory", _show(path))
+    dfd = resolve(root_fd, "/".join(names[:-1]), policy=policy, flags=_DIR)
+    return dfd, names[-1]
+
+
+@contextmanager
+def parent_of(root_fd: int, path: str | bytes, *, policy: str = IN_ROOT) -> Iterator[tuple[int, str]]:
+    dfd, name = parent(root_fd, path, policy=policy)
+    try:
+        yield dfd, name
+    finally:
+        os.close(dfd)
+
+
+def lstat(root_fd: int, path: str | bytes, *, policy: str = IN_ROOT) -> os.stat_result | None:
+    """The entry's own stat (a final symlink not followed); None when it does not exist."""
+    if not components(path):
+        return os.fstat(root_fd)
+    try:
+        with parent_of(root_fd, path, policy=policy) as (dfd, name):
+            return os.stat(name, dir_fd=dfd, follow_symlinks=False)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+
+
+def stat_in(root_fd: int, path: str | bytes, *, policy: str = IN_ROOT) -> os.stat_result | None:
+    """stat of what `path` leads to (symlinks followed per policy); None if nothing."""
+    try:
+        fd = resolve(root_fd, path, policy=policy)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    try:
+        return os.fstat(fd)
+    finally:
+        os.close(fd)
+
+
+def readlink(root_fd: int, path: str | bytes, *, policy: str = IN_ROOT) -> str:
+    fd = resolve(root_fd, path, policy=policy, follow=False)
+    try:
+        return os.readlink("", dir_fd=fd)
+    finally:
+        os.close(fd)
+
+
+def makedirs(root_fd: int, path: str | bytes, *, policy: str = IN_ROOT, mode: int = 0o755,
+             uid: int | None = None, gid: int | None = None,
+             created: list[str] | None = None, _depth: int = 0) -> int:
+    """mkdir -p of `path` inside the tree; returns an O_RDONLY fd of the directory.
+
+    New directories get `mode` exactly (umask ignored) and, when given, uid:gid.
+    A dangling symlink on the way is followed and its target created, inside the
+    root, as docker's MkdirAll does. `created` collects the paths made."""
+    names = components(path)
+    if _depth > MAX_HOPS:
+        _raise(errno.ELOOP, path)
+    if not names:
+        return os.open(".", _DIR, dir_fd=root_fd)
+    done: list[str] = []
+    fd = os.open(".", _DIR, dir_fd=root_fd)
+    try:
+        for name in names:
+            done.append(name)
+            sub = "/".join(done)
+            try:
+                nfd = resolve(root_fd, sub, policy=policy, flags=_DIR)
+            except FileNotFoundError:
+                nfd = None
+            if nfd is None:
+                with parent_of(root_fd, sub, policy=policy) as (dfd, leaf):
+                    try:
+                        os.mkdir(leaf, mode, dir_fd=dfd)
+                    except FileExistsError:
+                        st = os.stat(leaf, dir_fd=dfd, follow_symlinks=False)
+                        if not stat.S_ISLNK(st.st_mode) or policy == NO_SYMLINKS:
+                            raise
+                        # a dangling symlink: create what it points at (inside the root)
+                        target = os.readlink(leaf, dir_fd=dfd)
+                        base = "" if target.startswith("/") else "/".join(done[:-1])
+                        os.close(makedirs(root_fd, f"{base}/{target}", policy=policy, mode=mode,
+                                          uid=uid, gid=gid, created=created, _depth=_depth + 1))
+                    else:
+                        _fix_new_dir(dfd, leaf, mode, uid, gid)
+                        if created is not None:
+                            created.append("/" + sub)
+                nfd = resolve(root_fd, sub, policy=policy, flags=_DIR)
+            os.close(fd)
+            fd = nfd
+        return fd
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _fix_new_dir(dfd: int, name: str, mode: int, uid: int | None, gid: int | None) -> None:
+    """Mode and owner of a directory we just made, through an fd of it (never a path)."""
+    fd = os.open(name, _DIR | os.O_NOFOLLOW, dir_fd=dfd)
+    try:
+        if uid is not None or gid is not None:
+            os.fchown(fd, -1 if uid is None else uid, -1 if gid is None else gid)
+        os.fchmod(fd, mode)
+    finally:
+        os.close(fd)
+
+
+def remove_tree_at(dfd: int, name: str) -> None:
+    """Remove the entry `name` of directory `dfd` and, for a directory, all below it,
+    never following a symlink (shutil.rmtree's fd-based walk), also through read-only
+    directories (layers may hold 0555 ones)."""
+    import shutil
+
+    try:
+        st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISDIR(st.st_mode):
+        os.unlink(name, dir_fd=dfd)
+        return
+
+    try:
+        shutil.rmtree(name, dir_fd=dfd)
+    except PermissionError:      # without CAP_DAC_OVERRIDE: a 0555 directory of a layer
+        _make_writable(dfd, name)
+        shutil.rmtree(name, dir_fd=dfd)
+
+
+def _make_writable(dfd: int, name: str) -> None:
+    """u+rwx on every directory of the tree `name` (fd walk, no symlink followed)."""
+    try:
+        top = os.open(name, _DIR | os.O_NOFOLLOW, dir_fd=dfd)
+    except OSError:
+        return
+    todo = [top]
+    while todo:
+        fd = todo.pop()
+        try:
+            st = os.fstat(fd)
+            if st.st_mode & 0o700 != 0o700:
+                os.fchmod(fd, stat.S_IMODE(st.st_mode) | 0o700)
+            for e in os.scandir(fd):
+                if e.is_dir(follow_symlinks=False):
+                    try:
+                        todo.append(os.open(e.name, _DIR | os.O_NOFOLLOW, dir_fd=fd))
+                    except OSError:
+                        pass
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
