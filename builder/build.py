@@ -22,7 +22,7 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from builder.buildopts import BuildOptions, locate_dockerfile
+from builder.buildopts import BuildOptions, check_network, locate_dockerfile, read_dockerfile
 from builder.cache import BuildCache, step_key
 from builder.context import Context
 from builder.dockerfile import instructions as ins
@@ -31,14 +31,14 @@ from builder.dockerfile.errors import DockerfileError, ExpansionError
 from builder.dockerfile.expand import ShellLex
 from builder.dockerfile.stages import Stage, StageGraph, plan_stages, replay_onbuild
 from builder.progress import Progress
-from builder.rootview import Tree, in_overlay, normalize_dest
+from builder.rootview import in_overlay, normalize_dest
 from builder.steps import copy as copystep
 from builder.steps import download
 from builder.steps import meta
 from builder.steps import mounts as mountstep
 from builder.steps import run as runstep
 from layerstore import digest as dg
-from layerstore import reference
+from layerstore import reference, snapshots, workdirs
 from layerstore.errors import InvalidReference, NotFound, PybuildError
 from layerstore.humanize import rfc3339_now
 from layerstore.model import ContainerConfig, Descriptor, History, ImageConfig
@@ -51,6 +51,17 @@ class BuildError(PybuildError):
 
 class _DependencyFailed(Exception):
     """A stage this one waits for failed; that stage reports the error."""
+
+
+def _check_entitlements(stages: list[Stage], opts: BuildOptions, filename: str) -> None:
+    """Refuse the whole build when a step it would run needs an entitlement not granted, as
+    BuildKit validates the graph before solving (ONBUILD triggers of base images, known only
+    once pulled, are checked again at their step)."""
+    check_network(opts.network, opts.allow, "--network host (every RUN step)")
+    for stage in stages:
+        for i in [*stage.triggers, *stage.instructions]:
+            if isinstance(i, ins.Run) and i.network == "host":
+                check_network("host", opts.allow, f"{filename}:{i.line}: RUN --network=host")
 
 
 def _wait(fut: cf.Future):
@@ -114,9 +125,9 @@ class Builder:
         self.opts = opts
         self.progress = progress
         self.cache = BuildCache(store.root)
-        self.scratch = store.root / "tmp" / "build"
-        self.scratch.mkdir(parents=True, exist_ok=True)
-        (self.scratch / "empty").mkdir(exist_ok=True)
+        # the work dirs of builds that were killed: no live process holds their lock
+        store.snapshots.reclaim()
+        self._scratch: workdirs.WorkDir | None = None
         self.counter = 0
         self.counter_lock = threading.Lock()
         self.steps_run = 0
@@ -134,6 +145,13 @@ class Builder:
         self.shown: list[tuple[int, str, str, bool]] = []   # (n, label, text, is FROM)
         self.volatile = False     # an input the memo cannot vouch for (ADD <url>, ID lookup)
 
+    def release(self) -> None:
+        """Remove this build's scratch dir (step work dirs go with their steps)."""
+        with self.counter_lock:
+            scratch, self._scratch = self._scratch, None
+        if scratch is not None:
+            scratch.release()
+
     # --- plan ---------------------------------------------------------------
 
     def load(self) -> tuple[StageGraph, object, Context]:
@@ -144,10 +162,7 @@ class Builder:
         else:
             df_path = locate_dockerfile(o.context, o.dockerfile)
             assert df_path is not None
-            try:
-                text = Path(df_path).read_bytes()
-            except FileNotFoundError:
-                raise PybuildError(f"{df_path}: no such Dockerfile") from None
+            text = read_dockerfile(o.context, df_path)
             name = Path(df_path).name
         df = parse_dockerfile(text, name)
         graph = plan_stages(df, o.build_args, o.target, o.platform)
@@ -162,21 +177,29 @@ class Builder:
             return self.counter
 
     def lowers(self, state: State) -> list[Path]:
-        diff_ids = state.config.diff_ids
-        paths = []
-        for chain_id, diff_id, layer in zip(dg.chain_ids(diff_ids), diff_ids, state.layers):
-            paths.append(self.store.snapshots.ensure(
-                chain_id, diff_id, lambda layer=layer: self.store.blobs.open(layer.digest)))
-        return paths
+        """The state's layers as snapshots (each unpacked once): lowers, bottom first."""
+        layers, diff_ids = state.layers, state.config.diff_ids
+        if len(layers) != len(diff_ids):
+            raise BuildError(f"image has {len(layers)} layers but {len(diff_ids)} diff IDs")
+        return self.store.snapshots.chain(diff_ids,
+                                          lambda i: self.store.blobs.open(layers[i].digest))
+
+    @property
+    def scratch(self) -> Path:
+        """This build's own scratch dir, ROOT/tmp/build-<hex> (ADD downloads), made on
+        first use; owned as a step's work dir is, so a killed build's is reclaimed."""
+        with self.counter_lock:
+            if self._scratch is None:
+                self._scratch = workdirs.create(self.store.root / "tmp", snapshots.WORK_PREFIX)
+            return self._scratch.path
 
     def now(self) -> str:
         return rfc3339_now(self.opts.source_date_epoch)
 
-    def workspace(self) -> Path:
-        d = self.store.root / "containers" / f"build-{pysecrets.token_hex(8)}"
-        (d / "upper").mkdir(parents=True)
-        (d / "work").mkdir()
-        return d
+    def workspace(self, state: State, volatile: bool = False) -> snapshots.Workspace:
+        """The snapshotter's prepare: a fresh upper over `state`'s layers, in a work dir
+        (ROOT/containers/build-<hex>) that this process owns until `release`."""
+        return self.store.snapshots.prepare(self.lowers(state), volatile=volatile)
 
     def commit_upper(self, state: State, upper: Path, created_by: str, key: str,
                      comment: str | None = None) -> State:
@@ -191,23 +214,13 @@ class Builder:
                                                    author=cfg.author, comment=comment)]
         layers = list(state.layers) + [layer]
         self.blobs_used.update(l.digest for l in layers)
-        self._promote(upper, cfg.diff_ids)
+        # the upper becomes the new layer's snapshot: no unpacking of the blob again
+        self.store.snapshots.commit(upper, dg.chain_ids(cfg.diff_ids)[-1])
         manifest = self.store.commit_image(_clone(cfg), layers)
         new = State(cfg, layers, key, manifest.digest)
         self.cache.put(key, cfg, layers, manifest.digest)
         self.new_roots = True
         return new
-
-    def _promote(self, upper: Path, diff_ids: list[str]) -> None:
-        """Use the upper dir as the new layer's snapshot instead of unpacking the blob again."""
-        chain = dg.chain_ids(diff_ids)[-1]
-        final = self.store.snapshots.path(chain)
-        if final.exists():
-            return
-        try:
-            os.rename(upper, final)
-        except OSError:
-            pass
 
     def meta_state(self, state: State, cfg: ImageConfig, created_by: str, key: str) -> State:
         created = self.now()
@@ -246,7 +259,7 @@ class Builder:
             plat = parse_platform(stage.platform or self.opts.platform) \
                 if (stage.platform or self.opts.platform) else host_platform()
             cfg = ImageConfig(architecture=plat.architecture, os=plat.os, variant=plat.variant,
-                              config=ContainerConfig(Env=[meta.DEFAULT_PATH]))
+                              config=ContainerConfig(Env=[meta.PATH_ENTRY]))
             # layers are stored compressed: the compression is part of every key below
             key = hashlib.sha256(f"scratch {plat} {self.opts.compression}".encode()).hexdigest()
             return State(cfg, [], key), []
@@ -257,29 +270,18 @@ class Builder:
             cfg.config = dataclasses.replace(cfg.config, OnBuild=None)
         if not cfg.config.Env or not any(e.startswith("PATH=") for e in cfg.config.Env):
             # BuildKit makes sure PATH is always set, appending the default
-            cfg.config = dataclasses.replace(cfg.config, Env=list(cfg.config.Env or []) + [meta.DEFAULT_PATH])
+            cfg.config = dataclasses.replace(cfg.config, Env=list(cfg.config.Env or []) + [meta.PATH_ENTRY])
         key = hashlib.sha256(f"image {image.descriptor.digest} {self.opts.compression}".encode()
                              ).hexdigest()
         return State(cfg, list(image.manifest.layers), key), triggers
 
     def resolve_image(self, ref: str, platform: str | None = None):
         from layerstore.platforms import parse_platform
+        from layerstore.registry import ensure_image
 
         plat = parse_platform(platform or self.opts.platform) if (platform or self.opts.platform) else None
-        if not self.opts.pull:
-            try:
-                return self._noted(ref, self.store.resolve(ref, plat))
-            except NotFound:
-                pass
-        try:
-            from layerstore.registry.pull import pull
-        except ImportError:
-            raise NotFound(f"{ref}: not found locally (and pulling is not available)") from None
-        try:
-            pull(self.store, ref, platform=plat)
-        except PybuildError as exc:
-            raise NotFound(f"{ref}: not found locally, and pulling it failed: {exc}") from None
-        return self._noted(ref, self.store.resolve(ref, plat))
+        return self._noted(ref, ensure_image(self.store, ref, platform=plat,
+                                             policy="always" if self.opts.pull else "missing"))
 
     def _noted(self, ref: str, image):
         """Remember how `ref` resolved, so the memo can tell whether it still would."""
@@ -331,6 +333,7 @@ class Builder:
         graph, df, ctx = self.load()
         self.raw_bodies = _raw_bodies(df)
         needed = graph.needed()
+        _check_entitlements(needed, self.opts, df.filename)   # before any step runs
         results: dict[int, cf.Future] = {}
         with self.store.writing():
             with cf.ThreadPoolExecutor(max_workers=max(1, self.opts.jobs)) as pool:
@@ -404,17 +407,16 @@ class Builder:
         """
         base = State(cfg, layers[:base_count], "")
         base.config = dataclasses.replace(cfg, diff_ids=cfg.diff_ids[:base_count])
-        ws = self.workspace()
+        ws = self.workspace(base)
         try:
             blobs = [(str(self.store.blobs.path(l.digest)), d)
                      for l, d in zip(layers[base_count:], cfg.diff_ids[base_count:])]
-            in_overlay([Tree(self.lowers(base), ws / "upper", ws / "work")], _apply_blobs, blobs,
-                       scratch=self.scratch)
-            layer, diff_id = self.store.commit_layer(ws / "upper", compression=self.opts.compression,
+            in_overlay([ws.plan], _apply_blobs, blobs, scratch=ws.dir)
+            layer, diff_id = self.store.commit_layer(ws.upper, compression=self.opts.compression,
                                                      overlay=True,
                                                      source_date_epoch=self.opts.source_date_epoch)
         finally:
-            remove_tree(ws)
+            ws.release()
         cfg.diff_ids = cfg.diff_ids[:base_count] + [diff_id]
         # history: the base's entries as they were, the build's as empty but the last
         hist, seen = [], 0
@@ -516,7 +518,7 @@ class _StageRunner:
         except PybuildError as exc:
             b.progress.error(n, str(exc).splitlines()[0])
             loc = f"{self.df.filename}:{raw.line}" if raw.line else self.df.filename
-            if isinstance(exc, (runstep.RunError, DockerfileError)):
+            if isinstance(exc, (runstep.StepFailed, DockerfileError)):
                 raise
             raise BuildError(f"{loc}: {i.keyword}: {exc}") from None
 
@@ -568,24 +570,22 @@ class _StageRunner:
         cfg = _clone(self.state.config)
         cfg.config = meta.apply(i, cfg.config)
         path = cfg.config.WorkingDir or "/"
-        ws = self.b.workspace()
+        ws = self.b.workspace(self.state)
         try:
             job = copystep.CopyJob("WORKDIR", path, None, None, workdir_only=True,
                                    chown=self.state.config.config.User or None)
             try:
-                in_overlay([Tree(self.b.lowers(self.state), ws / "upper", ws / "work")],
-                           copystep.copy_into, job, scratch=self.b.scratch)
+                in_overlay([ws.plan], copystep.copy_into, job, scratch=ws.dir)
             except PybuildError:
                 job.chown = None  # USER not resolvable yet (created later): docker makes it root-owned
-                in_overlay([Tree(self.b.lowers(self.state), ws / "upper", ws / "work")],
-                           copystep.copy_into, job, scratch=self.b.scratch)
-            if any(os.scandir(ws / "upper")):
+                in_overlay([ws.plan], copystep.copy_into, job, scratch=ws.dir)
+            if any(os.scandir(ws.upper)):
                 tmp_state = State(cfg, self.state.layers, self.state.key)
-                self.state = self.b.commit_upper(tmp_state, ws / "upper", meta.created_by(i), key)
+                self.state = self.b.commit_upper(tmp_state, ws.upper, meta.created_by(i), key)
             else:
                 self.state = self.b.meta_state(self.state, cfg, meta.created_by(i), key)
         finally:
-            remove_tree(ws)
+            ws.release()
         self._ran(n)
 
     # --- COPY / ADD ---------------------------------------------------------
@@ -659,38 +659,56 @@ class _StageRunner:
             if plain_sources and ctx.root is None:
                 raise BuildError("no build context (Dockerfile from stdin): "
                                  f"{i.keyword} {plain_sources[0]} has nothing to copy from")
-            sel = copystep.select_sources(plain_sources, str(ctx.root or "/"), ctx) \
+            # the entries selected and hashed here are exactly what the copy writes
+            sel = copystep.select_sources(plain_sources, copystep.SourceTree.of_context(ctx),
+                                          list(i.exclude)) \
                 if plain_sources else copystep.Selection()
             with b.hash_lock:
-                content = copystep.digest_selection(sel, ctx, i.exclude, b.hashes)
+                content = copystep.digest_selection(sel, b.hashes)
             inputs = content
         hd = hashlib.sha256(json.dumps(heredocs).encode()).hexdigest()
-        for url, path in downloads:
-            # a remote file is keyed by its content (and copied as a file, never extracted)
-            hd += f" {url} {copystep.file_sha256(str(path))}"
-            sel = sel or copystep.Selection()
-            sel.items.append(copystep.Item(str(path), download.url_name(url), False, url))
-        key = step_key(self.state.key, _canonical(i) + dest, {}, inputs + hd)
-        if self._hit(key, n):
-            return
-        job = copystep.CopyJob(i.keyword, dest, sel.items if sel else None,
-                               plain_sources if from_ else None, heredocs, ctx if not from_ else None,
-                               chown=i.chown, chmod=i.chmod, exclude=list(i.exclude),
-                               parents=bool(getattr(i, "parents", False)), extract=is_add,
-                               arg_count=len(plain_sources) + len(downloads),
-                               remote=[str(p) for _, p in downloads],
-                               mtime=float(b.opts.source_date_epoch) if b.opts.source_date_epoch else None)
-        ws = b.workspace()
+        dl_trees = []
         try:
-            trees = [Tree(b.lowers(self.state), ws / "upper", ws / "work")]
-            if source_state is not None:
-                trees.append(Tree(b.lowers(source_state)))
-            in_overlay(trees, copystep.copy_into, job, scratch=b.scratch)
-            shown = i.dest
-            created_by = copystep.summary(i.keyword, content, sel, shown)
-            self.state = b.commit_upper(self.state, ws / "upper", created_by, key)
+            for url, path in downloads:
+                # a remote file is keyed by its content (and copied as a file, never extracted)
+                tree = copystep.SourceTree.of_files(path.parent, "download")
+                dl_trees.append(tree)
+                dl = copystep.select_sources([path.name], tree)
+                item = dl.items[0]
+                item.rel, item.arg, item.archive_ok = download.url_name(url), url, False
+                hd += f" {url} {copystep.digest_selection(dl)}"
+                sel = sel or copystep.Selection()
+                sel.items.append(item)
+            key = step_key(self.state.key, _canonical(i) + dest, {}, inputs + hd)
+            if self._hit(key, n):
+                return
+            job = copystep.CopyJob(i.keyword, dest, sel.items if sel else None,
+                                   plain_sources if from_ else None, heredocs,
+                                   chown=i.chown, chmod=i.chmod, exclude=list(i.exclude),
+                                   parents=bool(getattr(i, "parents", False)), extract=is_add,
+                                   arg_count=len(plain_sources) + len(downloads),
+                                   mtime=float(b.opts.source_date_epoch) if b.opts.source_date_epoch else None)
+            ws = b.workspace(self.state)
+            try:
+                plans = [ws.plan]
+                if source_state is not None:
+                    plans.append(b.store.snapshots.view(b.lowers(source_state)))
+                try:
+                    in_overlay(plans, copystep.copy_into, job, scratch=ws.dir)
+                except PybuildError:
+                    if sel is not None:
+                        with b.hash_lock:
+                            b.hashes.forget(sel)
+                            b.hashes.save()
+                    raise
+                shown = i.dest
+                created_by = copystep.summary(i.keyword, content, sel, shown)
+                self.state = b.commit_upper(self.state, ws.upper, created_by, key)
+            finally:
+                ws.release()
         finally:
-            remove_tree(ws)
+            for tree in dl_trees:
+                tree.close()
         self._ran(n)
 
     # --- RUN ----------------------------------------------------------------
@@ -726,16 +744,24 @@ class _StageRunner:
         for m in mounts_key:
             m.pop("raw", None)
         inputs = self._mount_inputs(i)
-        network = i.network or b.opts.network
-        key = step_key(self.state.key, json.dumps([argv, mounts_key, network, pipes]), used_args, inputs)
+        # RUN --network=default takes the build's mode, as BuildKit's; host is an entitlement
+        network = i.network if i.network not in (None, "default") else b.opts.network
+        check_network(network, b.opts.allow, f"{self.df.filename}:{i.line}: RUN --network=host"
+                      if i.network == "host" else "--network host (every RUN step)")
+        # keyed by what the step ran on: a result made on the host's network (before the
+        # default became a private namespace) is not reused as a sandboxed one
+        net_key = "private" if network == "default" else network
+        key = step_key(self.state.key, json.dumps([argv, mounts_key, net_key, pipes]), used_args, inputs)
         if self._hit(key, n):
             return
-        ws = b.workspace()
+        # volatile: the upper is committed through the store's fsynced ingest, so the
+        # overlay's own syncs (and the flush on unmount) only cost time
+        ws = b.workspace(self.state, volatile=True)
         binds, locks, targets = [], [], []
         try:
-            binds, locks, targets = self._mounts(i, ws, env)
+            binds, locks, targets = self._mounts(i, ws.dir, env)
             if pipes:
-                pd = ws / "pipes"
+                pd = ws.dir / "pipes"
                 pd.mkdir()
                 for name, body in pipes:
                     (pd / name).write_text(body)
@@ -743,46 +769,56 @@ class _StageRunner:
                 from builder.sandbox import BindMount
 
                 binds.append(BindMount(pd, "/dev/pipes", readonly=True))
-            lowers = b.lowers(self.state)
             tail = runstep.Tail(12)
 
             def out(line: bytes) -> None:
                 tail.add(line)
                 b.progress.output(n, line)
-            job = runstep.RunJob(lowers, ws / "upper", ws / "work", argv, env,
+            job = runstep.RunJob(ws.plan, argv, env,
                                  cfg.WorkingDir or "/", cfg.User or "0", network, binds, locks,
-                                 state_dir=ws / "state")
+                                 state_dir=ws.dir / "state", shared_net=b.network)
             if b.failed.is_set():
                 raise _DependencyFailed("build cancelled")
-            code = runstep.execute(job, out, b.scratch / "empty", b.running)
+            code = runstep.execute(job, out, b.running)
             if code != 0:
                 shown = " ".join(i.original.split())
                 msg = (f"{self.df.filename}:{i.line}: {shown}: process did not complete "
                        f"successfully: exit code {code}")
                 if tail.lines:
                     msg += "\n" + tail.text()
-                raise runstep.RunError(msg, code)
-            runstep.clean_stubs(ws / "upper", lowers, targets)
+                raise runstep.StepFailed(msg, code)
             created_by = meta.run_created_by(argv, used_args)
-            self.state = b.commit_upper(self.state, ws / "upper", created_by, key)
+            self.state = b.commit_upper(self.state, ws.upper, created_by, key)
         finally:
-            remove_tree(ws)
+            ws.release()
         self._ran(n)
 
     def _mount_inputs(self, i: ins.Run) -> str:
-        """Content of bind mounts from the context or other stages (their keys)."""
+        """Content of bind mounts from the context or other stages (their keys). The
+        context sources selected and hashed here are what `_mounts` shows the step."""
         parts = []
-        for m in i.mounts:
+        self._bind_sources: dict[int, copystep.Selection] = {}
+        for k, m in enumerate(i.mounts):
             if m.type == "bind":
                 if m.from_ and m.from_ not in self.b.opts.build_contexts:
                     parts.append("stage " + self._source_state(m.from_).key)
                 else:
-                    ctx = self._bind_context(m.from_)
-                    src = m.source or "."
-                    sel = copystep.select_sources([src], str(ctx.root or "/"), ctx)
+                    sel = self._bind_selection(m)
                     with self.b.hash_lock:
-                        parts.append(copystep.digest_selection(sel, ctx, [], self.b.hashes))
+                        parts.append(copystep.digest_selection(sel, self.b.hashes))
+                    self._bind_sources[k] = sel
         return hashlib.sha256("\n".join(parts).encode()).hexdigest()
+
+    def _bind_selection(self, m) -> copystep.Selection:
+        ctx = self._bind_context(m.from_)
+        if ctx.root is None:
+            raise mountstep.MountError("RUN --mount=type=bind: no build context")
+        src = m.source or "."
+        try:
+            return copystep.select_sources([src], copystep.SourceTree.of_context(ctx))
+        except copystep.CopyError:
+            raise mountstep.MountError(f"RUN --mount=type=bind,source={src}: not found "
+                                       f"in the build {ctx.name}") from None
 
     def _bind_context(self, name: str | None) -> Context:
         if name:
@@ -802,13 +838,25 @@ class _StageRunner:
                 with self.b.store.blobs.open(layer.digest) as f:
                     apply_layer(f, dest, mode="flat", expected_diff_id=diff_id)
             return dest
+
+        def context_view(k: int, m, dest: Path) -> Path:
+            """The step's own read-only copy of a context source: never the host
+            directory itself, which holds what .dockerignore hides."""
+            sel = getattr(self, "_bind_sources", {}).get(k) or self._bind_selection(m)
+            copystep.materialize(sel, dest.parent, dest.name)
+            return dest
         return mountstep.prepare(i.mounts, ws, env, secrets=self.b.opts.secrets,
                                  cache_dir=self.b.store.root / "cache" / "mounts",
                                  contexts=self.b.opts.build_contexts,
-                                 bind_context=self._bind_context, stage_tree=stage_tree)
+                                 context_view=context_view, stage_tree=stage_tree)
 
 
 def build(store, opts: BuildOptions, progress: Progress | None = None) -> BuildResult:
     """Build per `opts` into `store`; raises PybuildError (BuildError, DockerfileError, ...)."""
     b = Builder(store, opts, progress or Progress("quiet"))
-    return b.run()
+    b.network = runstep.BuildNetwork()   # RUN steps' bridge: held from the first to the end
+    try:
+        return b.run()
+    finally:
+        b.network.close()
+        b.release()

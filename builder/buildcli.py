@@ -12,17 +12,8 @@ from pathlib import Path
 
 import click
 
+from builder.keyvalues import fields, kv_map
 from layerstore.errors import PybuildError
-
-
-def _pairs(items, what: str) -> dict[str, str]:
-    out = {}
-    for item in items:
-        k, eq, v = item.partition("=")
-        if not k or not eq:
-            raise PybuildError(f"{what} {item!r}: expected KEY=VALUE")
-        out[k] = v
-    return out
 
 
 def parse_output(text: str | None) -> dict[str, str]:
@@ -30,7 +21,7 @@ def parse_output(text: str | None) -> dict[str, str]:
         return {"type": "image"}
     if "=" not in text:
         return {"type": "local", "dest": text}
-    out = _pairs(text.split(","), "--output")
+    out = fields(text, "--output", lower=False)
     if out.get("type", "image") not in ("image", "oci", "docker", "local", "tar"):
         raise PybuildError(f"--output {text!r}: type must be image, oci, docker, local or tar "
                            "(push with `pybuild push` after building)")
@@ -43,12 +34,14 @@ def parse_output(text: str | None) -> dict[str, str]:
 def run_build(root: Path, open_store, context: str, dockerfile: str | None, *, tags, build_args,
               build_arg_files, target, no_cache, pull, network, platform, labels, annotations,
               secrets, build_contexts, compression, source_date_epoch, squash, iidfile,
-              metadata_file, output, progress_mode, quiet, jobs) -> None:
+              metadata_file, output, progress_mode, quiet, jobs, allow=()) -> None:
     """Build per the command line; a rebuild the memo can vouch for skips the solver."""
     from builder.buildmemo import BuildMemo, MemoMiss, may_answer, may_record
-    from builder.buildopts import BuildOptions, parse_build_args
+    from builder.buildopts import BuildOptions, check_network, parse_allow, parse_build_args
     from builder.progress import Progress
 
+    granted = parse_allow(allow)
+    check_network(network, granted, "--network host (every RUN step)")
     args: dict[str, str] = {}
     for f in build_arg_files:
         try:
@@ -61,9 +54,9 @@ def run_build(root: Path, open_store, context: str, dockerfile: str | None, *, t
         source_date_epoch = int(os.environ["SOURCE_DATE_EPOCH"])
     opts = BuildOptions(context=None if context == "-" else Path(context).absolute(),
                         tags=list(tags), build_args=args, target=target, no_cache=no_cache,
-                        pull=pull, network=network, platform=platform,
-                        labels=_pairs(labels, "--label"),
-                        annotations=_pairs(annotations, "--annotation"),
+                        pull=pull, network=network, allow=granted, platform=platform,
+                        labels=kv_map(labels, "--label"),
+                        annotations=kv_map(annotations, "--annotation", bare=None),
                         compression=compression, source_date_epoch=source_date_epoch,
                         squash=squash, jobs=max(1, jobs))
     if context == "-" or dockerfile == "-":
@@ -72,8 +65,7 @@ def run_build(root: Path, open_store, context: str, dockerfile: str | None, *, t
         opts.dockerfile = Path(dockerfile).absolute()
     if opts.context is not None and not opts.context.is_dir():
         raise PybuildError(f"build context {context}: not a directory")
-    for item in build_contexts:
-        k, _, v = item.partition("=")
+    for k, v in kv_map(build_contexts, "--build-context", bare=None).items():
         opts.build_contexts[k] = Path(v).absolute()
     out = parse_output(output)
     mode = "quiet" if quiet else progress_mode
@@ -153,14 +145,11 @@ def deliver(store, result, out: dict[str, str]) -> None:
             unpack_image(store, image, dest)
         else:
             import tarfile
-            import tempfile
 
-            from layerstore.snapshots import remove_tree
+            from layerstore import workdirs
 
-            tmp = Path(tempfile.mkdtemp(prefix="pybuild-out-"))
-            try:
-                unpack_image(store, image, tmp / "root")
+            # temporary work stays under ROOT (owned, reclaimed if we are killed)
+            with workdirs.create(store.root / "tmp", "out-") as tmp:
+                unpack_image(store, image, tmp.path / "root")
                 with tarfile.open(dest, "w") as tar:
-                    tar.add(tmp / "root", arcname=".")
-            finally:
-                remove_tree(tmp)
+                    tar.add(tmp.path / "root", arcname=".")

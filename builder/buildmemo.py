@@ -26,10 +26,12 @@ import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from builder.buildopts import BuildOptions, locate_dockerfile
+from builder.buildopts import BuildOptions, locate_dockerfile, read_dockerfile
 from builder.context import Context
 from builder import VERSION
+from layerstore import resolver
 from layerstore.atomic import atomic_write
+from layerstore.errors import PybuildError
 from layerstore.locking import file_lock
 from layerstore.mediatypes import REF_NAME
 
@@ -65,23 +67,29 @@ def may_record(output_type: str) -> bool:
 
 def tree_signature(ctx: Context) -> str:
     """sha256 over (path, type+mode, owner, size, mtime, ctime, inode) of every path the
-    context exposes, in a fixed order; ignored subtrees are not entered."""
+    context exposes, in a fixed order; ignored subtrees are not entered, ignored files
+    not counted (the build never reads them: not by name, not through a symlink). The
+    walk goes by directory fds from the context's own fd, never following a symlink."""
     h = hashlib.sha256()
-    root = ctx.root
-    if root is None:
+    if ctx.root is None:
         return ""
     stack = [""]
     while stack:
         rel_dir = stack.pop()
         try:
-            with os.scandir(os.path.join(root, rel_dir) if rel_dir else root) as it:
-                entries = sorted(it, key=lambda e: e.name)
-        except OSError as exc:
-            raise MemoMiss(f"cannot list {rel_dir or '.'}: {exc.strerror}") from None
+            fd = resolver.resolve(ctx.fd, rel_dir, policy=resolver.NO_SYMLINKS,
+                                  flags=os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                with os.scandir(fd) as it:
+                    entries = sorted(((e.name, e.stat(follow_symlinks=False)) for e in it),
+                                     key=lambda t: t[0])
+            finally:
+                os.close(fd)
+        except (OSError, resolver.PathEscape) as exc:
+            raise MemoMiss(f"cannot list {rel_dir or '.'}: {exc}") from None
         subdirs = []
-        for e in entries:
-            rel = f"{rel_dir}/{e.name}" if rel_dir else e.name
-            st = e.stat(follow_symlinks=False)
+        for name, st in entries:
+            rel = f"{rel_dir}/{name}" if rel_dir else name
             is_dir = stat.S_ISDIR(st.st_mode)
             if ctx.ignored(rel) and not (is_dir and ctx.matcher.may_reinclude_below(rel)):
                 continue
@@ -113,8 +121,8 @@ class BuildMemo:
         else:
             assert df is not None
             try:
-                text = df.read_bytes()
-            except OSError:
+                text = read_dockerfile(opts.context, df)
+            except PybuildError:
                 raise MemoMiss("no Dockerfile") from None
         ctx = Context.open(opts.context, df)
         named = {}
@@ -126,7 +134,10 @@ class BuildMemo:
             "dockerfile": [str(df) if df else None, hashlib.sha256(text).hexdigest()],
             "context": [str(ctx.root) if ctx.root else None, _ignore_text(ctx), tree_signature(ctx)],
             "named": named, "args": opts.build_args, "target": opts.target,
-            "network": opts.network, "platform": opts.platform, "labels": opts.labels,
+            # the entitlements too: a build that was refused one must not be answered by the
+            # record of a build that had it (RUN --network=host)
+            "network": opts.network, "allow": sorted(opts.allow), "platform": opts.platform,
+            "labels": opts.labels,
             "annotations": opts.annotations, "compression": opts.compression,
             "epoch": opts.source_date_epoch, "squash": opts.squash, "tags": opts.tags,
             # a secret's value is never part of a key; its relative src is, with the cwd

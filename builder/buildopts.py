@@ -30,7 +30,8 @@ class BuildOptions:
     target: str | None = None
     no_cache: bool = False
     pull: bool = False
-    network: str = "default"
+    network: str = "default"              # default (private namespace) | none | host
+    allow: list[str] = field(default_factory=list)   # entitlements granted (network.host)
     platform: str | None = None
     labels: dict[str, str] = field(default_factory=dict)
     annotations: dict[str, str] = field(default_factory=dict)
@@ -40,6 +41,41 @@ class BuildOptions:
     source_date_epoch: int | None = None
     squash: bool = False
     jobs: int = 4
+
+
+ENTITLEMENTS = ("network.host",)
+NETWORK_HOST = "network.host"
+
+
+class EntitlementError(PybuildError):
+    """A build asked for a privilege it was not granted with --allow (as BuildKit's)."""
+
+
+def parse_allow(items: Iterable[str]) -> list[str]:
+    """`--allow` values (repeatable, comma-separated as buildx takes them), checked."""
+    out: list[str] = []
+    for item in items:
+        for word in item.split(","):
+            word = word.strip()
+            if word == "security.insecure":
+                raise EntitlementError("--allow security.insecure: not supported: pybuild has "
+                                       "no insecure mode, every RUN step runs sandboxed")
+            if word not in ENTITLEMENTS:
+                raise EntitlementError(f"--allow {word!r}: invalid entitlement (pybuild grants "
+                                       f"{', '.join(ENTITLEMENTS)})")
+            if word not in out:
+                out.append(word)
+    return out
+
+
+def check_network(mode: str, allow: Iterable[str], what: str) -> None:
+    """Host networking is an entitlement, asked for twice: the mode and `--allow network.host`.
+
+    A RUN step in the host's network namespace keeps CAP_NET_RAW there: it can sniff the
+    host's loopback traffic and reach every service bound to 127.0.0.1."""
+    if mode == "host" and NETWORK_HOST not in allow:
+        raise EntitlementError(f"{NETWORK_HOST} is not allowed: {what} runs in the host's network "
+                               f"namespace; pass --allow {NETWORK_HOST} to grant it")
 
 
 def parse_build_args(items: Iterable[str]) -> dict[str, str]:
@@ -57,3 +93,44 @@ def locate_dockerfile(context: Path | None, dockerfile: Path | None) -> Path | N
         if (context / name).is_file():
             return context / name
     return context / "Dockerfile"
+
+
+MAX_DOCKERFILE = 8 << 20     # far beyond any real one; the parser holds it in memory
+
+
+def read_dockerfile(context: Path | None, path: Path) -> bytes:
+    """The Dockerfile's bytes, bounded. One inside the build context is read through
+    the path resolver from the context's root: a `Dockerfile -> /root/.ssh/id_rsa`
+    planted in an untrusted context must not put host files into parse errors and
+    build logs. One named by -f outside the context is the user's own choice."""
+    import stat
+
+    from layerstore import resolver
+
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
+    try:
+        rel = None
+        if context is not None:
+            base = os.path.abspath(context)
+            full = os.path.abspath(path)
+            if os.path.commonpath([base, full]) == base:
+                rel = os.path.relpath(full, base)
+        if rel is not None:
+            with resolver.rooted(context) as root:
+                fd = resolver.resolve(root, rel, policy=resolver.BENEATH, flags=flags)
+        else:
+            fd = os.open(path, flags)
+    except resolver.PathEscape:
+        raise PybuildError(f"{path}: the Dockerfile is a symbolic link that leads out of the "
+                           "build context") from None
+    except FileNotFoundError:
+        raise PybuildError(f"{path}: cannot read the Dockerfile: no such file") from None
+    except OSError as exc:
+        raise PybuildError(f"{path}: cannot read the Dockerfile: {exc.strerror}") from None
+    with open(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            raise PybuildError(f"{path}: the Dockerfile is not a regular file")
+        data = f.read(MAX_DOCKERFILE + 1)
+    if len(data) > MAX_DOCKERFILE:
+        raise PybuildError(f"{path}: the Dockerfile is larger than {MAX_DOCKERFILE >> 20} MiB")
+    return data

@@ -18,8 +18,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from layerstore import digest as dg
+from layerstore import jsonlimits
 from layerstore.atomic import atomic_write
-from layerstore.model import Descriptor, ImageConfig
+from layerstore.errors import PybuildError
+from layerstore.model import CONFIG_LIMIT, Descriptor, ImageConfig
 
 
 def step_key(parent: str, step: str, args: dict[str, str], inputs: str = "") -> str:
@@ -45,14 +48,16 @@ class BuildCache:
 
     def get(self, key: str, store) -> Entry | None:
         """The entry for `key` if all its layer blobs are still in the store."""
-        try:
-            doc = json.loads(self._path(key).read_bytes())
-        except (OSError, ValueError):
+        try:  # a record that does not read back as one is a miss, not a crash
+            doc = jsonlimits.read_object(self._path(key), max_bytes=CONFIG_LIMIT * 2)
+            layers = [Descriptor.from_json(d) for d in doc.get("layers", [])]
+            if not isinstance(doc.get("config"), str):
+                return None
+            if not all(store.blobs.has(l.digest) for l in layers):
+                return None
+            cfg = ImageConfig.from_bytes(doc["config"].encode())
+        except (OSError, ValueError, TypeError, PybuildError):
             return None
-        layers = [Descriptor.from_json(d) for d in doc.get("layers", [])]
-        if not all(store.blobs.has(l.digest) for l in layers):
-            return None
-        cfg = ImageConfig.from_bytes(doc["config"].encode())
         try:
             os.utime(self._path(key))  # last use, for `prune --filter until=`
         except OSError:
@@ -62,11 +67,11 @@ class BuildCache:
     def put(self, key: str, config: ImageConfig, layers: list[Descriptor],
             manifest: str | None) -> None:
         path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         config.raw = None
         doc = {"config": config.to_bytes().decode(), "layers": [l.to_json() for l in layers],
                "manifest": manifest, "created": time.time()}
-        atomic_write(path, json.dumps(doc).encode())
+        atomic_write(path, json.dumps(doc).encode(), 0o600)  # may hold build-arg values
 
     def write_roots(self) -> None:
         """Rewrite ROOT/cache/roots: the manifest digest of every layer-making entry."""
@@ -79,13 +84,13 @@ class BuildCache:
                     if not e.name.endswith(".json"):
                         continue
                     try:
-                        m = json.loads(Path(e.path).read_bytes()).get("manifest")
+                        m = jsonlimits.read_object(e.path, max_bytes=CONFIG_LIMIT * 2).get("manifest")
                     except (OSError, ValueError):
                         continue
-                    if m:
+                    if isinstance(m, str) and dg.is_digest(m):
                         digests.add(m)
-        self.dir.mkdir(parents=True, exist_ok=True)
-        atomic_write(self.dir / "roots", "".join(f"{d}\n" for d in sorted(digests)).encode())
+        self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        atomic_write(self.dir / "roots", "".join(f"{d}\n" for d in sorted(digests)).encode(), 0o600)
 
     def _entry_files(self) -> list[tuple[float, Path]]:
         out = []
@@ -104,9 +109,9 @@ class BuildCache:
         sizes: dict[Path, int] = {}
         for _, p in files:
             try:
-                doc = json.loads(p.read_bytes())
-                sizes[p] = doc["layers"][-1]["size"] if doc.get("manifest") and doc["layers"] else 0
-            except (OSError, ValueError, KeyError, IndexError):
+                doc = jsonlimits.read_object(p, max_bytes=CONFIG_LIMIT * 2)
+                sizes[p] = int(doc["layers"][-1]["size"]) if doc.get("manifest") and doc["layers"] else 0
+            except (OSError, ValueError, KeyError, IndexError, TypeError):
                 sizes[p] = 0
         total = sum(sizes.values())
         removed = 0

@@ -414,11 +414,12 @@ def logout_cmd(registry: str) -> None:
 def check_cmd(dockerfile: Path | None, build_args: tuple[str, ...], target: str | None,
               platform: str | None, fmt: str, context: Path) -> None:
     """Parse and validate a Dockerfile without building it."""
-    from builder.buildopts import locate_dockerfile, parse_build_args
+    from builder.buildopts import locate_dockerfile, parse_build_args, read_dockerfile
     from builder.dockerfile import check
 
     path = locate_dockerfile(context, dockerfile)
-    result = check.check_dockerfile(path, parse_build_args(build_args), target, platform)
+    result = check.check_dockerfile(read_dockerfile(context, path), parse_build_args(build_args),
+                                    target, platform, filename=str(path))
     for warning in result.warnings:
         click.echo(f"pybuild: warning: {warning}", err=True)
     if fmt == "json":
@@ -624,7 +625,9 @@ def volume_create_cmd(settings: Settings, name: str | None, label: tuple[str, ..
     """Create a volume."""
     from builder.runner.volumes import Volumes
 
-    labels = dict(item.partition("=")[::2] for item in label)
+    from builder.keyvalues import kv_map
+
+    labels = kv_map(label, "--label")
     click.echo(Volumes(settings.root).create(name, labels).name)
 
 
@@ -709,7 +712,11 @@ def bundle_cmd(settings: Settings, image: str, directory: Path, command: tuple[s
 @click.option("--target", default=None, help="Build up to this stage.")
 @click.option("--no-cache", is_flag=True, help="Do not use the build cache.")
 @click.option("--pull", is_flag=True, help="Pull base images even if present.")
-@click.option("--network", default="default", type=click.Choice(["default", "none", "host"]))
+@click.option("--network", default="default", type=click.Choice(["default", "none", "host"]),
+              help="RUN steps' network: default (a private namespace, NAT to the outside), "
+                   "none, or host (needs --allow network.host).")
+@click.option("--allow", "allow", multiple=True,
+              help="Grant an entitlement: network.host (RUN on the host's network).")
 @click.option("--platform", default=None, help="os/arch[/variant] of the image.")
 @click.option("--label", "labels", multiple=True, help="K=V label on the image.")
 @click.option("--annotation", "annotations", multiple=True, help="K=V manifest annotation.")

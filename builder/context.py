@@ -3,8 +3,10 @@
 Patterns follow docker's rules (moby patternmatcher): `*` and `?` stay within
 one path segment, `**` spans any number of them, `!` re-includes, a leading
 `/` is dropped, and a pattern that matches a directory excludes everything
-below it. Sources are resolved inside the context only: a path that leaves it
-through `..` or a symlink is an error, never a read of the host.
+below it. Sources are resolved inside the context only, from a directory fd of
+its root through the path resolver: a path that leaves it through `..` or a
+symlink is an error, never a read of the host. Ignored files are invisible to the
+build however they are reached (through a symlink, a wildcard, a bind mount).
 """
 
 from __future__ import annotations
@@ -13,9 +15,11 @@ import os
 import posixpath
 import re
 import stat
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from layerstore import resolver
 from layerstore.errors import PybuildError
 
 
@@ -119,40 +123,95 @@ class Matcher:
         return False
 
 
-def ignore_text(root: Path, dockerfile: Path | None = None) -> str:
-    """The ignore rules in force: `<Dockerfile>.dockerignore` first, else ROOT/.dockerignore."""
+MAX_IGNORE_FILE = 1 << 20      # a .dockerignore is a few lines; bigger is hostile input
+_BOM = "\ufeff"
+
+
+def _read_bounded(fd: int, what: str) -> str:
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        raise ContextError(f"{what}: not a regular file")
+    data = os.read(fd, MAX_IGNORE_FILE + 1)
+    if len(data) > MAX_IGNORE_FILE:
+        raise ContextError(f"{what}: larger than {MAX_IGNORE_FILE} bytes")
+    text = data.decode("utf-8", errors="surrogateescape")
+    # moby strips a UTF-8 byte order mark: kept, it would glue itself to the first pattern
+    return text[1:] if text.startswith(_BOM) else text
+
+
+def _open_in_context(root_fd: int, rel: str) -> int | None:
+    try:
+        return resolver.resolve(root_fd, rel, policy=resolver.BENEATH,
+                                flags=os.O_RDONLY | os.O_NONBLOCK)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except resolver.PathEscape:
+        raise ContextError(f"{rel}: symbolic link points outside the build context") from None
+
+
+def ignore_text(root_fd: int, root: Path, dockerfile: Path | None = None) -> str:
+    """The ignore rules in force: `<Dockerfile>.dockerignore` first, else the context's
+    `.dockerignore`. A file inside the context is read through the context's fd (it may
+    be a symlink, never one out of it: its lines could end up in an error message)."""
     candidates = []
     if dockerfile is not None:
-        candidates.append(Path(str(dockerfile) + ".dockerignore"))
-    candidates.append(root / ".dockerignore")
-    for c in candidates:
-        if c.is_file():
-            return c.read_text(errors="surrogateescape")
+        # the Dockerfile's directory as it really is: is the ignore file in the context?
+        where = os.path.realpath(os.path.dirname(os.path.abspath(dockerfile)))
+        own = Path(where, os.path.basename(dockerfile) + ".dockerignore")
+        rel = os.path.relpath(own, root)
+        candidates.append((own, None if rel == ".." or rel.startswith("../") else rel))
+    candidates.append((None, ".dockerignore"))
+    for path, rel in candidates:
+        if rel is not None:
+            fd = _open_in_context(root_fd, rel)
+        else:
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+            except (FileNotFoundError, NotADirectoryError):
+                fd = None
+        if fd is not None:
+            try:
+                return _read_bounded(fd, str(path or rel))
+            finally:
+                os.close(fd)
     return ""
 
 
 @dataclass
 class Context:
-    """A build context directory and its ignore rules (None root: no context, `-`)."""
+    """A build context directory and its ignore rules (None root: no context, `-`).
+
+    Every read of the context goes through `fd`, a directory fd of its root, and the
+    path resolver (policy BENEATH: a symlink that leaves the context is an error).
+    Ignored files do not exist for the build, however they are reached: `locate`
+    judges the place a path really leads to and every symlink on the way, as
+    BuildKit, which never sends ignored files, would see them."""
 
     root: Path | None
     matcher: Matcher = field(default_factory=lambda: Matcher([]))
     name: str = "context"
+    fd: int = -1
 
     @classmethod
     def open(cls, root: Path | None, dockerfile: Path | None = None) -> "Context":
         if root is None:
             return cls(None)
         root = Path(root).resolve()
-        if not root.is_dir():
-            raise ContextError(f"build context {root} is not a directory")
-        return cls(root, Matcher(parse_ignore(ignore_text(root, dockerfile))))
+        try:
+            fd = resolver.open_root(root)
+        except OSError:
+            raise ContextError(f"build context {root} is not a directory") from None
+        ctx = cls(root, fd=fd)
+        weakref.finalize(ctx, os.close, fd)
+        ctx.matcher = Matcher(parse_ignore(ignore_text(fd, root, dockerfile)))
+        return ctx
 
-    def _require(self) -> Path:
+    def require(self) -> int:
+        """The root's fd; an error when there is no context (Dockerfile from stdin)."""
         if self.root is None:
             raise ContextError("no build context: the Dockerfile came from stdin; "
                                "give a context directory to COPY from it")
-        return self.root
+        return self.fd
 
     def resolve(self, source: str) -> str:
         """Clean `source` to a context-relative path ("" is the root); `..` out is an error."""
@@ -161,43 +220,26 @@ class Context:
             raise ContextError(f"{source}: path is outside the build {self.name}")
         return posixpath.normpath("/" + source).lstrip("/")
 
-    def real(self, rel: str) -> Path:
-        """Host path of context-relative `rel`, following symlinks only inside the context."""
-        root = self._require()
-        cur = root
-        parts = [p for p in rel.split("/") if p and p != "."]
-        hops = 0
-        while parts:
-            name = parts.pop(0)
-            if name == "..":
-                if cur == root:
-                    raise ContextError(f"{rel}: path is outside the build {self.name}")
-                cur = cur.parent
-                continue
-            nxt = cur / name
-            try:
-                st = os.lstat(nxt)
-            except FileNotFoundError:
-                return nxt  # caller reports missing
-            if stat.S_ISLNK(st.st_mode):
-                hops += 1
-                if hops > 40:
-                    raise ContextError(f"{rel}: too many levels of symbolic links")
-                target = os.readlink(nxt)
-                if target.startswith("/"):
-                    raise ContextError(f"{rel}: symbolic link {nxt.relative_to(root)} -> {target} "
-                                       f"points outside the build {self.name}")
-                tparts = [p for p in target.split("/") if p and p != "."]
-                depth = len(cur.relative_to(root).parts)
-                for p in tparts:
-                    depth = depth - 1 if p == ".." else depth + 1
-                    if depth < 0:
-                        raise ContextError(f"{rel}: symbolic link {nxt.relative_to(root)} -> "
-                                           f"{target} points outside the build {self.name}")
-                parts = tparts + parts
-                continue
-            cur = nxt
-        return cur
+    def locate(self, rel: str, follow: bool = True) -> str | None:
+        """Where context path `rel` really is (symlinks followed inside the context):
+        its path from the root with no symlink left in it, or None when nothing is
+        there for the build: missing, ignored, or reached through an ignored symlink."""
+        fd = self.require()
+        try:
+            seen = resolver.trace(fd, rel, policy=resolver.BENEATH, follow=follow)
+        except resolver.PathEscape:
+            raise ContextError(f"{rel}: path is outside the build {self.name} "
+                               "(through a symbolic link)") from None
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        except OSError as exc:
+            raise ContextError(f"{rel}: {exc.strerror} in the build {self.name}") from None
+        if any(self.ignored(link) for link in seen.links):
+            return None
+        real = seen.path
+        if real and self.ignored(real):
+            return None
+        return real
 
     def ignored(self, rel: str) -> bool:
         return self.matcher.ignored(rel)

@@ -1,8 +1,12 @@
-"""docker's `K=V` / bare `K` lists (`run -e`, `build --build-arg`) in one place."""
+"""docker's `K=V` syntaxes in one place: `run -e` / `build --build-arg` lists,
+`--label`-style maps, and the comma-separated field lists of `--mount`, `--secret`
+and `--output`."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
+
+from layerstore.errors import PybuildError
 
 
 def env_pairs(items: Iterable[str], env: Mapping[str, str],
@@ -18,3 +22,29 @@ def env_pairs(items: Iterable[str], env: Mapping[str, str],
         elif key in env:
             out[key] = env[key]
     return out
+
+
+def kv_map(items: Iterable[str], what: str, *, bare: str | None = "",
+           error: type[Exception] = PybuildError) -> dict[str, str]:
+    """`--label K=V` and the like: K -> V, the last one winning. A bare `K` means
+    `bare` (docker's labels: the empty string), or is an error when `bare` is None."""
+    out: dict[str, str] = {}
+    for item in items:
+        key, eq, value = item.partition("=")
+        if not key:
+            raise error(f"invalid {what} {item!r}: empty key")
+        if not eq and bare is None:
+            raise error(f"invalid {what} {item!r}: expected KEY=VALUE")
+        out[key] = value if eq else bare  # type: ignore[assignment]
+    return out
+
+
+def fields(text: str, what: str, *, bare: str | None = None, lower: bool = True,
+           error: type[Exception] = PybuildError) -> dict[str, str]:
+    """`type=bind,source=a,target=/b,readonly`: the comma-separated fields of one flag
+    value. Keys are lower-cased (docker accepts `Type=`) unless `lower` is off; a bare
+    field means `bare`, or is an error when `bare` is None."""
+    parts = [p.strip() for p in text.split(",")]
+    if lower:
+        parts = [k.lower() + eq + v for k, eq, v in (p.partition("=") for p in parts)]
+    return kv_map(parts, what, bare=bare, error=error)

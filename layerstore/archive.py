@@ -16,6 +16,7 @@ import json
 import os
 import posixpath
 import shutil
+import stat
 import tarfile
 import tempfile
 from dataclasses import dataclass, field
@@ -23,12 +24,17 @@ from pathlib import Path
 from typing import BinaryIO, Iterator
 
 from layerstore import digest as dg
+from layerstore import jsonlimits
 from layerstore import mediatypes as mt
 from layerstore import reference
 from layerstore.atomic import fsync_dir
-from layerstore.errors import InvalidImage, PybuildError
-from layerstore.model import (Descriptor, ImageConfig, Index, Manifest, canonical_json,
-                              parse_manifest_or_index)
+from layerstore.errors import InvalidImage, NotFound, PybuildError
+from layerstore.layer_tar import (AREG, BLK, BLOCK, CHR, CONT, DIR, FIFO, GNU_LONGLINK,
+                                  GNU_LONGNAME, LNK, PAX, PAX_GLOBAL, REG, SYM, ZERO_BLOCK,
+                                  HeaderError, padding, parse_header, parse_pax)
+from layerstore.model import (CONFIG_LIMIT, MANIFEST_LIMIT, Descriptor, ImageConfig, Index,
+                              Manifest, NotAnImage, canonical_json, check_image, image_problem,
+                              load_object, parse_manifest_or_index)
 from layerstore.refs import IMAGE_NAME, LAYOUT, REF_NAME
 from layerstore.store import Image, Store
 
@@ -92,6 +98,9 @@ def _image_blobs(store: Store, img: Image) -> tuple[Descriptor, list[str]]:
             try:
                 child = store.read_manifest(m)
             except PybuildError:
+                complete = False
+                break
+            if not isinstance(child, Manifest):  # a nested index: save the one platform
                 complete = False
                 break
             if isinstance(child, Manifest):
@@ -214,82 +223,229 @@ class Loaded:
     untagged: list[str] = field(default_factory=list)   # image IDs loaded without a name
 
 
+@dataclass
+class _Member:
+    name: str
+    kind: bytes          # a layer_tar type flag
+    offset: int          # of the data in the (uncompressed) archive file
+    size: int
+    linkname: str
+
+
+class _Window:
+    """Read-only view of one member's bytes (pread: members never share a position)."""
+
+    def __init__(self, fd: int, offset: int, size: int) -> None:
+        self._fd, self._pos, self._end = fd, offset, offset + size
+
+    def read(self, n: int = -1) -> bytes:
+        left = self._end - self._pos
+        n = left if n is None or n < 0 else min(n, left)
+        parts = []
+        while n > 0:
+            data = os.pread(self._fd, min(n, CHUNK * 4), self._pos)
+            if not data:
+                raise BadArchive("archive truncated inside a member")
+            parts.append(data)
+            self._pos += len(data)
+            n -= len(data)
+        return b"".join(parts)
+
+    read1 = read
+
+    def readable(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self) -> "_Window":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+
+def _norm(name: str) -> str | None:
+    """A member name relative to the archive's top, or None if it climbs out of it."""
+    path = posixpath.normpath(name.lstrip("/")) if name else "."
+    if path == ".." or path.startswith("../"):
+        return None
+    return path
+
+
 class _Archive:
-    """Random access to the members of an archive tar, following its
-    internal symlinks (only ever to other members, never to the disk)."""
+    """Random access to the members of an (uncompressed, seekable) archive tar,
+    following its internal symlinks only to other members, never to the disk.
 
-    def __init__(self, tar: tarfile.TarFile) -> None:
-        self.tar = tar
-        self.members: dict[str, tarfile.TarInfo] = {}
-        for m in tar.getmembers():
-            self.members[posixpath.normpath(m.name.lstrip("/")).lstrip("./") or "."] = m
+    The headers are read with layer_tar's parser rather than `tarfile`, so every
+    limit is ours: extended headers of at most _MAX_META bytes (a PAX "bomb" is
+    refused, not read into memory), at most _MAX_MEMBERS members, every member's
+    data inside the file."""
 
-    def lookup(self, name: str) -> tarfile.TarInfo:
-        path = posixpath.normpath(name.lstrip("/"))
+    _MAX_META = 1 << 20
+    _MAX_MEMBERS = 200_000
+
+    def __init__(self, f: BinaryIO, label: str) -> None:
+        self.fd = f.fileno()
+        self.label = label
+        self.members: dict[str, _Member] = {}
+        self._scan(os.fstat(self.fd).st_size)
+
+    def _scan(self, total: int) -> None:
+        pos, count = 0, 0
+        pax: dict[bytes, bytes] = {}
+        long_name = long_link = None
+        while True:
+            block = os.pread(self.fd, BLOCK, pos)
+            if not block:
+                return  # no end-of-archive blocks: tolerated, as tar and docker do
+            if len(block) < BLOCK:
+                raise BadArchive(f"{self.label}: truncated tar header at offset {pos}")
+            if block == ZERO_BLOCK:
+                return
+            try:
+                h = parse_header(block)
+            except HeaderError as exc:
+                raise BadArchive(f"{self.label}: not a tar archive (offset {pos}): {exc}") from None
+            data = pos + BLOCK
+            size = h.size
+            if h.typeflag in (PAX, PAX_GLOBAL, GNU_LONGNAME, GNU_LONGLINK):
+                if not 0 <= size <= self._MAX_META:
+                    raise BadArchive(f"{self.label}: extended header of {size} bytes at offset "
+                                     f"{pos} is implausible")
+                meta = os.pread(self.fd, size, data)
+                if len(meta) != size:
+                    raise BadArchive(f"{self.label}: truncated at offset {pos}")
+                try:
+                    if h.typeflag == PAX:
+                        pax.update(parse_pax(meta))
+                    elif h.typeflag == GNU_LONGNAME:
+                        long_name = meta.split(b"\0", 1)[0]
+                    elif h.typeflag == GNU_LONGLINK:
+                        long_link = meta.split(b"\0", 1)[0]
+                except HeaderError as exc:
+                    raise BadArchive(f"{self.label}: offset {pos}: {exc}") from None
+                if sum(len(k) + len(v) for k, v in pax.items()) > self._MAX_META:
+                    raise BadArchive(f"{self.label}: extended headers at offset {pos} exceed "
+                                     f"{self._MAX_META} bytes")
+                pos = data + size + padding(size)
+                continue
+            try:
+                if b"size" in pax:
+                    size = int(pax[b"size"])
+            except ValueError:
+                raise BadArchive(f"{self.label}: bad PAX size at offset {pos}") from None
+            # as tar: links, dirs and nodes have no data whatever their size field says
+            has_data = h.typeflag not in (LNK, SYM, DIR, CHR, BLK, FIFO)
+            if not has_data:
+                size = 0
+            elif size < 0 or data + size > total:
+                raise BadArchive(f"{self.label}: member at offset {pos} runs past the end of the "
+                                 "archive (truncated?)")
+            count += 1
+            if count > self._MAX_MEMBERS:
+                raise BadArchive(f"{self.label}: more than {self._MAX_MEMBERS} members")
+            name = os.fsdecode(pax.get(b"path", long_name or h.name))
+            link = os.fsdecode(pax.get(b"linkpath", long_link or h.linkname))
+            key = _norm(name)
+            if key is not None and h.typeflag in (REG, AREG, CONT, SYM, LNK, DIR):
+                self.members[key] = _Member(key, REG if h.typeflag in (AREG, CONT) else h.typeflag,
+                                            data, size, link)
+            pax, long_name, long_link = {}, None, None
+            pos = data + size + padding(size)
+
+    def _path(self, name: object) -> str:
+        if not isinstance(name, str) or not name:
+            raise BadArchive(f"{self.label}: invalid archive member name {name!r}")
+        path = _norm(name)
+        if name.startswith("/") or path is None or "\0" in name:
+            raise BadArchive(f"{self.label}: archive member {name!r} points outside the archive")
+        return path
+
+    def lookup(self, name: object) -> _Member:
+        path = self._path(name)
         for _ in range(16):
             m = self.members.get(path)
             if m is None:
-                raise BadArchive(f"archive member {name!r} is missing")
-            if m.issym():
-                path = posixpath.normpath(posixpath.join(posixpath.dirname(path), m.linkname))
-                if path.startswith("../") or path == "..":
-                    raise BadArchive(f"archive member {name!r} links outside the archive")
+                raise BadArchive(f"{self.label}: archive member {name!r} is missing")
+            if m.kind == SYM:
+                target = None if m.linkname.startswith("/") else \
+                    _norm(posixpath.join(posixpath.dirname(path), m.linkname))
+                if target is None:
+                    raise BadArchive(f"{self.label}: archive member {name!r} links outside the archive")
+                path = target
                 continue
-            if m.islnk():
-                path = posixpath.normpath(m.linkname.lstrip("/"))
+            if m.kind == LNK:
+                target = _norm(m.linkname)
+                if target is None:
+                    raise BadArchive(f"{self.label}: archive member {name!r} links outside the archive")
+                path = target
                 continue
-            if not m.isfile():
-                raise BadArchive(f"archive member {name!r} is not a file")
+            if m.kind != REG:
+                raise BadArchive(f"{self.label}: archive member {name!r} is not a file")
             return m
-        raise BadArchive(f"archive member {name!r}: too many levels of links")
+        raise BadArchive(f"{self.label}: archive member {name!r}: too many levels of links")
 
     def has(self, name: str) -> bool:
-        return posixpath.normpath(name) in self.members
+        path = _norm(name)
+        return path is not None and path in self.members
 
-    def open(self, name: str) -> BinaryIO:
-        f = self.tar.extractfile(self.lookup(name))
-        assert f is not None
-        return f  # type: ignore[return-value]
+    def open(self, name: object) -> _Window:
+        m = self.lookup(name)
+        return _Window(self.fd, m.offset, m.size)
 
-    def read(self, name: str, limit: int = 64 << 20) -> bytes:
+    def read(self, name: object, limit: int = MANIFEST_LIMIT) -> bytes:
         m = self.lookup(name)
         if m.size > limit:
-            raise BadArchive(f"archive member {name!r} is too large ({m.size} bytes)")
-        return self.open(name).read()
+            raise BadArchive(f"{self.label}: archive member {name!r} is too large ({m.size} bytes)")
+        return _Window(self.fd, m.offset, m.size).read()
 
 
 def load(store: Store, source: Path | None, stdin: BinaryIO | None = None) -> Loaded:
     """Load every image of an archive file (or stdin) into the store."""
-    with store.writing():
+    label = "<stdin>" if source is None else str(source)
+    with store.writing(), tempfile.TemporaryFile(dir=store.blobs.ingest_dir) as spool:
         if source is None:
-            with tempfile.TemporaryFile(dir=store.blobs.ingest_dir) as spool:
-                shutil.copyfileobj(stdin, spool, CHUNK)  # type: ignore[arg-type]
-                spool.seek(0)
-                return _load_file(store, spool, "<stdin>")
+            return _load_file(store, _plain_tar(stdin, spool, label, seekable=False), label)
         try:
             f = open(source, "rb")
         except FileNotFoundError:
             raise PybuildError(f"{source}: no such file") from None
+        except IsADirectoryError:
+            raise PybuildError(f"{source}: is a directory, not an archive") from None
         with f:
-            return _load_file(store, f, str(source))
+            return _load_file(store, _plain_tar(f, spool, label, seekable=True), label)
+
+
+def _plain_tar(src: BinaryIO, spool: BinaryIO, label: str, seekable: bool) -> BinaryIO:
+    """The archive as an uncompressed, seekable file: `src` itself when it is one,
+    else decompressed (or copied) into `spool`, a temp file under ROOT/ingest."""
+    from layerstore.compression import open_reader
+
+    try:
+        kind, reader = open_reader(src)
+        if kind == "none" and seekable and stat.S_ISREG(os.fstat(src.fileno()).st_mode):
+            src.seek(0)
+            return src
+        shutil.copyfileobj(reader, spool, CHUNK)
+    except PybuildError:
+        raise
+    except Exception as exc:  # zlib.error, EOFError, LZMAError, ZstdError, OSError ...
+        raise BadArchive(f"{label}: corrupt compressed archive: {exc or type(exc).__name__}") from None
+    spool.flush()
+    spool.seek(0)
+    return spool
 
 
 def _load_file(store: Store, f: BinaryIO, label: str) -> Loaded:
-    try:
-        tar = tarfile.open(fileobj=f, mode="r:*")
-    except (tarfile.TarError, EOFError, OSError) as exc:
-        raise BadArchive(f"{label}: not a tar archive: {exc}") from None
-    with tar:
-        try:
-            archive = _Archive(tar)
-        except (tarfile.TarError, EOFError) as exc:
-            raise BadArchive(f"{label}: corrupt archive: {exc}") from None
-        if archive.has("index.json") and archive.has("oci-layout"):
-            return _load_oci(store, archive, label)
-        if archive.has("manifest.json"):
-            return _load_docker(store, archive, label)
-        raise BadArchive(f"{label}: neither an OCI layout (index.json, oci-layout) nor a "
-                         "docker archive (manifest.json)")
+    archive = _Archive(f, label)
+    if archive.has("index.json") and archive.has("oci-layout"):
+        return _load_oci(store, archive, label)
+    if archive.has("manifest.json"):
+        return _load_docker(store, archive, label)
+    raise BadArchive(f"{label}: neither an OCI layout (index.json, oci-layout) nor a "
+                     "docker archive (manifest.json)")
 
 
 def _ingest_member(store: Store, archive: _Archive, digest: str, size: int | None) -> None:
@@ -301,22 +457,44 @@ def _ingest_member(store: Store, archive: _Archive, digest: str, size: int | Non
         w.commit()
 
 
-def _ingest_tree(store: Store, archive: _Archive, desc: Descriptor, label: str) -> None:
+_MAX_NESTING = 4   # index -> index -> manifest is the deepest anyone writes
+
+
+def _ingest_tree(store: Store, archive: _Archive, desc: Descriptor, label: str,
+                 depth: int = 0, seen: dict[str, int] | None = None) -> int:
     """A manifest or index and everything under it; an index's platforms that
-    the archive does not carry are skipped, as other tools write such layouts."""
+    the archive does not carry are skipped, as other tools write such layouts.
+    Returns how many image manifests it holds: an artifact below an index (an
+    attestation) is kept with it, but alone it is not an image and is refused.
+    `seen`: documents already taken (an index listing one manifest 50 000 times,
+    nested twice, must not mean 2.5 billion visits)."""
+    if depth > _MAX_NESTING:
+        raise BadArchive(f"{label}: indexes nested more than {_MAX_NESTING} deep")
+    seen = {} if seen is None else seen
+    if desc.digest in seen and depth:
+        return seen[desc.digest]
     name = f"blobs/sha256/{dg.hex_of(desc.digest)}"
-    data = archive.read(name)
+    data = archive.read(name, MANIFEST_LIMIT)
     if dg.of_bytes(data) != desc.digest:
         raise BadArchive(f"{label}: {name} does not match its digest")
-    obj = parse_manifest_or_index(data, desc.media_type, what=f"{label}: {desc.digest}")
+    what = f"{label}: {desc.digest}"
+    obj = parse_manifest_or_index(data, desc.media_type, what=what)
+    images = 0
     if isinstance(obj, Index):
         for child in obj.manifests:
             if archive.has(f"blobs/sha256/{dg.hex_of(child.digest)}"):
-                _ingest_tree(store, archive, child, label)
+                images += _ingest_tree(store, archive, child, label, depth + 1, seen)
+        if not images:
+            raise NotAnImage(f"{what}: the index holds no image that the archive carries")
     else:
+        if depth == 0:
+            check_image(obj, what)
+        images = int(image_problem(obj) is None)
         for blob in [obj.config, *obj.layers]:
             _ingest_member(store, archive, blob.digest, blob.size)
     store.put_json(data, desc.media_type)
+    seen[desc.digest] = images
+    return images
 
 
 def _oci_name(annotations: dict[str, str] | None) -> str | None:
@@ -334,10 +512,9 @@ def _oci_name(annotations: dict[str, str] | None) -> str | None:
 
 
 def _load_oci(store: Store, archive: _Archive, label: str) -> Loaded:
-    try:
-        index = Index.from_json(json.loads(archive.read("index.json")), what=f"{label}: index.json")
-    except ValueError as exc:
-        raise BadArchive(f"{label}: index.json: {exc}") from None
+    what = f"{label}: index.json"
+    index = Index.from_json(load_object(archive.read("index.json", MANIFEST_LIMIT), what),
+                            what=what)
     result = Loaded()
     for desc in index.manifests:
         _ingest_tree(store, archive, desc, label)
@@ -348,60 +525,77 @@ def _load_oci(store: Store, archive: _Archive, label: str) -> Loaded:
             result.names.append(name)
         else:
             store.refs.add_untagged(target)
-            result.untagged.append(store.load_image(target).id)
+            try:
+                result.untagged.append(store.load_image(target).id)
+            except NotFound:      # an index without this host's platform
+                result.untagged.append(desc.digest)
     return result
 
 
-def _diff_id_of(store: Store, digest: str) -> tuple[str, str]:
+def _diff_id_of(store: Store, digest: str, where: str) -> tuple[str, str]:
     """(compression, diff ID) of a stored layer blob."""
     from layerstore.compression import open_reader
 
     with store.blobs.open(digest) as raw:
-        kind, reader = open_reader(raw)
-        if kind == "none":
-            return kind, digest
-        h = hashlib.sha256()
-        while chunk := reader.read(CHUNK):
-            h.update(chunk)
+        try:
+            kind, reader = open_reader(raw)
+            if kind == "none":
+                return kind, digest
+            h = hashlib.sha256()
+            while chunk := reader.read(CHUNK):
+                h.update(chunk)
+        except PybuildError:
+            raise
+        except Exception as exc:  # zlib.error, EOFError, LZMAError, ZstdError ...
+            raise BadArchive(f"{where}: corrupt compressed layer: "
+                             f"{exc or type(exc).__name__}") from None
         return kind, "sha256:" + h.hexdigest()
 
 
 def _load_docker(store: Store, archive: _Archive, label: str) -> Loaded:
     try:
-        entries = json.loads(archive.read("manifest.json"))
-    except ValueError as exc:
-        raise BadArchive(f"{label}: manifest.json: {exc}") from None
-    if not isinstance(entries, list):
-        raise BadArchive(f"{label}: manifest.json must be a list")
+        entries = jsonlimits.loads(archive.read("manifest.json", MANIFEST_LIMIT),
+                                   f"{label}: manifest.json")
+    except jsonlimits.InvalidJSON as exc:
+        raise BadArchive(str(exc)) from None
+    if not isinstance(entries, list) or not entries:
+        raise BadArchive(f"{label}: manifest.json must be a non-empty list")
     result = Loaded()
+    taken: dict[str, tuple[Descriptor, str]] = {}  # member -> (blob, diff ID): each read once
     for n, entry in enumerate(entries):
         where = f"{label}: manifest.json entry {n}"
-        try:
-            config_bytes = archive.read(entry["Config"])
-            layer_names = list(entry.get("Layers") or [])
-        except (KeyError, TypeError):
-            raise BadArchive(f"{where}: needs Config and Layers") from None
+        if not isinstance(entry, dict) or not isinstance(entry.get("Config"), str):
+            raise BadArchive(f"{where}: needs Config and Layers")
+        layer_names = entry.get("Layers") or []
+        tags = entry.get("RepoTags") or []
+        if not isinstance(layer_names, list) or not all(isinstance(l, str) for l in layer_names):
+            raise BadArchive(f"{where}: Layers must be a list of member names")
+        if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
+            raise BadArchive(f"{where}: RepoTags must be a list of names")
+        config_bytes = archive.read(entry["Config"], CONFIG_LIMIT)
         config = ImageConfig.from_bytes(config_bytes, what=f"{where}: config")
         if len(config.diff_ids) != len(layer_names):
             raise InvalidImage(f"{where}: {len(layer_names)} layers but "
                                f"{len(config.diff_ids)} diff IDs in the config")
         layers = []
         for i, (member, diff_id) in enumerate(zip(layer_names, config.diff_ids)):
-            with archive.open(member) as src:
-                info = store.blobs.ingest(src)
-            kind, actual = _diff_id_of(store, info.digest)
+            if member not in taken:
+                with archive.open(member) as src:
+                    info = store.blobs.ingest(src)
+                kind, actual = _diff_id_of(store, info.digest, f"{where}: layer {i} ({member})")
+                media = {"none": mt.OCI_LAYER, "gzip": mt.OCI_LAYER_GZIP,
+                         "zstd": mt.OCI_LAYER_ZSTD}.get(kind)
+                if media is None:
+                    raise BadArchive(f"{where}: layer {member} is {kind}-compressed")
+                taken[member] = (Descriptor(media, info.digest, info.size), actual)
+            blob, actual = taken[member]
             if actual != diff_id:
                 raise BadArchive(f"{where}: layer {i} ({member}) has diff ID {actual}, "
                                  f"the config says {diff_id}")
-            media = {"none": mt.OCI_LAYER, "gzip": mt.OCI_LAYER_GZIP,
-                     "zstd": mt.OCI_LAYER_ZSTD}.get(kind)
-            if media is None:
-                raise BadArchive(f"{where}: layer {member} is {kind}-compressed")
-            layers.append(Descriptor(media, info.digest, info.size))
+            layers.append(blob)
         cfg = store.put_json(config_bytes, mt.OCI_CONFIG)
         manifest = Manifest(config=cfg, layers=layers)
         top = store.put_json(manifest.to_bytes(), mt.OCI_MANIFEST)
-        tags = [t for t in (entry.get("RepoTags") or []) if isinstance(t, str)]
         named = False
         for t in tags:
             try:

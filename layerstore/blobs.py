@@ -53,7 +53,7 @@ class BlobWriter:
         fd = -1
         if resume and self.expected:
             path = store.ingest_dir / f"{dg.hex_of(self.expected)}.partial"
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -64,7 +64,7 @@ class BlobWriter:
                 self._resume_from(fd)
         if fd < 0:
             path = store.ingest_dir / f"{uuid.uuid4().hex}.tmp"
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
             fcntl.flock(fd, fcntl.LOCK_EX)  # tells prune the file is in use
         self.path = path
         self._file = os.fdopen(fd, "r+b", buffering=0)
@@ -192,8 +192,8 @@ class BlobStore:
         self.ingest_dir = root / "ingest"
 
     def init(self) -> None:
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self.ingest_dir.mkdir(parents=True, exist_ok=True)
+        self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.ingest_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
 
     def path(self, digest: str) -> Path:
         return self.dir / dg.hex_of(digest)
@@ -231,8 +231,15 @@ class BlobStore:
             raise NotFound(f"blob {digest} not found in the store") from None
         return VerifyingReader(f, digest) if verify else f  # type: ignore[return-value]
 
-    def read(self, digest: str, verify: bool = True) -> bytes:
+    def read(self, digest: str, verify: bool = True, limit: int | None = None) -> bytes:
+        """The whole blob; with `limit`, a blob larger than that is refused unread (a
+        descriptor may name any blob as a "manifest" or "config")."""
         with self.open(digest) as f:
+            if limit is not None:
+                size = os.fstat(f.fileno()).st_size
+                if size > limit:
+                    raise SizeMismatch(f"blob {digest}: {size} bytes, more than the {limit} "
+                                       "a document of this kind may have")
             data = f.read()
         if verify and dg.of_bytes(data) != digest:
             raise DigestMismatch(digest, dg.of_bytes(data), what=f"blob {digest}")

@@ -45,6 +45,7 @@ _WINDOW = 32768
 # but 5-14% larger. Blob digests depend on it.
 GZIP_LEVEL = 4
 ZSTD_LEVEL = 3
+XZ_MEMLIMIT = 256 << 20
 
 
 class UnsupportedCompression(PybuildError, ValueError):
@@ -274,9 +275,15 @@ def open_reader(stream: BinaryIO) -> tuple[str, BinaryIO]:
 
         return kind, bz2.BZ2File(raw)  # type: ignore[arg-type]
     if kind == XZ:
+        import _compression
+        import io
         import lzma
 
-        return kind, lzma.LZMAFile(raw)  # type: ignore[arg-type]
+        # an xz header names its dictionary size, and liblzma allocates it up front:
+        # a hostile layer asking for 4 GiB gets an error instead (xz -9 needs 64 MiB)
+        reader = _compression.DecompressReader(raw, lzma.LZMADecompressor,
+                                               trailing_error=lzma.LZMAError, memlimit=XZ_MEMLIMIT)
+        return kind, io.BufferedReader(reader, CHUNK)  # type: ignore[arg-type]
     return kind, raw  # type: ignore[return-value]
 
 

@@ -6,10 +6,9 @@ writes, which prune removes); changes nothing.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 
-from layerstore import reachability
+from layerstore import jsonlimits, reachability
 from layerstore.errors import PybuildError
 from layerstore.store import Store
 
@@ -29,7 +28,7 @@ def fsck(store: Store) -> FsckReport:
     report = FsckReport()
     for name in ("oci-layout", "index.json"):
         try:
-            json.loads((store.root / name).read_bytes())
+            jsonlimits.read(store.root / name, name, max_bytes=64 << 20)
         except (OSError, ValueError) as exc:
             report.problems.append(f"{name}: unreadable: {exc}")
     for digest in store.blobs.digests():

@@ -10,7 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from layerstore import reachability
-from layerstore.snapshots import remove_tree
 from layerstore.store import Store
 
 
@@ -24,8 +23,8 @@ class PruneReport:
 
 
 def prune(store: Store, all_unused: bool = False) -> PruneReport:
-    """Unreachable blobs and snapshots, leftovers of interrupted writes, and
-    dangling (untagged) images, as `docker image prune`. With all_unused,
+    """Unreachable blobs and snapshots, leftovers of interrupted writes and of killed
+    builds, and dangling (untagged) images, as `docker image prune`. With all_unused,
     also snapshots that no container uses (they are re-made from blobs)."""
     report = PruneReport()
     with store.collecting():
@@ -48,9 +47,11 @@ def prune(store: Store, all_unused: bool = False) -> PruneReport:
             report.reclaimed += path.stat().st_size
             path.unlink(missing_ok=True)
             report.partial_files += 1
-        for path in store.snapshots.leftovers():
-            remove_tree(path)
-            report.partial_files += 1
+        # work dirs, snapshot temp dirs and ROOT/tmp entries of processes that are gone
+        # (a SIGKILLed build's upper can be gigabytes: a CI runner's disk must not leak)
+        count, freed = store.snapshots.reclaim(everything=True)
+        report.partial_files += count
+        report.reclaimed += freed
     return report
 
 

@@ -23,9 +23,11 @@ import shutil
 import stat
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Iterator
+from typing import BinaryIO, Iterator, Sequence
 
 from layerstore import compression as comp
+from layerstore import resolver
+from layerstore.merged import OPAQUE_XATTR, is_opaque, merged_entry
 from layerstore.errors import BadLayer, DigestMismatch, NotFound, PybuildError
 from layerstore.layer_tar import (AREG, BLK, BLOCK, CHR, CONT, DIR, FIFO, GNU_LONGLINK, GNU_LONGNAME, LNK,
                                   OPAQUE_MARKER, PAX, PAX_GLOBAL, REG, SYM, WHITEOUT_PREFIX, XATTR_PREFIX,
@@ -33,9 +35,10 @@ from layerstore.layer_tar import (AREG, BLK, BLOCK, CHR, CONT, DIR, FIFO, GNU_LO
                                   pax_time_ns)
 
 OVERLAY, FLAT = "overlay", "flat"
-OPAQUE_XATTR = "trusted.overlay.opaque"
 _MAX_DEPTH = 400  # the walk keeps one fd per level open
 _MAX_META = 8 << 20  # PAX / GNU long-name data beyond this is not a real header
+_MAX_ID = (1 << 32) - 2  # (uid_t)-1 means "leave unchanged" to chown; beyond it is no id
+_MAX_TIME_NS = (1 << 63) - 1
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _DATA_TYPES = (REG, AREG, CONT)
@@ -148,6 +151,7 @@ class _Tree:
         self.root = os.open(target, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         self._names: list[bytes] = []
         self._fds: list[int] = [self.root]
+        self.created: list[list[bytes]] = []  # parent dirs no entry declared, made 0755
 
     def close(self) -> None:
         for fd in self._fds:
@@ -166,6 +170,7 @@ class _Tree:
                                "(a symlink or file); refusing to write through it") from None
             raise
         os.mkdir(name, 0o755, dir_fd=pfd)
+        self.created.append(list(shown))
         return os.open(name, _DIR_FLAGS, dir_fd=pfd)
 
     def dir_fd(self, parts: list[bytes], entry: bytes, create: bool = True) -> int | None:
@@ -211,6 +216,25 @@ def _remove(pfd: int, name: bytes) -> None:
         os.unlink(name, dir_fd=pfd)
 
 
+def xattr_allowed(key: bytes) -> bool:
+    """Whether a layer may set the xattr `key` (anything else is dropped, as a file
+    system without xattr support would drop it).
+
+    Kept: user.* (data of the image's own software), security.capability (file
+    capabilities: docker keeps them; the sandbox's bounding set still limits them),
+    and POSIX ACLs. Dropped: trusted.* -- trusted.overlay.* is overlayfs's own
+    metadata (opaque, redirect, metacopy, origin: a layer setting them could make a
+    snapshot hide, redirect to or borrow the data of other layers' files; opaque
+    dirs have the .wh..wh..opq marker for that) and nothing else in trusted.* is an
+    image's business; user.overlay.* (the same, for overlay mounted with userxattr);
+    security.* other than the capability (SELinux labels, IMA/EVM signatures belong
+    to the host's policy, which labels containers itself)."""
+    if key.startswith(b"user."):
+        return not key.startswith(b"user.overlay.")
+    return key in (b"security.capability", b"system.posix_acl_access",
+                   b"system.posix_acl_default")
+
+
 def _set_xattrs(target: int | str, xattrs: dict[bytes, bytes], entry: bytes) -> None:
     for key, value in xattrs.items():
         try:
@@ -224,12 +248,52 @@ def _set_xattrs(target: int | str, xattrs: dict[bytes, bytes], entry: bytes) -> 
             raise BadLayer(f"layer entry {_show(entry)}: cannot set xattr {_show(key)}: {exc.strerror}") from None
 
 
+def copy_xattrs(src_fd: int, dst_fd: int) -> None:
+    """The xattrs a layer may carry (xattr_allowed), from one open file to another."""
+    try:
+        names = os.listxattr(src_fd)
+    except OSError:
+        return
+    for key in names:
+        if xattr_allowed(os.fsencode(key)):
+            try:
+                os.setxattr(dst_fd, key, os.getxattr(src_fd, key))
+            except OSError as exc:
+                if exc.errno not in (errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENODATA):
+                    raise
+
+
+def copy_data(src: int, dst: int, size: int) -> None:
+    left = size
+    try:
+        while left > 0:
+            n = os.copy_file_range(src, dst, min(left, 1 << 30))
+            if n == 0:
+                return
+            left -= n
+    except OSError as exc:
+        if exc.errno not in (errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+            raise
+        while left > 0 and (chunk := os.read(src, min(left, 1 << 20))):
+            view = memoryview(chunk)
+            while view:
+                view = view[os.write(dst, view):]
+            left -= len(chunk)
+
+
 class _Extractor:
-    def __init__(self, target: Path, mode: str) -> None:
+    def __init__(self, target: Path, mode: str, lowers: list[Path]) -> None:
         self.tree = _Tree(target)
         self.overlay = mode == OVERLAY
         self.written: set[bytes] = set()
         self.dirs: list[tuple[list[bytes], Header]] = []
+        self.lowers: list[int] = []  # O_PATH fds of the lower snapshots, top first
+        try:
+            for lower in reversed(lowers):
+                self.lowers.append(resolver.open_root(lower))
+        except OSError:
+            self.close()
+            raise
 
     def apply(self, e: _Entry, ts: _TarStream) -> bool:
         """Applies one entry; True if it consumed the entry's data from `ts`."""
@@ -321,9 +385,18 @@ class _Extractor:
     def hardlink(self, pfd: int, name: bytes, e: _Entry) -> None:
         src = _components(e.header.linkname, "hardlink target", e.name)
         key = b"/".join(src)
-        if not src or key not in self.written:
-            raise BadLayer(f"layer entry {_show(e.name)}: hardlink to {_show(e.header.linkname)}, "
-                           "which is not an earlier entry of this layer")
+        if src and key not in self.written:
+            # A link to a file this layer did not write: docker writes such layers (the
+            # file of a lower layer got a second name). Flat, the file is in the tree;
+            # as a snapshot it is in a lower one, and is copied up first, as overlayfs
+            # does when a container links a lower file.
+            found = self._copy_up(src, e) if self.overlay else self._existing(src, e)
+            if not found:
+                raise BadLayer(f"layer entry {_show(e.name)}: hardlink to {_show(e.header.linkname)}, "
+                               "which is neither an earlier entry of this layer nor a file below it")
+            self.written.add(key)
+        if not src:
+            raise BadLayer(f"layer entry {_show(e.name)}: hardlink without a target")
         if src == e.parts:
             return
         sfd = self.tree.lookup_parent(src, e.name)
@@ -336,6 +409,89 @@ class _Extractor:
             raise BadLayer(f"layer entry {_show(e.name)}: cannot hardlink to {_show(key)}: {exc.strerror}") from None
         finally:
             os.close(sfd)
+
+    def _existing(self, src: list[bytes], e: _Entry) -> bool:
+        """Flat: whether `src` is a non-directory already in the tree (no symlink on the way)."""
+        try:
+            st = resolver.lstat(self.tree.root, b"/".join(src), policy=resolver.NO_SYMLINKS)
+        except (resolver.PathEscape, OSError):
+            return False
+        return st is not None and not stat.S_ISDIR(st.st_mode)
+
+    @staticmethod
+    def _merged(src: list[bytes], layers: list[int], want_dir: bool = False
+                ) -> tuple[int, os.stat_result] | None:
+        """merged_entry, when what shows is (not) a directory as wanted."""
+        found = merged_entry(layers, src)
+        if found is None or stat.S_ISDIR(found[1].st_mode) != want_dir:
+            return None
+        return found
+
+    def _copy_up(self, src: list[bytes], e: _Entry) -> bool:
+        """Copy the lower file `src` into the snapshot with its content, mode, owner,
+        xattrs and times (the parent dirs it needs get their lowers' metadata in
+        finish(), as every parent this layer did not declare)."""
+        found = self._merged(src, [self.tree.root, *self.lowers])
+        if found is None:
+            return False
+        lfd, st = found
+        if lfd == self.tree.root:
+            return True  # already in this snapshot
+        pfd = self.tree.dir_fd(src[:-1], e.name)
+        assert pfd is not None
+        name, path = src[-1], b"/".join(src)
+        if stat.S_ISREG(st.st_mode):
+            sfd = resolver.resolve(lfd, path, policy=resolver.NO_SYMLINKS, follow=False,
+                                   flags=os.O_RDONLY)
+            try:
+                dfd = os.open(name, _FILE_FLAGS, 0o600, dir_fd=pfd)
+                try:
+                    copy_data(sfd, dfd, st.st_size)
+                    os.fchown(dfd, st.st_uid, st.st_gid)
+                    os.fchmod(dfd, stat.S_IMODE(st.st_mode))
+                    copy_xattrs(sfd, dfd)  # after chown, which drops security.capability
+                    os.utime(dfd, ns=(st.st_atime_ns, st.st_mtime_ns))
+                finally:
+                    os.close(dfd)
+            finally:
+                os.close(sfd)
+            return True
+        if stat.S_ISLNK(st.st_mode):
+            os.symlink(resolver.readlink(lfd, path, policy=resolver.NO_SYMLINKS), name, dir_fd=pfd)
+        else:  # fifo, device node or socket: the node itself
+            os.mknod(name, stat.S_IFMT(st.st_mode) | 0o600, st.st_rdev, dir_fd=pfd)
+            os.chmod(name, stat.S_IMODE(st.st_mode), dir_fd=pfd)
+        os.chown(name, st.st_uid, st.st_gid, dir_fd=pfd, follow_symlinks=False)
+        os.utime(name, ns=(st.st_atime_ns, st.st_mtime_ns), dir_fd=pfd, follow_symlinks=False)
+        return True
+
+    def _implicit_dirs(self) -> None:
+        """Parent dirs made for entries (none declared them): in a snapshot over lowers
+        they take the metadata of the dir they cover, as an overlayfs copy-up would,
+        so the merged view does not turn /etc 0755 root:root under a hand-made layer."""
+        for parts in self.tree.created:
+            path = b"/".join(parts)
+            if any(is_opaque(self.tree.root, b"/".join(parts[:i])) for i in range(1, len(parts))):
+                continue
+            found = self._merged(parts, self.lowers, want_dir=True)
+            if found is None:
+                continue
+            lfd, st = found
+            try:
+                fd = resolver.resolve(self.tree.root, path, policy=resolver.NO_SYMLINKS, flags=_DIR_FLAGS)
+            except (resolver.PathEscape, OSError):
+                continue  # replaced by a later entry
+            try:
+                sfd = resolver.resolve(lfd, path, policy=resolver.NO_SYMLINKS, flags=_DIR_FLAGS)
+                try:
+                    os.fchown(fd, st.st_uid, st.st_gid)
+                    os.fchmod(fd, stat.S_IMODE(st.st_mode))
+                    copy_xattrs(sfd, fd)
+                    os.utime(fd, ns=(st.st_atime_ns, st.st_mtime_ns))
+                finally:
+                    os.close(sfd)
+            finally:
+                os.close(fd)
 
     def whiteout(self, e: _Entry, base: bytes) -> None:
         parent = e.parts[:-1]
@@ -366,6 +522,8 @@ class _Extractor:
 
     def finish(self) -> None:
         """Directory owner, mode and mtime, now that their contents are written."""
+        if self.lowers:
+            self._implicit_dirs()  # first: a dir entry of the layer itself wins
         for parts, h in self.dirs:
             if parts:
                 try:
@@ -386,6 +544,9 @@ class _Extractor:
 
     def close(self) -> None:
         self.tree.close()
+        for fd in self.lowers:
+            os.close(fd)
+        self.lowers = []
 
 
 def _read_meta(ts: _TarStream, h: Header, what: str, last: bytes) -> bytes:
@@ -417,6 +578,9 @@ def _entries(ts: _TarStream, state: _Progress) -> Iterator[_Entry]:
                 pax.update(parse_pax(_read_meta(ts, h, "PAX header", state.last)))
             except HeaderError as exc:
                 raise BadLayer(f"layer entry after {_show(state.last)}: {exc}") from None
+            if sum(len(k) + len(v) for k, v in pax.items()) > _MAX_META:  # many headers, one entry
+                raise BadLayer(f"layer entry after {_show(state.last)}: PAX headers of more "
+                               f"than {_MAX_META} bytes for one entry")
             continue
         if h.typeflag == PAX_GLOBAL:
             _read_meta(ts, h, "PAX global header", state.last)
@@ -451,16 +615,33 @@ def _fold_pax(h: Header, pax: dict[bytes, bytes], long_link: bytes | None) -> No
         h.mtime_ns = pax_time_ns(pax[b"mtime"])
     if h.size < 0 or h.uid < 0 or h.gid < 0:
         raise HeaderError("negative size or owner")
+    if h.uid > _MAX_ID or h.gid > _MAX_ID:
+        raise HeaderError(f"owner {h.uid}:{h.gid} is out of range")
+    if h.devmajor > 0xFFFFFFFF or h.devminor > 0xFFFFFFFF:
+        raise HeaderError(f"device number {h.devmajor}:{h.devminor} is out of range")
+    if not -_MAX_TIME_NS <= h.mtime_ns <= _MAX_TIME_NS:
+        h.mtime_ns = 0  # as docker: a time the kernel cannot store becomes the epoch
     if any(key.startswith(b"GNU.sparse.") for key in pax):
         raise HeaderError("GNU sparse files are not supported in layers")
+    if b"\0" in h.linkname:
+        raise HeaderError("NUL byte in the link target")
     for key, value in pax.items():
-        if key.startswith(XATTR_PREFIX):
+        if key.startswith(XATTR_PREFIX) and xattr_allowed(key[len(XATTR_PREFIX):]):
+            if b"\0" in key:
+                raise HeaderError("NUL byte in an xattr name")
             h.xattrs[key[len(XATTR_PREFIX):]] = value
 
 
 def apply_layer(stream: BinaryIO, target: Path, *, mode: str = OVERLAY,
-                expected_diff_id: str | None = None) -> ApplyStats:
+                expected_diff_id: str | None = None,
+                lowers: Sequence[Path] = ()) -> ApplyStats:
     """Unpacks a layer (plain, gzip, zstd, bzip2 or xz tar) into `target`.
+
+    `lowers` (overlay mode): the snapshots of the layers below this one, BOTTOM
+    FIRST (the order of a mount plan's lowers and of SnapshotStore.chain). A hard
+    link to a file of one of them is applied as overlayfs would: the file (looked
+    up through the lowers' whiteouts and opaque dirs) is copied up into `target`,
+    then linked. Flat, a hard link may name any non-directory already in the tree.
 
     Raises BadLayer naming the entry for hostile or corrupt input, and
     DigestMismatch when the uncompressed stream does not hash to
@@ -469,7 +650,7 @@ def apply_layer(stream: BinaryIO, target: Path, *, mode: str = OVERLAY,
     if mode not in (OVERLAY, FLAT):
         raise ValueError(f"unknown apply mode {mode!r}")
     try:
-        ex = _Extractor(target, mode)
+        ex = _Extractor(target, mode, list(lowers) if mode == OVERLAY else [])
     except OSError as exc:
         raise NotFound(f"{target}: cannot apply a layer here: {exc.strerror}") from None
     pump = None

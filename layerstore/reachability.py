@@ -3,13 +3,13 @@ from running containers and from the build cache. Shared by prune and fsck."""
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 
 from layerstore import digest as dg
+from layerstore import jsonlimits
 from layerstore.errors import PybuildError
-from layerstore.model import Descriptor, Index, Manifest
+from layerstore.model import Descriptor, Index, Manifest, image_problem
 from layerstore.store import Store
 
 
@@ -28,7 +28,7 @@ def extra_roots(store: Store) -> list[str]:
     if containers.is_dir():
         for entry in os.scandir(containers):
             try:
-                state = json.loads((containers / entry.name / "state.json").read_bytes())
+                state = jsonlimits.read(containers / entry.name / "state.json")
             except (OSError, ValueError):
                 continue
             if isinstance(state, dict) and dg.is_digest(state.get("image", "")):
@@ -71,6 +71,8 @@ def walk(store: Store, roots: list[Descriptor], verify: bool = False) -> Reachab
                 out.blobs.add(blob.digest)
             else:
                 out.problems.append(f"{where}: blob {blob.digest} is missing")
+        if image_problem(m):
+            return  # an artifact kept beside the images of an index (an attestation): no snapshots
         try:
             config = store.read_config(m)
         except PybuildError as exc:

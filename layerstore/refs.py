@@ -8,9 +8,9 @@ the store lock and replace the file atomically.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
+from layerstore import jsonlimits
 from layerstore import mediatypes as mt
 from layerstore.atomic import atomic_write
 from layerstore.errors import InvalidImage, NotFound
@@ -19,6 +19,7 @@ from layerstore.model import Descriptor, canonical_json
 
 REF_NAME, IMAGE_NAME = mt.REF_NAME, mt.IMAGE_NAME
 LAYOUT = b'{"imageLayoutVersion":"1.0.0"}'
+INDEX_LIMIT = 64 << 20     # some 150 000 refs
 
 
 class RefIndex:
@@ -29,7 +30,7 @@ class RefIndex:
     def init(self) -> None:
         layout = self.path.parent / "oci-layout"
         if not layout.exists():
-            atomic_write(layout, LAYOUT)
+            atomic_write(layout, LAYOUT, 0o600)
         if not self.path.exists():
             with file_lock(self.lock_path):
                 if not self.path.exists():
@@ -37,19 +38,21 @@ class RefIndex:
 
     def _read(self) -> list[Descriptor]:
         try:
-            obj = json.loads(self.path.read_bytes())
+            obj = jsonlimits.read_object(self.path, max_bytes=INDEX_LIMIT)
         except FileNotFoundError:
             return []
-        except ValueError as exc:
-            raise InvalidImage(f"{self.path}: not valid JSON: {exc}") from None
-        return [Descriptor.from_json(m, f"{self.path}: entry {i}")
-                for i, m in enumerate(obj.get("manifests") or [])]
+        except jsonlimits.InvalidJSON as exc:
+            raise InvalidImage(str(exc)) from None
+        entries = obj.get("manifests") or []
+        if not isinstance(entries, list):
+            raise InvalidImage(f"{self.path}: 'manifests' must be a list")
+        return [Descriptor.from_json(m, f"{self.path}: entry {i}") for i, m in enumerate(entries)]
 
     def _write(self, entries: list[Descriptor]) -> None:
         entries = sorted(entries, key=lambda d: (d.annotations or {}).get(REF_NAME, ""))
         doc = {"schemaVersion": 2, "mediaType": mt.OCI_INDEX,
                "manifests": [d.to_json() for d in entries]}
-        atomic_write(self.path, canonical_json(doc))
+        atomic_write(self.path, canonical_json(doc), 0o600)
 
     def list(self) -> list[tuple[str, Descriptor]]:
         """(ref name, descriptor) for every named entry."""

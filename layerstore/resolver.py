@@ -32,6 +32,7 @@ import os
 import stat
 from collections import deque
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Iterator
 
 from layerstore import syscalls
@@ -135,9 +136,11 @@ def _escape_message(path: str | bytes, policy: str) -> str:
 
 
 def _walk(root_fd: int, names: list[str], path: str | bytes, policy: str, follow: bool,
-          flags: int, mode: int) -> int:
-    """The openat2 semantics, one component at a time with O_NOFOLLOW."""
+          flags: int, mode: int, seen: "Trace | None" = None) -> int:
+    """The openat2 semantics, one component at a time with O_NOFOLLOW. `seen` (when
+    given) collects where the walk ended and the symlinks it followed on the way."""
     stack = [os.dup(root_fd)]           # fds from the root down to the current directory
+    where: list[str] = []               # the names of stack[1:], from the root down
     todo = deque(names)
     hops = 0
     try:
@@ -149,6 +152,7 @@ def _walk(root_fd: int, names: list[str], path: str | bytes, policy: str, follow
                         raise PathEscape(_escape_message(path, policy))
                     continue                # IN_ROOT: ".." of the root is the root
                 os.close(stack.pop())
+                where.pop()
                 continue
             last = not todo
             try:
@@ -163,6 +167,8 @@ def _walk(root_fd: int, names: list[str], path: str | bytes, policy: str, follow
                     os.close(fd)
                 if policy == NO_SYMLINKS:
                     raise PathEscape(_escape_message(path, policy))
+                if seen is not None:
+                    seen.links.append("/".join(where + [name]))
                 hops += 1
                 if hops > MAX_HOPS:
                     raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), _show(path))
@@ -171,11 +177,14 @@ def _walk(root_fd: int, names: list[str], path: str | bytes, policy: str, follow
                         raise PathEscape(_escape_message(path, policy))
                     while len(stack) > 1:
                         os.close(stack.pop())
+                    where.clear()
                 if not target:
                     raise OSError(errno.ENOENT, os.strerror(errno.ENOENT), _show(path))
                 todo.extendleft(reversed(components(target)))
                 continue
             if last:
+                if seen is not None:
+                    seen.names = where + [name]
                 try:
                     return _reopen(fd, st, name, stack[-1], flags, mode, path)
                 finally:
@@ -184,11 +193,44 @@ def _walk(root_fd: int, names: list[str], path: str | bytes, policy: str, follow
                 os.close(fd)
                 raise OSError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), _show(path))
             stack.append(fd)
+            where.append(name)
         # the path ended on a directory we hold (the root, or after "..")
+        if seen is not None:
+            seen.names = list(where)
         return os.open(".", flags & ~os.O_NOFOLLOW, mode, dir_fd=stack[-1])
     finally:
         for fd in stack:
             os.close(fd)
+
+
+@dataclass
+class Trace:
+    """Where a path leads inside a tree: `names`, the entry's own path from the root
+    (no symlink, no ".." left in it), and `links`, the path of every symlink followed
+    on the way (each spelled the same way), in the order they were met."""
+
+    names: list[str] = field(default_factory=list)
+    links: list[str] = field(default_factory=list)
+
+    @property
+    def path(self) -> str:
+        return "/".join(self.names)
+
+
+def trace(root_fd: int, path: str | bytes, *, policy: str = IN_ROOT, follow: bool = True) -> Trace:
+    """Resolve `path` as resolve() does and say where it led and through which symlinks.
+
+    For callers that must judge the real location, not the spelling: the build
+    context, where `.dockerignore` hides files however they are reached (`link ->
+    secret.txt`). Open the result with policy NO_SYMLINKS: the kernel then refuses it
+    if a symlink was swapped in meanwhile. Always the O_NOFOLLOW walk (openat2 does not
+    report the way it went); errors as resolve()."""
+    if policy not in _RESOLVE:
+        raise ValueError(f"unknown resolver policy {policy!r}")
+    seen = Trace()
+    flags = _PATH | (0 if follow else os.O_NOFOLLOW)
+    os.close(_walk(root_fd, components(path), path, policy, follow, flags, 0, seen))
+    return seen
 
 
 def _reopen(fd: int, st: os.stat_result, name: str, parent_fd: int, flags: int, mode: int,

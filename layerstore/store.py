@@ -8,6 +8,7 @@ digest, or a unique prefix of its hex) or a manifest digest.
 from __future__ import annotations
 
 import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -18,8 +19,8 @@ from layerstore import reference
 from layerstore.blobs import BlobStore
 from layerstore.errors import InvalidImage, InvalidReference, NotFound, PybuildError
 from layerstore.locking import file_lock
-from layerstore.model import (Descriptor, ImageConfig, Index, Manifest, Platform,
-                              parse_manifest_or_index)
+from layerstore.model import (CONFIG_LIMIT, MANIFEST_LIMIT, Descriptor, ImageConfig, Index,
+                              Manifest, Platform, check_image, parse_manifest_or_index)
 from layerstore.platforms import host_platform, matches
 from layerstore.refs import RefIndex
 from layerstore.snapshots import SnapshotStore
@@ -45,6 +46,53 @@ class Image:
         return sum(l.size for l in self.manifest.layers)
 
 
+# Every directory below ROOT that holds image content or state. ROOT itself is 0700, so
+# nothing below it is reachable by another host user (a setuid binary or a device node
+# of an image in snapshots/, a private image's blobs, build args in cache records:
+# CVE-2021-41091); each of these is 0700 as well, so a ROOT loosened by hand (or an
+# old store) still keeps them closed. Checked on every open: a few syscalls, no walk.
+PRIVATE_DIRS = ("blobs", "blobs/sha256", "ingest", "snapshots", "containers", "volumes",
+                "cache", "tmp")
+PRIVATE_FILES = ("index.json", "oci-layout", "lock", "gc.lock")
+
+
+def _private_dir(parent: int, name: str) -> None:
+    """mkdir `name` 0700 beneath the dir fd `parent` or tighten what is there (never
+    following a symlink: only root writes here, but a planted link must not redirect
+    the chmod)."""
+    try:
+        os.mkdir(name, 0o700, dir_fd=parent)
+    except FileExistsError:
+        pass
+    fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                 dir_fd=parent)
+    try:
+        if os.fstat(fd).st_mode & 0o077:
+            os.fchmod(fd, 0o700)
+    finally:
+        os.close(fd)
+
+
+def make_private(root: Path) -> None:
+    """Create ROOT and its top-level dirs 0700, or tighten an existing (older) store."""
+    root.mkdir(mode=0o700, parents=True, exist_ok=True)
+    rfd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        if os.fstat(rfd).st_mode & 0o077:
+            os.fchmod(rfd, 0o700)
+        for sub in PRIVATE_DIRS:
+            _private_dir(rfd, sub)
+        for name in PRIVATE_FILES:
+            try:
+                st = os.stat(name, dir_fd=rfd, follow_symlinks=False)
+            except FileNotFoundError:
+                continue
+            if stat.S_ISREG(st.st_mode) and st.st_mode & 0o077:
+                os.chmod(name, 0o600, dir_fd=rfd)
+    finally:
+        os.close(rfd)
+
+
 class Store:
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
@@ -56,13 +104,12 @@ class Store:
     def open(cls, root: Path) -> "Store":
         store = cls(root)
         try:
-            store.root.mkdir(parents=True, exist_ok=True)
+            make_private(store.root)
         except OSError as exc:
             raise PybuildError(f"cannot create store at {root}: {exc.strerror}") from None
         store.blobs.init()
         store.snapshots.init()
         store.refs.init()
-        (store.root / "containers").mkdir(exist_ok=True)
         return store
 
     def lock(self, shared: bool = False):
@@ -79,11 +126,11 @@ class Store:
     # --- reading ----------------------------------------------------------
 
     def read_manifest(self, desc: Descriptor) -> Manifest | Index:
-        data = self.blobs.read(desc.digest)
+        data = self.blobs.read(desc.digest, limit=MANIFEST_LIMIT)
         return parse_manifest_or_index(data, desc.media_type, what=f"manifest {desc.digest}")
 
     def read_config(self, manifest: Manifest) -> ImageConfig:
-        data = self.blobs.read(manifest.config.digest)
+        data = self.blobs.read(manifest.config.digest, limit=CONFIG_LIMIT)
         return ImageConfig.from_bytes(data, what=f"config {manifest.config.digest}")
 
     def select(self, index: Index, want: Platform | None = None) -> Descriptor:
@@ -109,6 +156,7 @@ class Store:
                 raise InvalidImage(f"index {top.digest}: nested too deeply")
             desc = self.select(obj, platform)
             obj = self.read_manifest(desc)
+        check_image(obj, f"manifest {desc.digest}")
         return Image(descriptor=desc, manifest=obj, config=self.read_config(obj), top=top,
                      names=list(names or []))
 
@@ -117,8 +165,8 @@ class Store:
         for name, desc in self.refs.entries():
             try:
                 yield self.load_image(desc, [name] if name else [])
-            except NotFound:
-                continue
+            except (NotFound, InvalidImage):
+                continue  # one broken or foreign entry must not hide every other image
 
     def names_of(self, digest: str) -> list[str]:
         return [name for name, d in self.refs.list() if d.digest == digest]
@@ -147,7 +195,9 @@ class Store:
                 if desc.digest == ref.digest:
                     return self.load_image(desc, self.names_of(desc.digest), platform)
             if self.blobs.has(ref.digest):
-                desc = Descriptor(mt.OCI_MANIFEST, ref.digest, self.blobs.size(ref.digest))
+                # the kind (manifest or index) is the document's own: nobody referred to it
+                obj = self.read_manifest(Descriptor("", ref.digest, self.blobs.size(ref.digest)))
+                desc = Descriptor(obj.media_type, ref.digest, self.blobs.size(ref.digest))
                 return self.load_image(desc, [], platform)
         raise NotFound(f"{ref.familiar}: no such image in the store")
 
@@ -158,7 +208,7 @@ class Store:
         for _name, desc in entries:
             try:
                 img = self.load_image(desc, platform=platform)
-            except NotFound:
+            except (NotFound, InvalidImage):
                 continue
             digests = (desc.digest[7:], img.descriptor.digest[7:], img.id[7:])
             if any(d.startswith(prefix) for d in digests) and img.descriptor.digest not in found:
@@ -207,17 +257,14 @@ class Store:
         return Descriptor(stats.media_type, info.digest, info.size), stats.diff_id
 
     def snapshot_chain(self, image: Image) -> list[Path]:
-        """Unpack (once) every layer of `image`; returns lowerdirs, bottom first."""
+        """Unpack (once) every layer of `image`; returns its snapshots (the lower dirs of
+        a mount plan), bottom first."""
         manifest, diff_ids = image.manifest, image.config.diff_ids
         if len(diff_ids) != len(manifest.layers):
             raise InvalidImage(f"image {image.id[7:19]}: {len(manifest.layers)} layers but "
                                f"{len(diff_ids)} diff IDs")
-        paths = []
         with self.writing():  # a concurrent prune must not take a half-made snapshot
-            for chain_id, diff_id, layer in zip(dg.chain_ids(diff_ids), diff_ids, manifest.layers):
-                paths.append(self.snapshots.ensure(
-                    chain_id, diff_id, lambda layer=layer: self.blobs.open(layer.digest)))
-        return paths
+            return self.snapshots.chain(diff_ids, lambda i: self.blobs.open(manifest.layers[i].digest))
 
     def disk_usage(self) -> int:
         total = 0

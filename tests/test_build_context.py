@@ -9,7 +9,7 @@ import textwrap
 import pytest
 
 from builder.context import Context, ContextError, Matcher, parse_ignore
-from builder.steps.copy import CopyError, parse_chmod, select_sources
+from builder.steps.copy import CopyError, SourceTree, parse_chmod, select_sources
 from builder.config_changes import apply_changes
 from layerstore.errors import PybuildError
 from layerstore.model import ContainerConfig
@@ -50,15 +50,15 @@ def test_context_sources_cannot_leave_the_context(tmp_path):
     os.symlink("ok.txt", ctx_dir / "inside")
     ctx = Context.open(ctx_dir)
     with pytest.raises(ContextError, match="outside the build context"):
-        select_sources(["../secret"], str(ctx_dir), ctx)
+        select_sources(["../secret"], SourceTree.of_context(ctx))
     with pytest.raises(ContextError, match="outside the build context"):
-        select_sources(["escape-rel"], str(ctx_dir), ctx)
+        select_sources(["escape-rel"], SourceTree.of_context(ctx))
     with pytest.raises(ContextError, match="outside the build context"):
-        select_sources(["escape-abs"], str(ctx_dir), ctx)
+        select_sources(["escape-abs"], SourceTree.of_context(ctx))
     # an absolute source is relative to the context root, as in docker: never the host's file
     with pytest.raises(CopyError, match="not found in the build context"):
-        select_sources(["/etc/passwd"], str(ctx_dir), ctx)
-    sel = select_sources(["inside", "/ok.txt"], str(ctx_dir), ctx)
+        select_sources(["/etc/passwd"], SourceTree.of_context(ctx))
+    sel = select_sources(["inside", "/ok.txt"], SourceTree.of_context(ctx))
     assert [i.rel for i in sel.items] == ["inside", "ok.txt"]
 
 
@@ -70,8 +70,8 @@ def test_ignored_sources_are_not_found(tmp_path):
     (ctx_dir / ".dockerignore").write_text("drop.txt\n")
     ctx = Context.open(ctx_dir)
     with pytest.raises(CopyError, match="drop.txt: not found"):
-        select_sources(["drop.txt"], str(ctx_dir), ctx)
-    assert [i.rel for i in select_sources(["*.txt"], str(ctx_dir), ctx).items] == ["keep.txt"]
+        select_sources(["drop.txt"], SourceTree.of_context(ctx))
+    assert [i.rel for i in select_sources(["*.txt"], SourceTree.of_context(ctx)).items] == ["keep.txt"]
     # <Dockerfile>.dockerignore wins over .dockerignore
     df = ctx_dir / "build.Dockerfile"
     df.write_text("FROM scratch\n")

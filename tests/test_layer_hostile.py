@@ -13,7 +13,7 @@ import pytest
 from layerstore.errors import BadLayer, DigestMismatch
 from layerstore.layer_apply import apply_layer
 from treecmp import describe_tree
-from layerstore.layer_tar import DIR, LNK, REG, SYM, ZERO_BLOCK, build_header, padding
+from layerstore.layer_tar import DIR, LNK, REG, SYM, ZERO_BLOCK, _pax_record, build_header, padding
 
 END = ZERO_BLOCK * 2
 
@@ -134,11 +134,17 @@ def test_hardlink_to_missing_or_later_entry_rejected(arena, mode):
     rejected(target, dirent("dir") + link("h", "dir") + END, "h", mode)
 
 
-def test_flat_hardlink_to_a_file_of_a_lower_layer_rejected(arena):
-    """Not representable as an overlay snapshot, so not accepted flat either."""
+def test_flat_hardlink_to_a_file_already_in_the_tree(arena):
+    """Docker writes links to files of lower layers; flat, they are in the tree."""
     target, _ = arena
-    (target / "lowerfile").write_bytes(b"from below")
-    rejected(target, link("h", "lowerfile") + END, "h", "flat")
+    (target / "d").mkdir()
+    (target / "d" / "lowerfile").write_bytes(b"from below")
+    apply_layer(io.BytesIO(link("h", "d/lowerfile") + END), target, mode="flat")
+    assert (target / "h").read_bytes() == b"from below"
+    assert os.stat(target / "h").st_ino == os.stat(target / "d" / "lowerfile").st_ino
+    rejected(target, link("h2", "d") + END, "h2", "flat")          # a directory: never
+    os.symlink("d", target / "s")
+    rejected(target, link("h3", "s/lowerfile") + END, "h3", "flat")  # through a symlink: never
 
 
 @MODES
@@ -231,3 +237,103 @@ def test_wrong_diff_id_is_a_digest_mismatch(tmp_path):
     with pytest.raises(DigestMismatch) as info:
         apply_layer(io.BytesIO(reg("f") + END), target, expected_diff_id="sha256:" + "0" * 64)
     assert "sha256:" + "0" * 64 in str(info.value)
+
+
+# --- hard links to files of lower layers, as snapshots (copy-up) -----------------------
+
+def dirent_meta(name: str, mode: int, uid: int, gid: int, mtime: int) -> bytes:
+    return build_header(name.encode() + b"/", DIR, mode=mode, uid=uid, gid=gid, mtime=mtime)
+
+
+def snapshot(path: Path, layer: bytes, lowers: list[Path] = ()) -> Path:
+    path.mkdir()
+    apply_layer(io.BytesIO(layer + END), path, mode="overlay", lowers=list(lowers))
+    return path
+
+
+def test_overlay_hardlink_to_lower_file_copies_it_up(tmp_path):
+    caps = bytes.fromhex("0100000200200000000000000000000000000000")  # cap_net_bind_service
+    base = snapshot(tmp_path / "l0", dirent_meta("etc", 0o750, 5, 6, 1000) + build_header(
+        b"etc/base-f", REG, mode=0o4711, uid=7, gid=8, size=5, mtime=12345,
+        xattrs={b"user.k": b"v", b"security.capability": caps}) + b"hello" + bytes(padding(5)))
+    mid = snapshot(tmp_path / "l1", reg("other", b"x"), [base])
+    top = snapshot(tmp_path / "l2", link("etc/h", "etc/base-f") + link("top", "etc/base-f"),
+                   [base, mid])
+    st = os.lstat(top / "etc" / "base-f")
+    assert (top / "etc" / "base-f").read_bytes() == b"hello"
+    assert (st.st_mode & 0o7777, st.st_uid, st.st_gid, st.st_mtime) == (0o4711, 7, 8, 12345)
+    assert st.st_nlink == 3 and os.lstat(top / "top").st_ino == st.st_ino == os.lstat(top / "etc" / "h").st_ino
+    assert os.getxattr(top / "etc" / "base-f", "user.k") == b"v"
+    assert os.getxattr(top / "etc" / "base-f", "security.capability") == caps
+    # the parent this layer did not declare keeps the metadata of the dir it covers
+    d = os.lstat(top / "etc")
+    assert (d.st_mode & 0o7777, d.st_uid, d.st_gid, d.st_mtime) == (0o750, 5, 6, 1000)
+    assert os.lstat(base / "etc" / "base-f").st_nlink == 1  # the lower is never touched
+
+
+def test_overlay_hardlink_honours_whiteouts_and_opaque_dirs(tmp_path):
+    base = snapshot(tmp_path / "l0", dirent("d") + reg("d/f", b"1") + reg("g", b"2") + reg("k", b"3"))
+    gone = snapshot(tmp_path / "l1", reg(".wh.g", b"") + dirent("d") + reg("d/.wh..wh..opq", b""),
+                    [base])
+    lowers = [base, gone]
+    rejected(snapshot(tmp_path / "t1", b"", lowers), link("h", "g") + END, "h", "overlay")
+    rejected(snapshot(tmp_path / "t2", b"", lowers), link("h", "d/f") + END, "h", "overlay")
+    # this layer's own whiteout hides the lower file too
+    rejected(snapshot(tmp_path / "t3", b"", lowers), reg(".wh.k", b"") + link("h", "k") + END, "h",
+             "overlay")
+    ok = snapshot(tmp_path / "t4", link("h", "k"), lowers)
+    assert (ok / "h").read_bytes() == b"3"
+
+
+def test_overlay_hardlink_to_lower_never_follows_symlinks(arena):
+    target, canary = arena  # the lowers and targets live in `target`; the canary beside it
+    base = snapshot(target / "l0", sym("s", str(canary)) + sym("rel", "../..") + dirent("d")
+                    + reg("d/f", b"1"))
+    for i, linkname in enumerate(("s/file", "rel/canary/file", "d/../../canary/file", "/d/f", "d")):
+        t = target / f"t{i}"
+        t.mkdir()
+        with pytest.raises(BadLayer) as info:
+            apply_layer(io.BytesIO(link("h", linkname) + END), t, mode="overlay", lowers=[base])
+        assert "'h'" in str(info.value)
+        assert os.listdir(t) in ([], ["d"])
+
+
+def test_hostile_owner_device_and_time_fields(arena):
+    target, _ = arena
+    rejected(target, build_header(b"f", REG, mode=0o644, uid=1 << 40) + END, "f", "overlay")
+    rejected(target, build_header(b"g", REG, mode=0o644, gid=(1 << 32) - 1) + END, "g", "overlay")
+    dev = bytearray(build_header(b"c", b"3", mode=0o644))
+    dev[329:337] = b"\x80" + (1 << 40).to_bytes(7, "big")  # devmajor, GNU base-256
+    dev[148:156] = b"        "
+    dev[148:156] = b"%06o\0 " % sum(dev)
+    rejected(target, bytes(dev) + END, "c", "overlay")
+    apply_layer(io.BytesIO(build_header(b"t", REG, mode=0o644, mtime=10 ** 30) + END), target)
+    assert os.lstat(target / "t").st_mtime == 0  # as docker: an unrepresentable time is the epoch
+
+
+def test_device_nodes_are_allowed(tmp_path):
+    t = snapshot(tmp_path / "t", build_header(b"null", b"3", mode=0o666, devmajor=1, devminor=3))
+    st = os.lstat(t / "null")
+    assert st.st_rdev == os.makedev(1, 3) and st.st_mode & 0o777 == 0o666
+
+
+def test_xattrs_an_image_must_not_set_are_dropped(tmp_path):
+    bad = {b"trusted.overlay.opaque": b"y", b"trusted.overlay.redirect": b"/etc",
+           b"trusted.overlay.metacopy": b"", b"trusted.other": b"x", b"user.overlay.opaque": b"y",
+           b"security.selinux": b"system_u:object_r:shadow_t:s0", b"security.ima": b"\x03"}
+    good = {b"user.mime_type": b"text/plain"}
+    t = snapshot(tmp_path / "t", build_header(b"d/", DIR, mode=0o755, xattrs={**bad, **good})
+                 + build_header(b"f", REG, mode=0o644, xattrs={**bad, **good}))
+    for p in (t / "d", t / "f"):
+        assert sorted(os.listxattr(p)) == ["user.mime_type"], os.listxattr(p)
+
+
+def test_pax_headers_piling_up_for_one_entry_rejected(arena):
+    """Ten PAX headers of 1 MiB each in a row, all for the one entry that follows:
+    each is under the per-header limit, together they are not."""
+    target, _ = arena
+    pax = b""
+    for i in range(10):
+        data = _pax_record(b"SCHILY.xattr.user.k%d" % i, b"x" * ((1 << 20) - 64))
+        pax += build_header(b"PaxHeaders.0/f", b"x", size=len(data)) + data + bytes(padding(len(data)))
+    rejected(target, reg("before") + pax + reg("f") + END, "before", "overlay")

@@ -8,6 +8,7 @@ Every server is stopped (and the registry killed) in fixture teardown.
 from __future__ import annotations
 
 import base64
+import functools
 import gzip
 import hashlib
 import http.client
@@ -15,13 +16,17 @@ import io
 import json
 import os
 import random
+import re
+import resource
 import signal
 import socket
+import ssl
 import subprocess
 import tarfile
 import threading
 import time
 import uuid
+import zlib
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -251,11 +256,15 @@ class Proxy:
 
     `faults` is a list of (predicate(method, path), action) tried in order;
     each fault fires `times` times. Actions: ("status", code), ("truncate",
-    fraction), ("corrupt",), ("redirect", url_base), ("slow", bytes_per_s)."""
+    fraction), ("corrupt",), ("redirect", url_base), ("slow", bytes_per_s),
+    ("stall", fraction): send that much, then nothing (the connection stays
+    open until the client gives up or stop()), ("trickle", fraction, interval):
+    then one byte every `interval` seconds."""
 
     def __init__(self, upstream_port: int) -> None:
         self.upstream = upstream_port
         self.faults: list[dict] = []
+        self.stopping = threading.Event()
         self.sent = 0                      # response body bytes sent to clients
         self.seen: list[Seen] = []
         self.lock = threading.Lock()
@@ -341,7 +350,7 @@ class Proxy:
             h.end_headers()
             total = int(resp.getheader("Content-Length"))
             limit = total
-            if action and action[0] == "truncate":
+            if action and action[0] in ("truncate", "stall", "trickle"):
                 limit = int(total * action[1])
             rate = action[1] if action and action[0] == "slow" else None
             done = 0
@@ -358,10 +367,22 @@ class Proxy:
                 done += len(chunk)
                 if rate:
                     time.sleep(len(chunk) / rate)
+            if limit < total and action[0] == "stall":
+                h.wfile.flush()
+                self.stopping.wait(120)
+            elif limit < total and action[0] == "trickle":
+                rest = resp.read(total - limit)
+                for i in range(len(rest)):
+                    if self.stopping.wait(action[2]) or not self._write(h, rest[i:i + 1], method):
+                        break
+                    h.wfile.flush()
             if limit < total:
                 h.close_connection = True
                 h.wfile.flush()
-                h.connection.shutdown(socket.SHUT_RDWR)
+                try:
+                    h.connection.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
         finally:
             conn.close()
 
@@ -377,6 +398,7 @@ class Proxy:
         return True
 
     def stop(self) -> None:
+        self.stopping.set()
         self.server.shutdown()
         self.server.server_close()
 
@@ -416,6 +438,174 @@ class Recorder:
     def stop(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+# --- hostile server ----------------------------------------------------------------
+
+class Hostile:
+    """A scriptable HTTP(S) server on 127.0.0.1 (or 127.0.0.2) playing a hostile
+    registry, token server or ADD source.
+
+    `route(method, regex, handler)`: the first route whose regex fully matches
+    the path (query included) answers, with handler(h, match); `GET /v2/` is
+    200 unless routed otherwise; anything else is 404. Every request is
+    recorded in `seen`. Handlers answer with the functions below (reply,
+    reply_endless, reply_stalled, reply_trickle); the slow ones wait on
+    `stopping`, so stop() ends them. With `pki`, it speaks TLS; without, it
+    hangs up on a TLS ClientHello (the client probing HTTPS first)."""
+
+    def __init__(self, addr: str = "127.0.0.1", pki: PKI | None = None) -> None:
+        self.routes: list[tuple[str, re.Pattern, object]] = []
+        self.seen: list[Seen] = []
+        self.stopping = threading.Event()
+        owner = self
+
+        class RequestHandler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args) -> None:
+                pass
+
+            def handle_one_request(self) -> None:
+                if pki is None:
+                    try:
+                        first = self.rfile.peek(1)[:1]
+                    except (OSError, ValueError):
+                        return
+                    if first == b"\x16":
+                        self.close_connection = True
+                        return
+                super().handle_one_request()
+
+            def _any(self) -> None:
+                owner._answer(self)
+
+            do_GET = do_HEAD = do_PUT = do_POST = do_PATCH = do_DELETE = _any
+
+        self.server = ThreadingHTTPServer((addr, 0), RequestHandler)
+        self.server.daemon_threads = True
+        if pki is not None:
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ctx.load_cert_chain(str(pki.cert), str(pki.key))
+            self.server.socket = ctx.wrap_socket(self.server.socket, server_side=True)
+        self.port = self.server.server_address[1]
+        self.host = f"{addr}:{self.port}"
+        self.base = f"{'https' if pki else 'http'}://{self.host}"
+        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,),
+                                       daemon=True)
+        self.thread.start()
+
+    def route(self, method: str, pattern: str, handler, first: bool = False) -> None:
+        """Answer `method` ("*": any) on paths matching `pattern` with handler(h, match);
+        `first` puts the route before the ones there already."""
+        self.routes.insert(0 if first else len(self.routes), (method, re.compile(pattern), handler))
+
+    def _answer(self, h: BaseHTTPRequestHandler) -> None:
+        self.seen.append(Seen(h.command, h.path, dict(h.headers.items())))
+        length = int(h.headers.get("Content-Length") or 0)
+        h.body = h.rfile.read(length) if length else b""
+        for method, pattern, handler in self.routes:
+            m = pattern.fullmatch(h.path)
+            if m and method in (h.command, "*"):
+                try:
+                    handler(h, m)
+                except OSError:
+                    h.close_connection = True
+                return
+        if h.command == "GET" and h.path == "/v2/":
+            reply(h, 200, b"{}")
+        else:
+            reply(h, 404, b"")
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def reply(h: BaseHTTPRequestHandler, status: int, body: bytes = b"",
+          headers: dict[str, str] | None = None) -> None:
+    h.send_response(status)
+    for k, v in (headers or {}).items():
+        h.send_header(k, v)
+    h.send_header("Content-Length", str(len(body)))
+    h.end_headers()
+    if h.command != "HEAD":
+        h.wfile.write(body)
+
+
+def reply_endless(h: BaseHTTPRequestHandler, status: int, start: bytes, filler: bytes,
+                  headers: dict[str, str] | None = None, stop: threading.Event | None = None,
+                  most: int = 8 << 30) -> int:
+    """`start` then `filler` over and over (up to `most` bytes), with no length:
+    the body ends only when the connection does. Returns the bytes sent before
+    the client hung up."""
+    h.send_response(status)
+    for k, v in (headers or {}).items():
+        h.send_header(k, v)
+    h.send_header("Connection", "close")
+    h.end_headers()
+    h.close_connection = True
+    block = filler * max(1, (1 << 16) // len(filler))
+    sent = 0
+    try:
+        h.wfile.write(start)
+        sent = len(start)
+        while sent < most and not (stop and stop.is_set()):
+            h.wfile.write(block)
+            sent += len(block)
+    except OSError:
+        pass
+    return sent
+
+
+def reply_stalled(h: BaseHTTPRequestHandler, status: int, body: bytes, sent: int,
+                  stop: threading.Event, headers: dict[str, str] | None = None) -> None:
+    """Announce all of `body`, send its first `sent` bytes, then nothing."""
+    h.send_response(status)
+    for k, v in (headers or {}).items():
+        h.send_header(k, v)
+    h.send_header("Content-Length", str(len(body)))
+    h.end_headers()
+    h.wfile.write(body[:sent])
+    stop.wait(120)
+    h.close_connection = True
+
+
+def reply_trickle(h: BaseHTTPRequestHandler, status: int, body: bytes, sent: int,
+                  stop: threading.Event, interval: float = 0.25,
+                  headers: dict[str, str] | None = None) -> None:
+    """Announce all of `body`, send `sent` bytes, then one byte every `interval` s:
+    the socket never goes quiet long enough for a read timeout."""
+    h.send_response(status)
+    for k, v in (headers or {}).items():
+        h.send_header(k, v)
+    h.send_header("Content-Length", str(len(body)))
+    h.end_headers()
+    h.wfile.write(body[:sent])
+    for i in range(sent, len(body)):
+        if stop.wait(interval):
+            break
+        h.wfile.write(body[i:i + 1])
+    h.close_connection = True
+
+
+@functools.lru_cache(maxsize=4)
+def gzip_bomb(inflated: int) -> bytes:
+    """A gzip stream of ~inflated/1000 bytes that inflates to `inflated` zero bytes
+    (members of 16 MiB each, made once: cheap to build, dear to inflate)."""
+    unit = 16 << 20
+    z = zlib.compressobj(9, zlib.DEFLATED, 31)
+    member = z.compress(bytes(unit)) + z.flush()
+    return member * max(1, inflated // unit)
+
+
+def limited(mem: int):
+    """preexec_fn for a CLI under test: an address-space limit, so a regression
+    that inflates a bomb dies of MemoryError instead of eating the machine."""
+    def apply() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (mem, mem))
+    return apply
 
 
 # --- images --------------------------------------------------------------------

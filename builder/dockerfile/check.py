@@ -25,14 +25,18 @@ class CheckResult:
         return parse + list(self.graph.warnings)
 
 
-def check_dockerfile(path: Path, build_args: dict[str, str] | None = None, target: str | None = None,
-                     platform: str | None = None, filename: str | None = None) -> CheckResult:
+def check_dockerfile(path: Path | bytes, build_args: dict[str, str] | None = None,
+                     target: str | None = None, platform: str | None = None,
+                     filename: str | None = None) -> CheckResult:
     """Read, parse and plan one Dockerfile; raises DockerfileError on the first problem."""
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise DockerfileError("no such file: cannot read the Dockerfile", str(path)) from None
-    df = parse_dockerfile(data, filename or str(path))
+    if isinstance(path, bytes):       # read by the caller (the CLI reads through the context)
+        data = path
+    else:
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise DockerfileError("no such file: cannot read the Dockerfile", str(path)) from None
+    df = parse_dockerfile(data, filename or ("Dockerfile" if isinstance(path, bytes) else str(path)))
     return CheckResult(df, plan_stages(df, build_args or {}, target, platform))
 
 

@@ -19,6 +19,7 @@ from .errors import ExpansionError
 from .gotext import GO_SPACE_SET, go_quote
 
 _SPECIAL_PARAMS = frozenset("@*#?-$!0")
+MAX_NESTING = 64  # ${...} inside ${...}: far beyond any real Dockerfile
 _HEREDOC_OP = re.compile(r"<<[\t\n\v\f\r ]*\Z")
 
 
@@ -100,7 +101,8 @@ class ShellLex:
         try:
             value, words = run.stop_on(None, self.raw_escapes)
         except ExpansionError as exc:
-            raise ExpansionError(f"failed to process {go_quote(word)}: {exc.message}") from None
+            shown = word if len(word) <= 200 else word[:200] + "..."  # a hostile word is huge
+            raise ExpansionError(f"failed to process {go_quote(shown)}: {exc.message}") from None
         return Expansion(value, words, run.matched, run.unmatched)
 
     def process_word(self, word: str, env: Mapping[str, str]) -> str:
@@ -121,10 +123,12 @@ class _Run:
         self.raw_escapes = lex.raw_escapes
         self.matched: set[str] = set()
         self.unmatched: set[str] = set()
+        self.depth = 0
 
     # -- cursor -----------------------------------------------------------------
-    def peek(self) -> str:
-        return self.text[self.pos] if self.pos < len(self.text) else ""
+    def peek(self, ahead: int = 0) -> str:
+        pos = self.pos + ahead
+        return self.text[pos] if pos < len(self.text) else ""
 
     def next(self) -> str:
         if self.pos < len(self.text):
@@ -242,6 +246,19 @@ class _Run:
         return text[start:self.pos]
 
     def dollar(self) -> str:
+        if self.peek(1) != "{":
+            return self._dollar()
+        # ${a:-${b:-${c...}}} recurses once per level: bounded, so that a hostile
+        # Dockerfile gets an error at its line instead of a RecursionError
+        self.depth += 1
+        try:
+            if self.depth > MAX_NESTING:
+                raise ExpansionError(f"variable substitutions nested more than {MAX_NESTING} deep")
+            return self._dollar()
+        finally:
+            self.depth -= 1
+
+    def _dollar(self) -> str:
         self.pos += 1
         skip_unset = self.lex.skip_unset
         if self.peek() != "{":

@@ -10,8 +10,9 @@ then parsed by the lark grammar (grammar/dockerfile.lark) and turned into a
 
 from __future__ import annotations
 
-import json
 import re
+
+from layerstore import jsonlimits
 
 from .errors import DockerfileError, ExpansionError
 from .expand import ShellLex
@@ -261,11 +262,7 @@ def _col(token: lark.Token, offset: int) -> int:
 
 
 def _json_values(tree: lark.Tree) -> list[str]:
-    return json.loads(tree.children[0].value)
-
-
-def _no_constants(name: str):
-    raise ValueError(name)
+    return jsonlimits.loads(tree.children[0].value, "JSON array")
 
 
 def _reject_non_strings(rest: str, column: int) -> list[str] | None:
@@ -273,7 +270,10 @@ def _reject_non_strings(rest: str, column: int) -> list[str] | None:
     if not rest.startswith("["):
         return None
     try:
-        decoded = json.loads(rest, parse_constant=_no_constants)
+        decoded = jsonlimits.loads(rest, "JSON array")
+    except jsonlimits.TooDeep:  # nested arrays hold no strings (and must not recurse here)
+        raise _LineError("when using JSON array syntax, arrays must be comprised of strings only",
+                         column) from None
     except ValueError:
         return None
     if not isinstance(decoded, list):
@@ -432,7 +432,7 @@ def detect_directive(source: str | bytes, key: str, any_format: bool = False) ->
                 return value.split(" ", 1)[0], value, i + 1 + offset
     if any_format:
         try:
-            doc = json.loads(text)
+            doc = jsonlimits.loads(text, "Dockerfile")
         except ValueError:
             return None
         if isinstance(doc, dict) and isinstance(doc.get(key), str):

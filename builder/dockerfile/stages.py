@@ -228,24 +228,28 @@ class _Planner:
                           self.warnings)
 
     def _base_order(self, stages: list[Stage]) -> list[Stage]:
-        """Stages ordered so that a stage base is planned before the stages built on it."""
+        """Stages ordered so that a stage base is planned before the stages built on it.
+
+        Walked without recursion: a Dockerfile of thousands of chained stages must get a
+        plan or an error, not a RecursionError (the same in the walks below)."""
         out: list[Stage] = []
         state: dict[int, int] = {}
-
-        def visit(s: Stage, chain: list[Stage]) -> None:
-            if state.get(s.index) == 2:
-                return
-            if state.get(s.index) == 1:
-                names = " -> ".join(c.label for c in chain[chain.index(s):] + [s])
-                raise self.fail(s.from_, f"circular dependency detected on stage: {s.label} ({names})")
-            state[s.index] = 1
-            if s.base.kind == "stage":
-                visit(stages[s.base.stage], chain + [s])
-            state[s.index] = 2
-            out.append(s)
-
         for s in stages:
-            visit(s, [])
+            chain: list[Stage] = []
+            cur = s
+            while state.get(cur.index) != 2:
+                if state.get(cur.index) == 1:
+                    names = " -> ".join(c.label for c in chain[chain.index(cur):] + [cur])
+                    raise self.fail(cur.from_, f"circular dependency detected on stage: "
+                                               f"{cur.label} ({names})")
+                state[cur.index] = 1
+                chain.append(cur)
+                if cur.base.kind != "stage":
+                    break
+                cur = stages[cur.base.stage]
+            for c in reversed(chain):
+                state[c.index] = 2
+                out.append(c)
         return out
 
     def _plan_stage(self, stage: Stage, body: list[Instruction], stages: list[Stage],
@@ -304,37 +308,45 @@ class _Planner:
 
     def _check_cycles(self, stages: list[Stage]) -> None:
         state: dict[int, int] = {}
-
-        def visit(i: int, chain: list[int]) -> None:
-            if state.get(i) == 2:
-                return
-            if state.get(i) == 1:
-                loop = chain[chain.index(i):] + [i]
-                names = " -> ".join(stages[k].label for k in loop)
-                raise self.fail(stages[i].from_, f"circular dependency detected on stage: "
-                                                 f"{stages[i].label} ({names})")
-            state[i] = 1
-            for j in stages[i].depends_on:
-                visit(j, chain + [i])
-            state[i] = 2
-
         for s in stages:
-            visit(s.index, [])
+            if state.get(s.index) == 2:
+                continue
+            chain = [s.index]
+            state[s.index] = 1
+            todo = [iter(stages[s.index].depends_on)]
+            while todo:
+                for j in todo[-1]:
+                    if state.get(j) == 2:
+                        continue
+                    if state.get(j) == 1:
+                        loop = chain[chain.index(j):] + [j]
+                        names = " -> ".join(stages[k].label for k in loop)
+                        raise self.fail(stages[j].from_, f"circular dependency detected on stage: "
+                                                         f"{stages[j].label} ({names})")
+                    state[j] = 1
+                    chain.append(j)
+                    todo.append(iter(stages[j].depends_on))
+                    break
+                else:
+                    todo.pop()
+                    state[chain.pop()] = 2
 
     @staticmethod
     def _needed(stages: list[Stage], target: int) -> list[int]:
+        """The stages `target` needs, dependencies first (a post-order walk)."""
         order: list[int] = []
-        seen: set[int] = set()
-
-        def visit(i: int) -> None:
-            if i in seen:
-                return
-            seen.add(i)
-            for j in sorted(stages[i].depends_on):
-                visit(j)
-            order.append(i)
-
-        visit(target)
+        seen = {target}
+        todo = [(target, iter(sorted(stages[target].depends_on)))]
+        while todo:
+            i, deps = todo[-1]
+            for j in deps:
+                if j not in seen:
+                    seen.add(j)
+                    todo.append((j, iter(sorted(stages[j].depends_on))))
+                    break
+            else:
+                todo.pop()
+                order.append(i)
         return order
 
 

@@ -16,11 +16,12 @@ from pathlib import Path
 from builder.sandbox import caps as capmod, seccomp
 from builder.sandbox.spec import DEFAULT_PATH, MASKED_PATHS, READONLY_PATHS
 from builder.sandbox.users import resolve as resolve_user
+from layerstore import resolver
 from layerstore.atomic import atomic_write
 from layerstore.store import Store
 from layerstore.unpack import unpack_image
 
-from .create import compose_argv, image_env, working_dir
+from .create import compose_argv, working_dir
 from .errors import RunError
 
 NAMESPACES = ("pid", "network", "ipc", "uts", "mount", "cgroup")
@@ -78,13 +79,24 @@ def oci_seccomp(setting: str | None, capset: frozenset[str]) -> dict | None:
     return result
 
 
-def _safe_file(rootfs: Path, rel: str) -> str:
-    """rootfs/rel unless a symlink on the way could lead out of the rootfs."""
-    path = rootfs / rel
-    real = os.path.realpath(path)
-    if os.path.commonpath([real, os.path.realpath(rootfs)]) != os.path.realpath(rootfs):
-        return "/nonexistent"
-    return real
+def _image_user(rootfs: Path, user: str):
+    """USER resolved against the image's own /etc/passwd and /etc/group, each opened
+    through the path resolver as the container would see it (an absolute symlink there
+    stays inside the rootfs), then read through our fd of it."""
+    fds = []
+    try:
+        with resolver.rooted(rootfs) as root:
+            paths = []
+            for name in ("etc/passwd", "etc/group"):
+                try:
+                    fds.append(resolver.resolve(root, name, flags=os.O_RDONLY | os.O_NONBLOCK))
+                    paths.append(f"/proc/self/fd/{fds[-1]}")
+                except (OSError, resolver.PathEscape):
+                    paths.append("/nonexistent")
+        return resolve_user(user, passwd=paths[0], group=paths[1])
+    finally:
+        for fd in fds:
+            os.close(fd)
 
 
 def write_bundle(store: Store, name: str, dest: Path, hostname: str | None = None,
@@ -104,9 +116,8 @@ def write_bundle(store: Store, name: str, dest: Path, hostname: str | None = Non
     dest.mkdir(parents=True, exist_ok=True)
     rootfs = dest / "rootfs"
     unpack_image(store, image, rootfs)
-    ids = resolve_user(cfg.User or "0", passwd=_safe_file(rootfs, "etc/passwd"),
-                       group=_safe_file(rootfs, "etc/group"))
-    env = image_env(cfg)
+    ids = _image_user(rootfs, cfg.User or "0")
+    env = cfg.env_dict()
     env.setdefault("PATH", DEFAULT_PATH)
     env.setdefault("HOSTNAME", hostname)
     env.setdefault("HOME", ids.home)

@@ -127,7 +127,7 @@ class Containers:
 
         Names live as symlinks name -> id in containers/.names, created with
         O_EXCL semantics, so two concurrent runs cannot take the same name."""
-        self.names.mkdir(parents=True, exist_ok=True)
+        self.names.mkdir(mode=0o700, parents=True, exist_ok=True)
         if state.name:
             self._claim(state.name, state.id)
         else:

@@ -43,31 +43,14 @@ class Prepared:
 
 def resolve_image(store: Store, name: str, pull: str) -> Image:
     """Find the image, pulling it per --pull (missing, always, never)."""
-    if pull not in ("missing", "always", "never"):
+    from layerstore.registry import PULL_POLICIES, ensure_image
+
+    if pull not in PULL_POLICIES:
         raise RunError(f"invalid --pull {pull!r}: expected missing, always or never")
-    if pull == "always":
-        _pull(store, name)
     try:
-        return store.resolve(name)
-    except NotFound:
-        if pull == "never":
-            raise RunError(f"{name}: no such image in the store (and --pull=never)") from None
-    _pull(store, name)
-    try:
-        return store.resolve(name)
+        return ensure_image(store, name, policy=pull)
     except NotFound as e:
         raise RunError(str(e)) from None
-
-
-def _pull(store: Store, name: str) -> None:
-    try:
-        from layerstore.registry.pull import pull
-    except ImportError:  # the registry client is not there yet
-        raise RunError(f"{name}: no such image in the store, and pulling is unavailable") from None
-    try:
-        pull(store, name)
-    except PybuildError as e:
-        raise RunError(f"unable to find image {name!r} locally, and pulling it failed: {e}") from None
 
 
 def compose_argv(cfg, command: list[str], entrypoint: str | None) -> list[str]:
@@ -82,15 +65,6 @@ def compose_argv(cfg, command: list[str], entrypoint: str | None) -> list[str]:
     if not argv:
         raise RunError("no command specified: the image has no Entrypoint or Cmd and none was given")
     return argv
-
-
-def image_env(cfg) -> dict[str, str]:
-    env: dict[str, str] = {}
-    for item in cfg.Env or []:
-        key, _, value = item.partition("=")
-        if key:
-            env[key] = value
-    return env
 
 
 def working_dir(cfg, flag: str | None) -> str:
@@ -182,7 +156,7 @@ def _prepare(store: Store, opts: RunOptions) -> Prepared:
     image = resolve_image(store, opts.image, opts.pull)
     cfg = image.config.config
     argv = compose_argv(cfg, opts.command, opts.entrypoint)
-    env = image_env(cfg)
+    env = cfg.env_dict()
     from_files = [item for f in opts.env_files for item in parse_env_file(f)]
     env.update(parse_env(from_files + list(opts.env), dict(os.environ)))
     cwd = working_dir(cfg, opts.workdir)

@@ -11,7 +11,7 @@ import signal
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from builder.keyvalues import env_pairs
+from builder.keyvalues import env_pairs, fields, kv_map
 from layerstore import humanize
 
 from .errors import RunError
@@ -231,13 +231,7 @@ def check_container_name(name: str) -> str:
 
 def parse_mount(text: str) -> MountSpec:
     """--mount type=bind|volume|tmpfs,source=..,target=..,readonly,tmpfs-size=..,tmpfs-mode=.."""
-    kv: dict[str, str] = {}
-    for item in text.split(","):
-        key, eq, value = item.partition("=")
-        key = key.strip().lower()
-        if not key:
-            raise RunError(f"invalid --mount {text!r}: empty field")
-        kv[key] = value if eq else "true"
+    kv = fields(text, "--mount", bare="true", error=RunError)
     kind = kv.pop("type", "volume")
     if kind not in ("bind", "volume", "tmpfs"):
         raise RunError(f"invalid --mount {text!r}: type {kind!r} is not bind, volume or tmpfs")
@@ -410,9 +404,5 @@ def build_options(image: str, command: tuple[str, ...] | list[str], *, rm: bool 
         raise RunError(f"invalid --stop-timeout {stop_timeout}: must be -1 or more")
     if hostname is not None and not re.match(r"^[a-zA-Z0-9]([a-zA-Z0-9.-]{0,62})$", hostname):
         raise RunError(f"invalid --hostname {hostname!r}: not a valid host name")
-    for item in label:
-        key, _, value = item.partition("=")
-        if not key:
-            raise RunError(f"invalid --label {item!r}: empty key")
-        opts.labels[key] = value
+    opts.labels.update(kv_map(label, "--label", error=RunError))
     return opts

@@ -13,7 +13,7 @@ import os
 import secrets
 import shutil
 import stat
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from layerstore.atomic import atomic_write
@@ -62,7 +62,7 @@ class Volumes:
         anonymous = name is None
         name = secrets.token_hex(32) if name is None else check_volume_name(name)
         path = self.dir / name
-        self.dir.mkdir(parents=True, exist_ok=True)
+        self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         try:
             path.mkdir(mode=0o700)
         except FileExistsError:
@@ -100,51 +100,127 @@ class Volumes:
         return gone
 
 
-def _inside(base: Path, target: str) -> Path | None:
-    """base/target when every component is a real directory (no symlink), else None."""
-    cur = base
-    for part in [p for p in target.split("/") if p and p != "."]:
-        if part == "..":
-            return None
-        cur = cur / part
-        try:
-            st = os.lstat(cur)
-        except OSError:
-            return None
-        if not stat.S_ISDIR(st.st_mode):
-            return None
-    return cur
-
-
 def copy_up(lowers: list[Path], target: str, dest: Path) -> None:
-    """Fill an empty volume from the image: the topmost lower holding `target` as a dir."""
-    if any(dest.iterdir()):
+    """Fill an empty volume from the image (docker's copy-up): what the container's
+    root shows at `target`, merged from the lowers (bottom first) as overlayfs merges
+    them: the topmost entry of each name, whiteouts and opaque dirs honoured.
+
+    The image is hostile input: a device node is recreated as a node, never opened (a
+    `b 8 0` under a VOLUME path would otherwise copy the host's disk into the volume,
+    and `c 1 9` would never end); no symlink is followed; every entry is reached from
+    directory fds (layerstore.resolver), in the snapshots and in the volume alike
+    (another container may share the volume and race us)."""
+    from layerstore import resolver
+    from layerstore.merged import merged_dirs
+
+    names = resolver.components(target)
+    if ".." in names:
         return
-    for lower in reversed(lowers):
-        src = _inside(lower, target)
-        if src is None:
-            continue
-        st = os.lstat(src)
-        os.chmod(dest, stat.S_IMODE(st.st_mode))
-        os.chown(dest, st.st_uid, st.st_gid)
-        for entry in os.listdir(src):
-            s, d = src / entry, dest / entry
-            if entry.startswith(".wh."):
-                continue
-            if s.is_symlink() or not s.is_dir():
-                shutil.copy2(s, d, follow_symlinks=False)
+    dfd = os.open(dest, _DIR)
+    try:
+        if next(iter(os.scandir(dfd)), None) is not None:
+            return
+        layers = [resolver.open_root(lower) for lower in reversed(lowers)]   # top first
+        try:
+            holders = merged_dirs(layers, names)
+            if holders:
+                top = resolver.lstat(holders[0], "/".join(names), policy=resolver.NO_SYMLINKS)
+                assert top is not None
+                _VolumeCopy(dfd).directory(holders, names, dfd, top)
+        finally:
+            for fd in layers:
+                os.close(fd)
+    finally:
+        os.close(dfd)
+
+
+_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+@dataclass
+class _VolumeCopy:
+    root: int                                   # the volume's _data, open
+    links: dict[tuple[int, int], str] = field(default_factory=dict)   # inode -> path copied to
+    rel: list[str] = field(default_factory=list)
+
+    def directory(self, holders: list[int], names: list[str], dest: int,
+                  st: os.stat_result) -> None:
+        """The merged directory `names` of `holders` into the open directory `dest`."""
+        from layerstore import resolver
+        from layerstore.merged import merged_level
+
+        seen: set[str] = set()
+        for layer in holders:
+            sfd = resolver.resolve(layer, "/".join(names), policy=resolver.NO_SYMLINKS, flags=_DIR)
+            try:
+                listing = sorted(e.name for e in os.scandir(sfd))
+            finally:
+                os.close(sfd)
+            for name in listing:
+                if name in seen:
+                    continue
+                seen.add(name)
+                shown, below = merged_level(holders, "/".join([*names, name]))
+                if shown is not None:
+                    self.entry(shown[0], below, [*names, name], shown[1], dest)
+        _set_meta(dest, st)
+
+    def entry(self, lfd: int, below: list[int], sub: list[str], st: os.stat_result,
+              dest: int) -> None:
+        from layerstore import resolver
+        from layerstore.layer_apply import copy_data, copy_xattrs
+
+        name, path = sub[-1], "/".join(sub)
+        self.rel.append(name)
+        try:
+            if stat.S_ISDIR(st.st_mode):
+                os.mkdir(name, 0o700, dir_fd=dest)
+                nfd = os.open(name, _DIR, dir_fd=dest)
+                try:
+                    self.directory(below, sub, nfd, st)
+                finally:
+                    os.close(nfd)
+                return
+            if stat.S_ISREG(st.st_mode):
+                first = self.links.get((st.st_dev, st.st_ino)) if st.st_nlink > 1 else None
+                if first is not None:      # another name of a file already copied: link it
+                    with resolver.parent_of(self.root, first, policy=resolver.NO_SYMLINKS) as (pfd, leaf):
+                        os.link(leaf, name, src_dir_fd=pfd, dst_dir_fd=dest, follow_symlinks=False)
+                    return
+                src = resolver.resolve(lfd, path, policy=resolver.NO_SYMLINKS, follow=False,
+                                       flags=os.O_RDONLY)
+                try:
+                    out = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                                  | os.O_CLOEXEC, 0o600, dir_fd=dest)
+                    try:
+                        copy_data(src, out, st.st_size)
+                        os.fchown(out, st.st_uid, st.st_gid)   # before chmod: chown drops setuid
+                        os.fchmod(out, stat.S_IMODE(st.st_mode))
+                        copy_xattrs(src, out)
+                        os.utime(out, ns=(st.st_atime_ns, st.st_mtime_ns))
+                    finally:
+                        os.close(out)
+                finally:
+                    os.close(src)
+                if st.st_nlink > 1:
+                    self.links[(st.st_dev, st.st_ino)] = "/".join(self.rel)
+                return
+            if stat.S_ISLNK(st.st_mode):
+                os.symlink(resolver.readlink(lfd, path, policy=resolver.NO_SYMLINKS), name,
+                           dir_fd=dest)
+            elif stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode) or stat.S_ISFIFO(st.st_mode):
+                os.mknod(name, stat.S_IFMT(st.st_mode) | 0o600, st.st_rdev, dir_fd=dest)
+                os.chmod(name, stat.S_IMODE(st.st_mode), dir_fd=dest)
             else:
-                shutil.copytree(s, d, symlinks=True)
-            _chown_tree(s, d)
-        return
+                return                                  # a socket: nothing to copy
+            os.chown(name, st.st_uid, st.st_gid, dir_fd=dest, follow_symlinks=False)
+            os.utime(name, ns=(st.st_atime_ns, st.st_mtime_ns), dir_fd=dest,
+                     follow_symlinks=False)
+        finally:
+            self.rel.pop()
 
 
-def _chown_tree(src: Path, dst: Path) -> None:
-    for dirpath, dirnames, filenames in os.walk(src):
-        rel = os.path.relpath(dirpath, src)
-        for name in [".", *dirnames, *filenames]:
-            s = os.path.join(dirpath, name) if name != "." else dirpath
-            d = os.path.normpath(os.path.join(dst, rel, name)) if name != "." else \
-                os.path.normpath(os.path.join(dst, rel))
-            st = os.lstat(s)
-            os.lchown(d, st.st_uid, st.st_gid)
+def _set_meta(fd: int, st: os.stat_result) -> None:
+    os.fchown(fd, st.st_uid, st.st_gid)
+    os.fchmod(fd, stat.S_IMODE(st.st_mode))
+    os.utime(fd, ns=(st.st_atime_ns, st.st_mtime_ns))

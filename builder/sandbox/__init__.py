@@ -1,17 +1,20 @@
 """One container implementation: namespaces, an overlay or plain root, docker's
 defaults for capabilities, seccomp and masked paths, cgroup limits, networking.
 
-`run(spec)` runs a command to completion; `start(spec)` returns a Container
-to wait on, kill or tear down. Nothing here knows about images.
+Two entry points, both ending in the same privilege-dropping finalize step
+(finalize.py): `start(spec)` returns a new Container to wait on, kill or tear
+down (`run(spec)` runs one to completion); `exec(spec, pidfd)` starts one more
+process inside a running container. Nothing here knows about images.
 """
 
 from .container import Container, run, start
+from .join import Process, exec  # noqa: A004 (the sandbox's second entry point)
 from .netconfig import NetworkConfig, PortMapping
-from .spec import (DEFAULT_CAPS, BindMount, DirRoot, Limits, OverlayRoot, Result, SandboxError,
-                   SandboxSpec, TmpfsMount, UserNamespace)
+from .spec import (DEFAULT_CAPS, BindMount, DirRoot, ExecSpec, Limits, OverlayRoot, Result,
+                   SandboxError, SandboxSpec, SecretMount, TmpfsMount, UserNamespace)
 
 __all__ = [
-    "BindMount", "Container", "DEFAULT_CAPS", "DirRoot", "Limits", "NetworkConfig", "OverlayRoot",
-    "PortMapping", "Result", "SandboxError", "SandboxSpec", "TmpfsMount", "UserNamespace",
-    "run", "start",
+    "BindMount", "Container", "DEFAULT_CAPS", "DirRoot", "ExecSpec", "Limits", "NetworkConfig",
+    "OverlayRoot", "PortMapping", "Process", "Result", "SandboxError", "SandboxSpec",
+    "SecretMount", "TmpfsMount", "UserNamespace", "exec", "run", "start",
 ]

@@ -105,6 +105,33 @@ def hierarchies(devices_version: int | None = None) -> dict[str, Hierarchy]:
     return out
 
 
+def of_container(pid: int, container_id: str) -> list[str]:
+    """The cgroup directories of a running container, for `exec` (which may run beneath
+    another cgroup than the process that started it): read from its PID 1's
+    /proc/<pid>/cgroup, the kernel's own record, keeping each path only up to the
+    component named for the container (pybuild-<id>), so a sub-cgroup that a privileged
+    container made for itself is not where we go."""
+    v1, v2 = _mounts()
+    name = PREFIX + container_id
+    with open(f"/proc/{pid}/cgroup") as f:
+        text = f.read(1 << 16)
+    out: list[str] = []
+    for line in text.splitlines():
+        hid, _, rest = line.partition(":")
+        ctrls, _, path = rest.partition(":")
+        parts = path.split("/")
+        if name not in parts or ".." in parts:
+            continue
+        path = "/".join(parts[:parts.index(name) + 1])
+        if hid == "0" and not ctrls:
+            out.append(_join(v2, path) if v2 else DETACHED + path)
+            continue
+        mount = next((v1[c] for c in ctrls.split(",") if c in v1), None)
+        if mount is not None:
+            out.append(_join(mount, path))
+    return list(dict.fromkeys(out))
+
+
 @contextmanager
 def _real(path: str) -> Iterator[str]:
     """A usable path for `path`; a DETACHED one goes through a fresh cgroup2 mount that

@@ -9,16 +9,18 @@ Three processes, so that nothing outlives us and every exit path cleans up:
 
 A opens the root filesystem and every host path with the caller's
 credentials, then unshares the PID (and user) namespace so that its child B
-is PID 1. A only waits: it reports B's wait status to P, and when P dies
-(PR_SET_PDEATHSIG) it kills B, whose death empties the PID namespace and with
+is PID 1. B's host PID is the one A's fork() returned, never one reported
+from inside; A and B are non-dumpable until B's execve (finalize.py). A only
+waits: it reports B's wait status to P, and when P dies (PR_SET_PDEATHSIG)
+it kills B, whose death empties the PID namespace and with
 it the mount namespace, and removes the cgroups and state. B dies with A.
 P places B in the cgroups and wires the network while B builds its mounts.
 """
 
 from __future__ import annotations
 
-import errno
 import fcntl
+import gc
 import os
 import selectors
 import shutil
@@ -35,6 +37,9 @@ from typing import TYPE_CHECKING
 from . import caps as capmod
 from . import libc, rootfs, seccomp, users
 from .cgroups import Cgroups
+from .finalize import close_all_but as _close_all_but
+from .finalize import finalize, nondumpable
+from .finalize import send as _send
 from .spec import DEFAULT_PATH, Result, SandboxError, SandboxSpec
 
 if TYPE_CHECKING:
@@ -49,11 +54,11 @@ class _ParentGone(BaseException):
 
 @dataclass
 class _Pipes:
-    ctl_r: int = -1    # A -> P: "U" (user ns ready), "X <status>"
+    ctl_r: int = -1    # A -> P: "U" (user ns ready), "P <B's pid from fork>", "X <status>"
     ctl_w: int = -1
-    exec_r: int = -1   # B -> P: "P <host pid>", "E <code> <message>"; EOF when exec'd
+    exec_r: int = -1   # B -> P: "S <stub>", "E <code> <message>"; EOF when exec'd
     exec_w: int = -1
-    go_a_r: int = -1   # P -> A: id maps written
+    go_a_r: int = -1   # P -> A: id maps written; then: B's pidfd is taken, reap at will
     go_a_w: int = -1
     go_b_r: int = -1   # P -> B: in the cgroups, network attached
     go_b_w: int = -1
@@ -77,15 +82,6 @@ def _close(*fds: int) -> None:
                 pass
 
 
-def _close_all_but(keep: set[int]) -> None:
-    """Close inherited fds (other containers' pipes too, when started from threads)."""
-    lo = 3
-    for fd in sorted(k for k in keep if k >= 3) + [1 << 20]:
-        if fd > lo:
-            os.closerange(lo, fd)
-        lo = fd + 1
-
-
 def _read_line(fd: int) -> str | None:
     """One '\\n'-terminated message from a pipe (writers send whole lines atomically)."""
     buf = b""
@@ -98,13 +94,6 @@ def _read_line(fd: int) -> str | None:
             return buf.decode(errors="replace") or None
         buf += chunk
     return buf[:-1].decode(errors="replace")
-
-
-def _send(fd: int, msg: str) -> None:
-    try:
-        os.write(fd, (msg.replace("\n", " ")[:3000] + "\n").encode(errors="replace"))
-    except OSError:
-        pass
 
 
 def _etc_files(spec: SandboxSpec, state: Path, hostname: str, ip: str | None = None) -> None:
@@ -361,11 +350,17 @@ def start(spec: SandboxSpec) -> Container:
                 raise _child_error(line, pipes.exec_r)
             _write_id_maps(pid, spec)
             _go(pipes.go_a_w)
-        line = _read_line(pipes.exec_r)
+        # B's host PID as A's fork() returned it: nothing in the container can forge it
+        line = _read_line(c._ctl)
         if line is None or not line.startswith("P "):
             raise _child_error(line, pipes.exec_r)
         c.pid = int(line.split()[1])
-        c._pidfd = os.pidfd_open(c.pid)  # B is alive: it waits for our go
+        # A does not reap B before this go, so the PID cannot have been reused yet
+        c._pidfd = os.pidfd_open(c.pid)
+        _go(pipes.go_a_w)
+        line = _read_line(pipes.exec_r)
+        if line != "N":
+            raise _child_error(line, pipes.exec_r)
         if net is not None:
             c.ip = net.attach(c.pid)
             _etc_files(spec, state, hostname, c.ip)
@@ -479,7 +474,11 @@ def _monitor_main(spec: SandboxSpec, p: _Pipes, stdio: list[int], capset: frozen
                   bpf: bytes | None, hostname: str, state: Path, cg: Cgroups) -> None:
     """Runs in the forked monitor; never returns."""
     code = 1
+    # no collection from here on: a dead object of the caller's (a socket a pull left for
+    # the collector) would close its fd number, which we close and reuse for a mount tree
+    gc.disable()
     try:
+        nondumpable()   # inherited by B through fork
         parent = os.getppid()
 
         def gone(signum, frame):
@@ -502,18 +501,21 @@ def _monitor_main(spec: SandboxSpec, p: _Pipes, stdio: list[int], capset: frozen
             _send(p.exec_w, f"E 125 root filesystem: {e}")
             os._exit(1)
         libc.unshare(libc.CLONE_NEWPID | (libc.CLONE_NEWUSER if userns else 0))
+        nondumpable()   # a new user namespace means new credentials
         if userns:
             _send(p.ctl_w, "U")
             if os.read(p.go_a_r, 1) != b"g":
                 os._exit(1)
-        _close(p.go_a_r)
         pid = os.fork()
         if pid == 0:
             _container_main(spec, p, stdio, capset, bpf, hostname, state, root_fd, detached)
+        _send(p.ctl_w, f"P {pid}")
         _close(p.exec_w, p.go_b_r, *stdio)
         _close(root_fd, *[fd for fd, *_ in detached.binds], *[fd for fd, _ in detached.etc],
                *[fd for fd, _ in detached.devices], detached.sys_fd, detached.console)
         try:
+            os.read(p.go_a_r, 1)   # P holds B's pidfd now (or gave up: EOF)
+            _close(p.go_a_r)
             while True:
                 try:
                     _, status = os.waitpid(pid, 0)
@@ -566,18 +568,21 @@ def _container_main(spec: SandboxSpec, p: _Pipes, stdio: list[int], capset: froz
         libc.prctl(libc.PR_SET_PDEATHSIG, signal.SIGKILL)
         for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGPIPE):
             signal.signal(s, signal.SIG_DFL)
-        _close(p.ctl_w)
+        _close(p.ctl_w, p.go_a_r)
         if spec.userns is not None:
             # become the namespace's root: host ids of the mapped range, not host root
             os.setresgid(0, 0, 0)
             os.setgroups([0])
             os.setresuid(0, 0, 0)
+            nondumpable()   # new credentials reset it
         os.setsid()
         flags = libc.CLONE_NEWNS | libc.CLONE_NEWUTS | libc.CLONE_NEWIPC
         if spec.network.mode != "host":
             flags |= libc.CLONE_NEWNET
         libc.unshare(flags)
-        _send(p.exec_w, f"P {int(os.readlink('/proc/self'))}")
+        # a sync point, not a report: the caller wires the network and cgroups only once our
+        # namespaces exist (the pid it uses came from the monitor's fork, never from here)
+        os.write(p.exec_w, b"N\n")
         if spec.network.mode != "host":
             rootfs.loopback_up()
         os.umask(0)
@@ -609,10 +614,8 @@ def _container_main(spec: SandboxSpec, p: _Pipes, stdio: list[int], capset: froz
             if spec.stdio == "pty":
                 fcntl.ioctl(0, termios.TIOCSCTTY, 0)
             _close(*{fd for fd in stdio if fd > 2})
-        drop_privileges(spec, ids, capmod.mask(capset), bpf)
-        if spec.init:
-            _run_init(path, spec, env, p.exec_w)
-        _exec(path, spec.argv, env, p.exec_w)
+        finalize(path, spec.argv, env, ids, capmod.mask(capset), bpf, spec.no_new_privs,
+                 p.exec_w, init=spec.init)
     except SandboxError as e:
         _send(p.exec_w, f"E {e.exit_code} {e}")
         os._exit(e.exit_code)
@@ -623,61 +626,6 @@ def _container_main(spec: SandboxSpec, p: _Pipes, stdio: list[int], capset: froz
         _send(p.exec_w, f"E 125 container set-up: {e!r}")
         os._exit(125)
     os._exit(125)
-
-
-def _exec(path: str, argv: list[str], env: dict[str, str], exec_w: int) -> None:
-    try:
-        os.execve(path, argv, env)
-    except OSError as e:
-        code = 126 if e.errno in (errno.EACCES, errno.ENOEXEC, errno.EPERM) else 127
-        _send(exec_w, f"E {code} exec {argv[0]}: {e.strerror}")
-        os._exit(code)
-
-
-def drop_privileges(spec: SandboxSpec, ids: users.Ids, keep: int, bpf: bytes | None) -> None:
-    """runc's order: seccomp early only without no_new_privs; bounding set, user, caps.
-    Public for `pybuild exec`, which joins a running container's namespaces and must end
-    up exactly as privileged as the container's own command."""
-    if bpf is not None and not spec.no_new_privs:
-        libc.seccomp_load(bpf)
-    capmod.drop_bounding(keep)
-    libc.prctl(libc.PR_SET_KEEPCAPS, 1)
-    os.setgroups(ids.groups)
-    os.setresgid(ids.gid, ids.gid, ids.gid)
-    os.setresuid(ids.uid, ids.uid, ids.uid)
-    libc.prctl(libc.PR_SET_KEEPCAPS, 0)
-    capmod.apply(keep)
-    os.umask(0o022)
-    if spec.no_new_privs:
-        libc.prctl(libc.PR_SET_NO_NEW_PRIVS, 1)
-    libc.close_range_cloexec(3)
-    if bpf is not None and spec.no_new_privs:
-        libc.seccomp_load(bpf)
-
-
-def _run_init(path: str, spec: SandboxSpec, env: dict[str, str], exec_w: int) -> None:
-    """A tiny init: start the command, forward signals to it, reap every orphan."""
-    pid = os.fork()
-    if pid == 0:
-        _exec(path, spec.argv, env, exec_w)
-    _close(exec_w)
-
-    def forward(signum, frame):
-        try:
-            os.kill(pid, signum)
-        except ProcessLookupError:
-            pass
-    for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1,
-              signal.SIGUSR2, signal.SIGWINCH):
-        signal.signal(s, forward)
-    while True:
-        try:
-            done, status = os.wait()
-        except ChildProcessError:
-            os._exit(0)
-        if done == pid:
-            os._exit(os.waitstatus_to_exitcode(status) if os.WIFEXITED(status)
-                     else 128 + os.WTERMSIG(status))
 
 
 def run(spec: SandboxSpec) -> Result:

@@ -45,6 +45,8 @@ CLONE_NEWNET = 0x40000000
 AT_SETATTR_RECURSIVE = AT_RECURSIVE
 
 PR_SET_PDEATHSIG = 1
+PR_GET_DUMPABLE = 3
+PR_SET_DUMPABLE = 4
 PR_SET_KEEPCAPS = 8
 PR_CAPBSET_DROP = 24
 PR_SET_NO_NEW_PRIVS = 38
@@ -66,6 +68,12 @@ def dgram_socket() -> int:
 
 def pivot_root(new_root: str, put_old: str) -> None:
     _check(_syscall(SYS_pivot_root, _b(new_root), _b(put_old)), f"pivot_root {new_root}")
+
+
+def setns(fd: int, nstype: int, what: str) -> None:
+    """setns(2): `fd` is a namespace file, or a pidfd with CLONE_NEW* flags (Linux 5.8),
+    which joins all of them at once, in the kernel's order (user namespace first)."""
+    _check(_libc.setns(ctypes.c_int(fd), ctypes.c_int(nstype)), f"setns {what}")
 
 
 def sethostname(name: str) -> None:
@@ -116,18 +124,3 @@ def seccomp_load(bpf: bytes) -> None:
     buf = ctypes.create_string_buffer(bpf, len(bpf))
     prog = _SockFprog(len(bpf) // 8, ctypes.cast(buf, ctypes.c_void_p))
     _check(_syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, ctypes.byref(prog)), "seccomp")
-
-
-def new_api_available() -> bool:
-    """True when fsopen and overlay's `lowerdir+` key (Linux 6.8) can be used."""
-    try:
-        fd = fsopen("overlay")
-    except OSError:
-        return False
-    try:
-        fsconfig(fd, FSCONFIG_SET_STRING, "lowerdir+", "/")
-        return True
-    except OSError:
-        return False
-    finally:
-        os.close(fd)

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 MODES = ("none", "host", "private")
 PROTOS = ("tcp", "udp")
 _IFNAME = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
+_HOLD = re.compile(r"^[0-9]{1,10} [0-9]{1,20}$")
 
 
 class NetworkError(PybuildError):
@@ -69,12 +70,16 @@ class PortMapping:
 
 @dataclass
 class NetworkConfig:
-    """How a container is networked; `subnet`, `ports` and `bridge` matter for private only."""
+    """How a container is networked; `subnet`, `ports`, `bridge` and `hold` matter for private
+    only. `hold` names the BridgeHold (network.py) keeping the bridge up for a run of
+    containers (a build's RUN steps): their veths are left to go with their namespaces, and the
+    hold removes any still there when it ends."""
 
     mode: str = "none"
     subnet: str = "10.89.0.0/24"
     ports: list[PortMapping] = field(default_factory=list)
     bridge: str = "pybuild0"
+    hold: str = ""
 
     def __post_init__(self) -> None:
         self.validate()
@@ -92,6 +97,8 @@ class NetworkConfig:
         if not _IFNAME.match(self.bridge) or self.bridge in (".", ".."):
             raise NetworkError(f"bridge name {self.bridge!r} is not a valid interface name "
                                "(1-15 of A-Z a-z 0-9 _ . -)")
+        if self.hold and not _HOLD.match(self.hold):
+            raise NetworkError(f"bridge hold {self.hold!r} is not '<keeper pid> <start time>'")
         for i, port in enumerate(self.ports):
             if not isinstance(port, PortMapping):
                 raise NetworkError(f"published port {port!r} is not a PortMapping")

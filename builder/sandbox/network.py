@@ -25,13 +25,27 @@ and wires it up from outside, so the container never needs CAP_NET_ADMIN:
 
 All state lives in kernel objects, so a killed parent leaves nothing that the
 next run cannot find: the host-side veth carries the alias
-`pybuild <ip> <container-id>` (IP leases are read back from these aliases; the
+`pybuild <ip> <container-id>[ <hold>]` (IP leases are read back from these aliases; the
 kernel deletes the veth with the container's namespace), the bridge carries
 `pybuild ip_forward=<old value>`, and every iptables rule carries the comment
 `pybuild:<veth>` (per container), `pybuild-bridge:<bridge>` (per bridge) or
 `pybuild-jump` (the jumps from the built-in chains into ours: nat PYBUILD and
 PYBUILD-POSTROUTING, filter PYBUILD-FORWARD and PYBUILD-INPUT).  Each attach
-and teardown also sweeps rules whose veth no longer exists.  Changes are made
+sweeps rules whose veth no longer exists, and so does a teardown that had rules
+of its own or leaves a bridge unused.  Links, addresses and routes are read and
+changed over rtnetlink in-process (rtnetlink.py); only iptables runs a program.
+
+A bridge goes with its last port, and making it again costs more than the rest of a
+container's network (two iptables-restore runs and the kernel's RCU wait when a
+device is deleted).  Jobs that start many short containers in a row (a build's RUN
+steps) therefore hold the bridge (`BridgeHold`): a keeper process, forked once, adds
+a veth pair whose port end is enslaved to the bridge and carries the alias
+`pybuild-hold <keeper pid> <start time>`, then waits for EOF on a pipe only the job
+holds; when the job ends in any way (SIGKILL too) it removes the pair, the veths of
+its containers the kernel has not removed yet, and sweeps.  Sweeps remove holds
+whose keeper is gone.  A container on a live hold (NetworkConfig.hold) without
+published ports skips the iptables look at attach (the keeper set the rules up)
+and leaves its veth to go with its namespace.  Changes are made
 under a POSIX lock on /run/pybuild/net/lock (plus a thread lock, since POSIX
 locks are per process and, unlike flock, are not inherited by forked children
 that may wait on us); the lock file holds no state and stays.
@@ -44,12 +58,13 @@ import errno
 import fcntl
 import hashlib
 import ipaddress
-import json
 import os
 import re
 import shlex
 import shutil
+import signal
 import socket
+import struct
 import subprocess
 import threading
 from collections.abc import Iterator
@@ -57,6 +72,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from .netconfig import NetworkConfig, NetworkError, PortMapping
+from .rtnetlink import Netlink, NetlinkError
 
 LOCK_DIR = "/run/pybuild/net"
 LOCK_FILE = f"{LOCK_DIR}/lock"
@@ -66,6 +82,7 @@ FWD_CHAIN = "PYBUILD-FORWARD"
 INPUT_CHAIN = "PYBUILD-INPUT"
 JUMP_TAG = "pybuild-jump"
 ALIAS_PREFIX = "pybuild "
+HOLD_PREFIX = "pybuild-hold "
 LOOPBACK_NET = "127.0.0.0/8"
 CLONE_NEWPID = 0x20000000
 
@@ -75,14 +92,12 @@ def veth_name(container_id: str) -> str:
     return "pbv" + hashlib.sha256(container_id.encode()).hexdigest()[:12]
 
 
-def _run(argv: list[str], input: str | None = None, pass_fds: tuple[int, ...] = ()) -> str:
-    """Run a network tool; its failure becomes a one-line NetworkError."""
+def _run(argv: list[str], input: str | None = None) -> str:
+    """Run an iptables tool; its failure becomes a one-line NetworkError."""
     tool = shutil.which(argv[0])
     if tool is None:
-        raise NetworkError(f"private network needs {argv[0]} (apt-get install "
-                           f"{'iptables' if argv[0].startswith('iptables') else 'iproute2'})")
-    proc = subprocess.run([tool, *argv[1:]], input=input, capture_output=True, text=True,
-                          pass_fds=pass_fds)
+        raise NetworkError(f"private network needs {argv[0]} (apt-get install iptables)")
+    proc = subprocess.run([tool, *argv[1:]], input=input, capture_output=True, text=True)
     if proc.returncode != 0:
         detail = " ".join(proc.stderr.split()) or f"exit status {proc.returncode}"
         raise NetworkError(f"{' '.join(argv[:3])}: {detail}")
@@ -125,25 +140,85 @@ class _Link:
     mtu: int = 1500
 
 
-@dataclass
-class _Host:
-    """One look at the host side: links and our iptables rules."""
+@contextmanager
+def _netlink(ns_fd: int | None = None) -> Iterator[Netlink]:
+    """A netlink socket of our namespace (or `ns_fd`'s); its refusals become NetworkErrors."""
+    try:
+        with Netlink(ns_fd) as nl:
+            yield nl
+    except NetlinkError as exc:
+        raise NetworkError(exc.strerror) from None
+    except OSError as exc:
+        raise NetworkError(f"netlink: {exc.strerror or exc}") from None
 
-    links: dict[str, _Link]
-    rules: dict[str, list[str]]  # table -> our rule lines, as iptables-save prints them
-    chains: dict[str, set[str]]  # table -> chains of ours that exist
-    routes: list[dict]           # `ip -j -4 route show` of the main table
+
+def _routes() -> list[dict]:
+    """IPv4 routes of the main table, named as `ip -j -4 route` names them (dst, dev)."""
+    out = []
+    try:
+        with open("/proc/thread-self/net/route") as fh:   # this thread's namespace
+            lines = fh.read().splitlines()[1:]
+    except OSError as exc:
+        raise NetworkError(f"/proc/thread-self/net/route: {exc.strerror}") from None
+    for line in lines:
+        f = line.split()
+        if len(f) < 8:
+            continue
+        dst, mask = int(f[1], 16), int(f[7], 16)
+        prefix = bin(mask).count("1")
+        name = "default" if dst == 0 and prefix == 0 else \
+            f"{socket.inet_ntoa(struct.pack('=I', dst))}/{prefix}"
+        out.append({"dst": name, "dev": f[0]})
+    return out
+
+
+class _Host:
+    """One look at the host side: links and addresses (netlink), routes (/proc) and, only
+    when something needs them, our iptables rules (the one look that runs a program)."""
+
+    def __init__(self, nl: Netlink, links: dict[str, _Link], routes: list[dict]) -> None:
+        self.nl = nl          # changes go through the socket that looked
+        self.links = links
+        self.routes = routes
+        self._rules: dict[str, list[str]] | None = None
+        self._chains: dict[str, set[str]] = {}
 
     @classmethod
-    def read(cls) -> _Host:
-        links = {}
-        for item in json.loads(_run(["ip", "-j", "-d", "addr", "show"]) or "[]"):
-            links[item["ifname"]] = _Link(
-                name=item["ifname"], kind=item.get("linkinfo", {}).get("info_kind", ""),
-                master=item.get("master"), alias=item.get("ifalias", ""),
-                addrs=[f"{a['local']}/{a['prefixlen']}" for a in item.get("addr_info", [])
-                       if a.get("family") == "inet"],
-                mtu=item.get("mtu", 1500))
+    def read(cls, nl: Netlink) -> _Host:
+        found = nl.links()
+        names = {link.index: link.name for link in found.values()}
+        links = {name: _Link(name=name, kind=link.kind, master=names.get(link.master),
+                             alias=link.alias, addrs=link.addrs, mtu=link.mtu)
+                 for name, link in found.items()}
+        return cls(nl, links, _routes())
+
+    def again(self) -> _Host:
+        return _Host.read(self.nl)
+
+    def delete(self, name: str) -> None:
+        """Delete a link of ours; gone already (with its namespace) is fine."""
+        try:
+            self.nl.delete_link(name)
+        except NetlinkError as exc:
+            raise NetworkError(exc.strerror) from None
+        self.links.pop(name, None)
+
+    @property
+    def rules(self) -> dict[str, list[str]]:
+        """table -> our rule lines, as iptables-save prints them."""
+        if self._rules is None:
+            self._read_rules()
+        assert self._rules is not None
+        return self._rules
+
+    @property
+    def chains(self) -> dict[str, set[str]]:
+        """table -> chains of ours that exist."""
+        if self._rules is None:
+            self._read_rules()
+        return self._chains
+
+    def _read_rules(self) -> None:
         rules: dict[str, list[str]] = {"nat": [], "filter": []}
         chains: dict[str, set[str]] = {"nat": set(), "filter": set()}
         table = ""
@@ -156,8 +231,7 @@ class _Host:
                 chains[table].add(line[1:].split()[0])
             elif line.startswith("-A ") and "pybuild" in line and _comment(line).startswith("pybuild"):
                 rules[table].append(line)
-        routes = json.loads(_run(["ip", "-j", "-4", "route", "show"]) or "[]")
-        return cls(links, rules, chains, routes)
+        self._rules, self._chains = rules, chains
 
     def our_veths(self) -> list[_Link]:
         return [link for link in self.links.values()
@@ -177,6 +251,26 @@ class _Host:
 
     def ports_of(self, bridge: str) -> list[str]:
         return [link.name for link in self.links.values() if link.master == bridge]
+
+    def dead_holds(self) -> list[_Link]:
+        return [link for link in self.links.values()
+                if link.alias.startswith(HOLD_PREFIX) and not _keeper_alive(link.alias)]
+
+
+def _start_time(pid: int) -> str | None:
+    """A process's start time (clock ticks since boot), None when it is gone or a zombie: with
+    the pid, it names one process even after the pid is reused."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            fields = fh.read().rpartition(")")[2].split()
+    except OSError:
+        return None
+    return None if fields[0] in ("Z", "X") else fields[19]
+
+
+def _keeper_alive(alias: str) -> bool:
+    words = alias.split()
+    return len(words) == 3 and words[1].isdigit() and _start_time(int(words[1])) == words[2]
 
 
 def _comment(rule: str) -> str:
@@ -303,35 +397,45 @@ class PrivateNetwork:
         return self.ip
 
     def _attach(self, pid: int) -> str:
-        # An fd pins the namespace we check, so a pid that dies and is reused meanwhile
-        # cannot make us wire someone else's namespace.
+        ns_fd = self._own_namespace(pid)
         try:
-            ns_fd = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-        except OSError as exc:
-            raise NetworkError(f"container {self.container_id}: process {pid}: {exc.strerror}") from None
-        try:
-            if _netns_id(f"/proc/self/fd/{ns_fd}") == _netns_id("/proc/thread-self/ns/net"):
-                raise NetworkError(f"container {self.container_id}: process {pid} shares our network "
-                                   "namespace; refusing to move an interface out of it")
             return self._attach_ns(ns_fd)
         finally:
             os.close(ns_fd)
 
+    def _own_namespace(self, pid: int) -> int:
+        """An fd of `pid`'s network namespace, which must not be ours: the fd pins the
+        namespace we checked, so a pid that dies and is reused meanwhile cannot make us wire
+        someone else's, and we never move an interface out of our own namespace."""
+        try:
+            ns_fd = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as exc:
+            raise NetworkError(f"container {self.container_id}: process {pid}: "
+                               f"{exc.strerror}") from None
+        if _netns_id(f"/proc/self/fd/{ns_fd}") == _netns_id("/proc/thread-self/ns/net"):
+            os.close(ns_fd)
+            raise NetworkError(f"container {self.container_id}: process {pid} shares our "
+                               "network namespace; refusing to move an interface out of it")
+        return ns_fd
+
     def _attach_ns(self, ns_fd: int) -> str:
         # Reserved here, after the caller forked its helpers, so that only it holds them.
         self._reservations = self._reserve_ports(self.config.ports)
-        with _net_lock():
-            host = _Host.read()
+        with _net_lock(), _netlink() as nl:
+            host = _Host.read(nl)
             if self.veth in host.links:
                 raise NetworkError(f"container {self.container_id}: a network of that container id "
                                    f"is already attached (interface {self.veth})")
             self._attached = True
             try:
-                if self._sweep(host, keep=self.config.bridge):
-                    host = _Host.read()
-                rules = self._ensure_bridge(host)
+                # under a live hold the keeper set the bridge's rules up and sweeps at its end:
+                # a container without published ports then needs no look at iptables
+                held = not self.config.ports and self._held(host)
+                if not held and self._sweep(host, keep=self.config.bridge):
+                    host = host.again()
+                rules = self._ensure_bridge(host, check_rules=not held)
                 self.ip = self._lease(host)
-                self._plug(ns_fd, host.uplink_mtu())
+                self._plug(host, ns_fd)
                 for table, lines in self._publish().items():
                     rules[table] += lines
                 _restore(rules)  # all rules of this attach in one transaction
@@ -339,16 +443,25 @@ class PrivateNetwork:
             except BaseException:
                 self._attached = False
                 try:
-                    self._release(_Host.read())
+                    self._release(host.again())
                 except NetworkError:
                     pass  # the original error says more; the next attach sweeps the rest
                 raise
 
-    def _ensure_bridge(self, host: _Host) -> dict[str, list[str]]:
+    def _held(self, host: _Host) -> bool:
+        """Whether our hold is a port of our bridge and its keeper lives."""
+        alias = HOLD_PREFIX + self.config.hold
+        return bool(self.config.hold) and _keeper_alive(alias) and any(
+            link.alias == alias and link.master == self.config.bridge
+            for link in host.links.values())
+
+    def _ensure_bridge(self, host: _Host, check_rules: bool = True) -> dict[str, list[str]]:
         """Create the bridge unless it exists (checking an existing one fits); returns the
-        iptables lines still missing for it."""
+        iptables lines still missing for it (none when an existing bridge's rules are not to
+        be checked)."""
         name, want = self.config.bridge, f"{self.gateway}/{self.net.prefixlen}"
         link = host.links.get(name)
+        check_rules = check_rules or link is None
         if link is not None:
             if link.kind != "bridge" or not link.alias.startswith(ALIAS_PREFIX):
                 raise NetworkError(f"bridge {name}: an interface of that name exists and was not "
@@ -361,16 +474,19 @@ class PrivateNetwork:
             self._check_overlap(host)
             old = next((b.alias.removeprefix(ALIAS_PREFIX) for b in host.our_bridges()),
                        f"ip_forward={_sysctl('ipv4/ip_forward')}")
-            _run(["ip", "-batch", "-"], input="\n".join([
-                f"link add {name} type bridge",
-                f'link set {name} alias "{ALIAS_PREFIX}{old}"',
-                f"addr add {want} dev {name}",
-                f"link set {name} up", ""]))
+            try:
+                host.nl.add_link(name, "bridge")
+                host.nl.set_link(name, alias=f"{ALIAS_PREFIX}{old}")
+                host.nl.add_address(host.nl.index(name), want, f"address {want} on {name}")
+                host.nl.set_link(name, up=True)
+            except NetlinkError as exc:
+                raise NetworkError(f"bridge {name}: {exc.strerror}") from None
             host.links[name] = _Link(name, "bridge", None, ALIAS_PREFIX + old, [want])
         _sysctl("ipv4/ip_forward", "1")
         _sysctl(f"ipv4/conf/{name.replace('.', '/')}/route_localnet", "1")
         tag = f"pybuild-bridge:{name}"
-        if any(_comment(r) == tag for rules in host.rules.values() for r in rules):
+        if not check_rules or any(_comment(r) == tag
+                                  for rules in host.rules.values() for r in rules):
             return {"nat": [], "filter": []}
         nat, filt = self._chain_setup(host)
         c = f"-m comment --comment {tag}"
@@ -426,21 +542,26 @@ class PrivateNetwork:
         raise NetworkError(f"network subnet {self.net} on bridge {self.config.bridge} has no free "
                            f"address left ({len(used) - 1} containers attached)")
 
-    def _plug(self, ns_fd: int, mtu: int) -> None:
+    def _plug(self, host: _Host, ns_fd: int) -> None:
         """Create the veth pair straight into the container and configure its end there."""
         cid = re.sub(r"[^A-Za-z0-9_.:-]", "_", self.container_id)[:64]
-        ns = f"/proc/self/fd/{ns_fd}"  # as the tools see it: they inherit ns_fd
-        _run(["ip", "-batch", "-"], pass_fds=(ns_fd,), input="\n".join([
-            f"link add {self.veth} mtu {mtu} type veth peer name eth0 mtu {mtu} netns {ns}",
-            f'link set {self.veth} alias "{ALIAS_PREFIX}{self.ip} {cid}"',
-            f"link set {self.veth} master {self.config.bridge}",
-            f"link set {self.veth} type bridge_slave hairpin on",
-            f"link set {self.veth} up", ""]))
-        _run(["nsenter", f"--net={ns}", "ip", "-batch", "-"], pass_fds=(ns_fd,), input="\n".join([
-            "link set lo up",
-            f"addr add {self.ip}/{self.net.prefixlen} dev eth0",
-            "link set eth0 up",
-            f"route add default via {self.gateway} dev eth0", ""]))
+        mtu, nl = host.uplink_mtu(), host.nl
+        try:
+            nl.add_veth(self.veth, "eth0", mtu, peer_ns_fd=ns_fd,
+                        master=nl.index(self.config.bridge))
+            hold = f" {self.config.hold}" if self.config.hold else ""
+            nl.set_link(self.veth, alias=f"{ALIAS_PREFIX}{self.ip} {cid}{hold}", hairpin=True,
+                        up=True)
+            with Netlink(ns_fd) as inside:   # a socket of the container's namespace
+                inside.set_link("lo", up=True)
+                eth0 = inside.index("eth0")
+                inside.add_address(eth0, f"{self.ip}/{self.net.prefixlen}",
+                                   f"address {self.ip} on eth0")
+                inside.set_link("eth0", up=True)
+                inside.add_default_route(str(self.gateway), eth0,
+                                         f"default route via {self.gateway}")
+        except NetlinkError as exc:
+            raise NetworkError(f"container {self.container_id}: {exc.strerror}") from None
 
     def _publish(self) -> dict[str, list[str]]:
         """DNAT and FORWARD lines for the published ports, tagged with our veth."""
@@ -465,12 +586,13 @@ class PrivateNetwork:
         try:
             if self._attached or not self._closed:
                 _can_fork_tools()
-                with _net_lock():
-                    host = _Host.read()
+                with _net_lock(), _netlink() as nl:
+                    host = _Host.read(nl)
                     mine = f"pybuild:{self.veth}"
-                    if self._attached or self.veth in host.links or any(
-                            _comment(r) == mine for rules in host.rules.values() for r in rules):
-                        self._release(host)
+                    # rules tagged with our veth exist only for published ports
+                    if self._attached or self.veth in host.links or (self.config.ports and any(
+                            _comment(r) == mine for rules in host.rules.values() for r in rules)):
+                        self._release(host, lazy=not self.config.ports and self._held(host))
                 self._attached = False
                 self.ip = None
         finally:
@@ -482,20 +604,30 @@ class PrivateNetwork:
             sock.close()
         self._reservations = []
 
-    def _release(self, host: _Host) -> None:
+    def _release(self, host: _Host, lazy: bool = False) -> None:
+        """Remove our veth and sweep. `lazy` (under a live hold): leave the veth to the kernel,
+        which deletes it with the container's namespace, off our path; deleting it here
+        waits for an RCU barrier (20-35 ms), and the hold removes any left at its end."""
+        if lazy:
+            return
         if self.veth in host.links:
-            try:
-                _run(["ip", "link", "del", self.veth])
-            except NetworkError:
-                if self.veth in _Host.read().links:  # not just gone with the container
-                    raise
-            del host.links[self.veth]
-        self._sweep(host, also=self.veth)
+            host.delete(self.veth)
+        self._sweep(host, also=self.veth, quick=not self.config.ports)
 
     @staticmethod
-    def _sweep(host: _Host, also: str | None = None, keep: str | None = None) -> bool:
+    def _sweep(host: _Host, also: str | None = None, keep: str | None = None,
+               quick: bool = False) -> bool:
         """Delete rules of vanished veths (and of `also`), then bridges (but `keep`) and
-        chains left unused; says whether anything changed."""
+        chains left unused; says whether anything changed. `quick` (a container without
+        published ports going) looks at the rules only when a bridge goes: rules of other
+        vanished veths wait for the next attach, which sweeps them."""
+        dead = host.dead_holds()
+        for hold in dead:   # its keeper was killed: nobody else will remove it
+            host.delete(hold.name)
+        idle = [b for b in host.our_bridges()
+                if b.name != keep and not set(host.ports_of(b.name)) - {also}]
+        if quick and not idle:
+            return bool(dead)
         veths = {link.name for link in host.our_veths()} - {also}
         gone: dict[str, list[str]] = {"nat": [], "filter": []}
         kept: dict[str, list[str]] = {"nat": [], "filter": []}
@@ -504,8 +636,6 @@ class PrivateNetwork:
                 tag = _comment(rule)
                 owner = tag.removeprefix("pybuild:") if tag.startswith("pybuild:") else None
                 (gone if owner is not None and owner not in veths else kept)[table].append(rule)
-        idle = [b for b in host.our_bridges()
-                if b.name != keep and not set(host.ports_of(b.name)) - {also}]
         for bridge in idle:
             tag = f"pybuild-bridge:{bridge.name}"
             for table in kept:
@@ -522,17 +652,142 @@ class PrivateNetwork:
         _restore(script)
         remaining = [b for b in host.our_bridges() if b not in idle]
         for bridge in idle:
-            _run(["ip", "link", "del", bridge.name])
-            del host.links[bridge.name]
+            host.delete(bridge.name)
         if idle and not remaining:
             old = idle[0].alias.removeprefix(ALIAS_PREFIX)
             if old == "ip_forward=0":
                 _sysctl("ipv4/ip_forward", "0")
-        return bool(idle) or any(script.values())
+        return bool(idle or dead) or any(script.values())
+
+
+class BridgeHold:
+    """Keeps a private network's bridge and NAT rules up from `start` to `close` (or to the
+    death of the process that started it), so its containers only add and remove a veth."""
+
+    def __init__(self, config: NetworkConfig) -> None:
+        config.validate()
+        if config.mode != "private":
+            raise NetworkError(f"BridgeHold needs network mode private, not {config.mode}")
+        self.config = config
+        self.pid = -1
+        self.name = ""          # "<keeper pid> <start time>", for NetworkConfig.hold
+        self._lifeline = -1
+
+    def start(self) -> None:
+        """Fork the keeper and return once it holds the bridge (NetworkError if it cannot)."""
+        if self.pid > 0:
+            return
+        life_r, life_w = os.pipe2(os.O_CLOEXEC)
+        status_r, status_w = os.pipe2(os.O_CLOEXEC)
+        reply = b""
+        try:
+            pid = os.fork()
+            if pid == 0:
+                _keeper_main(self.config, life_r, status_w)   # never returns
+            os.close(life_r)
+            os.close(status_w)
+            life_r = status_w = -1
+            self.pid, self._lifeline = pid, life_w
+            life_w = -1
+            while len(reply) < 4096 and (chunk := os.read(status_r, 4096)):
+                reply += chunk
+        except BaseException:
+            self.close()   # interrupted: the keeper sees EOF and undoes what it did
+            raise
+        finally:
+            for fd in (life_r, life_w, status_r, status_w):
+                if fd >= 0:
+                    os.close(fd)
+        if not reply.startswith(b"ok "):
+            self.close()
+            raise NetworkError(reply.decode(errors="replace") or "bridge keeper died")
+        self.name = reply[3:].decode()
+
+    def network(self) -> NetworkConfig:
+        """The config of a container on the held bridge."""
+        if not self.name:
+            raise NetworkError("bridge hold not started")
+        return NetworkConfig(mode="private", subnet=self.config.subnet, bridge=self.config.bridge,
+                             hold=self.name)
+
+    def close(self) -> None:
+        """Let the keeper go and wait until it has removed the hold (and the bridge if idle)."""
+        if self._lifeline >= 0:
+            os.close(self._lifeline)
+            self._lifeline = -1
+        if self.pid > 0:
+            try:
+                os.waitpid(self.pid, 0)
+            except ChildProcessError:
+                pass
+            self.pid = -1
+        self.name = ""
+
+    def __enter__(self) -> BridgeHold:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _keeper_main(config: NetworkConfig, lifeline: int, status: int) -> None:
+    """The forked keeper: hold the bridge, wait for EOF on `lifeline`, let go. Never returns."""
+    try:
+        # the job's Ctrl-C and SIGTERM reach it through the lifeline (the job dies, EOF)
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
+            signal.signal(sig, signal.SIG_IGN)
+        null = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):   # never keep the job's output pipes open
+            os.dup2(null, fd)
+        lo = 3   # nor anything else of the job's: other containers' pipes, locks
+        for fd in sorted({lifeline, status}) + [1 << 20]:
+            os.closerange(lo, fd)
+            lo = fd + 1
+        pid = os.getpid()
+        started = _start_time(pid)
+        digest = hashlib.sha256(f"{pid} {started}".encode()).hexdigest()[:11]
+        port, peer = f"pbh{digest}0", f"pbh{digest}1"
+        holder = PrivateNetwork(config, f"hold-{pid}-{started}")
+        with _net_lock(), _netlink() as nl:
+            host = _Host.read(nl)
+            if PrivateNetwork._sweep(host, keep=config.bridge):
+                host = host.again()
+            rules = holder._ensure_bridge(host)
+            nl.add_veth(port, peer, 1500, master=nl.index(config.bridge))
+            nl.set_link(port, alias=f"{HOLD_PREFIX}{pid} {started}")
+            _restore(rules)
+        os.write(status, f"ok {pid} {started}".encode())
+    except BaseException as exc:  # noqa: BLE001 - reported to the job, which raises it
+        try:
+            os.write(status, str(exc).encode()[:4000] or b"bridge keeper failed")
+        finally:
+            os._exit(1)
+    os.close(status)
+    while True:
+        try:
+            if not os.read(lifeline, 64):
+                break
+        except InterruptedError:
+            continue
+    code = 0
+    try:
+        with _net_lock(), _netlink() as nl:
+            host = _Host.read(nl)
+            mine = f" {pid} {started}"
+            for link in host.our_veths():   # left to the kernel by their teardown, not gone yet
+                if link.alias.endswith(mine):
+                    host.delete(link.name)
+            if port in host.links:
+                host.delete(port)
+            PrivateNetwork._sweep(host)
+    except BaseException:  # noqa: BLE001 - the next sweep removes what is left
+        code = 1
+    os._exit(code)
 
 
 def collect_garbage() -> bool:
     """Remove what killed parents left in this network namespace: rules of vanished
     containers, bridges nobody uses, our chains when empty.  Says whether it removed anything."""
-    with _net_lock():
-        return PrivateNetwork._sweep(_Host.read())
+    with _net_lock(), _netlink() as nl:
+        return PrivateNetwork._sweep(_Host.read(nl))

@@ -15,9 +15,11 @@ import stat
 import struct
 from dataclasses import dataclass, field
 
+from layerstore import snapshots
+
 from . import libc
 from .spec import (MASKED_PATHS, READONLY_PATHS, BindMount, DirRoot, OverlayRoot, SandboxError,
-                   SandboxSpec, TmpfsMount)
+                   SandboxSpec, SecretMount, TmpfsMount)
 
 _NOSUID_NODEV_NOEXEC = libc.MS_NOSUID | libc.MS_NODEV | libc.MS_NOEXEC
 _DEVICES = (("null", 1, 3), ("zero", 1, 5), ("full", 1, 7), ("random", 1, 8),
@@ -47,9 +49,8 @@ def _clone_tree(path: str, recursive: bool = True) -> int:
     return libc.open_tree(path, flags)
 
 
-# The new mount API (fsopen + overlay's `lowerdir+`, Linux 6.8) takes any number of
-# lower dirs; tests switch it off to exercise the mount(2) fallback.
-USE_NEW_MOUNT_API = True
+def _plan(root: OverlayRoot) -> snapshots.MountPlan:
+    return snapshots.MountPlan(list(root.lowers), root.upper, root.work, volatile=root.volatile)
 
 
 def open_root(spec: SandboxSpec) -> int | None:
@@ -59,31 +60,7 @@ def open_root(spec: SandboxSpec) -> int | None:
     if isinstance(root, DirRoot):
         return _clone_tree(str(root.path))
     assert isinstance(root, OverlayRoot)
-    if not USE_NEW_MOUNT_API:
-        return None
-    try:
-        fd = libc.fsopen("overlay")
-    except OSError as e:
-        if e.errno in (errno.ENOSYS, errno.EPERM):
-            return None
-        raise
-    try:
-        # lowerdir+ appends below the ones before it; ours are listed bottom first
-        for i, lower in enumerate(reversed(root.lowers)):
-            try:
-                libc.fsconfig(fd, libc.FSCONFIG_SET_STRING, "lowerdir+", str(lower))
-            except OSError as e:
-                if i == 0 and e.errno == errno.EINVAL:  # no lowerdir+ before Linux 6.8
-                    return None
-                raise
-        libc.fsconfig(fd, libc.FSCONFIG_SET_STRING, "upperdir", str(root.upper))
-        libc.fsconfig(fd, libc.FSCONFIG_SET_STRING, "workdir", str(root.work))
-        if root.volatile:
-            libc.fsconfig(fd, libc.FSCONFIG_SET_FLAG, "volatile")
-        libc.fsconfig(fd, libc.FSCONFIG_CMD_CREATE)
-        return libc.fsmount(fd)
-    finally:
-        os.close(fd)
+    return snapshots.open_mount(_plan(root))
 
 
 def mount_root(spec: SandboxSpec, root_fd: int | None, target: str, state_dir: str) -> None:
@@ -94,30 +71,7 @@ def mount_root(spec: SandboxSpec, root_fd: int | None, target: str, state_dir: s
     elif isinstance(spec.root, DirRoot):
         libc.mount(str(spec.root.path), target, None, libc.MS_BIND | libc.MS_REC)
     else:
-        _mount_overlay_legacy(spec.root, target, state_dir)
-
-
-def _mount_overlay_legacy(root: OverlayRoot, target: str, state_dir: str) -> None:
-    """mount(2) takes one page of options: name each dir by a short symlink in the state
-    dir and mount from there, so 200 lowers need ~1 KiB instead of ~20."""
-    links = os.path.join(state_dir, "lowers")
-    os.mkdir(links, 0o700)
-    names = []
-    for i, lower in enumerate(reversed(root.lowers)):  # the option lists the top first
-        os.symlink(os.path.abspath(lower), os.path.join(links, str(i)))
-        names.append(str(i))
-    os.symlink(os.path.abspath(root.upper), os.path.join(links, "u"))
-    os.symlink(os.path.abspath(root.work), os.path.join(links, "w"))
-    data = f"lowerdir={':'.join(names)},upperdir=u,workdir=w" + (",volatile" if root.volatile else "")
-    if len(data) >= 4096:
-        raise SandboxError(f"overlay root: {len(names)} lower directories do not fit in one "
-                           "mount option page and this kernel lacks fsopen with lowerdir+")
-    old = os.getcwd()
-    os.chdir(links)
-    try:
-        libc.mount("overlay", os.path.abspath(os.path.join(old, target)), "overlay", 0, data)
-    finally:
-        os.chdir(old)
+        snapshots.mount(_plan(spec.root), target)
 
 
 def detach_sources(spec: SandboxSpec, state_dir: str, userns: bool, net_host: bool,
@@ -314,11 +268,47 @@ def _mask(path: str) -> None:
             raise
 
 
+def _mount_secrets(secrets: list[SecretMount]) -> None:
+    """Each secret as a read-only file bound from a tmpfs of this mount namespace.
+
+    The bytes came with the spec, in memory: they are written only here, into a tmpfs
+    that is mounted on a scratch point of our own /dev while no other process is in the
+    container, and unmounted again once every file is bound, so it is reachable only
+    through those binds and is freed with the namespace, even when we are SIGKILLed."""
+    scratch = "/dev/.pybuild-secrets"
+    os.mkdir(scratch, 0o700)
+    pages = sum(-(-len(m.data) // 4096) for m in secrets) + 1
+    libc.mount("tmpfs", scratch, "tmpfs", _NOSUID_NODEV_NOEXEC,
+               f"mode=700,size={pages * 4096},nr_inodes={len(secrets) + 8}")
+    try:
+        for i, m in enumerate(secrets):
+            src = f"{scratch}/{i}"
+            fd = os.open(src, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+            try:
+                view = memoryview(m.data)
+                while view:
+                    view = view[os.write(fd, view):]
+                os.fchown(fd, m.uid, m.gid)
+                os.fchmod(fd, m.mode)
+            finally:
+                os.close(fd)
+            _touch(m.dst)
+            libc.mount(src, m.dst, None, libc.MS_BIND)
+            libc.mount(None, m.dst, None, libc.MS_BIND | libc.MS_REMOUNT | libc.MS_RDONLY
+                       | _NOSUID_NODEV_NOEXEC)
+    finally:
+        libc.umount2(scratch, libc.MNT_DETACH)
+        os.rmdir(scratch)
+
+
 def populate(spec: SandboxSpec, d: Detached) -> None:
     """Everything mounted after pivot_root: /dev, user mounts, /etc files, masks."""
     _mount_dev(d)
     for fd, m, is_dir in d.binds:
         _attach(fd, m.dst, is_dir)
+    secrets = [m for m in spec.mounts if isinstance(m, SecretMount)]
+    if secrets:
+        _mount_secrets(secrets)
     for m in spec.mounts:
         if isinstance(m, TmpfsMount):
             _mkdirs(m.dst)
@@ -366,59 +356,11 @@ def find_executable(name: str, path_env: str) -> str:
     raise SandboxError(f"exec {name}: executable file not found in $PATH", 127)
 
 
-def _walk_nofollow(base: str, rel: str) -> tuple[int, str] | None:
-    """(fd of rel's parent directory, rel's name), opened without following any symlink."""
-    parts = [p for p in rel.split("/") if p]
-    if not parts:
-        return None
-    fd = os.open(base, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        for part in parts[:-1]:
-            nfd = os.open(part, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
-            os.close(fd)
-            fd = nfd
-    except OSError:
-        os.close(fd)
-        return None
-    return fd, parts[-1]
-
-
 def remove_stubs(spec: SandboxSpec, stubs: list[str]) -> None:
-    """Delete the empty mount points we created, from the plain root or the upper dir.
-
-    For an overlay, a parent directory that only exists in the upper dir because a
-    stub's creation copied it up is removed too when it is left empty."""
+    """Delete the empty mount points we created, from the plain root or the upper dir
+    (layerstore.snapshots.remove_stubs: resolved without following any symlink)."""
     root = spec.root
-    base = str(root.path if isinstance(root, DirRoot) else root.upper)
-    parents: set[str] = set()
-    for stub in sorted(set(stubs), key=lambda p: -p.count("/")):
-        got = _walk_nofollow(base, stub)
-        if got is None:
-            continue
-        fd, name = got
-        try:
-            st = os.lstat(name, dir_fd=fd)
-            if stat.S_ISREG(st.st_mode) and st.st_size == 0:
-                os.unlink(name, dir_fd=fd)
-            elif stat.S_ISDIR(st.st_mode):
-                os.rmdir(name, dir_fd=fd)
-        except OSError:
-            pass
-        finally:
-            os.close(fd)
-        parents.add(os.path.dirname(stub))
-    if not isinstance(root, OverlayRoot):
-        return
-    for parent in sorted(parents, key=lambda p: -p.count("/")):
-        while parent not in ("/", ""):
-            path = os.path.join(base, parent.lstrip("/"))
-            in_lower = any(os.path.isdir(os.path.join(lo, parent.lstrip("/"))) for lo in root.lowers)
-            try:
-                if not in_lower or os.path.islink(path) or os.listdir(path):
-                    break
-                if "trusted.overlay.opaque" in os.listxattr(path, follow_symlinks=False):
-                    break
-                os.rmdir(path)
-            except OSError:
-                break
-            parent = os.path.dirname(parent)
+    if isinstance(root, DirRoot):
+        snapshots.remove_stubs(root.path, stubs)
+    else:
+        snapshots.remove_stubs(root.upper, stubs, root.lowers)

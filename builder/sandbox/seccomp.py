@@ -92,8 +92,6 @@ def _parse_profile(data: bytes, path: Path) -> dict:
 
 def compile_profile(prof: dict, caps: frozenset[str], where: str) -> bytes:
     """BPF for `prof` as it applies to a process holding `caps`."""
-    import tempfile
-
     import pyseccomp
 
     ops = {f"SCMP_CMP_{op}": getattr(pyseccomp, op) for op in _CMP_OPS}
@@ -128,7 +126,8 @@ def compile_profile(prof: dict, caps: frozenset[str], where: str) -> bytes:
                     f.add_rule(action, name, *group)
                 except (OSError, ValueError, RuntimeError):
                     pass  # a syscall this architecture does not have, as docker ignores it
-    with tempfile.TemporaryFile() as tmp:
+    # an anonymous memory file: the filter never touches a disk (nor /tmp)
+    with open(os.memfd_create("pybuild-seccomp", os.MFD_CLOEXEC), "w+b") as tmp:
         f.export_bpf(tmp)
         tmp.seek(0)
         return tmp.read()

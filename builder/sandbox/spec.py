@@ -81,6 +81,22 @@ class TmpfsMount:
 
 
 @dataclass
+class SecretMount:
+    """A read-only file holding `data` at `dst`, for RUN --mount=type=secret.
+
+    The bytes never touch a disk: the container child writes them into a tmpfs it
+    creates detached (attached at no path) inside its own mount namespace and binds
+    the one file onto `dst`, so they vanish with the namespace, even when every
+    process of ours is SIGKILLed, and the host never holds the file."""
+
+    dst: str
+    data: bytes = field(repr=False)
+    mode: int = 0o400
+    uid: int = 0
+    gid: int = 0
+
+
+@dataclass
 class Limits:
     """cgroup limits; None means unlimited (no file written)."""
 
@@ -108,7 +124,7 @@ class SandboxSpec:
     cwd: str = "/"
     user: str = "0"                  # name, uid, name:group or uid:gid, resolved in the rootfs
     hostname: str | None = None      # default: the first 12 characters of the id
-    mounts: list[BindMount | TmpfsMount] = field(default_factory=list)
+    mounts: list[BindMount | TmpfsMount | SecretMount] = field(default_factory=list)
     limits: Limits = field(default_factory=Limits)
     network: NetworkConfig = field(default_factory=NetworkConfig)
     cap_add: list[str] = field(default_factory=list)
@@ -152,6 +168,9 @@ class SandboxSpec:
                 raise SandboxError(f"sandbox spec: mount target {m.dst!r} is not absolute")
             if isinstance(m, BindMount) and not Path(m.src).exists():
                 raise SandboxError(f"sandbox spec: bind mount source {m.src} does not exist")
+            if isinstance(m, SecretMount) and (not 0 <= m.mode <= 0o7777 or not 0 <= m.uid < 1 << 32
+                                               or not 0 <= m.gid < 1 << 32):
+                raise SandboxError(f"sandbox spec: secret mount {m.dst}: bad mode, uid or gid")
         roots = self.root.lowers if isinstance(self.root, OverlayRoot) else [self.root.path]
         for d in roots:
             if not Path(d).is_dir():
@@ -173,6 +192,44 @@ class SandboxSpec:
             raise SandboxError("sandbox spec: memory_swap must be -1 or at least memory")
         if self.timeout is not None and self.timeout <= 0:
             raise SandboxError(f"sandbox spec: timeout {self.timeout} must be positive")
+
+
+@dataclass
+class ExecSpec:
+    """One more process in a running container (the sandbox's `exec`), ending exactly as
+    privileged as the container's own command: same capabilities, seccomp profile and
+    no_new_privs. The container is named by a pidfd of its PID 1 (see `exec`)."""
+
+    container_id: str                # names its cgroups (pybuild-<id>)
+    argv: list[str]
+    env: dict[str, str] = field(default_factory=dict)
+    cwd: str = "/"
+    user: str = "0"                  # resolved against the container's /etc/passwd
+    hostname: str = ""               # HOSTNAME's default
+    cap_add: list[str] = field(default_factory=list)
+    cap_drop: list[str] = field(default_factory=list)
+    seccomp: str | Path | None = None
+    no_new_privs: bool = True
+    stdio: str = "inherit"           # inherit (our 0, 1, 2) | null | pty
+    pty_size: tuple[int, int] | None = None
+    detach: bool = False             # the joiner outlives us (no parent-death signal)
+    cache_dir: Path | None = None    # compiled seccomp filters
+
+    def validate(self) -> None:
+        if not self.argv:
+            raise SandboxError("exec spec: argv is empty")
+        if not _ID.match(self.container_id):
+            raise SandboxError(f"exec spec: container id {self.container_id!r} is not [a-zA-Z0-9_.-]")
+        for i, arg in enumerate(self.argv):
+            if "\0" in arg:
+                raise SandboxError(f"exec spec: argv[{i}] contains a NUL byte")
+        for key, value in self.env.items():
+            if not key or "=" in key or "\0" in key or "\0" in value:
+                raise SandboxError(f"exec spec: environment variable {key!r} is not valid")
+        if self.stdio not in ("inherit", "null", "pty"):
+            raise SandboxError(f"exec spec: stdio {self.stdio!r} is not inherit, null or pty")
+        if not self.cwd.startswith("/"):
+            raise SandboxError(f"exec spec: cwd {self.cwd!r} is not absolute")
 
 
 @dataclass

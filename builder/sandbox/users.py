@@ -6,9 +6,16 @@ and no symlink in it can point at the host's.
 
 from __future__ import annotations
 
+import os
+import stat
 from dataclasses import dataclass
 
 from .spec import SandboxError
+
+# /etc/passwd and /etc/group come from the image: a fifo there would block `run` and
+# `exec` for ever, a huge file would eat our memory. Real databases are far smaller.
+MAX_DB = 8 << 20
+MAX_GROUPS = 65536        # NGROUPS_MAX: setgroups refuses more
 
 
 @dataclass
@@ -19,23 +26,43 @@ class Ids:
     home: str
 
 
-def _read(path: str) -> list[list[str]]:
+def _read(path: str, fields: int, ids: tuple[int, ...]) -> list[list[str]]:
+    """The entries of a passwd/group file with at least `fields` fields whose id fields
+    are numbers (libc skips malformed lines too); [] when there is no such file."""
     try:
-        with open(path, encoding="utf-8", errors="replace") as f:
-            return [line.rstrip("\n").split(":") for line in f if line.strip() and not line.startswith("#")]
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
     except OSError:
         return []
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise SandboxError(f"{path} in the container is not a regular file", 125)
+        chunks, size = [], 0
+        while chunk := os.read(fd, 1 << 16):
+            size += len(chunk)
+            if size > MAX_DB:
+                raise SandboxError(f"{path} in the container is larger than {MAX_DB >> 20} MiB", 125)
+            chunks.append(chunk)
+    finally:
+        os.close(fd)
+    out = []
+    for line in b"".join(chunks).decode("utf-8", "replace").splitlines():
+        if not line.strip() or line.startswith("#"):
+            continue
+        entry = line.split(":")
+        if len(entry) >= fields and all(_int(entry[i]) is not None for i in ids):
+            out.append(entry)
+    return out
 
 
 def _int(s: str) -> int | None:
-    return int(s) if s.isdigit() else None
+    return int(s) if s.isdigit() and len(s) <= 10 else None
 
 
 def resolve(user: str, passwd: str = "/etc/passwd", group: str = "/etc/group") -> Ids:
     name, _, grp = user.partition(":")
     if not name:
         raise SandboxError(f"user {user!r}: empty user name")
-    users = [u for u in _read(passwd) if len(u) >= 7]
+    users = _read(passwd, 7, (2, 3))
     entry = next((u for u in users if u[0] == name), None)
     if entry is None and _int(name) is not None:
         entry = next((u for u in users if _int(u[2]) == int(name)), None)
@@ -45,7 +72,7 @@ def resolve(user: str, passwd: str = "/etc/passwd", group: str = "/etc/group") -
         uid, gid, home, uname = int(name), 0, "/", None
     else:
         raise SandboxError(f"user {name!r}: no such user in the container's {passwd}", 125)
-    groups_db = [g for g in _read(group) if len(g) >= 4]
+    groups_db = _read(group, 4, (2,))
     if grp:
         ge = next((g for g in groups_db if g[0] == grp), None)
         if ge is not None:
@@ -57,7 +84,10 @@ def resolve(user: str, passwd: str = "/etc/passwd", group: str = "/etc/group") -
         supp = [gid]
     else:
         supp = [gid] + [int(g[2]) for g in groups_db
-                        if uname is not None and uname in g[3].split(",") and _int(g[2]) is not None]
-    if uid >= 1 << 32 or gid >= 1 << 32:
+                        if uname is not None and uname in g[3].split(",")]
+    groups = sorted(set(supp))
+    if max([uid, gid, *groups]) >= (1 << 32) - 1:
         raise SandboxError(f"user {user!r}: id out of range")
-    return Ids(uid, gid, sorted(set(supp)), home)
+    if len(groups) > MAX_GROUPS:
+        raise SandboxError(f"user {user!r}: member of more than {MAX_GROUPS} groups")
+    return Ids(uid, gid, groups, home)

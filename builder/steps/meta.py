@@ -13,11 +13,13 @@ import copy
 import posixpath
 
 from builder.dockerfile import instructions as ins
+from builder.sandbox.spec import DEFAULT_PATH
 from layerstore.errors import PybuildError
 from layerstore.model import ContainerConfig
 
 DEFAULT_SHELL = ["/bin/sh", "-c"]
-DEFAULT_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+# the Env entry BuildKit gives an image without PATH: the sandbox's own default PATH
+PATH_ENTRY = "PATH=" + DEFAULT_PATH
 META = (ins.Env, ins.Label, ins.Expose, ins.Volume, ins.User, ins.Workdir, ins.Entrypoint,
         ins.Cmd, ins.Shell, ins.StopSignal, ins.Healthcheck, ins.OnBuild, ins.Maintainer, ins.Arg)
 

@@ -1,11 +1,13 @@
 """RUN --mount: secret, cache, tmpfs and bind mounts turned into sandbox mounts.
 
-Secrets come from `--secret id=ID,src=PATH|env=VAR`, are written into the
-step's private workspace (or put in the command's environment) and
-bind-mounted read-only: never into the upper dir, the history or the cache
-key. Cache mounts persist under ROOT/cache/mounts/ (`sharing=locked` takes a
+Secrets come from `--secret id=ID,src=PATH|env=VAR` and reach the sandbox as
+bytes (a SecretMount; or the command's environment): the container child puts
+them on a tmpfs of its own mount namespace, so they are never on disk, not even
+after a SIGKILL, and never in the upper dir, the history or the cache key.
+Cache mounts persist under ROOT/cache/mounts/ (`sharing=locked` takes a
 lock for the step; `sharing=private` takes an instance no other running step
-holds, making a new one when all are busy); bind mounts are read-only unless `rw`, which gets a copy.
+holds, making a new one when all are busy). A bind mount shows the step a private
+copy (read-only unless `rw`): of the context, only what .dockerignore lets through.
 """
 
 from __future__ import annotations
@@ -13,18 +15,21 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from builder.context import Context
-from builder.rootview import secure_join
+from builder.keyvalues import fields as kv_fields
+from layerstore import resolver
 from layerstore.errors import PybuildError
 
 
 class MountError(PybuildError):
     """A RUN --mount (or --secret) that cannot be provided."""
+
+
+# BuildKit's limit (secrets.MaxSecretSize): a secret is held in memory and on a tmpfs
+MAX_SECRET_SIZE = 500 * 1024
 
 
 @dataclass
@@ -36,9 +41,14 @@ class Secret:
     def value(self) -> bytes:
         if self.src is not None:
             try:
-                return self.src.read_bytes()
+                with open(self.src, "rb") as f:
+                    data = f.read(MAX_SECRET_SIZE + 1)
             except OSError as exc:
                 raise MountError(f"secret {self.id}: cannot read {self.src}: {exc.strerror}") from None
+            if len(data) > MAX_SECRET_SIZE:
+                raise MountError(f"secret {self.id}: {self.src} is larger than "
+                                 f"{MAX_SECRET_SIZE // 1024} KiB")
+            return data
         if self.env is not None:
             if self.env not in os.environ:
                 raise MountError(f"secret {self.id}: environment variable {self.env} is not set")
@@ -48,12 +58,7 @@ class Secret:
 
 def parse_secret(text: str) -> Secret:
     """`id=ID,src=PATH` | `id=ID,env=VAR` (also `type=file|env`, `source=`)."""
-    fields = {}
-    for part in text.split(","):
-        k, eq, v = part.partition("=")
-        if not eq:
-            raise PybuildError(f"--secret {text!r}: expected key=value pairs")
-        fields[k.strip().lower()] = v
+    fields = kv_fields(text, "--secret")
     sid = fields.get("id")
     src = fields.get("src") or fields.get("source")
     env = fields.get("env")
@@ -64,6 +69,18 @@ def parse_secret(text: str) -> Secret:
     if not sid or (not src and not env):
         raise PybuildError(f"--secret {text!r}: needs id= and src= or env=")
     return Secret(sid, Path(src).expanduser().absolute() if src else None, env)
+
+
+def _number(text: str | None, base: int, what: str, default: int) -> int:
+    if not text:
+        return default
+    try:
+        value = int(text, base)
+    except ValueError:
+        value = -1
+    if not 0 <= value < (0o10000 if what == "mode" else 1 << 32):
+        raise MountError(f"RUN --mount=type=secret: {what}={text!r} is not valid")
+    return value
 
 
 def parse_size(text: str) -> int:
@@ -99,10 +116,10 @@ def private_instance(d: Path):
 
 
 def prepare(mounts: list, ws: Path, env: dict[str, str], *, secrets: dict, cache_dir: Path,
-            contexts: dict, bind_context: Callable[[str | None], Context],
+            contexts: dict, context_view: Callable[[int, object, Path], Path],
             stage_tree: Callable[[str, Path], Path]):
     """(sandbox mounts, lock files to hold, mount targets) for a RUN step's --mount flags."""
-    from builder.sandbox import BindMount, TmpfsMount
+    from builder.sandbox import BindMount, SecretMount, TmpfsMount
 
     binds, locks, targets = [], [], []
     for k, m in enumerate(mounts):
@@ -119,13 +136,9 @@ def prepare(mounts: list, ws: Path, env: dict[str, str], *, secrets: dict, cache
                 if not m.target:
                     continue
             target = m.target or f"/run/secrets/{sec.id}"
-            sd = ws / "secrets"
-            sd.mkdir(exist_ok=True, mode=0o700)
-            f = sd / f"s{k}"
-            f.write_bytes(value)
-            os.chmod(f, int(m.mode, 8) if m.mode else 0o400)
-            os.chown(f, int(m.uid or 0), int(m.gid or 0))
-            binds.append(BindMount(f, target, readonly=True))
+            binds.append(SecretMount(target, value, mode=_number(m.mode, 8, "mode", 0o400),
+                                     uid=_number(m.uid, 10, "uid", 0),
+                                     gid=_number(m.gid, 10, "gid", 0)))
             targets.append(target)
         elif t == "cache":
             target = m.target
@@ -155,29 +168,38 @@ def prepare(mounts: list, ws: Path, env: dict[str, str], *, secrets: dict, cache
             target = m.target
             if not target:
                 raise MountError("RUN --mount=type=bind needs target=")
-            src_rel = m.source or "."
+            # the step sees a private copy, never a host directory: from the context only
+            # what .dockerignore lets through, exactly the bytes of the key (`rw` writes
+            # go to that copy and are dropped with the workspace)
             if m.from_ and m.from_ not in contexts:
                 flat = stage_tree(m.from_, ws / f"bind{k}")
-                src = Path(secure_join(str(flat), src_rel))
+                src = stage_view(flat, m.source or ".", ws, f"bind{k}-src", m.from_)
             else:
-                ctx = bind_context(m.from_)
-                if ctx.root is None:
-                    raise MountError("RUN --mount=type=bind: no build context")
-                rel = ctx.resolve(src_rel)
-                src = ctx.real(rel)
-                if not src.exists():
-                    raise MountError(f"RUN --mount=type=bind,source={src_rel}: not found "
-                                     "in the build context")
+                src = context_view(k, m, ws / f"bindctx{k}")
             rw = m.readonly is False
-            if rw:
-                copy_dir = ws / f"bindrw{k}"
-                if src.is_dir():
-                    shutil.copytree(src, copy_dir, symlinks=True)
-                else:
-                    shutil.copy2(src, copy_dir)
-                src = copy_dir
             binds.append(BindMount(src, target, readonly=not rw))
             targets.append(target)
         elif t == "ssh":
             raise MountError("RUN --mount=type=ssh is not supported")
     return binds, locks, targets
+
+
+def stage_view(flat: Path, source: str, ws: Path, name: str, ref: str) -> Path:
+    """What `source` names in a stage's flattened rootfs (resolved inside it, as the
+    stage's container would), moved out to ws/name: the bind mount's source is then a
+    path of ours, never one spelled from the image's names."""
+    with resolver.rooted(flat) as root_fd:
+        try:
+            real = resolver.trace(root_fd, source, policy=resolver.IN_ROOT).path
+        except (FileNotFoundError, NotADirectoryError):
+            raise MountError(f"RUN --mount=type=bind,from={ref},source={source}: "
+                             "not found") from None
+        except OSError as exc:
+            raise MountError(f"RUN --mount=type=bind,from={ref},source={source}: "
+                             f"{exc.strerror}") from None
+        if not real:
+            return flat
+        with resolver.parent_of(root_fd, real, policy=resolver.NO_SYMLINKS) as (dfd, leaf), \
+                resolver.rooted(ws) as wfd:
+            os.rename(leaf, name, src_dir_fd=dfd, dst_dir_fd=wfd)
+    return ws / name

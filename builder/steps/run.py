@@ -4,7 +4,8 @@ The environment is the image's Env plus the build args in scope (not
 persisted); the user, working directory and shell are the stage's. Mount
 targets and the stubs the sandbox needs (/etc/hosts, /proc, ...) that did not
 exist in the image are removed from the upper dir afterwards so they never
-reach the layer, as docker does. Secrets are bind-mounted files or env
+reach the layer, as docker does (layerstore.snapshots.remove_stubs, which
+never follows a symlink the step planted). Secrets are bind-mounted files or env
 values given only to the process: never in the layer, history or cache key.
 """
 
@@ -14,19 +15,21 @@ import collections
 import fcntl
 import os
 import selectors
-import shutil
-import stat
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from layerstore import snapshots
 from layerstore.errors import PybuildError
+from layerstore.snapshots import MountPlan
 
+# what the sandbox may have to create (it also reports each stub it made)
 STUBS = ("/etc/hosts", "/etc/resolv.conf", "/etc/hostname", "/proc", "/sys", "/dev",
          "/run/secrets")
 
 
-class RunError(PybuildError):
+class StepFailed(PybuildError):
     """A RUN step's command failed; carries its exit code and output tail."""
 
     def __init__(self, message: str, exit_code: int) -> None:
@@ -36,42 +39,71 @@ class RunError(PybuildError):
 
 @dataclass
 class RunJob:
-    lowers: list[Path]
-    upper: Path
-    work: Path
+    plan: MountPlan                      # the snapshotter's prepared upper over the layers
     argv: list[str]
     env: dict[str, str]
     cwd: str
     user: str
-    network: str = "default"             # default|none|host
+    network: str = "default"             # default (private namespace)|none|host
     binds: list = field(default_factory=list)      # sandbox BindMount/TmpfsMount
     locks: list = field(default_factory=list)   # Paths to lock, or locks already held
     state_dir: Path | None = None
     input: bytes | None = None
+    shared_net: BuildNetwork | None = None   # the build's held bridge, for network default
 
 
-def _network(mode: str):
+class BuildNetwork:
+    """The default network of one build's RUN steps, as docker build's: each step in a network
+    namespace of its own, on a bridge with NAT to the outside. Never the host's: there a step
+    keeps CAP_NET_RAW, sniffs the host's loopback traffic and reaches every service bound to
+    127.0.0.1. The bridge is held from the first such step to `close` (the end of the build),
+    so a step only adds and removes its veth."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._hold = None        # builder.sandbox.network.BridgeHold, from the first step on
+
+    def config(self):
+        from builder.sandbox import NetworkConfig
+        from builder.sandbox.network import BridgeHold
+
+        with self._lock:
+            if self._hold is None:
+                hold = BridgeHold(NetworkConfig(mode="private"))
+                hold.start()
+                self._hold = hold
+            return self._hold.network()
+
+    def close(self) -> None:
+        with self._lock:
+            hold, self._hold = self._hold, None
+        if hold is not None:
+            hold.close()
+
+
+def _network(mode: str, shared: BuildNetwork | None = None):
     from builder.sandbox import NetworkConfig
 
-    if mode in ("host", "default"):
-        # the build's default network is the host's (buildah's and BuildKit's default)
+    if mode == "host":   # an entitlement (--allow network.host), checked by the solver
         return NetworkConfig(mode="host")
-    return NetworkConfig(mode="none")
+    if mode == "none":
+        return NetworkConfig(mode="none")
+    return shared.config() if shared is not None else NetworkConfig(mode="private")
 
 
-def execute(job: RunJob, on_output: Callable[[bytes], None], empty: Path,
+def execute(job: RunJob, on_output: Callable[[bytes], None],
             running: dict | None = None) -> int:
-    """Run the job, streaming output lines to `on_output`; returns the exit code."""
+    """Run the job, streaming output lines to `on_output`; returns the exit code. The
+    mount targets and stubs the image did not have are gone from the upper dir then."""
     from builder.sandbox import OverlayRoot, SandboxSpec, start
 
-    lowers = job.lowers or [empty]
-    # volatile: the upper is committed through the store's fsynced ingest, so the
-    # overlay's own syncs (and the flush on unmount) only cost time
-    spec = SandboxSpec(root=OverlayRoot(lowers=list(lowers), upper=job.upper, work=job.work,
-                                        volatile=True),
+    plan = job.plan
+    assert plan.upper is not None and plan.work is not None
+    spec = SandboxSpec(root=OverlayRoot(lowers=list(plan.lowers), upper=plan.upper,
+                                        work=plan.work, volatile=plan.volatile),
                        argv=job.argv, env=job.env, cwd=job.cwd or "/", user=job.user or "0",
-                       mounts=list(job.binds), network=_network(job.network), stdio="pipe",
-                       input=job.input or b"", state_dir=job.state_dir)
+                       mounts=list(job.binds), network=_network(job.network, job.shared_net),
+                       stdio="pipe", input=job.input or b"", state_dir=job.state_dir)
     spec.id = "build-" + spec.id[:32]   # cgroups show as pybuild-build-<id>
     held = []
     try:
@@ -94,6 +126,9 @@ def execute(job: RunJob, on_output: Callable[[bytes], None], empty: Path,
     finally:
         for f in held:
             f.close()
+    # the sandbox removed the stubs it reported; these are the ones we know of ourselves
+    targets = [m.dst for m in job.binds if isinstance(getattr(m, "dst", None), str)]
+    snapshots.remove_stubs(plan.upper, [*targets, *STUBS], plan.lowers)
     if result.message:
         on_output(f"{result.message}\n".encode())
     return result.exit_code
@@ -123,35 +158,6 @@ def _pump(c, on_output: Callable[[bytes], None]) -> None:
                 for line in lines:
                     on_output(line + b"\n")
                 pending[fd] = rest
-
-
-def _in_lowers(lowers: list[Path], rel: str) -> bool:
-    return any(os.path.lexists(os.path.join(l, rel)) for l in lowers)
-
-
-def clean_stubs(upper: Path, lowers: list[Path], targets: list[str]) -> None:
-    """Remove mount points and sandbox stubs the image did not have from the upper dir."""
-    for target in list(targets) + list(STUBS):
-        rel = target.strip("/")
-        while rel:
-            p = upper / rel
-            if not os.path.lexists(p) or _in_lowers(lowers, rel):
-                break
-            st = os.lstat(p)
-            if stat.S_ISDIR(st.st_mode):
-                if rel.strip("/") in ("proc", "sys", "dev", "run/secrets") or target.strip("/") == rel:
-                    if any(os.scandir(p)) and rel not in ("dev",):
-                        break
-                    shutil.rmtree(p) if rel == "dev" else os.rmdir(p)
-                elif any(os.scandir(p)):
-                    break
-                else:
-                    os.rmdir(p)
-            elif stat.S_ISREG(st.st_mode) and st.st_size == 0:
-                os.unlink(p)
-            else:
-                break
-            rel = os.path.dirname(rel)
 
 
 class Tail:

@@ -1,8 +1,11 @@
 """Registry client: pull, push, login, logout against OCI distribution registries.
 
-Entry points: `pull(store, name, ...)`, `push(store, name, dest, ...)`,
+Entry points: `ensure_image(store, name, policy=...)` (the one resolve-or-pull),
+`pull(store, name, ...)`, `push(store, name, dest, ...)`,
 `login(host, user, password, ...)`, `logout(host)`. Everything network-side
-lives in `client.RegistryClient`.
+lives in `client.RegistryClient`, on `transport` (the one HTTP hygiene for
+outside servers, which `ADD <url>` uses too: no ~/.netrc, bounded bodies,
+stall timeouts).
 """
 
 from __future__ import annotations
@@ -21,3 +24,34 @@ def open_client(domain: str, options=None):
     from layerstore.registry.client import RegistryClient
 
     return RegistryClient(api_host(domain), options, creds=credentials.lookup(domain))
+
+
+PULL_POLICIES = ("missing", "always", "never")
+
+
+def ensure_image(store, name: str, *, policy: str = "missing", platform=None, options=None,
+                 progress=None):
+    """The store's image for `name`, pulled per `policy` (docker's --pull: `missing`
+    pulls only when the store lacks it, `always` first pulls, `never` does not). The one
+    resolve-or-pull: FROM, `run`, `create` and `bundle` all come here.
+
+    Raises NotFound (local miss, or pull failed: the message says which) and the
+    store's own errors for a found but unusable image."""
+    from layerstore.errors import NotFound, PybuildError
+
+    if policy not in PULL_POLICIES:
+        raise PybuildError(f"invalid pull policy {policy!r}: expected missing, always or never")
+    if policy != "always":
+        try:
+            return store.resolve(name, platform)
+        except NotFound:
+            if policy == "never":
+                raise NotFound(f"{name}: no such image in the store (and --pull=never)") from None
+    from layerstore.registry.pull import pull   # only when pulling: requests is heavy
+
+    try:
+        result = pull(store, name, platform=platform, options=options, progress=progress)
+    except PybuildError as exc:
+        raise NotFound(f"unable to find image {name!r} locally, and pulling it failed: "
+                       f"{exc}") from None
+    return store.resolve(result.name, platform)

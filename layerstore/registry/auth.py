@@ -10,18 +10,22 @@ scope set, and fetch a new one when it expires or the registry wants more.
 from __future__ import annotations
 
 import base64
+import json
 import re
 import threading
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from layerstore.registry import transport
 from layerstore.registry.credentials import Credentials
-from layerstore.registry.errors import Unauthorized
+from layerstore.registry.errors import RegistryError, Unauthorized
 
 if TYPE_CHECKING:
     import requests
 
+MAX_TOKEN_RESPONSE = 1 << 20     # real ones are a few KiB; the token goes into every header
+_TOKEN = re.compile(r"[\x21-\x7e]{1,65536}")   # visible ASCII: a header value, nothing else
 _PARAM = re.compile(r'\s*([a-zA-Z_][a-zA-Z0-9_-]*)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^,\s]*))\s*,?')
 
 
@@ -68,9 +72,11 @@ class _Token:
 class Authenticator:
     """Per-registry auth state shared by a client's threads."""
 
-    def __init__(self, host: str, creds: Credentials | None) -> None:
+    def __init__(self, host: str, creds: Credentials | None,
+                 pace: transport.Pace | None = None) -> None:
         self.host = host
         self.creds = creds
+        self.pace = pace or transport.default_pace()
         self.challenge: Challenge | None = None
         self._tokens: dict[frozenset[str], _Token] = {}
         self._lock = threading.Lock()
@@ -108,6 +114,11 @@ class Authenticator:
         realm = ch.params.get("realm")
         if not realm:
             raise Unauthorized(f"{self.host}: Bearer challenge without a realm")
+        shown = transport.printable(realm)
+        if not realm.lower().startswith(("https://", "http://")):
+            # the realm gets the credentials (as with docker, on whatever host
+            # the registry names), but only over HTTP(S)
+            raise Unauthorized(f"{self.host}: token realm {shown!r} is not an http(s) URL")
         params: list[tuple[str, str]] = []
         if ch.params.get("service"):
             params.append(("service", ch.params["service"]))
@@ -119,28 +130,39 @@ class Authenticator:
                 data = dict(params, grant_type="refresh_token",
                             refresh_token=self.creds.password, client_id="pybuild")
                 data["scope"] = " ".join(sorted(scopes))
-                resp = session.post(realm, data=data, verify=verify, cert=cert, timeout=60)
+                # not redirected: requests would read a redirect's body unbounded
+                resp = session.post(realm, data=data, verify=verify, cert=cert,
+                                    timeout=self.pace.timeout, stream=True,
+                                    allow_redirects=False)
             else:
                 if self.creds:
                     auth = (self.creds.username, self.creds.password)
-                resp = session.get(realm, params=params, auth=auth, verify=verify, cert=cert,
-                                   timeout=60)
+                resp = transport.get(session, realm, self.pace, f"{self.host}: token from {shown}",
+                                     params=params, auth=auth, verify=verify, cert=cert)
+        except RegistryError as exc:
+            raise Unauthorized(str(exc)) from None
         except requests.RequestException as exc:
-            raise Unauthorized(f"{self.host}: cannot get a token from {realm}: "
+            raise Unauthorized(f"{self.host}: cannot get a token from {shown}: "
                                f"{type(exc).__name__}") from None
         if resp.status_code in (401, 403):
+            resp.close()
             who = f"as {self.creds.username}" if self.creds else "anonymously"
-            raise Unauthorized(f"{self.host}: authentication {who} refused by {realm} "
+            raise Unauthorized(f"{self.host}: authentication {who} refused by {shown} "
                                f"(HTTP {resp.status_code})")
         if resp.status_code != 200:
-            raise Unauthorized(f"{self.host}: token server {realm} answered HTTP {resp.status_code}")
+            resp.close()
+            raise Unauthorized(f"{self.host}: token server {shown} answered HTTP {resp.status_code}")
         try:
-            body = resp.json()
+            body = json.loads(transport.read_body(resp, MAX_TOKEN_RESPONSE, self.pace,
+                                                  f"{self.host}: token from {shown}"))
             value = body.get("token") or body.get("access_token")
             lifetime = int(body.get("expires_in") or 60)
-        except (ValueError, AttributeError, TypeError):
+        except RegistryError as exc:
+            raise Unauthorized(str(exc)) from None
+        except (ValueError, AttributeError, TypeError, OverflowError, RecursionError):
             value = None
-        if not value:
-            raise Unauthorized(f"{self.host}: token server {realm} sent no token")
+        if not isinstance(value, str) or not _TOKEN.fullmatch(value):
+            raise Unauthorized(f"{self.host}: token server {shown} sent no usable token")
+        lifetime = min(lifetime, 86400)
         lifetime = max(lifetime, 1)
         return _Token(value, time.time() + lifetime, margin=min(5.0, lifetime * 0.2))

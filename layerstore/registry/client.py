@@ -2,10 +2,14 @@
 
 What it adds over plain requests: the /v2/ ping that picks the scheme and
 learns the auth challenge; Authorization only ever sent to the registry's own
-origin (redirects to blob storage are followed by hand, without it); retries
-with exponential backoff on connection errors, 429 and 5xx (Retry-After
-honoured); size limits on manifests; blob downloads that stream into the
-store's ingest, resume with Range and are verified before they become visible.
+origin (redirects to blob storage are followed by hand, without it, and never
+from https down to http or to another scheme); no ~/.netrc (transport.Session);
+retries with exponential backoff on connection errors, 429 and 5xx
+(Retry-After honoured); every body read bounded after decompression
+(manifests, tag lists, error bodies); transfers that stall or trickle are cut
+off (`Options.timeout`, $PYBUILD_STALL_TIMEOUT); blob downloads that stream
+into the store's ingest, resume with Range and are verified before they
+become visible.
 """
 
 from __future__ import annotations
@@ -15,8 +19,8 @@ import queue
 import random
 import threading
 import time
-from dataclasses import dataclass
-from typing import Any, BinaryIO, Callable
+from dataclasses import dataclass, field
+from typing import BinaryIO, Callable
 from urllib.parse import urljoin, urlsplit, urlencode
 
 import requests
@@ -27,7 +31,7 @@ from layerstore import mediatypes as mt
 from layerstore.blobs import BlobStore, SizeMismatch
 from layerstore.errors import DigestMismatch
 from layerstore.model import Descriptor
-from layerstore.registry import credentials, tls
+from layerstore.registry import credentials, tls, transport
 from layerstore.registry.auth import Authenticator, scope
 from layerstore.registry.errors import (Denied, ManifestUnknown, NameUnknown, RegistryError,
                                         TLSFailure, Unauthorized, Unreachable)
@@ -35,11 +39,15 @@ from layerstore.registry.errors import (Denied, ManifestUnknown, NameUnknown, Re
 MANIFEST_ACCEPT = ", ".join((mt.OCI_INDEX, mt.OCI_MANIFEST, mt.DOCKER_MANIFEST_LIST,
                              mt.DOCKER_MANIFEST))
 MAX_MANIFEST = 4 << 20            # what distribution itself accepts
+MAX_ERROR_BODY = 64 << 10         # only the error codes are wanted from it
+MAX_TAGS_PAGE = 8 << 20           # ~250,000 tag names in one page
+MAX_TAGS_TOTAL = 32 << 20
+MAX_TAG_PAGES = 1000
 CHUNK = 1 << 20
 MONOLITHIC_MAX = 32 << 20         # larger blobs are uploaded in PATCH chunks
 UPLOAD_CHUNK = 128 << 20
 MAX_REDIRECTS = 5
-USER_AGENT = "pybuild/0.1"
+USER_AGENT = transport.USER_AGENT
 
 Progress = Callable[[int], None]   # called with a byte count as bytes move
 
@@ -51,21 +59,24 @@ class Options:
     retries: int = 5                   # attempts after the first
     backoff: float = 0.5               # first delay; doubles each time, capped
     max_backoff: float = 20.0
-    timeout: float = 60.0
+    # seconds without a byte (connect, headers or body) before a try is given
+    # up; a body must also average min_rate bytes/s over each such window
+    timeout: float = field(default_factory=transport.stall_timeout)
+    min_rate: float = transport.MIN_RATE
     max_concurrent: int = 6            # what skopeo uses; small blobs hide fsync latency
 
 
-def _origin(url: str) -> tuple[str, str]:
-    parts = urlsplit(url)
-    port = parts.port or (443 if parts.scheme == "https" else 80)
-    return parts.scheme, f"{parts.hostname}:{port}"
+def _error_codes(resp: requests.Response, pace: transport.Pace) -> list[tuple[str, str]]:
+    """The distribution error codes of an error response; [] when it has none we can read.
 
-
-def _error_codes(resp: requests.Response) -> list[tuple[str, str]]:
+    Hostile bodies are common here (a gzip bomb 404, an endless body): at
+    most MAX_ERROR_BODY bytes are inflated, and only ten codes are kept."""
     try:
-        body = json.loads(resp.content[:65536] or b"{}")
-        return [(str(e.get("code", "")), str(e.get("message", ""))) for e in body.get("errors", [])]
-    except (ValueError, AttributeError, TypeError):
+        body = json.loads(transport.read_body(resp, MAX_ERROR_BODY, pace, "error body") or b"{}")
+        return [(transport.printable(e.get("code", ""), 100),
+                 transport.printable(e.get("message", ""), 200))
+                for e in body.get("errors", [])[:10]]
+    except (ValueError, AttributeError, TypeError, RecursionError, RegistryError):
         return []
 
 
@@ -128,9 +139,9 @@ class RegistryClient:
             urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
         if creds is True:
             creds = credentials.lookup(host)
-        self.auth = Authenticator(host, creds or None)
-        self.session = requests.Session()
-        self.session.headers["User-Agent"] = USER_AGENT
+        self.pace = transport.Pace(self.options.timeout, self.options.min_rate)
+        self.auth = Authenticator(host, creds or None, self.pace)
+        self.session = transport.Session(USER_AGENT)
         pool = max(4, self.options.max_concurrent + 2)
         adapter = HTTPAdapter(pool_connections=4, pool_maxsize=pool)
         self.session.mount("https://", adapter)
@@ -158,10 +169,11 @@ class RegistryClient:
 
     # --- transport ----------------------------------------------------------
 
-    def _send(self, method: str, url: str, headers: dict, body, stream: bool,
+    def _send(self, method: str, url: str, headers: dict, body,
               verify=None) -> requests.Response:
-        return self.session.request(method, url, headers=headers, data=body, stream=stream,
-                                    allow_redirects=False, timeout=self.options.timeout,
+        # always streamed: requests would otherwise read any body whole, unbounded
+        return self.session.request(method, url, headers=headers, data=body, stream=True,
+                                    allow_redirects=False, timeout=self.pace.timeout,
                                     verify=self.tls.verify if verify is None else verify,
                                     cert=self.tls.cert)
 
@@ -169,9 +181,13 @@ class RegistryClient:
         delay = min(self.options.backoff * (2 ** attempt), self.options.max_backoff)
         if resp is not None and resp.headers.get("Retry-After"):
             try:
-                delay = min(float(resp.headers["Retry-After"]), 60.0)
-            except ValueError:
-                pass
+                asked = float(resp.headers["Retry-After"])
+            except ValueError:    # an HTTP date: the backoff will do
+                asked = -1.0
+            if 0 <= asked <= 60:  # not "nan", "-5" or "1e9": sleep() raises or never ends
+                delay = asked
+            elif asked > 60:
+                delay = 60.0
         time.sleep(delay * (0.8 + 0.4 * random.random()))
 
     def ping(self) -> str:
@@ -184,7 +200,7 @@ class RegistryClient:
                 url = f"{scheme}://{self.host}/v2/"
                 for attempt in range(self.options.retries + 1):
                     try:
-                        resp = self._send("GET", url, {}, None, False)
+                        resp = self._send("GET", url, {}, None)
                     except requests.exceptions.SSLError as exc:
                         last = exc
                         break
@@ -197,6 +213,7 @@ class RegistryClient:
                     except requests.Timeout as exc:
                         last = exc
                         break
+                    transport.discard(resp, self.pace)
                     if resp.status_code == 429 or resp.status_code >= 500:
                         if attempt < self.options.retries:
                             self._sleep(attempt, resp)
@@ -216,26 +233,27 @@ class RegistryClient:
 
     def request(self, method: str, path: str, *, scopes: frozenset[str], what: str,
                 headers: dict | None = None, body: _Replayable | None = None,
-                stream: bool = False, ok: tuple[int, ...] = (200,)) -> requests.Response:
+                ok: tuple[int, ...] = (200,)) -> requests.Response:
         """Send with auth, retries and hand-followed redirects; raise on unexpected status.
 
-        `path` is relative to /v2/ (or an absolute URL from a Location header)."""
+        `path` is relative to /v2/ (or an absolute URL from a Location header).
+        The response is streamed: the caller reads its body (bounded) or closes it."""
         base = self.ping()
-        url = urljoin(base + "/v2/", path)
-        home = _origin(base)
+        home = transport.origin(base)
+        url = self._follow(base + "/v2/", path, what)
         fresh = False
         attempt = 0
         redirects = 0
         while True:
             hdrs = dict(headers or {})
-            if _origin(url) == home:
+            if transport.origin(url) == home:
                 value = self.auth.header(self.session, scopes, self.tls.verify, self.tls.cert,
                                          fresh=fresh)
                 if value:
                     hdrs["Authorization"] = value
             try:
-                resp = self._send(method, url, hdrs, body.body() if body else None, stream,
-                                  verify=None if _origin(url) == home else True)
+                resp = self._send(method, url, hdrs, body.body() if body else None,
+                                  verify=None if transport.origin(url) == home else True)
             except requests.exceptions.SSLError as exc:
                 raise TLSFailure(f"{self.host}: TLS failure on {what}: {_tls_reason(exc)}") from None
             except (requests.ConnectionError, requests.Timeout) as exc:
@@ -245,32 +263,55 @@ class RegistryClient:
                 self._sleep(attempt)
                 attempt += 1
                 continue
+            except requests.RequestException as exc:   # InvalidURL, InvalidHeader, ...
+                raise RegistryError(f"{self.host}: {what}: {type(exc).__name__}") from None
             status = resp.status_code
             if status in ok:
                 return resp
             if status in (301, 302, 303, 307, 308) and "Location" in resp.headers \
                     and method in ("GET", "HEAD"):
-                resp.close()
+                transport.discard(resp, self.pace)
                 redirects += 1
                 if redirects > MAX_REDIRECTS:
                     raise RegistryError(f"{self.host}: too many redirects on {what}")
-                url = urljoin(url, resp.headers["Location"])
+                url = self._follow(url, resp.headers["Location"], what)
                 continue
-            if status == 401 and _origin(url) == home and not fresh:
+            if status == 401 and transport.origin(url) == home and not fresh:
                 self.auth.learn(resp.headers.get("WWW-Authenticate"))
-                resp.close()
+                transport.discard(resp, self.pace)
                 fresh = True
                 continue
             if (status == 429 or status >= 500) and attempt < self.options.retries:
-                resp.close()
+                transport.discard(resp, self.pace)
                 self._sleep(attempt, resp)
                 attempt += 1
                 continue
             self._raise(resp, what)
 
+    def _follow(self, current: str, location: str, what: str) -> str:
+        """The absolute URL a path, Location header or Link points to, if we may go there.
+
+        Only http(s); never from an https registry down to plain http (the
+        bytes of a private image, and a signed URL, would cross the network in
+        clear). Credentials are kept to `home` by request() itself."""
+        try:
+            url = urljoin(current, location)
+            parts = urlsplit(url)
+            parts.port          # raises ValueError on a bad port
+        except ValueError:
+            raise RegistryError(f"{self.host}: invalid URL {location[:200]!r} on {what}") from None
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise RegistryError(f"{self.host}: refusing to follow {location[:200]!r} on {what}: "
+                                "only http(s) URLs")
+        if parts.scheme == "http" and urlsplit(current).scheme == "https":
+            raise RegistryError(f"{self.host}: refusing a redirect from https to "
+                                f"{transport.printable(url)} "
+                                f"on {what}")
+        return url
+
     def _raise(self, resp: requests.Response, what: str):
         status = resp.status_code
-        codes = _error_codes(resp) if resp.request.method != "HEAD" else []
+        codes = _error_codes(resp, self.pace) if resp.request.method != "HEAD" else []
         resp.close()
         detail = "; ".join(f"{c}: {m}" if m else c for c, m in codes) or f"HTTP {status}"
         names = {c for c, _ in codes}
@@ -299,22 +340,13 @@ class RegistryClient:
         scopes = frozenset([scope(repo, "pull")])
         for attempt in range(2):
             resp = self.request("GET", f"{repo}/manifests/{reference}", scopes=scopes, what=what,
-                                headers={"Accept": MANIFEST_ACCEPT}, stream=True)
-            declared = resp.headers.get("Content-Length")
-            if declared and int(declared) > MAX_MANIFEST:
-                resp.close()
-                raise RegistryError(f"{what}: {declared} bytes, more than {MAX_MANIFEST}")
+                                headers={"Accept": MANIFEST_ACCEPT})
             try:
-                data = resp.raw.read(MAX_MANIFEST + 1, decode_content=True)
-            except Exception as exc:  # truncated or reset: one more try
-                resp.close()
+                data = transport.read_body(resp, MAX_MANIFEST, self.pace, what)
+            except transport.TransferError:     # truncated, reset, stalled: one more try
                 if attempt:
-                    raise RegistryError(f"{what}: read failed: {type(exc).__name__}") from None
+                    raise
                 continue
-            finally:
-                resp.close()
-            if len(data) > MAX_MANIFEST:
-                raise RegistryError(f"{what}: larger than {MAX_MANIFEST} bytes")
             actual = dg.of_bytes(data)
             expected = reference if dg.is_digest(reference) else None
             header = resp.headers.get("Docker-Content-Digest", "")
@@ -336,20 +368,44 @@ class RegistryClient:
                             body=_Replayable(data=data), ok=(200, 201))
         actual = dg.of_bytes(data)
         header = resp.headers.get("Docker-Content-Digest")
-        resp.close()
+        transport.discard(resp, self.pace)
         if header and header != actual:
             raise DigestMismatch(actual, header, what=f"{what}: registry stored")
         return actual
 
     def list_tags(self, repo: str) -> list[str]:
+        """Every tag of `repo`, following `Link: <...>; rel="next"` pages.
+
+        A registry can paginate for ever or send one endless page: pages, the
+        bytes of each and of all are bounded, and a page seen twice ends it."""
+        what = f"tags of {self.host}/{repo}"
         tags: list[str] = []
         path = f"{repo}/tags/list"
+        seen: set[str] = set()
+        budget = MAX_TAGS_TOTAL
         while path:
-            resp = self.request("GET", path, scopes=frozenset([scope(repo, "pull")]),
-                                what=f"tags of {self.host}/{repo}")
-            tags.extend(resp.json().get("tags") or [])
+            if len(seen) >= MAX_TAG_PAGES:
+                raise RegistryError(f"{what}: more than {MAX_TAG_PAGES} pages")
+            resp = self.request("GET", path, scopes=frozenset([scope(repo, "pull")]), what=what)
             nxt = resp.links.get("next", {}).get("url")
-            path = nxt if nxt else ""
+            data = transport.read_body(resp, min(MAX_TAGS_PAGE, budget), self.pace, what)
+            budget -= len(data)
+            try:
+                page = json.loads(data)
+                names = page.get("tags") or []
+            except (ValueError, AttributeError, RecursionError):
+                raise RegistryError(f"{what}: not a tag list") from None
+            if not isinstance(names, list) or not all(isinstance(t, str) for t in names):
+                raise RegistryError(f"{what}: not a tag list")
+            tags.extend(names)
+            seen.add(resp.url)
+            path = ""
+            if nxt:
+                path = self._follow(resp.url, nxt, what)
+                if path in seen:
+                    raise RegistryError(f"{what}: the next page link goes round in a loop")
+                if transport.origin(path) != transport.origin(resp.url):
+                    raise RegistryError(f"{what}: next page on another host ({nxt[:200]!r})")
         return tags
 
     # --- blobs: download ----------------------------------------------------
@@ -395,7 +451,7 @@ class RegistryClient:
         if start:
             headers["Range"] = f"bytes={start}-"
         resp = self.request("GET", f"{repo}/blobs/{desc.digest}", scopes=scopes, what=what,
-                            headers=headers, stream=True, ok=(200, 206, 416))
+                            headers=headers, ok=(200, 206, 416))
         got = 0
         try:
             if resp.status_code == 416:
@@ -407,13 +463,13 @@ class RegistryClient:
                 cr = resp.headers.get("Content-Range", "")
                 if not cr.startswith(f"bytes {start}-"):
                     raise _Interrupted(0, f"unexpected Content-Range {cr!r}")
-            declared = resp.headers.get("Content-Length")
-            if declared is not None and int(declared) + start - skip > desc.size:
+            declared = resp.headers.get("Content-Length", "")
+            if declared.isdigit() and int(declared) + start - skip > desc.size:
                 raise SizeMismatch(f"{what}: registry sends {int(declared) + start - skip} bytes,"
                                    f" the descriptor says {desc.size}")
             sink = _WriteBehind(w, progress)
             try:
-                for chunk in resp.raw.stream(CHUNK, decode_content=False):
+                for chunk in transport.chunks(resp, self.pace, what, decode=False):
                     got += len(chunk)
                     if skip:
                         if len(chunk) <= skip:
@@ -423,9 +479,9 @@ class RegistryClient:
                         skip = 0
                     sink.put(chunk)
                     self._check_cancelled()
-            except (requests.RequestException, OSError, _urllib3_errors()) as exc:
+            except transport.TransferError as exc:    # stalled, trickling, reset, cut short
                 sink.finish()
-                raise _Interrupted(got, type(exc).__name__) from None
+                raise _Interrupted(got, str(exc).removeprefix(f"{what}: ")) from None
             except BaseException:
                 sink.finish()
                 raise
@@ -440,7 +496,7 @@ class RegistryClient:
         resp = self.request("HEAD", f"{repo}/blobs/{digest}",
                             scopes=frozenset([scope(repo, "pull", "push")]),
                             what=f"blob {digest} of {self.host}/{repo}", ok=(200, 404))
-        resp.close()
+        transport.discard(resp, self.pace)
         return resp.status_code == 200
 
     # --- blobs: upload ------------------------------------------------------
@@ -452,8 +508,8 @@ class RegistryClient:
                             scopes=frozenset([scope(repo, "pull", "push"), scope(source, "pull")]),
                             what=f"mount of {digest} from {source} into {self.host}/{repo}",
                             ok=(201, 202))
-        resp.close()
-        return None if resp.status_code == 201 else resp.headers["Location"]
+        transport.discard(resp, self.pace)
+        return None if resp.status_code == 201 else _location(resp, self.host)
 
     def upload_blob(self, repo: str, desc: Descriptor, opener: Callable[[], BinaryIO],
                     progress: Progress | None = None, location: str | None = None) -> None:
@@ -484,8 +540,8 @@ class RegistryClient:
         if location is None:
             resp = self.request("POST", f"{repo}/blobs/uploads/", scopes=scopes, what=what,
                                 ok=(202,))
-            resp.close()
-            location = resp.headers["Location"]
+            transport.discard(resp, self.pace)
+            location = _location(resp, self.host)
         if desc.size <= MONOLITHIC_MAX:
             body = _Replayable(opener, 0, desc.size, progress=progress)
             start = desc.size
@@ -504,8 +560,8 @@ class RegistryClient:
                     if isinstance(exc, (Unauthorized, Denied)):
                         raise
                     raise _UploadRestart(str(exc)) from None
-                resp.close()
-                location = resp.headers["Location"]
+                transport.discard(resp, self.pace)
+                location = _location(resp, self.host)
                 start += n
         sep = "&" if "?" in location else "?"
         try:
@@ -518,7 +574,7 @@ class RegistryClient:
                 raise
             raise _UploadRestart(str(exc)) from None
         header = resp.headers.get("Docker-Content-Digest")
-        resp.close()
+        transport.discard(resp, self.pace)
         if header and header != desc.digest:
             raise DigestMismatch(desc.digest, header, what=f"{what}: registry stored")
 
@@ -579,10 +635,12 @@ class _UploadRestart(Exception):
     """An upload session went wrong half-way; start a new one."""
 
 
-def _urllib3_errors() -> Any:
-    from urllib3.exceptions import HTTPError
-
-    return HTTPError
+def _location(resp: requests.Response, host: str) -> str:
+    """An upload session's URL; request() keeps credentials off any other origin."""
+    location = resp.headers.get("Location")
+    if not location:
+        raise RegistryError(f"{host}: upload answer without a Location header")
+    return location
 
 
 def _reason(exc: BaseException | None) -> str:

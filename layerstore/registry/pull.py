@@ -13,9 +13,10 @@ from dataclasses import dataclass, field
 from layerstore import mediatypes as mt
 from layerstore import reference
 from layerstore.errors import DigestMismatch, InvalidImage, NotFound
-from layerstore.model import Descriptor, Index, Manifest, Platform, parse_manifest_or_index
+from layerstore.model import (Descriptor, Index, Manifest, NotAnImage, Platform, check_image,
+                              parse_manifest_or_index)
 from layerstore.registry import open_client
-from layerstore.registry.client import Options, RegistryClient
+from layerstore.registry.client import MAX_MANIFEST, Options, RegistryClient
 from layerstore.registry.progress import Quiet, Reporter
 from layerstore.store import Store
 
@@ -29,11 +30,44 @@ class PullResult:
     skipped: int = 0                 # blobs already in the store
 
 
+MAX_BLOB_SIZE = 2 ** 53 - 1      # no real blob is larger; JSON readers lose precision beyond
+MAX_MANIFESTS_TOTAL = 64 << 20   # of one --all-platforms pull, held in memory until stored
+
+
+def _parse(data: bytes, content_type: str | None, what: str) -> Manifest | Index:
+    """A manifest or index as a registry served it, refused unless it is plainly one
+    image or an index of some.
+
+    What a document is (ambiguous ones: CVE-2021-41190; a Content-Type that
+    contradicts the document; an index of nothing; an artifact) is model.py's
+    call, shared with `load` and `run`. Here: sizes must be possible, since
+    they drive what is downloaded."""
+    obj = parse_manifest_or_index(data, content_type or None, what=what)
+    if isinstance(obj, Index):
+        for i, m in enumerate(obj.manifests):
+            if m.size > MAX_MANIFEST:
+                raise InvalidImage(f"{what}: manifest {i}: size {m.size} is out of range "
+                                   f"(a manifest is at most {MAX_MANIFEST} bytes)")
+        return obj
+    check_image(obj, what)
+    for label, blob in [("config", obj.config),
+                        *((f"layer {i}", l) for i, l in enumerate(obj.layers))]:
+        if blob.size > MAX_BLOB_SIZE:
+            raise InvalidImage(f"{what}: {label}: size {blob.size} is out of range")
+    return obj
+
+
+def _is_attestation(desc: Descriptor) -> bool:
+    """An index entry buildx adds for provenance/SBOM (platform unknown/unknown)."""
+    kind = (desc.annotations or {}).get("vnd.docker.reference.type")
+    return kind == "attestation-manifest"
+
+
 def _fetch_manifest(client: RegistryClient, repo: str, desc: Descriptor) -> tuple[bytes, Manifest | Index]:
-    data, _mtype, digest = client.get_manifest(repo, desc.digest)
+    data, mtype, digest = client.get_manifest(repo, desc.digest)
     if len(data) != desc.size:
         raise InvalidImage(f"manifest {desc.digest}: {len(data)} bytes, index says {desc.size}")
-    return data, parse_manifest_or_index(data, desc.media_type, what=f"manifest {desc.digest}")
+    return data, _parse(data, mtype or desc.media_type, what=f"manifest {desc.digest}")
 
 
 def pull(store: Store, name: str, *, platform: Platform | None = None,
@@ -46,7 +80,7 @@ def pull(store: Store, name: str, *, platform: Platform | None = None,
     repo = ref.path
     with open_client(ref.domain, options) as client, progress:
         data, mtype, digest = client.get_manifest(repo, ref.digest or ref.tag or "latest")
-        top_obj = parse_manifest_or_index(data, mtype or None, what=f"manifest of {ref.familiar}")
+        top_obj = _parse(data, mtype or None, what=f"manifest of {ref.familiar}")
         top = Descriptor(media_type=top_obj.media_type, digest=digest, size=len(data))
         manifests: list[tuple[Descriptor, bytes, Manifest]] = []
         if isinstance(top_obj, Index):
@@ -55,11 +89,26 @@ def pull(store: Store, name: str, *, platform: Platform | None = None,
                           if all_platforms else [store.select(top_obj, platform)])
             except NotFound as exc:
                 raise NotFound(f"{ref.familiar}: {exc}") from None
+            if not chosen:
+                raise InvalidImage(f"{ref.familiar}: index lists no image manifests")
+            total = sum(d.size for d in chosen)     # each is checked against its size
+            if total > MAX_MANIFESTS_TOTAL:
+                raise InvalidImage(f"{ref.familiar}: the index's manifests add up to {total} "
+                                   f"bytes, more than the {MAX_MANIFESTS_TOTAL} a pull holds")
             for desc in chosen:
-                mdata, obj = _fetch_manifest(client, repo, desc)
+                if all_platforms and _is_attestation(desc):
+                    continue    # buildx's provenance/SBOM entries: not an image to store
+                try:
+                    mdata, obj = _fetch_manifest(client, repo, desc)
+                except NotAnImage:
+                    if all_platforms:
+                        continue    # an artifact beside the images: the images still pull
+                    raise
                 if not isinstance(obj, Manifest):
                     raise InvalidImage(f"{ref.familiar}: nested index {desc.digest} not supported")
                 manifests.append((desc, mdata, obj))
+            if not manifests:
+                raise InvalidImage(f"{ref.familiar}: index lists no image manifests")
         else:
             manifests.append((top, data, top_obj))
 
@@ -122,14 +171,3 @@ def _download(client: RegistryClient, repo: str, blobs: list[Descriptor], store:
                 f.cancel()
             raise
         return total
-
-
-def ensure_image(store: Store, name: str, *, platform: Platform | None = None,
-                 options: Options | None = None, progress: Reporter | None = None):
-    """The store's image for `name`, pulled first if missing (what FROM needs)."""
-    try:
-        return store.resolve(name, platform)
-    except NotFound:
-        pass
-    result = pull(store, name, platform=platform, options=options, progress=progress)
-    return store.resolve(result.name, platform)

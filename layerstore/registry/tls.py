@@ -4,18 +4,20 @@ Follows the docker/containers `certs.d/<host:port>/` convention: `*.crt` are
 extra CAs, `<name>.cert` + `<name>.key` a client certificate. Registries on
 localhost/127.0.0.1/::1, and those the user marks insecure, are tried over
 HTTPS without verification first and then over plain HTTP, as docker does —
-unless a CA for them is configured, which then is checked.
+unless a CA for them is configured, which then is checked. Loopback is
+decided by the addresses a name resolves to, not by how it is spelt.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from layerstore.registry.credentials import config_dir
 
-LOOPBACK = ("localhost", "127.0.0.1", "::1", "[::1]")
 SYSTEM_CERTS_DIRS = (Path("/etc/containers/certs.d"), Path("/etc/docker/certs.d"))
 
 
@@ -37,9 +39,36 @@ def host_name(host: str) -> str:
     return host.rsplit(":", 1)[0] if ":" in host else host
 
 
+def _loopback_address(text: str) -> bool | None:
+    """True/False for a literal IP address, None for a name."""
+    try:
+        ip = ipaddress.ip_address(text.split("%", 1)[0])
+    except ValueError:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_loopback
+
+
 def is_loopback(host: str) -> bool:
-    name = host_name(host)
-    return name in LOOPBACK or name.startswith("127.")
+    """Does `host` (`name[:port]`) only ever mean this machine?
+
+    Decided by address, as docker does, never by spelling: `127.attacker.example`
+    is somebody's DNS name. A name counts when every address it resolves to
+    is loopback; one that does not resolve does not count. (`localhost` is
+    taken at its word, as everywhere.)"""
+    name = host_name(host).strip("[]")
+    if name.lower().rstrip(".") == "localhost":
+        return True
+    literal = _loopback_address(name)
+    if literal is not None:
+        return literal
+    try:
+        infos = socket.getaddrinfo(name, None, proto=socket.IPPROTO_TCP)
+    except (OSError, UnicodeError, ValueError):
+        return False
+    found = [_loopback_address(str(info[4][0])) for info in infos]
+    return bool(found) and all(found)
 
 
 @dataclass
@@ -75,7 +104,7 @@ def for_host(host: str, tls_verify: bool | None = None,
                     cert = (str(f), str(key))
         break
     insecure = tls_verify is False or (
-        tls_verify is None and not ca_files and (is_loopback(host) or host in insecure_hosts))
+        tls_verify is None and not ca_files and (host in insecure_hosts or is_loopback(host)))
     if insecure:
         return TLSConfig(host, verify=False, cert=cert, schemes=("https", "http"))
     verify: bool | str = True
