@@ -22,7 +22,8 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from builder.buildopts import BuildOptions, check_network, locate_dockerfile, read_dockerfile
+from builder.buildopts import (BuildOptions, check_network, check_security, locate_dockerfile,
+                               read_dockerfile)
 from builder.cache import BuildCache, step_key
 from builder.context import Context
 from builder.dockerfile import instructions as ins
@@ -38,11 +39,11 @@ from builder.steps import meta
 from builder.steps import mounts as mountstep
 from builder.steps import run as runstep
 from layerstore import digest as dg
-from layerstore import reference, snapshots, workdirs
+from layerstore import reference, resolver, snapshots, workdirs
 from layerstore.errors import InvalidReference, NotFound, PybuildError
 from layerstore.humanize import rfc3339_now
-from layerstore.model import ContainerConfig, Descriptor, History, ImageConfig
-from layerstore.snapshots import remove_tree
+from layerstore.model import CONFIG_LIMIT, ContainerConfig, Descriptor, History, ImageConfig
+from layerstore.resolver import remove_tree
 
 
 class BuildError(PybuildError):
@@ -54,14 +55,21 @@ class _DependencyFailed(Exception):
 
 
 def _check_entitlements(stages: list[Stage], opts: BuildOptions, filename: str) -> None:
-    """Refuse the whole build when a step it would run needs an entitlement not granted, as
-    BuildKit validates the graph before solving (ONBUILD triggers of base images, known only
-    once pulled, are checked again at their step)."""
+    """Refuse the whole build when a step it would run needs an entitlement not granted
+    (host network) or one pybuild never grants (security.insecure), as BuildKit validates
+    the graph before solving. ONBUILD triggers of a base image, known only once it is
+    here, are checked before the first of them runs."""
     check_network(opts.network, opts.allow, "--network host (every RUN step)")
     for stage in stages:
-        for i in [*stage.triggers, *stage.instructions]:
-            if isinstance(i, ins.Run) and i.network == "host":
+        _check_steps([*stage.triggers, *stage.instructions], opts, filename)
+
+
+def _check_steps(steps: list, opts: BuildOptions, filename: str) -> None:
+    for i in steps:
+        if isinstance(i, ins.Run):
+            if i.network == "host":
                 check_network("host", opts.allow, f"{filename}:{i.line}: RUN --network=host")
+            check_security(i.security, f"{filename}:{i.line}: RUN --security=insecure")
 
 
 def _wait(fut: cf.Future):
@@ -90,6 +98,17 @@ class BuildResult:
     cached: int = 0
     warnings: list[str] = field(default_factory=list)
     memo: dict | None = None  # what builder/buildmemo.py needs to answer this build again
+
+
+def _bounded(cfg: ImageConfig) -> ImageConfig:
+    """A config the store will read back: one past its limit (150 LABELs of 120 KB each,
+    expanded from one ARG) was written, tagged, and then "not found" by every command."""
+    cfg.raw = None
+    size = len(cfg.to_bytes())
+    if size > CONFIG_LIMIT:
+        raise BuildError(f"the image config would be {size} bytes, more than the "
+                         f"{CONFIG_LIMIT} an image may have (ENV, LABEL and history too large)")
+    return cfg
 
 
 def _clone(cfg: ImageConfig) -> ImageConfig:
@@ -144,6 +163,8 @@ class Builder:
         self.bases: list[tuple[str, str]] = []     # (ref name in index.json or "", digest)
         self.shown: list[tuple[int, str, str, bool]] = []   # (n, label, text, is FROM)
         self.volatile = False     # an input the memo cannot vouch for (ADD <url>, ID lookup)
+        self.views: dict[str, Path] = {}    # shared read-only context views, by content
+        self.views_lock = threading.Lock()
 
     def release(self) -> None:
         """Remove this build's scratch dir (step work dirs go with their steps)."""
@@ -193,6 +214,24 @@ class Builder:
                 self._scratch = workdirs.create(self.store.root / "tmp", snapshots.WORK_PREFIX)
             return self._scratch.path
 
+    def context_view(self, sel, digest: str) -> Path:
+        """A read-only bind mount's copy of context content, made once per build and
+        content (2000 files / 40 MB took ~0.4 s and its space again for every RUN step).
+        It lives in this build's scratch dir; the steps only ever see it read-only."""
+        key = f"{digest}-{int(sel.items[0].is_dir)}"
+        with self.views_lock:
+            view = self.views.get(key)
+            if view is None:
+                parent = self.scratch / "views"
+                parent.mkdir(mode=0o700, exist_ok=True)
+                try:
+                    copystep.materialize(sel, parent, key)
+                except BaseException:
+                    remove_tree(parent / key)     # a context file changed meanwhile
+                    raise
+                view = self.views[key] = parent / key
+            return view
+
     def now(self) -> str:
         return rfc3339_now(self.opts.source_date_epoch)
 
@@ -213,6 +252,7 @@ class Builder:
         cfg.history = list(cfg.history) + [History(created=created, created_by=created_by,
                                                    author=cfg.author, comment=comment)]
         layers = list(state.layers) + [layer]
+        _bounded(cfg)
         self.blobs_used.update(l.digest for l in layers)
         # the upper becomes the new layer's snapshot: no unpacking of the blob again
         self.store.snapshots.commit(upper, dg.chain_ids(cfg.diff_ids)[-1])
@@ -227,15 +267,16 @@ class Builder:
         cfg.created = created
         cfg.history = list(cfg.history) + [History(created=created, created_by=created_by,
                                                    author=cfg.author, empty_layer=True)]
-        new = State(cfg, list(state.layers), key, None)
+        new = State(_bounded(cfg), list(state.layers), key, None)
         self.cache.put(key, cfg, new.layers, None)
         return new
 
-    def cached(self, key: str) -> State | None:
+    def cached(self, key: str, parent: State | None = None) -> State | None:
         self.keys_used.append(key)  # every step asks here first, hit or not
         if self.opts.no_cache:
             return None
-        e = self.cache.get(key, self.store)
+        e = self.cache.get(key, self.store, None if parent is None else
+                           (parent.layers, parent.config.diff_ids))
         if e is None:
             return None
         self.blobs_used.update(l.digest for l in e.layers)
@@ -317,7 +358,12 @@ class Builder:
         for t in stage.triggers:
             runner.step(t, raw=t, trigger=True)
         if triggers:
-            for t in _replay(triggers, df.escape):
+            # a base image's triggers are reported at the FROM line that brought them
+            replayed = [dataclasses.replace(t, line=stage.from_.line)
+                        for t in _replay(triggers, df.escape)]
+            # known only now that the base is here: checked before any of them runs
+            _check_steps(replayed, self.opts, df.filename)
+            for t in replayed:
                 runner.step(t, raw=t, trigger=True)
         runner.args = {}
         raws = self.raw_bodies[stage.index]
@@ -389,6 +435,7 @@ class Builder:
             cfg.config = dataclasses.replace(cfg.config, Labels=labels)
         if self.opts.squash and len(layers) - base_count > 1:
             cfg, layers = self.squash(cfg, layers, base_count)
+        _bounded(cfg)
         manifest = self.store.commit_image(cfg, layers, annotations=self.opts.annotations or None)
         names = []
         for t in self.opts.tags:
@@ -533,7 +580,7 @@ class _StageRunner:
             self.metadata(i, n)
 
     def _hit(self, key: str, n: int) -> bool:
-        hit = self.b.cached(key)
+        hit = self.b.cached(key, self.state)
         if hit is None:
             return False
         self.state = hit
@@ -593,7 +640,7 @@ class _StageRunner:
     def _source_state(self, ref: str) -> State:
         g = self.graph
         idx = None
-        if ref.isdigit() and int(ref) < len(g.stages):
+        if ref.isascii() and ref.isdigit() and int(ref) < len(g.stages):
             idx = int(ref)
         else:
             for s in g.stages:
@@ -601,13 +648,31 @@ class _StageRunner:
                     idx = s.index
                     break
         if idx is not None:
-            return _wait(self.results[idx])
+            return _wait(self.results[self._orderable(ref, idx)])
         if ref in self.b.opts.build_contexts:
             raise BuildError(f"--from={ref}: a named build context is a directory; "
                              "use it with COPY --from or RUN --mount=from=")
         image = self.b.resolve_image(ref)
         return State(image.config, list(image.manifest.layers),
                      hashlib.sha256(f"image {image.descriptor.digest}".encode()).hexdigest())
+
+    def _orderable(self, ref: str, idx: int) -> int:
+        """A stage this one may wait for. The planner checked every reference the
+        Dockerfile spells; a base image's ONBUILD trigger or ENV can name a stage only at
+        run time (`ONBUILD COPY --from=0` in a base: its own stage), and waiting for
+        ourselves, for a stage not built, or for one queued behind us (the pool is
+        FIFO: whatever was queued before us has started) would hang the build for ever."""
+        order = self.graph.order
+        me = self.stage.index
+        if idx == me:
+            raise BuildError(f"--from={ref}: circular dependency detected on stage: "
+                             f"{self.stage.label} (it would copy from itself)")
+        if idx not in self.results or order.index(idx) > order.index(me):
+            other = self.graph.stages[idx].label
+            raise BuildError(f"--from={ref}: stage {other} is not built before stage "
+                             f"{self.stage.label}; only the base image names it (ONBUILD or "
+                             "ENV), which cannot order the build: name it in the Dockerfile")
+        return idx
 
     def copy(self, i: ins._Transfer, n: int) -> None:
         b = self.b
@@ -624,6 +689,13 @@ class _StageRunner:
             else:
                 plain_sources.append(s)
         dest = normalize_dest(i.dest, self.state.config.config.WorkingDir or "/")
+        if is_add:
+            git = [s for s in plain_sources if download.is_git(s)]
+            if git:
+                raise download.DownloadError(
+                    f"ADD {git[0]}: git repositories are not supported by pybuild (clone it "
+                    "into the build context, or in a RUN step)")
+            download.check_checksum(i.checksum, plain_sources + [f"<<{n}" for n, _ in heredocs])
         urls = [s for s in plain_sources if is_add and "://" in s]
         downloads: list[tuple[str, Path]] = []
         dl_dir = None
@@ -675,7 +747,9 @@ class _StageRunner:
                 dl_trees.append(tree)
                 dl = copystep.select_sources([path.name], tree)
                 item = dl.items[0]
-                item.rel, item.arg, item.archive_ok = download.url_name(url), url, False
+                # ADD --unpack (BuildKit's): a download is extracted only when asked
+                item.rel, item.arg = download.url_name(url), url
+                item.archive_ok = getattr(i, "unpack", None) is True
                 hd += f" {url} {copystep.digest_selection(dl)}"
                 sel = sel or copystep.Selection()
                 sel.items.append(item)
@@ -685,7 +759,8 @@ class _StageRunner:
             job = copystep.CopyJob(i.keyword, dest, sel.items if sel else None,
                                    plain_sources if from_ else None, heredocs,
                                    chown=i.chown, chmod=i.chmod, exclude=list(i.exclude),
-                                   parents=bool(getattr(i, "parents", False)), extract=is_add,
+                                   parents=bool(getattr(i, "parents", False)),
+                                   extract=is_add and getattr(i, "unpack", None) is not False,
                                    arg_count=len(plain_sources) + len(downloads),
                                    mtime=float(b.opts.source_date_epoch) if b.opts.source_date_epoch else None)
             ws = b.workspace(self.state)
@@ -724,6 +799,11 @@ class _StageRunner:
             simple = len(i.heredocs) == 1 and cmdline.strip().lstrip("0123456789").startswith("<<") \
                 and len(cmdline.split()) == 1
             if simple and h0.body().startswith("#!"):
+                # the name becomes a file of ours on the host: one component, nothing
+                # else (`RUN <<../../../etc/cron.d/x` wrote that file as root)
+                if h0.name in ("", ".", "..") or "/" in h0.name or "\0" in h0.name:
+                    raise BuildError(f"heredoc name {h0.name!r} cannot name the script of a "
+                                     "RUN step (use a plain word)")
                 pipes.append((h0.name, h0.body()))
                 argv = [f"/dev/pipes/{h0.name}"]
             elif simple:
@@ -748,6 +828,7 @@ class _StageRunner:
         network = i.network if i.network not in (None, "default") else b.opts.network
         check_network(network, b.opts.allow, f"{self.df.filename}:{i.line}: RUN --network=host"
                       if i.network == "host" else "--network host (every RUN step)")
+        check_security(i.security, f"{self.df.filename}:{i.line}: RUN --security=insecure")
         # keyed by what the step ran on: a result made on the host's network (before the
         # default became a private namespace) is not reused as a sandboxed one
         net_key = "private" if network == "default" else network
@@ -763,9 +844,13 @@ class _StageRunner:
             if pipes:
                 pd = ws.dir / "pipes"
                 pd.mkdir()
-                for name, body in pipes:
-                    (pd / name).write_text(body)
-                    os.chmod(pd / name, 0o755)
+                with resolver.rooted(pd) as pfd:
+                    for name, body in pipes:
+                        fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                                     | os.O_CLOEXEC, 0o755, dir_fd=pfd)
+                        with open(fd, "wb") as f:
+                            f.write(body.encode("utf-8", "surrogateescape"))
+                            os.fchmod(f.fileno(), 0o755)
                 from builder.sandbox import BindMount
 
                 binds.append(BindMount(pd, "/dev/pipes", readonly=True))
@@ -797,7 +882,7 @@ class _StageRunner:
         """Content of bind mounts from the context or other stages (their keys). The
         context sources selected and hashed here are what `_mounts` shows the step."""
         parts = []
-        self._bind_sources: dict[int, copystep.Selection] = {}
+        self._bind_sources: dict[int, tuple[copystep.Selection, str]] = {}
         for k, m in enumerate(i.mounts):
             if m.type == "bind":
                 if m.from_ and m.from_ not in self.b.opts.build_contexts:
@@ -806,7 +891,7 @@ class _StageRunner:
                     sel = self._bind_selection(m)
                     with self.b.hash_lock:
                         parts.append(copystep.digest_selection(sel, self.b.hashes))
-                    self._bind_sources[k] = sel
+                    self._bind_sources[k] = (sel, parts[-1])
         return hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
     def _bind_selection(self, m) -> copystep.Selection:
@@ -840,15 +925,20 @@ class _StageRunner:
             return dest
 
         def context_view(k: int, m, dest: Path) -> Path:
-            """The step's own read-only copy of a context source: never the host
-            directory itself, which holds what .dockerignore hides."""
-            sel = getattr(self, "_bind_sources", {}).get(k) or self._bind_selection(m)
+            """A copy of a context source: never the host directory itself, which holds
+            what .dockerignore hides. Read-only ones are shared by every step of the build
+            that mounts the same content; `rw` gets a copy of its own."""
+            known = getattr(self, "_bind_sources", {}).get(k)
+            sel, digest = known if known else (self._bind_selection(m), None)
+            if digest is not None and m.readonly is not False:
+                return self.b.context_view(sel, digest)
             copystep.materialize(sel, dest.parent, dest.name)
             return dest
         return mountstep.prepare(i.mounts, ws, env, secrets=self.b.opts.secrets,
                                  cache_dir=self.b.store.root / "cache" / "mounts",
                                  contexts=self.b.opts.build_contexts,
-                                 context_view=context_view, stage_tree=stage_tree)
+                                 context_view=context_view, stage_tree=stage_tree,
+                                 cwd=self.state.config.config.WorkingDir or "/")
 
 
 def build(store, opts: BuildOptions, progress: Progress | None = None) -> BuildResult:

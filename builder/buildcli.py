@@ -17,8 +17,12 @@ from layerstore.errors import PybuildError
 
 
 def parse_output(text: str | None) -> dict[str, str]:
+    """buildx's --output: `type=...,dest=...`; a bare `-` is a tar on stdout, any other
+    bare word a local directory."""
     if not text:
         return {"type": "image"}
+    if text == "-":
+        return {"type": "tar", "dest": "-"}
     if "=" not in text:
         return {"type": "local", "dest": text}
     out = fields(text, "--output", lower=False)
@@ -29,6 +33,39 @@ def parse_output(text: str | None) -> dict[str, str]:
     if out["type"] != "image" and "dest" not in out:
         raise PybuildError(f"--output {text!r}: dest= is required")
     return out
+
+
+def read_bounded(path: str, option: str, limit: int = 1 << 20) -> str:
+    """A small text file named on the command line (`--build-arg-file /dev/zero` read
+    until the OOM killer came)."""
+    with open(path, "rb") as f:
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise PybuildError(f"{option} {path}: larger than {limit >> 20} MiB")
+    return data.decode("utf-8", "surrogateescape")
+
+
+def read_stdin_dockerfile() -> bytes:
+    """`-f -` / context `-`: bounded as a Dockerfile read from disk is (`yes | pybuild
+    build -` read until memory ran out)."""
+    from builder.buildopts import MAX_DOCKERFILE
+
+    data = sys.stdin.buffer.read(MAX_DOCKERFILE + 1)
+    if len(data) > MAX_DOCKERFILE:
+        raise PybuildError(f"the Dockerfile on stdin is larger than {MAX_DOCKERFILE >> 20} MiB")
+    return data
+
+
+def named_context(name: str, value: str) -> Path:
+    """`--build-context NAME=DIR`: a local directory. buildx's other sources (an image,
+    a URL, an OCI layout) are refused by name: read as paths they named a directory of
+    the current one, and an empty value named the current directory itself."""
+    if not value:
+        raise PybuildError(f"--build-context {name}=: no directory given")
+    if "://" in value or value.startswith(("target:", "git@")):
+        raise PybuildError(f"--build-context {name}={value}: only a local directory is "
+                           "supported (not an image, a URL or a git repository)")
+    return Path(value).absolute()     # checked when a step uses it (an unused one may be absent)
 
 
 def run_build(root: Path, open_store, context: str, dockerfile: str | None, *, tags, build_args,
@@ -42,10 +79,14 @@ def run_build(root: Path, open_store, context: str, dockerfile: str | None, *, t
 
     granted = parse_allow(allow)
     check_network(network, granted, "--network host (every RUN step)")
+    from layerstore import reference
+
+    for t in tags:    # before any step runs, as docker does, not after the whole build
+        reference.parse(t)
     args: dict[str, str] = {}
     for f in build_arg_files:
         try:
-            lines = Path(f).read_text().splitlines()
+            lines = read_bounded(f, "--build-arg-file").splitlines()
         except OSError as exc:
             raise PybuildError(f"--build-arg-file {f}: {exc.strerror}") from None
         args.update(parse_build_args(l for l in lines if l.strip() and not l.lstrip().startswith("#")))
@@ -60,13 +101,13 @@ def run_build(root: Path, open_store, context: str, dockerfile: str | None, *, t
                         compression=compression, source_date_epoch=source_date_epoch,
                         squash=squash, jobs=max(1, jobs))
     if context == "-" or dockerfile == "-":
-        opts.dockerfile_text = sys.stdin.buffer.read()
+        opts.dockerfile_text = read_stdin_dockerfile()
     elif dockerfile:
         opts.dockerfile = Path(dockerfile).absolute()
     if opts.context is not None and not opts.context.is_dir():
         raise PybuildError(f"build context {context}: not a directory")
     for k, v in kv_map(build_contexts, "--build-context", bare=None).items():
-        opts.build_contexts[k] = Path(v).absolute()
+        opts.build_contexts[k] = named_context(k, v)
     out = parse_output(output)
     mode = "quiet" if quiet else progress_mode
     memo, key, answer = BuildMemo(root), None, None
@@ -105,18 +146,27 @@ def run_build(root: Path, open_store, context: str, dockerfile: str | None, *, t
         memo.record(key, result.image_id, result.manifest.digest, result.names, result.warnings,
                     result.memo)
     _report(mode, result.image_id, result.manifest.digest, result.names, result.steps,
-            result.cached, result.warnings, iidfile, metadata_file)
+            result.cached, result.warnings, iidfile, metadata_file,
+            stdout=out.get("dest") != "-")
+
+
+def _write_file(option: str, path: Path, text: str) -> None:
+    try:
+        path.write_text(text)
+    except OSError as exc:
+        raise PybuildError(f"{option} {path}: {exc.strerror}") from None
 
 
 def _report(mode: str, image_id: str, manifest_digest: str, names: list[str], ran: int,
             cached: int, warnings: list[str], iidfile: Path | None,
-            metadata_file: Path | None) -> None:
+            metadata_file: Path | None, stdout: bool = True) -> None:
+    """`stdout`: False when the image's archive went there (`-o -`): nothing else may."""
     for w in warnings:
         click.echo(f"WARNING: {w}", err=True)
     if iidfile:
-        iidfile.write_text(image_id)
+        _write_file("--iidfile", iidfile, image_id)
     if metadata_file:
-        metadata_file.write_text(json.dumps({
+        _write_file("--metadata-file", metadata_file, json.dumps({
             "containerimage.config.digest": image_id,
             "containerimage.digest": manifest_digest,
             "image.name": ",".join(names)}, indent=2))
@@ -124,32 +174,49 @@ def _report(mode: str, image_id: str, manifest_digest: str, names: list[str], ra
         for n in names:
             click.echo(f"Successfully tagged {n}", err=True)
         click.echo(f"--> {image_id[7:19]} ({ran} steps run, {cached} cached)", err=True)
-    click.echo(image_id)
+    click.echo(image_id, err=not stdout)
 
 
 def deliver(store, result, out: dict[str, str]) -> None:
+    """Write the built image where --output asked: an archive (oci, docker), its files
+    (local), or their tar; `dest=-` is stdout for the archives."""
     kind = out["type"]
     if kind == "image":
         return
+    to_stdout = out["dest"] == "-"
+    if kind == "local" and to_stdout:
+        raise PybuildError("--output type=local: dest=- is not a directory (use type=tar)")
     dest = Path(out["dest"])
     if kind in ("oci", "docker"):
         from layerstore.archive import save
 
         name = result.names[0] if result.names else result.manifest.digest
-        save(store, [name], dest, kind)
-    elif kind in ("local", "tar"):
-        from layerstore.unpack import unpack_image
-
-        image = store.resolve(result.manifest.digest)
-        if kind == "local":
-            unpack_image(store, image, dest)
+        if to_stdout:
+            save(store, [name], None, kind, stdout=sys.stdout.buffer)
         else:
-            import tarfile
+            save(store, [name], dest, kind)
+        return
+    from layerstore.unpack import unpack_image
 
-            from layerstore import workdirs
+    image = store.load_image(result.manifest)
+    if kind == "local":
+        if dest.exists() and not dest.is_dir():
+            raise PybuildError(f"--output type=local,dest={dest}: not a directory")
+        unpack_image(store, image, dest)
+        return
+    import tarfile
 
-            # temporary work stays under ROOT (owned, reclaimed if we are killed)
-            with workdirs.create(store.root / "tmp", "out-") as tmp:
-                unpack_image(store, image, tmp.path / "root")
-                with tarfile.open(dest, "w") as tar:
-                    tar.add(tmp.path / "root", arcname=".")
+    from layerstore import workdirs
+
+    if not to_stdout and dest.is_dir():
+        raise PybuildError(f"--output type=tar,dest={dest}: is a directory")
+    # temporary work stays under ROOT (owned, reclaimed if we are killed)
+    with workdirs.create(store.root / "tmp", "out-") as tmp:
+        unpack_image(store, image, tmp.path / "root")
+        if to_stdout:
+            with tarfile.open(fileobj=sys.stdout.buffer, mode="w|") as tar:
+                tar.add(tmp.path / "root", arcname=".")
+            sys.stdout.buffer.flush()
+        else:
+            with tarfile.open(dest, "w") as tar:
+                tar.add(tmp.path / "root", arcname=".")

@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,13 +30,17 @@ from pathlib import Path
 from builder.buildopts import BuildOptions, locate_dockerfile, read_dockerfile
 from builder.context import Context
 from builder import VERSION
-from layerstore import resolver
+from layerstore import digest as dg
+from layerstore import jsonlimits, resolver
 from layerstore.atomic import atomic_write
 from layerstore.errors import PybuildError
 from layerstore.locking import file_lock
 from layerstore.mediatypes import REF_NAME
 
-FORMAT = 1
+# 2: records of builds that pybuild now refuses (RUN --security=insecure) or expands
+# otherwise (${x//p/r}, .dockerignore classes) must not answer for the solver
+FORMAT = 2
+_HEX_KEY = re.compile(r"[0-9a-f]{64}")
 KEEP = 200      # records kept, newest first
 
 
@@ -151,19 +156,25 @@ class BuildMemo:
     def answer(self, key: str) -> Answer | None:
         """The recorded result if every fact it rests on still holds."""
         try:
-            rec = json.loads(self._path(key).read_bytes())
+            rec = jsonlimits.read_object(self._path(key))
         except (OSError, ValueError):
             return None
         try:
             with file_lock(self.root / "gc.lock", shared=True):   # no prune meanwhile
                 return self._check(rec)
-        except (MemoMiss, KeyError, TypeError, ValueError, OSError):
+        except (MemoMiss, KeyError, TypeError, ValueError, AttributeError, OSError):
             return None
 
     def _check(self, rec: dict) -> Answer | None:
         if rec.get("format") != FORMAT:
             return None
-        index = json.loads((self.root / "index.json").read_bytes())
+        # a record is read back from disk: every name in it becomes a path below, so each
+        # must be what we write (a digest, a hex key), never `../..`
+        digests = [rec["manifest"], rec["image_id"], *rec["blobs"], *(d for _, d in rec["bases"])]
+        if not all(dg.is_digest(d) for d in digests) or \
+                not all(isinstance(k, str) and _HEX_KEY.fullmatch(k) for k in rec["entries"]):
+            return None
+        index = jsonlimits.read_object(self.root / "index.json")
         named: dict[str, str] = {}
         present: set[str] = set()
         for m in index.get("manifests", []):
@@ -181,8 +192,8 @@ class BuildMemo:
         elif manifest not in present:
             return None
         blobs = self.root / "blobs" / "sha256"
-        for d in [manifest, rec["image_id"], *rec["blobs"], *(d for _, d in rec["bases"])]:
-            if not (blobs / d.partition(":")[2]).is_file():
+        for d in digests:
+            if not (blobs / dg.hex_of(d)).is_file():
                 return None
         entries = self.root / "cache" / "entries"
         paths = [entries / k[:2] / f"{k}.json" for k in rec["entries"]]

@@ -78,6 +78,17 @@ def check_network(mode: str, allow: Iterable[str], what: str) -> None:
                                f"namespace; pass --allow {NETWORK_HOST} to grant it")
 
 
+def check_security(mode: str | None, what: str) -> None:
+    """`RUN --security=insecure` asks for a step outside the sandbox (all capabilities,
+    no seccomp, devices): BuildKit's `security.insecure` entitlement. pybuild never
+    grants it, so such a step is refused before the build starts, as BuildKit refuses it
+    without `--allow security.insecure`, instead of running sandboxed as if asked for
+    nothing."""
+    if mode == "insecure":
+        raise EntitlementError(f"security.insecure is not allowed: {what} asks to run "
+                               "outside the sandbox, and pybuild runs every RUN step sandboxed")
+
+
 def parse_build_args(items: Iterable[str]) -> dict[str, str]:
     """`K=V` pairs; a bare `K` takes its value from the environment, as docker does."""
     return env_pairs(items, os.environ, lambda item: PybuildError(
@@ -127,9 +138,10 @@ def read_dockerfile(context: Path | None, path: Path) -> bytes:
         raise PybuildError(f"{path}: cannot read the Dockerfile: no such file") from None
     except OSError as exc:
         raise PybuildError(f"{path}: cannot read the Dockerfile: {exc.strerror}") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise PybuildError(f"{path}: the Dockerfile is not a regular file")
     with open(fd, "rb") as f:
-        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-            raise PybuildError(f"{path}: the Dockerfile is not a regular file")
         data = f.read(MAX_DOCKERFILE + 1)
     if len(data) > MAX_DOCKERFILE:
         raise PybuildError(f"{path}: the Dockerfile is larger than {MAX_DOCKERFILE >> 20} MiB")

@@ -46,17 +46,42 @@ class BuildCache:
     def _path(self, key: str) -> Path:
         return self.entries / key[:2] / f"{key}.json"
 
-    def get(self, key: str, store) -> Entry | None:
-        """The entry for `key` if all its layer blobs are still in the store."""
+    def get(self, key: str, store, parent: tuple[list[Descriptor], list[str]] | None = None
+            ) -> Entry | None:
+        """The entry for `key` if all its layer blobs are still in the store and it holds
+        together. An entry is input read back from disk: one that does not (torn, edited,
+        from another version) is a miss, never a state to build on. A layer-making step's
+        entry must agree with its manifest blob (content-addressed, so checked on read):
+        same config bytes, same layers; every entry must keep `parent`'s layers and
+        diff IDs (the state its key was made from) and add at most one."""
         try:  # a record that does not read back as one is a miss, not a crash
             doc = jsonlimits.read_object(self._path(key), max_bytes=CONFIG_LIMIT * 2)
-            layers = [Descriptor.from_json(d) for d in doc.get("layers", [])]
-            if not isinstance(doc.get("config"), str):
+            raw_layers = doc.get("layers", [])
+            config = doc.get("config")
+            manifest = doc.get("manifest")
+            if not isinstance(raw_layers, list) or not isinstance(config, str):
                 return None
+            if manifest is not None and not (isinstance(manifest, str) and dg.is_digest(manifest)):
+                return None
+            layers = [Descriptor.from_json(d) for d in raw_layers]
             if not all(store.blobs.has(l.digest) for l in layers):
                 return None
-            cfg = ImageConfig.from_bytes(doc["config"].encode())
-        except (OSError, ValueError, TypeError, PybuildError):
+            cfg = ImageConfig.from_bytes(config.encode())
+            if len(cfg.diff_ids) != len(layers):
+                return None
+            if parent is not None:
+                p_layers, p_diff_ids = parent
+                extra = len(layers) - len(p_layers)
+                if extra not in (0, 1) or [l.digest for l in layers[:len(p_layers)]] != \
+                        [l.digest for l in p_layers] or cfg.diff_ids[:len(p_diff_ids)] != list(p_diff_ids):
+                    return None
+            if manifest is not None:
+                m = store.read_manifest(Descriptor(media_type="", digest=manifest, size=0))
+                if getattr(m, "config", None) is None or \
+                        m.config.digest != dg.of_bytes(config.encode()) or \
+                        [l.digest for l in m.layers] != [l.digest for l in layers]:
+                    return None
+        except (OSError, ValueError, TypeError, AttributeError, PybuildError):
             return None
         try:
             os.utime(self._path(key))  # last use, for `prune --filter until=`
@@ -131,7 +156,7 @@ class BuildCache:
 
     def clear_mounts(self) -> int:
         """Remove every RUN --mount=type=cache directory (`prune --cache-mounts`)."""
-        from layerstore.snapshots import remove_tree
+        from layerstore.resolver import remove_tree
 
         mounts = self.dir / "mounts"
         n = 0

@@ -373,19 +373,24 @@ def push_cmd(settings: Settings, image: str, dest: str | None, compression: str 
 def login_cmd(registry: str, username: str | None, password: str | None, password_stdin: bool,
               tls_verify: bool | None) -> None:
     """Check credentials for REGISTRY and store them in config.json."""
-    from layerstore.registry.login import login
+    from layerstore.registry.login import MAX_PASSWORD, login
 
+    warn = lambda text: click.echo(text, err=True)   # noqa: E731
     if password_stdin:
         if password is not None:
             raise click.UsageError("--password and --password-stdin are mutually exclusive")
         if username is None:
             raise click.UsageError("--password-stdin needs --username")
-        password = sys.stdin.read().rstrip("\r\n")
+        # bounded (stdin may be endless); login() refuses what is longer than MAX_PASSWORD
+        raw = sys.stdin.buffer.read(MAX_PASSWORD + 3)
+        password = raw.decode(errors="replace").removesuffix("\n").removesuffix("\r")
+    elif password is not None:
+        warn("WARNING! Using --password via the CLI is insecure. Use --password-stdin.")
     if username is None:
         username = click.prompt("Username")
     if password is None:
         password = click.prompt("Password", hide_input=True)
-    login(registry, username, password, _registry_options(tls_verify, 1))
+    login(registry, username, password, _registry_options(tls_verify, 1), warn=warn)
     click.echo("Login Succeeded")
 
 

@@ -61,8 +61,9 @@ def in_overlay(plans: list[MountPlan], fn: Callable[..., Any], *args: Any, scrat
         except PybuildError as exc:
             out, code = ("err", (type(exc).__name__, str(exc))), 1
         except BaseException as exc:  # noqa: BLE001 - reported to the parent
-            out, code = ("err", ("RootError", f"{type(exc).__name__}: {exc}\n"
-                                               f"{traceback.format_exc()}")), 1
+            # one line, as every error (the child's traceback stays on the exception)
+            out, code = ("err", ("RootError", f"{type(exc).__name__}: {exc}",
+                                 traceback.format_exc())), 1
         try:
             data = pickle.dumps(out)
         except Exception as exc:  # noqa: BLE001
@@ -96,6 +97,10 @@ def in_overlay(plans: list[MountPlan], fn: Callable[..., Any], *args: Any, scrat
         raise RootError("file operation on the image's filesystem died without a result")
     kind, value = pickle.loads(b"".join(chunks))
     if kind == "err":
+        if len(value) > 2:       # not a PybuildError: its first line, the rest kept aside
+            err = RootError((value[1].splitlines() or ["failed"])[0])
+            err.detail = value[2]
+            raise err
         raise RootError(value[1])
     return value
 

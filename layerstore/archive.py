@@ -29,12 +29,11 @@ from layerstore import mediatypes as mt
 from layerstore import reference
 from layerstore.atomic import fsync_dir
 from layerstore.errors import InvalidImage, NotFound, PybuildError
-from layerstore.layer_tar import (AREG, BLK, BLOCK, CHR, CONT, DIR, FIFO, GNU_LONGLINK,
-                                  GNU_LONGNAME, LNK, PAX, PAX_GLOBAL, REG, SYM, ZERO_BLOCK,
-                                  HeaderError, padding, parse_header, parse_pax)
-from layerstore.model import (CONFIG_LIMIT, MANIFEST_LIMIT, Descriptor, ImageConfig, Index,
-                              Manifest, NotAnImage, canonical_json, check_image, image_problem,
-                              load_object, parse_manifest_or_index)
+from layerstore.layer_tar import (CONT, DIR, LNK, REG, SYM, HeaderError, TarTruncated,
+                                  read_entries)
+from layerstore.model import (CONFIG_LIMIT, MANIFEST_LIMIT, MAX_LAYERS, Descriptor, ImageConfig, Index,
+                              Manifest, NotAnImage, canonical_json, check_config, check_image,
+                              image_problem, load_object, parse_manifest_or_index)
 from layerstore.refs import IMAGE_NAME, LAYOUT, REF_NAME
 from layerstore.store import Image, Store
 
@@ -182,6 +181,7 @@ def _write_docker(store: Store, saved: list[_Saved], tar: tarfile.TarFile) -> No
     written: set[str] = set()
     for item in saved:
         img = item.image
+        check_config(img.manifest, img.config, f"image {img.id[7:19]}")   # zip() would drop layers
         config_name = f"{dg.hex_of(img.id)}.json"
         if config_name not in written:
             _bytes_member(tar, config_name, store.blobs.read(img.id))
@@ -266,6 +266,12 @@ class _Window:
         pass
 
 
+def _shown(name: object) -> str:
+    """A member name from manifest.json for a message: quoted, cut short."""
+    text = repr(name)
+    return text[:200] + "..." if len(text) > 200 else text
+
+
 def _norm(name: str) -> str | None:
     """A member name relative to the archive's top, or None if it climbs out of it."""
     path = posixpath.normpath(name.lstrip("/")) if name else "."
@@ -274,93 +280,117 @@ def _norm(name: str) -> str | None:
     return path
 
 
+class _FileSource:
+    """The archive file as read_entries reads it: pread at an offset, skips are free
+    (a member's data is never read while scanning)."""
+
+    def __init__(self, fd: int, total: int) -> None:
+        self.fd, self.total, self.offset = fd, total, 0
+
+    def read(self, size: int) -> bytes:
+        if self.offset >= self.total:
+            return b""
+        self.skip(size)
+        data = os.pread(self.fd, size, self.offset - size)
+        if len(data) != size:
+            raise TarTruncated("the archive shrank while being read")
+        return data
+
+    def skip(self, size: int) -> None:
+        if self.offset + size > self.total:
+            raise TarTruncated("a member runs past the end of the archive")
+        self.offset += size
+
+
+class _SpoolSource:
+    """A stream (stdin, a pipe, a decompressing reader) as read_entries reads it, each
+    byte copied into `spool` (a temp file under ROOT/ingest) on the way, so that the
+    spool ends where the archive does: /dev/zero is an empty archive, not a full disk."""
+
+    def __init__(self, reader: BinaryIO, spool: int, label: str) -> None:
+        self.reader, self.spool, self.label, self.offset = reader, spool, label, 0
+
+    def _pull(self, size: int) -> bytes:
+        try:
+            return self.reader.read(size)
+        except PybuildError:
+            raise
+        except Exception as exc:  # zlib.error, EOFError, LZMAError, ZstdError, OSError ...
+            raise BadArchive(f"{self.label}: corrupt compressed archive: "
+                             f"{exc or type(exc).__name__}") from None
+
+    def _take(self, size: int, keep: bool) -> bytes:
+        parts, left = [], size
+        while left:
+            data = self._pull(min(left, CHUNK))
+            if not data:
+                if left == size and keep:
+                    return b""
+                raise TarTruncated("the archive ends inside a member")
+            view = memoryview(data)
+            while view:
+                view = view[os.write(self.spool, view):]
+            left -= len(data)
+            if keep:
+                parts.append(data)
+        self.offset += size
+        return b"".join(parts)
+
+    def read(self, size: int) -> bytes:
+        return self._take(size, keep=True)
+
+    def skip(self, size: int) -> None:
+        self._take(size, keep=False)
+
+
 class _Archive:
     """Random access to the members of an (uncompressed, seekable) archive tar,
     following its internal symlinks only to other members, never to the disk.
 
-    The headers are read with layer_tar's parser rather than `tarfile`, so every
-    limit is ours: extended headers of at most _MAX_META bytes (a PAX "bomb" is
-    refused, not read into memory), at most _MAX_MEMBERS members, every member's
-    data inside the file."""
+    The headers are read by layer_tar.read_entries, the one tar reader, rather than
+    by `tarfile`, so every limit is ours: extended headers of at most 1 MiB (a PAX
+    "bomb" is refused, not read into memory), at most _MAX_MEMBERS members, every
+    member's data inside the file."""
 
-    _MAX_META = 1 << 20
     _MAX_MEMBERS = 200_000
 
-    def __init__(self, f: BinaryIO, label: str) -> None:
-        self.fd = f.fileno()
+    def __init__(self, fd: int, label: str, source: _FileSource | _SpoolSource,
+                 kind: str = "none") -> None:
+        """`fd`: the file the members' data is read from (the archive or its spool),
+        once `source` (over the same bytes, decompressed from `kind`) is indexed."""
+        self.fd = fd
         self.label = label
+        self.kind = kind
         self.members: dict[str, _Member] = {}
-        self._scan(os.fstat(self.fd).st_size)
+        self._scan(source)
 
-    def _scan(self, total: int) -> None:
-        pos, count = 0, 0
-        pax: dict[bytes, bytes] = {}
-        long_name = long_link = None
-        while True:
-            block = os.pread(self.fd, BLOCK, pos)
-            if not block:
-                return  # no end-of-archive blocks: tolerated, as tar and docker do
-            if len(block) < BLOCK:
-                raise BadArchive(f"{self.label}: truncated tar header at offset {pos}")
-            if block == ZERO_BLOCK:
-                return
-            try:
-                h = parse_header(block)
-            except HeaderError as exc:
-                raise BadArchive(f"{self.label}: not a tar archive (offset {pos}): {exc}") from None
-            data = pos + BLOCK
-            size = h.size
-            if h.typeflag in (PAX, PAX_GLOBAL, GNU_LONGNAME, GNU_LONGLINK):
-                if not 0 <= size <= self._MAX_META:
-                    raise BadArchive(f"{self.label}: extended header of {size} bytes at offset "
-                                     f"{pos} is implausible")
-                meta = os.pread(self.fd, size, data)
-                if len(meta) != size:
-                    raise BadArchive(f"{self.label}: truncated at offset {pos}")
-                try:
-                    if h.typeflag == PAX:
-                        pax.update(parse_pax(meta))
-                    elif h.typeflag == GNU_LONGNAME:
-                        long_name = meta.split(b"\0", 1)[0]
-                    elif h.typeflag == GNU_LONGLINK:
-                        long_link = meta.split(b"\0", 1)[0]
-                except HeaderError as exc:
-                    raise BadArchive(f"{self.label}: offset {pos}: {exc}") from None
-                if sum(len(k) + len(v) for k, v in pax.items()) > self._MAX_META:
-                    raise BadArchive(f"{self.label}: extended headers at offset {pos} exceed "
-                                     f"{self._MAX_META} bytes")
-                pos = data + size + padding(size)
-                continue
-            try:
-                if b"size" in pax:
-                    size = int(pax[b"size"])
-            except ValueError:
-                raise BadArchive(f"{self.label}: bad PAX size at offset {pos}") from None
-            # as tar: links, dirs and nodes have no data whatever their size field says
-            has_data = h.typeflag not in (LNK, SYM, DIR, CHR, BLK, FIFO)
-            if not has_data:
-                size = 0
-            elif size < 0 or data + size > total:
-                raise BadArchive(f"{self.label}: member at offset {pos} runs past the end of the "
-                                 "archive (truncated?)")
-            count += 1
-            if count > self._MAX_MEMBERS:
-                raise BadArchive(f"{self.label}: more than {self._MAX_MEMBERS} members")
-            name = os.fsdecode(pax.get(b"path", long_name or h.name))
-            link = os.fsdecode(pax.get(b"linkpath", long_link or h.linkname))
-            key = _norm(name)
-            if key is not None and h.typeflag in (REG, AREG, CONT, SYM, LNK, DIR):
-                self.members[key] = _Member(key, REG if h.typeflag in (AREG, CONT) else h.typeflag,
-                                            data, size, link)
-            pax, long_name, long_link = {}, None, None
-            pos = data + size + padding(size)
+    def _scan(self, source: _FileSource | _SpoolSource) -> None:
+        count = 0
+        # the end of the file between members ends the archive, as tar and docker take it
+        try:
+            for h in read_entries(source, eof_ok=True):
+                count += 1
+                if count > self._MAX_MEMBERS:
+                    raise BadArchive(f"{self.label}: more than {self._MAX_MEMBERS} members")
+                key = _norm(os.fsdecode(h.name))
+                if key is not None and h.typeflag in (REG, CONT, SYM, LNK, DIR):
+                    self.members[key] = _Member(key, REG if h.typeflag == CONT else h.typeflag,
+                                                h.offset, h.size, os.fsdecode(h.linkname))
+        except TarTruncated as exc:
+            raise BadArchive(f"{self.label}: truncated: {exc}") from None
+        except HeaderError as exc:
+            # deflate finds damage late (the CRC comes last): garbage decoded from a damaged
+            # stream reaches the tar reader first
+            what = "not a tar archive" if self.kind == "none" else \
+                f"corrupt {self.kind} archive, or not a tar archive"
+            raise BadArchive(f"{self.label}: {what} (offset {exc.offset}): {exc}") from None
 
     def _path(self, name: object) -> str:
         if not isinstance(name, str) or not name:
-            raise BadArchive(f"{self.label}: invalid archive member name {name!r}")
+            raise BadArchive(f"{self.label}: invalid archive member name {_shown(name)}")
         path = _norm(name)
         if name.startswith("/") or path is None or "\0" in name:
-            raise BadArchive(f"{self.label}: archive member {name!r} points outside the archive")
+            raise BadArchive(f"{self.label}: archive member {_shown(name)} points outside the archive")
         return path
 
     def lookup(self, name: object) -> _Member:
@@ -368,24 +398,24 @@ class _Archive:
         for _ in range(16):
             m = self.members.get(path)
             if m is None:
-                raise BadArchive(f"{self.label}: archive member {name!r} is missing")
+                raise BadArchive(f"{self.label}: archive member {_shown(name)} is missing")
             if m.kind == SYM:
                 target = None if m.linkname.startswith("/") else \
                     _norm(posixpath.join(posixpath.dirname(path), m.linkname))
                 if target is None:
-                    raise BadArchive(f"{self.label}: archive member {name!r} links outside the archive")
+                    raise BadArchive(f"{self.label}: archive member {_shown(name)} links outside the archive")
                 path = target
                 continue
             if m.kind == LNK:
                 target = _norm(m.linkname)
                 if target is None:
-                    raise BadArchive(f"{self.label}: archive member {name!r} links outside the archive")
+                    raise BadArchive(f"{self.label}: archive member {_shown(name)} links outside the archive")
                 path = target
                 continue
             if m.kind != REG:
-                raise BadArchive(f"{self.label}: archive member {name!r} is not a file")
+                raise BadArchive(f"{self.label}: archive member {_shown(name)} is not a file")
             return m
-        raise BadArchive(f"{self.label}: archive member {name!r}: too many levels of links")
+        raise BadArchive(f"{self.label}: archive member {_shown(name)}: too many levels of links")
 
     def has(self, name: str) -> bool:
         path = _norm(name)
@@ -398,7 +428,7 @@ class _Archive:
     def read(self, name: object, limit: int = MANIFEST_LIMIT) -> bytes:
         m = self.lookup(name)
         if m.size > limit:
-            raise BadArchive(f"{self.label}: archive member {name!r} is too large ({m.size} bytes)")
+            raise BadArchive(f"{self.label}: archive member {_shown(name)} is too large ({m.size} bytes)")
         return _Window(self.fd, m.offset, m.size).read()
 
 
@@ -407,7 +437,7 @@ def load(store: Store, source: Path | None, stdin: BinaryIO | None = None) -> Lo
     label = "<stdin>" if source is None else str(source)
     with store.writing(), tempfile.TemporaryFile(dir=store.blobs.ingest_dir) as spool:
         if source is None:
-            return _load_file(store, _plain_tar(stdin, spool, label, seekable=False), label)
+            return _load_file(store, _open_archive(stdin, spool, label, seekable=False), label)
         try:
             f = open(source, "rb")
         except FileNotFoundError:
@@ -415,32 +445,48 @@ def load(store: Store, source: Path | None, stdin: BinaryIO | None = None) -> Lo
         except IsADirectoryError:
             raise PybuildError(f"{source}: is a directory, not an archive") from None
         with f:
-            return _load_file(store, _plain_tar(f, spool, label, seekable=True), label)
+            return _load_file(store, _open_archive(f, spool, label, seekable=True), label)
 
 
-def _plain_tar(src: BinaryIO, spool: BinaryIO, label: str, seekable: bool) -> BinaryIO:
-    """The archive as an uncompressed, seekable file: `src` itself when it is one,
-    else decompressed (or copied) into `spool`, a temp file under ROOT/ingest."""
+def _open_archive(src: BinaryIO, spool: BinaryIO, label: str, seekable: bool) -> _Archive:
+    """The archive's members: read in place when `src` is an uncompressed regular file,
+    else decompressed (or copied) into `spool`, a temp file under ROOT/ingest, as far
+    as the archive goes."""
     from layerstore.compression import open_reader
 
     try:
         kind, reader = open_reader(src)
         if kind == "none" and seekable and stat.S_ISREG(os.fstat(src.fileno()).st_mode):
-            src.seek(0)
-            return src
-        shutil.copyfileobj(reader, spool, CHUNK)
+            fd = src.fileno()
+            return _Archive(fd, label, _FileSource(fd, os.fstat(fd).st_size))
     except PybuildError:
         raise
     except Exception as exc:  # zlib.error, EOFError, LZMAError, ZstdError, OSError ...
         raise BadArchive(f"{label}: corrupt compressed archive: {exc or type(exc).__name__}") from None
-    spool.flush()
-    spool.seek(0)
-    return spool
+    return _Archive(spool.fileno(), label, _SpoolSource(reader, spool.fileno(), label), kind)
 
 
-def _load_file(store: Store, f: BinaryIO, label: str) -> Loaded:
-    archive = _Archive(f, label)
-    if archive.has("index.json") and archive.has("oci-layout"):
+_LAYOUT_VERSION = "1.0.0"
+
+
+def _layout_version(archive: _Archive, label: str) -> str:
+    """The oci-layout's imageLayoutVersion ("" when it names none)."""
+    try:
+        layout = jsonlimits.loads(archive.read("oci-layout", 64 << 10), f"{label}: oci-layout")
+    except jsonlimits.InvalidJSON as exc:
+        raise BadArchive(str(exc)) from None
+    version = layout.get("imageLayoutVersion") if isinstance(layout, dict) else None
+    if version is None:
+        return ""
+    if version != _LAYOUT_VERSION:
+        # as containerd: a layout of another version may mean anything
+        raise BadArchive(f"{label}: oci-layout: unsupported image layout version "
+                         f"{str(version)[:40]!r} (this reads {_LAYOUT_VERSION})")
+    return version
+
+
+def _load_file(store: Store, archive: _Archive, label: str) -> Loaded:
+    if archive.has("index.json") and archive.has("oci-layout") and _layout_version(archive, label):
         return _load_oci(store, archive, label)
     if archive.has("manifest.json"):
         return _load_docker(store, archive, label)
@@ -461,16 +507,19 @@ _MAX_NESTING = 4   # index -> index -> manifest is the deepest anyone writes
 
 
 def _ingest_tree(store: Store, archive: _Archive, desc: Descriptor, label: str,
-                 depth: int = 0, seen: dict[str, int] | None = None) -> int:
+                 depth: int = 0, seen: dict[str, int] | None = None,
+                 diff_ids: dict[str, str] | None = None) -> int:
     """A manifest or index and everything under it; an index's platforms that
     the archive does not carry are skipped, as other tools write such layouts.
     Returns how many image manifests it holds: an artifact below an index (an
     attestation) is kept with it, but alone it is not an image and is refused.
     `seen`: documents already taken (an index listing one manifest 50 000 times,
-    nested twice, must not mean 2.5 billion visits)."""
+    nested twice, must not mean 2.5 billion visits). `diff_ids`: layer blob -> the
+    diff ID it hashed to, each layer decompressed once."""
     if depth > _MAX_NESTING:
         raise BadArchive(f"{label}: indexes nested more than {_MAX_NESTING} deep")
     seen = {} if seen is None else seen
+    diff_ids = {} if diff_ids is None else diff_ids
     if desc.digest in seen and depth:
         return seen[desc.digest]
     name = f"blobs/sha256/{dg.hex_of(desc.digest)}"
@@ -483,15 +532,27 @@ def _ingest_tree(store: Store, archive: _Archive, desc: Descriptor, label: str,
     if isinstance(obj, Index):
         for child in obj.manifests:
             if archive.has(f"blobs/sha256/{dg.hex_of(child.digest)}"):
-                images += _ingest_tree(store, archive, child, label, depth + 1, seen)
+                images += _ingest_tree(store, archive, child, label, depth + 1, seen, diff_ids)
         if not images:
             raise NotAnImage(f"{what}: the index holds no image that the archive carries")
     else:
-        if depth == 0:
-            check_image(obj, what)
         images = int(image_problem(obj) is None)
+        if depth == 0 or images:    # an artifact below an index (an attestation) is kept
+            check_image(obj, what)
         for blob in [obj.config, *obj.layers]:
             _ingest_member(store, archive, blob.digest, blob.size)
+        if images:
+            # as docker load: an image whose config is no config, names more or fewer diff
+            # IDs than it has layers, or whose layers are not what it says, is refused
+            # now rather than loaded and failing at `run`
+            config = store.read_config(obj)
+            check_config(obj, config, what)
+            for i, (layer, diff_id) in enumerate(zip(obj.layers, config.diff_ids)):
+                if layer.digest not in diff_ids:
+                    diff_ids[layer.digest] = _diff_id_of(store, layer.digest, f"{what}: layer {i}")[1]
+                if diff_ids[layer.digest] != diff_id:
+                    raise BadArchive(f"{what}: layer {i} ({layer.digest}) has diff ID "
+                                     f"{diff_ids[layer.digest]}, the config says {diff_id}")
     store.put_json(data, desc.media_type)
     seen[desc.digest] = images
     return images
@@ -577,6 +638,9 @@ def _load_docker(store: Store, archive: _Archive, label: str) -> Loaded:
         if len(config.diff_ids) != len(layer_names):
             raise InvalidImage(f"{where}: {len(layer_names)} layers but "
                                f"{len(config.diff_ids)} diff IDs in the config")
+        if len(layer_names) > MAX_LAYERS:
+            raise InvalidImage(f"{where}: {len(layer_names)} layers, more than the "
+                               f"{MAX_LAYERS} an overlay mount can stack")
         layers = []
         for i, (member, diff_id) in enumerate(zip(layer_names, config.diff_ids)):
             if member not in taken:

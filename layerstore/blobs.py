@@ -8,9 +8,11 @@ same content are safe: the loser's rename replaces identical bytes.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import os
+import stat
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,7 +55,7 @@ class BlobWriter:
         fd = -1
         if resume and self.expected:
             path = store.ingest_dir / f"{dg.hex_of(self.expected)}.partial"
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -198,14 +200,23 @@ class BlobStore:
     def path(self, digest: str) -> Path:
         return self.dir / dg.hex_of(digest)
 
+    # Nothing in blobs/ is followed: a symlink or anything else that is not a plain file
+    # there (planted by hand, or by a tool writing the layout) is no blob.
+
     def has(self, digest: str) -> bool:
-        return self.path(digest).is_file()
+        try:
+            return stat.S_ISREG(os.lstat(self.path(digest)).st_mode)
+        except FileNotFoundError:
+            return False
 
     def size(self, digest: str) -> int:
         try:
-            return self.path(digest).stat().st_size
+            st = os.lstat(self.path(digest))
         except FileNotFoundError:
-            raise NotFound(f"blob {digest} not found in the store") from None
+            st = None
+        if st is None or not stat.S_ISREG(st.st_mode):
+            raise NotFound(f"blob {digest} not found in the store")
+        return st.st_size
 
     def writer(self, expected: str | None = None, size: int | None = None,
                resume: bool = False) -> BlobWriter:
@@ -226,9 +237,16 @@ class BlobStore:
 
     def open(self, digest: str, verify: bool = False) -> BinaryIO:
         try:
-            f = open(self.path(digest), "rb")
-        except FileNotFoundError:
+            # O_NONBLOCK: a FIFO in its place must not hang the open (no effect on a file)
+            fd = os.open(self.path(digest), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOENT, errno.ELOOP):
+                raise
             raise NotFound(f"blob {digest} not found in the store") from None
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise NotFound(f"blob {digest} not found in the store")
+        f = os.fdopen(fd, "rb")
         return VerifyingReader(f, digest) if verify else f  # type: ignore[return-value]
 
     def read(self, digest: str, verify: bool = True, limit: int | None = None) -> bytes:
@@ -264,9 +282,15 @@ class BlobStore:
         if not self.ingest_dir.is_dir():
             return out
         for entry in os.scandir(self.ingest_dir):
+            if entry.is_dir(follow_symlinks=False):
+                continue                # not ours: ingest only ever holds files
             try:
-                fd = os.open(entry.path, os.O_RDONLY | os.O_CLOEXEC)
+                # never follow or block: a symlink or FIFO here is no live writer's file
+                fd = os.open(entry.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
             except FileNotFoundError:
+                continue
+            except OSError:
+                out.append(Path(entry.path))
                 continue
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -279,7 +303,7 @@ class BlobStore:
 
     def rehash(self, digest: str) -> str:
         h = hashlib.sha256()
-        with open(self.path(digest), "rb") as f:
+        with self.open(digest) as f:
             while chunk := f.read(CHUNK):
                 h.update(chunk)
         return "sha256:" + h.hexdigest()

@@ -75,6 +75,10 @@ def detect(head: bytes) -> str:
     for magic, name in _MAGIC:
         if head.startswith(magic):
             return name
+    # a zstd stream may open with a skippable frame (magic 0x184D2A5?, little-endian), as
+    # containerd's detection knows; zstd:chunked layers carry such frames
+    if len(head) >= 4 and int.from_bytes(head[:4], "little") & 0xFFFFFFF0 == 0x184D2A50:
+        return ZSTD
     return NONE
 
 

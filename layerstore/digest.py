@@ -7,7 +7,9 @@ import re
 
 from layerstore.errors import PybuildError
 
-_DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
+# fullmatch, never match + "$": "$" also matches before a trailing newline, and a digest
+# is a file name in blobs/ and a path in registry URLs
+_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 
 
 class InvalidDigest(PybuildError):
@@ -20,13 +22,13 @@ def validate(digest: str) -> str:
     Only sha256 is accepted: it is what every registry and runtime writes, and a
     digest is also a file name in blobs/, so nothing else may slip through.
     """
-    if not isinstance(digest, str) or not _DIGEST.match(digest):
+    if not isinstance(digest, str) or not _DIGEST.fullmatch(digest):
         raise InvalidDigest(f"invalid digest {digest!r}: expected sha256:<64 hex digits>")
     return digest
 
 
 def is_digest(value: str) -> bool:
-    return isinstance(value, str) and bool(_DIGEST.match(value))
+    return isinstance(value, str) and bool(_DIGEST.fullmatch(value))
 
 
 def hex_of(digest: str) -> str:

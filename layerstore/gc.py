@@ -29,8 +29,7 @@ def prune(store: Store, all_unused: bool = False) -> PruneReport:
     report = PruneReport()
     with store.collecting():
         for name, desc in store.refs.entries():
-            if not name:
-                store.refs.remove_untagged(desc.digest)
+            if not name and store.refs.remove_untagged(desc.digest):
                 report.untagged_images += 1
         keep = reachability.walk(store, reachability.all_roots(store))
         in_use = set(keep.chains) if not all_unused else _chains_in_use(store)
@@ -44,7 +43,10 @@ def prune(store: Store, all_unused: bool = False) -> PruneReport:
                 store.snapshots.remove(chain)
                 report.snapshots += 1
         for path in store.blobs.stale_ingests():
-            report.reclaimed += path.stat().st_size
+            try:
+                report.reclaimed += path.lstat().st_size
+            except FileNotFoundError:
+                continue
             path.unlink(missing_ok=True)
             report.partial_files += 1
         # work dirs, snapshot temp dirs and ROOT/tmp entries of processes that are gone

@@ -74,6 +74,27 @@ def ellipsis(text: str, width: int) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
+def quoted(text: str, marks: bool = True) -> str:
+    """`text` safe for a terminal, quoted as Go's strconv.Quote does (docker's ps prints
+    commands so; `marks=False` leaves out the quotes). Strings from images and containers
+    (Entrypoint, Cmd, names) are their authors': an escape sequence in them must not
+    reach the user's terminal raw (retitle it, clear it, fake other rows)."""
+    out = []
+    for ch in text:
+        if ch in '"\\' and marks:
+            out.append("\\" + ch)
+        elif ch.isprintable():
+            out.append(ch)
+        elif ord(ch) < 0x100:
+            out.append(f"\\x{ord(ch):02x}")
+        elif ord(ch) < 0x10000:
+            out.append(f"\\u{ord(ch):04x}")
+        else:
+            out.append(f"\\U{ord(ch):08x}")
+    body = "".join(out)
+    return f'"{body}"' if marks else body
+
+
 def rfc3339_now(epoch: int | None = None) -> str:
     """A timestamp for configs and history: now (microseconds), or `epoch` exactly."""
     if epoch is not None:

@@ -8,13 +8,14 @@ numeric owners, gzip — so the same rootfs always gives the same layer.
 from __future__ import annotations
 
 import os
-import uuid
 from typing import BinaryIO
+
+from layerstore import workdirs
 
 from layerstore.humanize import rfc3339_now
 from layerstore.model import ContainerConfig, History, ImageConfig, Platform
 from layerstore.platforms import host_platform
-from layerstore.snapshots import TMP_PREFIX, remove_tree
+from layerstore.snapshots import TMP_PREFIX
 from layerstore.store import Store
 
 
@@ -26,21 +27,18 @@ def import_rootfs(store: Store, stream: BinaryIO, name: str | None, *, source: s
     from layerstore.layer_apply import apply_layer
 
     platform = platform or host_platform()
-    tmp = store.snapshots.dir / f"{TMP_PREFIX}import-{uuid.uuid4().hex[:12]}"
-    tmp.mkdir(mode=0o755)
     with store.writing():
+        # owned by this process (a flock): a killed import's dir is reclaimed by prune, a
+        # running one never is; the root of a rootfs is 0755, as docker's
+        tmp = workdirs.create(store.snapshots.dir, f"{TMP_PREFIX}import-", mode=0o755)
         try:
-            apply_layer(stream, tmp, mode="flat")
-            layer, diff_id = store.commit_layer(tmp, compression=compression, overlay=False,
+            apply_layer(stream, tmp.path, mode="flat")
+            layer, diff_id = store.commit_layer(tmp.path, compression=compression, overlay=False,
                                                 source_date_epoch=source_date_epoch)
-            final = store.snapshots.path(diff_id)
-            try:
-                os.rename(tmp, final)
-            except OSError:
-                remove_tree(tmp)  # the same rootfs is already unpacked
-        except BaseException:
-            remove_tree(tmp)
-            raise
+            if store.snapshots.commit(tmp.path, diff_id):   # one layer: chain ID = diff ID
+                tmp.disown()
+        finally:
+            tmp.release()  # the same rootfs is already unpacked, or the import failed
         created = rfc3339_now(source_date_epoch)
         cfg = ImageConfig(architecture=platform.architecture, os=platform.os,
                           variant=platform.variant, created=created,

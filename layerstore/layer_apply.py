@@ -19,7 +19,6 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
-import shutil
 import stat
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,20 +28,16 @@ from layerstore import compression as comp
 from layerstore import resolver
 from layerstore.merged import OPAQUE_XATTR, is_opaque, merged_entry
 from layerstore.errors import BadLayer, DigestMismatch, NotFound, PybuildError
-from layerstore.layer_tar import (AREG, BLK, BLOCK, CHR, CONT, DIR, FIFO, GNU_LONGLINK, GNU_LONGNAME, LNK,
-                                  OPAQUE_MARKER, PAX, PAX_GLOBAL, REG, SYM, WHITEOUT_PREFIX, XATTR_PREFIX,
-                                  ZERO_BLOCK, Header, HeaderError, padding, parse_header, parse_pax,
-                                  pax_time_ns)
+from layerstore.layer_tar import (BLK, CHR, CONT, DIR, FIFO, LNK, MAX_DEPTH, OPAQUE_MARKER, REG, SYM,
+                                  WHITEOUT_PREFIX, Header, HeaderError, TarTruncated, read_entries)
 
 OVERLAY, FLAT = "overlay", "flat"
-_MAX_DEPTH = 400  # the walk keeps one fd per level open
-_MAX_META = 8 << 20  # PAX / GNU long-name data beyond this is not a real header
 _MAX_ID = (1 << 32) - 2  # (uid_t)-1 means "leave unchanged" to chown; beyond it is no id
 _MAX_TIME_NS = (1 << 63) - 1
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-_DATA_TYPES = (REG, AREG, CONT)
-_KNOWN_TYPES = (REG, AREG, CONT, LNK, SYM, CHR, BLK, DIR, FIFO)
+_DATA_TYPES = (REG, CONT)
+_KNOWN_TYPES = (REG, CONT, LNK, SYM, CHR, BLK, DIR, FIFO)
 
 
 @dataclass
@@ -56,12 +51,10 @@ class LayerApplyError(PybuildError):
     """The target refused an entry for a reason other than the layer (disk full, permissions)."""
 
 
-class _Truncated(Exception):
-    pass
-
-
 def _show(name: bytes) -> str:
-    return repr(name.decode("utf-8", "backslashreplace"))
+    """An entry name for a message: quoted, and cut short (a PAX path may be 1 MiB)."""
+    text = name.decode("utf-8", "backslashreplace")
+    return repr(text[:256]) + ("..." if len(text) > 256 else "")
 
 
 class _TarStream:
@@ -82,14 +75,14 @@ class _TarStream:
         return False
 
     def read(self, size: int) -> bytes:
-        """Exactly `size` bytes; b"" at a clean end of stream; _Truncated in between."""
+        """Exactly `size` bytes; b"" at a clean end of stream; TarTruncated in between."""
         parts = []
         left = size
         while left:
             if self._pos >= len(self._view) and not self._fill():
                 if left == size:
                     return b""
-                raise _Truncated
+                raise TarTruncated("the stream ends inside an entry")
             piece = self._view[self._pos:self._pos + left]
             parts.append(piece)
             self._pos += len(piece)
@@ -102,7 +95,7 @@ class _TarStream:
         left = size
         while left:
             if self._pos >= len(self._view) and not self._fill():
-                raise _Truncated
+                raise TarTruncated("the stream ends inside an entry")
             piece = self._view[self._pos:self._pos + left]
             if fd is not None:
                 written = 0
@@ -111,6 +104,9 @@ class _TarStream:
             self._pos += len(piece)
             left -= len(piece)
         self.offset += size
+
+    def skip(self, size: int) -> None:
+        self.copy(None, size)
 
     def drain(self) -> None:
         for _ in self._chunks:
@@ -139,8 +135,8 @@ def _components(name: bytes, what: str, entry: bytes) -> list[bytes]:
     parts = [p for p in name.split(b"/") if p and p != b"."]
     if b".." in parts:
         raise BadLayer(f"layer entry {_show(entry)}: '..' in {what} leads outside the target")
-    if len(parts) > _MAX_DEPTH:
-        raise BadLayer(f"layer entry {_show(entry)}: {what} is nested deeper than {_MAX_DEPTH} levels")
+    if len(parts) > MAX_DEPTH:
+        raise BadLayer(f"layer entry {_show(entry)}: {what} is nested deeper than {MAX_DEPTH} levels")
     return parts
 
 
@@ -211,7 +207,7 @@ def _remove(pfd: int, name: bytes) -> None:
     except FileNotFoundError:
         return
     if stat.S_ISDIR(st.st_mode):
-        shutil.rmtree(name, dir_fd=pfd)
+        resolver.remove_tree_at(pfd, name)     # a loop: a layer's tree may be deep
     else:
         os.unlink(name, dir_fd=pfd)
 
@@ -295,27 +291,25 @@ class _Extractor:
             self.close()
             raise
 
-    def apply(self, e: _Entry, ts: _TarStream) -> bool:
-        """Applies one entry; True if it consumed the entry's data from `ts`."""
+    def apply(self, e: _Entry, ts: _TarStream) -> None:
+        """Applies one entry (the data it does not take from `ts` is skipped by the reader)."""
         h = e.header
         if not e.parts:
-            if h.typeflag != DIR and not (h.typeflag in (REG, AREG) and e.name.endswith(b"/")):
+            if h.typeflag != DIR:
                 raise BadLayer(f"layer entry {_show(e.name)}: names the target root but is not a directory")
             self.dirs.append(([], h))
-            return False
+            return
         base = e.parts[-1]
         if base.startswith(WHITEOUT_PREFIX):
             self.whiteout(e, base)
-            return False
+            return
         pfd = self.tree.dir_fd(e.parts[:-1], e.name)
         assert pfd is not None
         t = h.typeflag
-        consumed = False
-        if t == DIR or (t in (REG, AREG) and e.name.endswith(b"/")):
+        if t == DIR:
             self.directory(pfd, base, e)
         elif t in _DATA_TYPES:
             self.regular(pfd, base, e, ts)
-            consumed = True
         elif t == SYM:
             self.replace(pfd, base, lambda: os.symlink(h.linkname, base, dir_fd=pfd))
             self.finish_node(pfd, base, h, e.name, chmod=False)
@@ -330,7 +324,6 @@ class _Extractor:
             self.replace(pfd, base, lambda: os.mknod(base, kind | 0o600, dev, dir_fd=pfd))
             self.finish_node(pfd, base, h, e.name)
         self.written.add(b"/".join(e.parts))
-        return consumed
 
     @staticmethod
     def replace(pfd: int, name: bytes, create) -> None:
@@ -549,87 +542,21 @@ class _Extractor:
         self.lowers = []
 
 
-def _read_meta(ts: _TarStream, h: Header, what: str, last: bytes) -> bytes:
-    if h.size > _MAX_META:
-        raise BadLayer(f"layer entry after {_show(last)}: {what} of {h.size} bytes is implausible")
-    data = ts.read(h.size)
-    if len(data) != h.size:
-        raise _Truncated
-    ts.copy(None, padding(h.size))
-    return data
-
-
-def _entries(ts: _TarStream, state: _Progress) -> Iterator[_Entry]:
-    """Parsed entries with PAX and GNU long names folded in, until end of archive."""
-    pax: dict[bytes, bytes] = {}
-    long_name = long_link = None
-    while True:
-        block = ts.read(BLOCK)
-        if not block:
-            raise BadLayer(f"layer truncated after entry {_show(state.last)}: no end-of-archive marker")
-        if block == ZERO_BLOCK:
-            return
-        try:
-            h = parse_header(block)
-        except HeaderError as exc:
-            raise BadLayer(f"layer entry after {_show(state.last)} (offset {ts.offset - BLOCK}): {exc}") from None
-        if h.typeflag == PAX:
-            try:
-                pax.update(parse_pax(_read_meta(ts, h, "PAX header", state.last)))
-            except HeaderError as exc:
-                raise BadLayer(f"layer entry after {_show(state.last)}: {exc}") from None
-            if sum(len(k) + len(v) for k, v in pax.items()) > _MAX_META:  # many headers, one entry
-                raise BadLayer(f"layer entry after {_show(state.last)}: PAX headers of more "
-                               f"than {_MAX_META} bytes for one entry")
-            continue
-        if h.typeflag == PAX_GLOBAL:
-            _read_meta(ts, h, "PAX global header", state.last)
-            continue
-        if h.typeflag in (GNU_LONGNAME, GNU_LONGLINK):
-            data = _read_meta(ts, h, "GNU long name", state.last).split(b"\0", 1)[0]
-            if h.typeflag == GNU_LONGNAME:
-                long_name = data
-            else:
-                long_link = data
-            continue
-        name = pax.get(b"path", long_name or h.name)
-        state.last = name
-        try:
-            _fold_pax(h, pax, long_link)
-        except (HeaderError, ValueError) as exc:
-            raise BadLayer(f"layer entry {_show(name)}: {exc}") from None
-        h.name = name
-        if h.typeflag not in _KNOWN_TYPES:
-            raise BadLayer(f"layer entry {_show(name)}: unsupported tar entry type {h.typeflag!r}")
-        yield _Entry(name=name, parts=_components(name, "name", name), header=h)
-        pax = {}
-        long_name = long_link = None
-
-
-def _fold_pax(h: Header, pax: dict[bytes, bytes], long_link: bytes | None) -> None:
-    h.linkname = pax.get(b"linkpath", long_link or h.linkname)
-    for key, attr in ((b"size", "size"), (b"uid", "uid"), (b"gid", "gid")):
-        if key in pax:
-            setattr(h, attr, int(pax[key]))
-    if b"mtime" in pax:
-        h.mtime_ns = pax_time_ns(pax[b"mtime"])
-    if h.size < 0 or h.uid < 0 or h.gid < 0:
-        raise HeaderError("negative size or owner")
-    if h.uid > _MAX_ID or h.gid > _MAX_ID:
-        raise HeaderError(f"owner {h.uid}:{h.gid} is out of range")
-    if h.devmajor > 0xFFFFFFFF or h.devminor > 0xFFFFFFFF:
-        raise HeaderError(f"device number {h.devmajor}:{h.devminor} is out of range")
+def _entry(h: Header) -> _Entry:
+    """The checks of a layer's entry beyond the tar format: ids, devices and times the
+    kernel can take, known types, xattrs an image may set (xattr_allowed)."""
+    if h.uid < 0 or h.gid < 0 or h.uid > _MAX_ID or h.gid > _MAX_ID:
+        raise BadLayer(f"layer entry {_show(h.name)}: owner {h.uid}:{h.gid} is out of range")
+    if not 0 <= h.devmajor <= 0xFFFFFFFF or not 0 <= h.devminor <= 0xFFFFFFFF:
+        raise BadLayer(f"layer entry {_show(h.name)}: device number {h.devmajor}:{h.devminor} "
+                       "is out of range")
     if not -_MAX_TIME_NS <= h.mtime_ns <= _MAX_TIME_NS:
         h.mtime_ns = 0  # as docker: a time the kernel cannot store becomes the epoch
-    if any(key.startswith(b"GNU.sparse.") for key in pax):
-        raise HeaderError("GNU sparse files are not supported in layers")
-    if b"\0" in h.linkname:
-        raise HeaderError("NUL byte in the link target")
-    for key, value in pax.items():
-        if key.startswith(XATTR_PREFIX) and xattr_allowed(key[len(XATTR_PREFIX):]):
-            if b"\0" in key:
-                raise HeaderError("NUL byte in an xattr name")
-            h.xattrs[key[len(XATTR_PREFIX):]] = value
+    if h.typeflag not in _KNOWN_TYPES:
+        raise BadLayer(f"layer entry {_show(h.name)}: unsupported tar entry type {h.typeflag!r}")
+    if h.xattrs:
+        h.xattrs = {k: v for k, v in h.xattrs.items() if xattr_allowed(k)}
+    return _Entry(name=h.name, parts=_components(h.name, "name", h.name), header=h)
 
 
 def apply_layer(stream: BinaryIO, target: Path, *, mode: str = OVERLAY,
@@ -661,21 +588,27 @@ def apply_layer(stream: BinaryIO, target: Path, *, mode: str = OVERLAY,
         hasher = hashlib.sha256()
         pump = comp.ChunkPump(reader, hasher)
         ts = _TarStream(iter(pump))
-        for entry in _entries(ts, state):
-            size = entry.header.size if entry.header.typeflag in _DATA_TYPES else 0
-            try:
-                consumed = ex.apply(entry, ts)
-            except OSError as exc:
-                raise LayerApplyError(f"layer entry {_show(entry.name)}: cannot apply: "
-                                      f"{exc.strerror or exc}") from None
-            if not consumed:
-                ts.copy(None, size)  # data of an entry that holds none (dir, whiteout): skipped
-            ts.copy(None, padding(size))
-            count += 1
+        try:
+            for h in read_entries(ts):
+                state.last = h.name
+                entry = _entry(h)
+                try:
+                    ex.apply(entry, ts)
+                except OSError as exc:
+                    raise LayerApplyError(f"layer entry {_show(entry.name)}: cannot apply: "
+                                          f"{exc.strerror or exc}") from None
+                count += 1
+        except TarTruncated as exc:
+            # a stream of no bytes at all is an empty layer: docker takes it (Go's reader
+            # sees a clean end); a layer that stops anywhere else is truncated
+            if pump.size or count:
+                raise BadLayer(f"layer truncated in or after entry {_show(state.last)}: {exc}") from None
+        except HeaderError as exc:
+            if exc.entry is not None:
+                raise BadLayer(f"layer entry {_show(exc.entry)}: {exc}") from None
+            raise BadLayer(f"layer entry after {_show(state.last)} (offset {exc.offset}): {exc}") from None
         ex.finish()
         ts.drain()
-    except _Truncated:
-        raise BadLayer(f"layer truncated in or after entry {_show(state.last)}") from None
     except comp.CorruptStream as exc:
         raise BadLayer(f"layer stream corrupt in or after entry {_show(state.last)}: {exc}") from None
     finally:

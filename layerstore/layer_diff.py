@@ -23,8 +23,8 @@ from typing import BinaryIO
 
 from layerstore import compression as comp
 from layerstore.errors import PybuildError
-from layerstore.layer_tar import (BLK, CHR, DIR, FIFO, LNK, OPAQUE_MARKER, REG, SYM, WHITEOUT_PREFIX,
-                                  ZERO_BLOCK, build_header, padding)
+from layerstore.layer_tar import (BLK, CHR, DIR, FIFO, LNK, MAX_DEPTH, OPAQUE_MARKER, REG, SYM,
+                                  WHITEOUT_PREFIX, ZERO_BLOCK, build_header, padding)
 
 _FLUSH = 1 << 20
 _DEPTH = 8  # pieces in flight between the walk and the hashing/compressing thread
@@ -141,7 +141,30 @@ class _Differ:
         seconds = st.st_mtime_ns // 1_000_000_000
         return self.clamp if self.clamp is not None and seconds > self.clamp else seconds
 
-    def walk(self, dirpath: bytes, prefix: bytes) -> None:
+    def walk(self, root: bytes) -> None:
+        """Every entry below `root`, each directory's children right after it. A stack,
+        not recursion: a RUN step can nest directories far deeper than Python's stack."""
+        stack = [(iter(self.listing(root)), b"")]
+        while stack:
+            entries, prefix = stack[-1]
+            item = next(entries, None)
+            if item is None:
+                stack.pop()
+                continue
+            entry, st = item
+            if len(stack) > MAX_DEPTH:
+                raise LayerSourceError(f"{os.fsdecode(prefix[:200])}...: nested deeper than "
+                                       f"{MAX_DEPTH} levels, more than a layer may hold")
+            name = prefix + entry.name
+            try:
+                if self.entry(entry.path, name, st):
+                    stack.append((iter(self.listing(entry.path)), name + b"/"))
+            except FileNotFoundError:
+                raise LayerSourceError(f"{os.fsdecode(entry.path)}: vanished while writing the layer") from None
+
+    def listing(self, dirpath: bytes) -> list[tuple[os.DirEntry, os.stat_result]]:
+        """A directory's entries, sorted by the name each gets in the tar (a whiteout by
+        its .wh. name)."""
         try:
             with os.scandir(dirpath) as it:
                 listed = [(e, e.stat(follow_symlinks=False)) for e in it]
@@ -149,18 +172,14 @@ class _Differ:
             raise LayerSourceError(f"{os.fsdecode(exc.filename or dirpath)}: vanished while writing the layer") from None
         except OSError as exc:
             raise LayerSourceError(f"{os.fsdecode(dirpath)}: cannot list: {exc.strerror}") from None
-        # sorted by the name the entry gets in the tar (a whiteout by its .wh. name)
         listed.sort(key=lambda es: WHITEOUT_PREFIX + es[0].name if self.is_whiteout(es[1]) else es[0].name)
-        for entry, st in listed:
-            try:
-                self.entry(entry.path, prefix + entry.name, st)
-            except FileNotFoundError:
-                raise LayerSourceError(f"{os.fsdecode(entry.path)}: vanished while writing the layer") from None
+        return listed
 
     def is_whiteout(self, st: os.stat_result) -> bool:
         return self.overlay and stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
 
-    def entry(self, path: bytes, name: bytes, st: os.stat_result) -> None:
+    def entry(self, path: bytes, name: bytes, st: os.stat_result) -> bool:
+        """Writes one entry; True for a directory whose children come next."""
         fmt = stat.S_IFMT(st.st_mode)
         common = dict(mode=st.st_mode & 0o7777, uid=st.st_uid, gid=st.st_gid, mtime=self.mtime(st))
         add = self.sink.add
@@ -169,20 +188,19 @@ class _Differ:
             add(build_header(name + b"/", DIR, xattrs=xattrs, **common))
             if opaque and self.overlay:
                 add(build_header(name + b"/" + OPAQUE_MARKER, REG))
-            self.walk(path, name + b"/")
-            return
+            return True
         if self.is_whiteout(st):
             head, _, base = name.rpartition(b"/")
             add(build_header((head + b"/" if head else b"") + WHITEOUT_PREFIX + base, REG))
-            return
+            return False
         if fmt == stat.S_IFSOCK:
-            return  # sockets do not survive a tar round trip; docker skips them too
+            return False  # sockets do not survive a tar round trip; docker skips them too
         if st.st_nlink > 1:
             key = (st.st_dev, st.st_ino)
             first = self.links.get(key)
             if first is not None:
                 add(build_header(name, LNK, linkname=first, **common))
-                return
+                return False
             self.links[key] = name
         if fmt == stat.S_IFREG:
             self.regular(path, name, st, common)
@@ -196,6 +214,7 @@ class _Differ:
         elif fmt == stat.S_IFIFO:
             xattrs, _ = _xattrs(path, overlay=self.overlay)
             add(build_header(name, FIFO, xattrs=xattrs, **common))
+        return False
 
     def regular(self, path: bytes, name: bytes, st: os.stat_result, common: dict) -> None:
         try:
@@ -233,7 +252,7 @@ def write_layer(src: Path, out: BinaryIO, *, compression: str = "gzip", source_d
     writer = comp.open_writer(out, compression, level)
     sink = _TarSink(writer)
     try:
-        _Differ(sink, source_date_epoch, overlay).walk(root, b"")
+        _Differ(sink, source_date_epoch, overlay).walk(root)
         sink.add(ZERO_BLOCK * 2)
         sink.finish()
     except BaseException:

@@ -12,7 +12,7 @@ from typing import Iterator
 @contextmanager
 def file_lock(path: Path, shared: bool = False) -> Iterator[None]:
     """Hold an flock on `path` (created if missing) for the with-block."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
         yield

@@ -21,6 +21,10 @@ from layerstore.errors import InvalidImage
 # history and may be larger.
 MANIFEST_LIMIT = 4 << 20
 CONFIG_LIMIT = jsonlimits.MAX_BYTES
+# overlayfs stacks at most 500 lower dirs (OVL_MAX_STACK): an image of more layers can
+# never be mounted, and unpacking 10 000 of them first would only fill the disk (docker
+# refuses more than 125)
+MAX_LAYERS = 500
 
 
 class NotAnImage(InvalidImage):
@@ -287,7 +291,17 @@ def check_image(manifest: Manifest, what: str = "manifest") -> Manifest:
     problem = image_problem(manifest)
     if problem:
         raise NotAnImage(f"{what}: {problem}")
+    if len(manifest.layers) > MAX_LAYERS:
+        raise InvalidImage(f"{what}: {len(manifest.layers)} layers, more than the "
+                           f"{MAX_LAYERS} an overlay mount can stack")
     return manifest
+
+
+def check_config(manifest: Manifest, config: "ImageConfig", what: str = "manifest") -> None:
+    """The config belongs to the manifest: one diff ID per layer."""
+    if len(config.diff_ids) != len(manifest.layers):
+        raise InvalidImage(f"{what}: {len(manifest.layers)} layers but {len(config.diff_ids)} "
+                           "diff IDs in its config")
 
 
 # --- image config ------------------------------------------------------------

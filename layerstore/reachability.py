@@ -43,50 +43,51 @@ def extra_roots(store: Store) -> list[str]:
 def walk(store: Store, roots: list[Descriptor], verify: bool = False) -> Reachable:
     out = Reachable()
     seen: set[str] = set()
-
-    def visit(desc: Descriptor, where: str) -> None:
+    # a stack, not recursion: indexes nested a thousand deep must not crash prune or fsck
+    todo: list[tuple[Descriptor, str]] = []
+    for desc in reversed(roots):
+        name = (desc.annotations or {}).get("org.opencontainers.image.ref.name") or desc.digest
+        todo.append((desc, name))
+    while todo:
+        desc, where = todo.pop()
         if desc.digest in seen:
-            return
+            continue
         seen.add(desc.digest)
         if not store.blobs.has(desc.digest):
             out.problems.append(f"{where}: manifest {desc.digest} is missing")
-            return
+            continue
         out.blobs.add(desc.digest)
         try:
             obj = store.read_manifest(desc)
         except PybuildError as exc:
             out.problems.append(f"{where}: {exc}")
-            return
+            continue
         if isinstance(obj, Index):
-            for child in obj.manifests:
-                # an index may list platforms that were never pulled
-                if store.blobs.has(child.digest):
-                    visit(child, where)
-            return
-        visit_manifest(obj, where)
-
-    def visit_manifest(m: Manifest, where: str) -> None:
-        for blob in [m.config, *m.layers]:
-            if store.blobs.has(blob.digest):
-                out.blobs.add(blob.digest)
-            else:
-                out.problems.append(f"{where}: blob {blob.digest} is missing")
-        if image_problem(m):
-            return  # an artifact kept beside the images of an index (an attestation): no snapshots
-        try:
-            config = store.read_config(m)
-        except PybuildError as exc:
-            out.problems.append(f"{where}: {exc}")
-            return
-        if len(config.diff_ids) != len(m.layers):
-            out.problems.append(f"{where}: config {m.config.digest} has "
-                                f"{len(config.diff_ids)} diff IDs for {len(m.layers)} layers")
-        out.chains.update(dg.chain_ids(config.diff_ids))
-
-    for desc in roots:
-        name = (desc.annotations or {}).get("org.opencontainers.image.ref.name") or desc.digest
-        visit(desc, name)
+            # an index may list platforms that were never pulled
+            todo.extend((child, where) for child in reversed(obj.manifests)
+                        if store.blobs.has(child.digest))
+            continue
+        _visit_manifest(store, obj, where, out)
     return out
+
+
+def _visit_manifest(store: Store, m: Manifest, where: str, out: Reachable) -> None:
+    for blob in [m.config, *m.layers]:
+        if store.blobs.has(blob.digest):
+            out.blobs.add(blob.digest)
+        else:
+            out.problems.append(f"{where}: blob {blob.digest} is missing")
+    if image_problem(m):
+        return  # an artifact kept beside the images of an index (an attestation): no snapshots
+    try:
+        config = store.read_config(m)
+    except PybuildError as exc:
+        out.problems.append(f"{where}: {exc}")
+        return
+    if len(config.diff_ids) != len(m.layers):
+        out.problems.append(f"{where}: config {m.config.digest} has "
+                            f"{len(config.diff_ids)} diff IDs for {len(m.layers)} layers")
+    out.chains.update(dg.chain_ids(config.diff_ids))
 
 
 def all_roots(store: Store) -> list[Descriptor]:

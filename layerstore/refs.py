@@ -12,8 +12,9 @@ from pathlib import Path
 
 from layerstore import jsonlimits
 from layerstore import mediatypes as mt
+from layerstore import reference
 from layerstore.atomic import atomic_write
-from layerstore.errors import InvalidImage, NotFound
+from layerstore.errors import InvalidImage, InvalidReference, NotFound
 from layerstore.locking import file_lock
 from layerstore.model import Descriptor, canonical_json
 
@@ -58,14 +59,15 @@ class RefIndex:
         """(ref name, descriptor) for every named entry."""
         out = []
         for d in self._read():
-            name = (d.annotations or {}).get(REF_NAME)
+            name = _name(d)
             if name:
                 out.append((name, d))
         return out
 
     def entries(self) -> list[tuple[str, Descriptor]]:
-        """Every entry; untagged (dangling) images have the name ""."""
-        return [((d.annotations or {}).get(REF_NAME, ""), d) for d in self._read()]
+        """Every entry; untagged (dangling) images have the name "", and so do entries
+        whose ref.name is not a reference of ours (kept, and kept alive by prune)."""
+        return [(_name(d), d) for d in self._read()]
 
     def add_untagged(self, target: Descriptor) -> None:
         """Keep an image with no name (as docker keeps dangling images)."""
@@ -76,12 +78,15 @@ class RefIndex:
                 entries.append(entry)
                 self._write(entries)
 
-    def remove_untagged(self, digest: str) -> None:
+    def remove_untagged(self, digest: str) -> bool:
+        """Drop the untagged entries of `digest`; whether there were any."""
         with file_lock(self.lock_path):
             entries = self._read()
             keep = [d for d in entries if (d.annotations or {}).get(REF_NAME) or d.digest != digest]
             if len(keep) != len(entries):
                 self._write(keep)
+                return True
+            return False
 
     def get(self, name: str) -> Descriptor:
         for ref, d in self.list():
@@ -114,6 +119,21 @@ class RefIndex:
             gone = next(d for d in entries if (d.annotations or {}).get(REF_NAME) == name)
             self._write(keep)
             return gone
+
+
+def _name(entry: Descriptor) -> str:
+    """The entry's ref name when it is a normalized reference, as every name pybuild
+    writes is; "" otherwise. index.json is an OCI layout that other tools write too
+    (skopeo `oci:ROOT:mytag` names an entry "mytag"), or that was edited by hand: a name
+    such as "../../x" must not reach code that parses names or makes paths of them, nor
+    make every image unlistable."""
+    name = (entry.annotations or {}).get(REF_NAME, "")
+    if not isinstance(name, str) or not name:
+        return ""
+    try:
+        return name if reference.normalize(name) == name else ""
+    except InvalidReference:
+        return ""
 
 
 def _replaced_by(entry: Descriptor, name: str, target: Descriptor) -> bool:

@@ -33,6 +33,7 @@ import stat
 from collections import deque
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Iterator
 
 from layerstore import syscalls
@@ -365,12 +366,24 @@ def _fix_new_dir(dfd: int, name: str, mode: int, uid: int | None, gid: int | Non
         os.close(fd)
 
 
+def remove_tree(path: Path) -> None:
+    """Remove `path` and all below it: the resolver's fd walk (no symlink followed, no
+    recursion however deep a RUN step nested its directories, 0555 dirs coped with)."""
+    path = Path(path).absolute()
+    try:
+        parent = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return
+    try:
+        remove_tree_at(parent, path.name)
+    finally:
+        os.close(parent)
+
+
 def remove_tree_at(dfd: int, name: str) -> None:
     """Remove the entry `name` of directory `dfd` and, for a directory, all below it,
-    never following a symlink (shutil.rmtree's fd-based walk), also through read-only
-    directories (layers may hold 0555 ones)."""
-    import shutil
-
+    never following a symlink (an fd walk), also through read-only directories (layers
+    may hold 0555 ones)."""
     try:
         st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
     except FileNotFoundError:
@@ -378,12 +391,68 @@ def remove_tree_at(dfd: int, name: str) -> None:
     if not stat.S_ISDIR(st.st_mode):
         os.unlink(name, dir_fd=dfd)
         return
-
     try:
-        shutil.rmtree(name, dir_fd=dfd)
+        _remove_dir(dfd, name)
     except PermissionError:      # without CAP_DAC_OVERRIDE: a 0555 directory of a layer
         _make_writable(dfd, name)
-        shutil.rmtree(name, dir_fd=dfd)
+        _remove_dir(dfd, name)
+
+
+_HELD = 32      # directory fds held at once while removing a tree
+
+
+def _remove_dir(dfd: int, name: str) -> None:
+    """Remove directory dfd/name and all below it, with a loop (shutil.rmtree recursed
+    once per level: a RUN step that nests 1200 directories made it raise RecursionError,
+    left its work dir behind, and every later build died reclaiming it) and at most
+    _HELD fds: a directory deeper than that is first renamed up into the tree's top, by
+    dir fd and name, and removed from there."""
+    top = os.open(name, _DIR | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
+    frames: list[list] = [[dfd, name, top, None]]     # parent fd, name, fd, subdirs left
+    moved = 0
+    try:
+        while frames:
+            frame = frames[-1]
+            parent, nm, fd, subdirs = frame
+            if subdirs is None:
+                subdirs = frame[3] = []
+                with os.scandir(fd) as it:
+                    for e in it:
+                        if e.is_dir(follow_symlinks=False):
+                            subdirs.append(e.name)
+                        else:
+                            os.unlink(e.name, dir_fd=fd)
+            if subdirs and len(frames) >= _HELD:
+                while subdirs:            # up into the top, under a name of ours
+                    sub = subdirs.pop()
+                    while True:
+                        moved += 1
+                        new = f".pybuild-rm-{moved}"
+                        try:
+                            os.rename(sub, new, src_dir_fd=fd, dst_dir_fd=top)
+                            break
+                        except FileNotFoundError:
+                            break
+                        except OSError as exc:
+                            if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY, errno.ENOTDIR,
+                                                 errno.EISDIR):
+                                raise
+                    frames[0][3].append(new)
+                continue
+            if subdirs:
+                sub = subdirs.pop()
+                try:
+                    child = os.open(sub, _DIR | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+                except FileNotFoundError:
+                    continue
+                frames.append([fd, sub, child, None])
+                continue
+            frames.pop()
+            os.close(fd)
+            os.rmdir(nm, dir_fd=parent)
+    finally:
+        for frame in frames:
+            os.close(frame[2])
 
 
 def _make_writable(dfd: int, name: str) -> None:

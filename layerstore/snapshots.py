@@ -32,7 +32,6 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
-import shutil
 import stat
 import uuid
 from dataclasses import dataclass, field
@@ -41,6 +40,7 @@ from typing import BinaryIO, Callable, Iterable, Sequence
 
 from layerstore import digest as dg
 from layerstore import resolver, syscalls, workdirs
+from layerstore.resolver import remove_tree
 from layerstore.merged import OPAQUE_XATTR, merged_entry
 
 TMP_PREFIX = ".tmp-"
@@ -125,7 +125,18 @@ class SnapshotStore:
         return self.dir / dg.hex_of(chain_id)
 
     def has(self, chain_id: str) -> bool:
-        return self.path(chain_id).is_dir()
+        return _real_dir(self.path(chain_id))
+
+    @staticmethod
+    def _clear(final: Path) -> None:
+        """Unlink what sits at a snapshot's place and is not a directory (a symlink or
+        a file put there by hand): the path is mounted as a lower dir, and a mount
+        follows a symlink wherever it points."""
+        try:
+            if not stat.S_ISDIR(os.lstat(final).st_mode):
+                os.unlink(final)
+        except FileNotFoundError:
+            pass
 
     # --- snapshots ------------------------------------------------------------------
 
@@ -134,8 +145,9 @@ class SnapshotStore:
         """Return the snapshot's dir, unpacking the layer first if needed. `parents`: the
         snapshots below it, bottom first."""
         final = self.path(chain_id)
-        if final.is_dir():
+        if _real_dir(final):
             return final
+        self._clear(final)
         from layerstore.layer_apply import apply_layer  # only when unpacking
 
         # the root of a snapshot is the root of the image's filesystem: 0755 as docker's
@@ -148,7 +160,7 @@ class SnapshotStore:
             try:
                 os.rename(tmp.path, final)
             except OSError:
-                if not final.is_dir():
+                if not _real_dir(final):
                     raise
                 tmp.release()  # somebody else made it first
             else:
@@ -170,8 +182,9 @@ class SnapshotStore:
         """Make a finished upper dir the snapshot of `chain_id` (the layer made from it),
         instead of unpacking that layer again; False when the snapshot already existed."""
         final = self.path(chain_id)
-        if final.exists():
+        if _real_dir(final):
             return False
+        self._clear(final)
         try:
             os.rename(upper, final)
         except OSError:
@@ -198,6 +211,11 @@ class SnapshotStore:
         try:
             fd = os.open(final, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
         except FileNotFoundError:
+            return
+        except OSError as exc:
+            if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
+                raise
+            self._clear(final)       # a symlink or file in its place: gone, never followed
             return
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
@@ -244,6 +262,14 @@ class SnapshotStore:
             c, f = workdirs.reclaim(parent, prefixes, measure=everything)
             count, freed = count + c, freed + f
         return count, freed
+
+
+def _real_dir(path: Path) -> bool:
+    """A directory itself, not a symlink to one."""
+    try:
+        return stat.S_ISDIR(os.lstat(path).st_mode)
+    except FileNotFoundError:
+        return False
 
 
 # --- mounting a plan ------------------------------------------------------------------
@@ -445,19 +471,4 @@ def _lower_entry(lfds: list[int], names: list[str]) -> os.stat_result | None:
     """What the lowers (fds, top first) show at `names`, as the overlay merges them."""
     shown = merged_entry(lfds, names)
     return shown[1] if shown is not None else None
-
-
-def remove_tree(path: Path) -> None:
-    """rmtree that also copes with dirs whose mode forbids writing (layers may have 0555 dirs)."""
-    def fix(func, p, _exc):
-        try:
-            os.chmod(os.path.dirname(p), 0o700)
-            if os.path.isdir(p) and not os.path.islink(p):
-                os.chmod(p, 0o700)
-            func(p)
-        except FileNotFoundError:
-            pass
-
-    if os.path.lexists(path):
-        shutil.rmtree(path, onerror=fix)
 

@@ -73,11 +73,29 @@ def _private_dir(parent: int, name: str) -> None:
         os.close(fd)
 
 
+# What a store (or an OCI layout to become one) has at its top, even one whose creation
+# was interrupted, or that `volume create` started: the first dirs made, the layout files.
+_STORE_MARKS = ("oci-layout", "index.json", "blobs", "ingest", "snapshots", "containers",
+                "volumes", "lock", "gc.lock")
+
+
+class NotAStore(PybuildError):
+    """--root names a directory that holds something else than a store."""
+
+
 def make_private(root: Path) -> None:
-    """Create ROOT and its top-level dirs 0700, or tighten an existing (older) store."""
+    """Create ROOT and its top-level dirs 0700, or tighten an existing (older) store.
+
+    A non-empty directory that is no store is refused, not taken over: `--root /` or
+    `PYBUILD_ROOT=$HOME` would make it 0700 (no other user could use / any more) and
+    fill it with the store's dirs."""
     root.mkdir(mode=0o700, parents=True, exist_ok=True)
     rfd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
+        names = os.listdir(rfd)
+        if names and not any(mark in names for mark in _STORE_MARKS):
+            raise NotAStore(f"{root}: not a pybuild store, and not empty: refusing to use it "
+                            "as one (it would be made private to root)")
         if os.fstat(rfd).st_mode & 0o077:
             os.fchmod(rfd, 0o700)
         for sub in PRIVATE_DIRS:

@@ -228,12 +228,20 @@ def test_exec_tty_never_follows_a_planted_ptmx(run_store, container, tmp_path):
 def _grep(top: Path, needle: bytes, since: float, skip: set[Path]) -> list[str]:
     """Regular files below `top` changed since `since` that contain `needle`."""
     hits = []
-    for dirpath, dirnames, files in os.walk(top):
-        for name in files:
-            path = Path(dirpath) / name
+    stack = [top]   # iterative: os.walk recurses, and other jobs leave deep trees in /tmp
+    while stack:
+        try:
+            entries = list(os.scandir(stack.pop()))
+        except OSError:
+            continue
+        for entry in entries:
+            path = Path(entry.path)
             try:
-                st = path.lstat()
-                if not path.is_file() or path.is_symlink() or path in skip or st.st_mtime < since:
+                if entry.is_dir(follow_symlinks=False):
+                    stack.append(path)
+                    continue
+                st = entry.stat(follow_symlinks=False)
+                if not entry.is_file(follow_symlinks=False) or path in skip or st.st_mtime < since:
                     continue
                 if needle in path.read_bytes():
                     hits.append(str(path))
@@ -275,3 +283,44 @@ def test_secret_of_a_sigkilled_build_never_reaches_disk(pybuild, busybox_rootfs,
     _wait_for(lambda: not processes_matching(f"sleep {naptime}"), timeout=30)
     assert _grep(pybuild.root, secret, t0, set()) == []
     assert _grep(Path("/tmp"), secret, t0, {src}) == []
+
+
+# The command of a container granted CAP_SYS_PTRACE (which overrides non-dumpable): it
+# makes its /etc/passwd big (the joining process reads it to resolve the user: a long,
+# visible window in the old order), then records what every process it can see shows
+# of itself: its capabilities, and any environment or command line naming the caller's
+# secret or store (the patterns are bracketed so that they do not match themselves).
+SPY = r"""
+i=0
+while [ $i -lt 120000 ]; do echo "u$i:x:$((i+1000)):$((i+1000))::/:/bin/sh"; i=$((i+1)); done > /tmp/pw
+cat /etc/passwd >> /tmp/pw && mv /tmp/pw /etc/passwd
+: > /tmp/caps; : > /tmp/seen
+echo ready > /tmp/ready
+while :; do
+  cat /proc/[0-9]*/status 2>/dev/null | grep '^CapEff' >> /tmp/caps
+  cat /proc/[0-9]*/environ /proc/[0-9]*/cmdline 2>/dev/null | tr '\0' '\n' \
+    | grep -a -e 'R3_EXEC_SECRE[T]=' -e 'runstor[e][0-9]*/store' >> /tmp/seen
+done
+"""
+
+
+def test_exec_joins_unprivileged_and_leaves_the_caller_behind(run_store, container):
+    """The process `pybuild exec` starts inside the container is never more privileged
+    than the command it becomes, and it carries neither the caller's environment (the host
+    user's tokens) nor its command line: a container that may ptrace (CAP_SYS_PTRACE) and
+    reads /proc of every process it sees during the exec finds none of them. (It used to
+    resolve the user and the executable in there with every host capability.)"""
+    assert "runstore" in str(run_store.root)        # what the spy looks for in command lines
+    cid = container("--cap-add", "SYS_PTRACE", command=("sh", "-c", SPY))
+    _wait_for(lambda: (_upper(run_store, cid) / "tmp" / "ready").exists())
+    secret = "R3_EXEC_SECRET=" + secrets.token_hex(8)
+    env = dict(os.environ, PYTHONPATH=str(REPO), R3_EXEC_SECRET=secret.split("=", 1)[1])
+    for _ in range(3):
+        p = subprocess.run([sys.executable, "-m", "builder", "--root", str(run_store.root),
+                            "exec", cid, "true"], cwd=REPO, env=env, capture_output=True,
+                           text=True, timeout=120)
+        assert p.returncode == 0, p.stderr
+    tmp = _upper(run_store, cid) / "tmp"
+    caps = set(tmp.joinpath("caps").read_text().split("\n")) - {""}
+    assert caps == {"CapEff:\t00000000a80c25fb"}, caps      # docker's 14 + SYS_PTRACE, never more
+    assert tmp.joinpath("seen").read_text() == ""

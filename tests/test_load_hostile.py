@@ -10,12 +10,14 @@ import hashlib
 import io
 import json
 import os
+import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
 import pytest
 
-from conftest import CLI
+from conftest import CLI, REPO
 from layerstore import mediatypes as mt
 from layerstore.archive import load
 from layerstore.errors import PybuildError
@@ -349,3 +351,76 @@ def test_volume_copy_up_never_opens_image_devices_and_merges_layers(cli, busybox
             "character special file 1:3", "fifo 0:0", "keptnew/etc/shadow", "751", ""], p.stdout
     data = cli.root / "volumes" / "named" / "_data"
     assert os.lstat(data / "null").st_rdev == os.makedev(1, 3) and os.path.islink(data / "shadow")
+
+
+# --- round 2 ------------------------------------------------------------------------
+
+
+def _oci_image(layers: list[bytes], config: dict | bytes | None = None, layer_blobs=None,
+               config_desc: dict | None = None) -> tuple[list[dict], list[bytes]]:
+    """(index.json entries, blobs) of a one-image OCI layout."""
+    cfg = config if isinstance(config, bytes) else json.dumps(
+        config if config is not None else config_doc([sha(l) for l in layers])).encode()
+    stored = layer_blobs if layer_blobs is not None else layers
+    man = json.dumps({"schemaVersion": 2, "mediaType": mt.OCI_MANIFEST,
+                      "config": config_desc or desc(cfg, mt.OCI_CONFIG),
+                      "layers": [desc(l, mt.OCI_LAYER) for l in stored]}).encode()
+    top = [desc(man, mt.OCI_MANIFEST, annotations={"org.opencontainers.image.ref.name": "odd:1"})]
+    return top, [cfg, man, *stored]
+
+
+def test_oci_layout_of_another_version_is_refused(cli, tmp_path):
+    """As containerd's importer: a layout of another version may mean anything (it was
+    loaded, as was one whose oci-layout is not even JSON)."""
+    layer = tar_of([entry("f", b"x")])
+    top, blobs = _oci_image([layer])
+    good = oci_archive(tmp_path / "good.tar", top, blobs)
+    for i, layout in enumerate((b'{"imageLayoutVersion":"2.0.0"}', b"garbage", b"[" * 5000)):
+        with tarfile.open(good) as t:
+            members = [(m, layout if m.name == "oci-layout" else t.extractfile(m).read())
+                       for m in t.getmembers()]
+        (tmp_path / f"{i}.tar").write_bytes(tar_of(members))
+        refused_in_process(cli, tmp_path / f"{i}.tar", text="oci-layout")
+    refused(cli, "load", "-i", tmp_path / "0.tar", text="unsupported image layout version")
+    assert cli("images", "-q").stdout == ""
+    cli("load", "-i", good)
+
+
+def test_images_that_contradict_their_config_are_refused_at_load(cli, busybox_rootfs, tmp_path):
+    """docker load refuses what `run` would refuse: a config naming 10 000 (or no) diff IDs
+    for one layer, a "config" that is a layer blob, a layer that is not what the config
+    says. They were loaded and tagged, and failed only at `run`."""
+    layer = busybox_layer(busybox_rootfs)
+    other = tar_of([entry("g", b"y")])
+    cases = {
+        "10000 diff IDs": _oci_image([layer], config_doc([sha(layer)] * 10_000)),
+        "0 diff IDs": _oci_image([layer], config_doc([])),
+        "not valid JSON": _oci_image([layer], config=b"", config_desc=desc(layer, mt.OCI_CONFIG)),
+        "diff ID": _oci_image([layer], config_doc([sha(layer)]), layer_blobs=[other]),
+    }
+    for i, (text, (top, blobs)) in enumerate(cases.items()):
+        refused_in_process(cli, oci_archive(tmp_path / f"{i}.tar", top, blobs), text=text)
+    refused(cli, "load", "-i", tmp_path / "0.tar", text="10000 diff IDs")
+    assert cli("images", "-q").stdout == ""
+
+
+def test_images_of_more_layers_than_an_overlay_stacks_are_refused(cli, tmp_path):
+    """overlayfs stacks at most 500 lower dirs: 600 layers were loaded, all unpacked at
+    `run`, and then the mount failed (EINVAL)."""
+    layers = [tar_of([entry(f"f{i}", b"x")]) for i in range(600)]
+    top, blobs = _oci_image(layers)
+    refused(cli, "load", "-i", oci_archive(tmp_path / "oci.tar", top, blobs), text="600 layers")
+    refused_in_process(cli, docker_archive(tmp_path / "docker.tar", layers), text="600 layers")
+    assert not os.listdir(cli.root / "snapshots")
+
+
+def test_an_endless_input_is_read_only_as_far_as_the_archive_goes(cli):
+    """A stream was spooled whole before its first header was read: `load -i /dev/zero`
+    (or an endless pipe) filled the disk for ever. Now the spool stops where the tar ends:
+    zero blocks are an empty archive."""
+    refused(cli, "load", "-i", "/dev/zero", text="neither an OCI layout")
+    p = subprocess.run(f"yes | {sys.executable} -m builder --root {cli.root} load", shell=True,
+                       capture_output=True, text=True, timeout=60, cwd=REPO,
+                       env=dict(os.environ, PYTHONPATH=str(REPO)))
+    assert p.returncode != 0 and "not a tar archive" in p.stderr, p.stderr
+    assert os.listdir(cli.root / "ingest") == []

@@ -95,6 +95,23 @@ def make_pki(dir: Path) -> PKI:
     return PKI(dir, ca, cert, key)
 
 
+def make_client_cert(pki: PKI, dir: Path, name: str = "client") -> tuple[Path, Path]:
+    """A client certificate (extendedKeyUsage clientAuth) signed by `pki`'s CA:
+    (`<name>.cert`, `<name>.key`) in `dir`, the certs.d names."""
+    dir.mkdir(parents=True, exist_ok=True)
+    key, csr, cert = dir / f"{name}.key", pki.dir / f"{name}.csr", dir / f"{name}.cert"
+    ext = pki.dir / f"{name}-ext.cnf"
+    ext.write_text("basicConstraints=CA:FALSE\nkeyUsage=digitalSignature\n"
+                   "extendedKeyUsage=clientAuth\n")
+    run = lambda *a: subprocess.run(a, check=True, capture_output=True)  # noqa: E731
+    run("openssl", "req", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(csr),
+        "-subj", f"/CN={name}")
+    run("openssl", "x509", "-req", "-in", str(csr), "-CA", str(pki.ca), "-CAkey",
+        str(pki.dir / "ca.key"), "-CAcreateserial", "-out", str(cert), "-days", "2",
+        "-extfile", str(ext))
+    return cert, key
+
+
 # --- docker-registry -----------------------------------------------------------
 
 class Registry:
@@ -249,6 +266,7 @@ class Seen:
     path: str
     headers: dict[str, str]
     at: float = field(default_factory=time.monotonic)
+    client_cert: dict | None = None          # the peer certificate a TLS client presented
 
 
 class Proxy:
@@ -452,9 +470,13 @@ class Hostile:
     recorded in `seen`. Handlers answer with the functions below (reply,
     reply_endless, reply_stalled, reply_trickle); the slow ones wait on
     `stopping`, so stop() ends them. With `pki`, it speaks TLS; without, it
-    hangs up on a TLS ClientHello (the client probing HTTPS first)."""
+    hangs up on a TLS ClientHello (the client probing HTTPS first). With
+    `client_ca` it asks for a client certificate (required unless
+    `client_optional`), and each Seen records the peer's in `client_cert`.
+    `addr` may be an IPv6 literal (`::1`): `host` is then `[::1]:port`."""
 
-    def __init__(self, addr: str = "127.0.0.1", pki: PKI | None = None) -> None:
+    def __init__(self, addr: str = "127.0.0.1", pki: PKI | None = None,
+                 client_ca: Path | None = None, client_optional: bool = False) -> None:
         self.routes: list[tuple[str, re.Pattern, object]] = []
         self.seen: list[Seen] = []
         self.stopping = threading.Event()
@@ -482,14 +504,21 @@ class Hostile:
 
             do_GET = do_HEAD = do_PUT = do_POST = do_PATCH = do_DELETE = _any
 
-        self.server = ThreadingHTTPServer((addr, 0), RequestHandler)
+        server_cls = ThreadingHTTPServer
+        if ":" in addr:
+            server_cls = type("ThreadingHTTPServer6", (ThreadingHTTPServer,),
+                              {"address_family": socket.AF_INET6})
+        self.server = server_cls((addr, 0), RequestHandler)
         self.server.daemon_threads = True
         if pki is not None:
             ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
             ctx.load_cert_chain(str(pki.cert), str(pki.key))
+            if client_ca is not None:
+                ctx.load_verify_locations(str(client_ca))
+                ctx.verify_mode = ssl.CERT_OPTIONAL if client_optional else ssl.CERT_REQUIRED
             self.server.socket = ctx.wrap_socket(self.server.socket, server_side=True)
         self.port = self.server.server_address[1]
-        self.host = f"{addr}:{self.port}"
+        self.host = f"[{addr}]:{self.port}" if ":" in addr else f"{addr}:{self.port}"
         self.base = f"{'https' if pki else 'http'}://{self.host}"
         self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,),
                                        daemon=True)
@@ -501,7 +530,8 @@ class Hostile:
         self.routes.insert(0 if first else len(self.routes), (method, re.compile(pattern), handler))
 
     def _answer(self, h: BaseHTTPRequestHandler) -> None:
-        self.seen.append(Seen(h.command, h.path, dict(h.headers.items())))
+        peer = getattr(h.connection, "getpeercert", lambda: None)()
+        self.seen.append(Seen(h.command, h.path, dict(h.headers.items()), client_cert=peer))
         length = int(h.headers.get("Content-Length") or 0)
         h.body = h.rfile.read(length) if length else b""
         for method, pattern, handler in self.routes:

@@ -41,8 +41,8 @@ BOMB = 2 << 30           # inflates to 2 GiB from ~2 MB
 def hostile():
     servers: list[Hostile] = []
 
-    def make(addr: str = "127.0.0.1", pki=None) -> Hostile:
-        servers.append(Hostile(addr, pki))
+    def make(addr: str = "127.0.0.1", pki=None, **kw) -> Hostile:
+        servers.append(Hostile(addr, pki, **kw))
         return servers[-1]
     yield make
     for s in servers:
@@ -75,14 +75,14 @@ def one_line_error(proc) -> str:
 
 
 def run_cli(root: Path, *args: str, env: dict | None = None, mem: int | None = MEM,
-            timeout: float = 60):
+            timeout: float = 60, input: str | None = None, cwd: Path | None = None):
     import subprocess
 
     full = dict(os.environ, PYTHONPATH=str(REPO), MALLOC_ARENA_MAX="2")
     full.update(env or {})
     return subprocess.run([sys.executable, "-m", "builder", "--root", str(root), *args],
                           capture_output=True, text=True, env=full, timeout=timeout,
-                          preexec_fn=limited(mem) if mem else None)
+                          preexec_fn=limited(mem) if mem else None, input=input, cwd=cwd)
 
 
 def serve_image(hs: Hostile, src: Store, name: str, repo: str, tag: str = "1") -> dict:
@@ -150,6 +150,21 @@ def test_add_sends_no_netrc_credentials(tmp_path, hostile, monkeypatch):
     download.fetch(user_url, tmp_path / "h", None)
     assert authorizations(hs.seen) == ["Basic " + base64.b64encode(b"ann:pw").decode()]
     assert authorizations(other.seen) == []
+
+
+def test_add_errors_never_show_a_password_of_the_url(tmp_path, hostile):
+    """The URL's own credentials go to its host, never into an error (CI logs are public)."""
+    from builder.steps import download
+
+    hs = hostile()
+    hs.route("GET", r"/gone", lambda h, m: reply(h, 404, b"no"))
+    with pytest.raises(download.DownloadError) as err:
+        download.fetch(f"http://ann:s3cret-pw@{hs.host}/gone", tmp_path / "g", None)
+    assert "s3cret-pw" not in str(err.value)
+    assert f"http://ann:xxxxx@{hs.host}/gone" in str(err.value)
+    with pytest.raises(download.DownloadError) as err:
+        download.fetch("ftp://ann:s3cret-pw@127.0.0.1/x", tmp_path / "x", None)
+    assert "s3cret-pw" not in str(err.value)
 
 
 def test_build_add_sends_no_netrc_credentials(tmp_path, hostile):
@@ -472,7 +487,8 @@ def test_redirect_bodies_are_never_read(tmp_path, hostile, config_env):
     client = RegistryClient(tok.host, FAST, creds=None)
     client.ping()
     client.auth.challenge.params["realm"] = f"{tok.base}/moved"
-    assert client.auth.header(client.session, frozenset(["repository:x:pull"]), False, None) \
+    assert client.auth.header(client.session, frozenset(["repository:x:pull"]),
+                              ("http", tok.host), False) \
         == "Bearer abc"
     client.close()
     # the registry client's redirects to blob storage

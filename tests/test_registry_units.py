@@ -11,7 +11,7 @@ from layerstore.registry import api_host, credentials, tls
 from layerstore.registry.auth import parse_challenges
 from layerstore.registry.errors import CredentialsError
 from layerstore.registry.login import normalize_host
-from test_registry_helpers import config_env  # noqa: F401
+from test_registry_helpers import config_env, make_pki  # noqa: F401
 
 
 def test_parse_challenges():
@@ -56,27 +56,29 @@ def test_broken_config_is_a_clear_error(tmp_path, config_env):
         credentials.lookup("h")
 
 
-def test_tls_choices(config_env):
+def test_tls_choices(tmp_path, config_env):
     local = tls.for_host("127.0.0.1:5000")
     assert local.verify is False and local.schemes == ("https", "http")
     assert tls.for_host("localhost:5000").schemes == ("https", "http")
     remote = tls.for_host("reg.example")
     assert remote.verify is True and remote.schemes == ("https",)
+    assert remote.ssl_context is None          # requests' own defaults
     assert tls.for_host("127.0.0.1:5000", tls_verify=True).schemes == ("https",)
     assert tls.for_host("reg.example", tls_verify=False).verify is False
     assert tls.for_host("reg.example", insecure_hosts=("reg.example",)).schemes == ("https", "http")
+    pki = make_pki(tmp_path / "pki")
     d = config_env / "certs.d" / "reg.example:443"
     d.mkdir(parents=True)
-    (d / "ca.crt").write_text("x")
-    (d / "client.cert").write_text("c")
-    (d / "client.key").write_text("k")
+    (d / "ca.crt").write_bytes(pki.ca.read_bytes())
+    (d / "client.cert").write_bytes(pki.cert.read_bytes())
+    (d / "client.key").write_bytes(pki.key.read_bytes())
     cfg = tls.for_host("reg.example:443")
-    assert cfg.verify == str(d / "ca.crt") and cfg.cert == (str(d / "client.cert"),
-                                                            str(d / "client.key"))
-    (d / "extra.crt").write_text("y")
-    merged = tls.for_host("reg.example:443").verify
-    assert open(merged).read() == "x\ny\n"
-    assert tls.for_host("reg.example:443").verify == merged     # made once
+    assert cfg.verify is True and cfg.ca_files == [str(d / "ca.crt")]
+    assert cfg.client_cert == str(d / "client.cert") and cfg.ssl_context is not None
+    # the CA is trusted in addition to the system roots, as docker does
+    subjects = [dict(x[0] for x in c["subject"]).get("commonName")
+                for c in cfg.ssl_context.get_ca_certs()]
+    assert "pybuild test CA" in subjects and len(subjects) > 1
 
 
 def test_hosts():

@@ -108,3 +108,18 @@ def test_entrypoint_cmd_composition():
     assert working_dir(ContainerConfig(WorkingDir="srv"), None) == "/srv"
     with pytest.raises(RunError, match="absolute"):
         working_dir(ContainerConfig(), "rel")
+
+
+def test_names_with_a_trailing_newline_are_refused():
+    """Python's `$` matches before a final newline: every name check must refuse one."""
+    from pathlib import Path
+
+    from builder.runner.options import check_container_name, check_volume_name
+    from builder.sandbox.spec import DirRoot, SandboxError, SandboxSpec
+
+    for check in (check_volume_name, check_container_name):
+        with pytest.raises(RunError):
+            check("name\n")
+    for kw in ({"hostname": "h\n"}, {"id": "abc\n"}):
+        with pytest.raises(SandboxError):
+            SandboxSpec(root=DirRoot(Path("/")), argv=["true"], **kw).validate()

@@ -190,9 +190,9 @@ CALLER = textwrap.dedent("""
 """)
 
 
-def test_killed_caller_leaves_no_device_cgroup(busybox_rootfs, mechanism):
+def test_killed_caller_leaves_no_device_cgroup(busybox_copy, mechanism):
     cid = os.urandom(16).hex()
-    proc = subprocess.Popen([sys.executable, "-c", CALLER, str(busybox_rootfs), cid,
+    proc = subprocess.Popen([sys.executable, "-c", CALLER, str(busybox_copy), cid,
                              str(mechanism)], stdout=subprocess.PIPE, text=True, cwd=REPO,
                             env=dict(os.environ, PYTHONPATH=str(REPO)))
     try:
@@ -294,9 +294,9 @@ def test_rules_apply_without_a_mounted_cgroup_file_system(busybox_rootfs):
     assert residue([cid], [busybox_rootfs]) == clean()
 
 
-def test_killed_caller_without_a_mounted_cgroup_file_system(busybox_rootfs):
+def test_killed_caller_without_a_mounted_cgroup_file_system(busybox_copy):
     cid = os.urandom(16).hex()
-    p = _without_cgroup_mounts(sys.executable, "-c", CALLER, str(busybox_rootfs), cid, "0")
+    p = _without_cgroup_mounts(sys.executable, "-c", CALLER, str(busybox_copy), cid, "0")
     try:
         assert p.stdout.readline().strip() == f"{cgroups.DETACHED}/{PREFIX}{cid}"
         assert len(cgroup_dirs(cid)) == 1  # the v2 cgroup, seen where it is mounted here

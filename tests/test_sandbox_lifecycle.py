@@ -107,9 +107,9 @@ CALLER = textwrap.dedent("""
 """)
 
 
-def test_sigkill_of_caller_leaves_nothing_behind(busybox_rootfs):
+def test_sigkill_of_caller_leaves_nothing_behind(busybox_copy):
     cid = os.urandom(16).hex()
-    proc = subprocess.Popen([sys.executable, "-c", CALLER, str(busybox_rootfs), cid],
+    proc = subprocess.Popen([sys.executable, "-c", CALLER, str(busybox_copy), cid],
                             stdout=subprocess.PIPE, text=True, cwd=REPO,
                             env=dict(os.environ, PYTHONPATH=str(REPO)))
     try:
@@ -120,10 +120,10 @@ def test_sigkill_of_caller_leaves_nothing_behind(busybox_rootfs):
         proc.wait()
         t0 = time.monotonic()
         while time.monotonic() - t0 < 1.0:
-            if residue([cid], [busybox_rootfs]) == clean():
+            if residue([cid], [busybox_copy]) == clean():
                 break
             time.sleep(0.02)
-        assert residue([cid], [busybox_rootfs]) == clean()
+        assert residue([cid], [busybox_copy]) == clean()
         assert not os.path.exists(f"/proc/{pid}") and not os.path.exists(state)
     finally:
         proc.kill()

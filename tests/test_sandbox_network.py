@@ -804,11 +804,11 @@ def test_run_private_eight_at_once_then_twenty_in_a_row_leave_nothing(lab: Lab, 
     assert seen["after"] == seen["before"]
 
 
-def test_killing_the_parent_mid_run_leaves_no_network_behind(lab: Lab, busybox_rootfs):
+def test_killing_the_parent_mid_run_leaves_no_network_behind(lab: Lab, busybox_copy):
     from builder.sandbox import DirRoot, SandboxSpec, start
 
     def parent(report: int) -> None:
-        spec = SandboxSpec(root=DirRoot(busybox_rootfs, readonly=True), argv=["/bin/sleep", "30"],
+        spec = SandboxSpec(root=DirRoot(busybox_copy, readonly=True), argv=["/bin/sleep", "30"],
                            network=NetworkConfig(mode="private", ports=[PortMapping(18300, 80)]))
         box = start(spec)
         os.write(report, f"{box.pid} {box.ip}\n".encode())

@@ -17,9 +17,17 @@ from dataclasses import dataclass, field
 
 from .errors import ExpansionError
 from .gotext import GO_SPACE_SET, go_quote
+from .shellpattern import replace as _replace
+from .shellpattern import reverse_pattern, shell_pattern_regex, trim_prefix, trim_suffix
+
+__all__ = ["Expansion", "ShellLex", "expand_word", "expand_words", "reverse_pattern",
+           "shell_pattern_regex", "MAX_NESTING", "MAX_WORD"]
 
 _SPECIAL_PARAMS = frozenset("@*#?-$!0")
 MAX_NESTING = 64  # ${...} inside ${...}: far beyond any real Dockerfile
+# `ARG a=$a$a` doubles a value per line: twenty lines of that asked for terabytes (a
+# MemoryError after minutes). A word never grows beyond this (a Dockerfile line is 64 KiB)
+MAX_WORD = 1 << 20
 _HEREDOC_OP = re.compile(r"<<[\t\n\v\f\r ]*\Z")
 
 
@@ -157,6 +165,7 @@ class _Run:
         words = _Words(self.lex.glue_heredoc)
         esc = self.lex.escape
         quotes = not self.lex.skip_process_quotes
+        size = 0
         while self.pos < len(self.text):
             ch = self.text[self.pos]
             if stop is not None and ch == stop:
@@ -164,6 +173,9 @@ class _Run:
                 return "".join(result), words.result()
             if ch == "$":
                 tmp = self.dollar()
+                size += len(tmp)
+                if size > MAX_WORD:
+                    raise ExpansionError(f"expands to more than {MAX_WORD} characters")
                 result.append(tmp)
                 words.add_string(tmp)
             elif quotes and ch == "'":
@@ -172,6 +184,9 @@ class _Run:
                 words.add_raw(tmp)
             elif quotes and ch == '"':
                 tmp = self.double_quote()
+                size += len(tmp)
+                if size > MAX_WORD:
+                    raise ExpansionError(f"expands to more than {MAX_WORD} characters")
                 result.append(tmp)
                 words.add_raw(tmp)
             else:
@@ -205,6 +220,7 @@ class _Run:
         raw = self.lex.raw_quotes
         esc = self.lex.escape
         out = ['"'] if raw else []
+        size = 0
         self.pos += 1
         while True:
             ch = self.peek()
@@ -217,6 +233,9 @@ class _Run:
                 return "".join(out)
             if ch == "$":
                 out.append(self.dollar())
+                size += len(out[-1])
+                if size > MAX_WORD:
+                    raise ExpansionError(f"expands to more than {MAX_WORD} characters")
                 continue
             self.pos += 1
             if ch == esc:
@@ -314,8 +333,8 @@ class _Run:
                 if greedy:
                     word = word[1:]
                 if op == "%":
-                    return _trim_suffix(word, value, greedy)
-                return _trim_prefix(word, value, greedy)
+                    return trim_suffix(word, value, greedy)
+                return trim_prefix(word, value, greedy)
             raise ExpansionError(f"unsupported modifier ({ops}) in substitution")
         if op == "/":
             replace_all = self.peek() == "/"
@@ -326,13 +345,7 @@ class _Run:
             value, found = self.getenv(name)
             if skip_unset and not found:
                 return "${%s/%s/%s}" % (name, pattern, replacement)
-            rx = _pattern_regex(pattern, greedy=True, anchored=False)
-            if replace_all:
-                return rx.sub(lambda m: _go_template(replacement, m), value)
-            m = rx.search(value)
-            if m:
-                value = value[:m.start()] + replacement + value[m.end():]
-            return value
+            return _replace(pattern, value, replacement, replace_all, MAX_WORD)
         raise ExpansionError(f"unsupported modifier ({ops}) in substitution")
 
     def _operand(self, stop: str, raw_escapes: bool, eof_message: str) -> str:
@@ -343,72 +356,6 @@ class _Run:
                 raise ExpansionError(eof_message) from None
             raise
         return word
-
-
-def _go_template(template: str, m: re.Match) -> str:
-    """Go's Regexp.Expand for a pattern without groups: `$$` is `$`, `$0` the match."""
-    def sub(t: re.Match) -> str:
-        name = t.group(1) or t.group(2)
-        if t.group(0) == "$$":
-            return "$"
-        return m.group(0) if name == "0" else ""
-    return re.sub(r"\$(?:\{([^}]*)\}|([A-Za-z0-9_]+)|\$)", sub, template)
-
-
-def shell_pattern_regex(pattern: str, greedy: bool, anchored: bool) -> str:
-    """A shell pattern (`*`, `?`, backslash escapes; no brackets) as a regex."""
-    out = ["^"] if anchored else []
-    star = ".*" if greedy else ".*?"
-    i, n = 0, len(pattern)
-    while i < n:
-        ch = pattern[i]
-        i += 1
-        if ch == "*":
-            out.append(star)
-        elif ch == "?":
-            out.append(".")
-        elif ch == "\\":
-            nxt = pattern[i] if i < n else ""
-            if nxt in ("}", "/"):
-                continue            # an escaped `}` or `/` of ${...} is not part of the pattern
-            i += 1
-            if nxt not in ("*", "?", "\\"):
-                raise ExpansionError(f"invalid escape '\\{nxt}'")
-            out.append("\\" + nxt)
-        else:
-            out.append(re.escape(ch) if ch in "[]{}.+()|^$" else ch)
-    return "".join(out)
-
-
-def _pattern_regex(pattern: str, greedy: bool, anchored: bool) -> re.Pattern:
-    try:
-        return re.compile(shell_pattern_regex(pattern, greedy, anchored))
-    except ExpansionError as exc:
-        raise ExpansionError(f"invalid pattern ({pattern}) in substitution: {exc.message}") from None
-
-
-def _trim_prefix(pattern: str, value: str, greedy: bool) -> str:
-    m = _pattern_regex(pattern, greedy, True).search(value)
-    return value[m.end():] if m else value
-
-
-def reverse_pattern(pattern: str) -> str:
-    """Reverse a pattern but keep each `\\x` escape in order (`a\\*c` -> `c\\*a`)."""
-    parts: list[str] = []
-    i, n = 0, len(pattern)
-    while i < n:
-        if pattern[i] == "\\" and i != n - 1:
-            parts.append(pattern[i:i + 2])
-            i += 2
-        else:
-            parts.append(pattern[i])
-            i += 1
-    return "".join(reversed(parts))
-
-
-def _trim_suffix(pattern: str, value: str, greedy: bool) -> str:
-    # the shortest rightmost match is a leftmost match on the reversed strings
-    return _trim_prefix(reverse_pattern(pattern), value[::-1], greedy)[::-1]
 
 
 _PLAIN = re.compile(r"[^$'\"\\`]*\Z")

@@ -475,6 +475,9 @@ def _healthcheck(node, args, opts, base):
         except ValueError:
             raise _Located(f'invalid value for --retries: "{opts["retries"]}"', "--retries") from None
         _need(retries >= 0, f"--retries cannot be negative ({retries})", "--retries")
+        # BuildKit parses it as an int32; a bigger one would not fit docker's config
+        _need(retries < 1 << 31, f'invalid value for --retries: "{opts["retries"]}" is out of range',
+              "--retries")
     return Healthcheck(test=test, retries=retries, **durations, **base)
 
 
@@ -484,6 +487,8 @@ def _duration(name: str, text: str) -> float:
     if not _DURATION.match(text):
         raise _Located(f'invalid duration for --{name}: "{text}"', f"--{name}")
     seconds = sum(float(n) * _UNIT_SECONDS[u] for n, u in _DURATION_PART.findall(text))
+    if seconds * 1e9 >= 2 ** 63:       # Go's time.Duration (int64 nanoseconds) overflows
+        raise _Located(f'invalid duration for --{name}: "{text}" is out of range', f"--{name}")
     if 0 < seconds < 0.001:
         raise _Located(f'Interval "{name}" cannot be less than 1ms', f"--{name}")
     return seconds

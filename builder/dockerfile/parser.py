@@ -308,7 +308,10 @@ def _flag_word(word: str) -> str:
             ch = units[i]
             i += 1
         out.append(ch)
-    return "".join(out)
+    if word.isascii():
+        return "".join(out)
+    # back from bytes to text: `--from=stagé`, `--chown=josé` must not turn into mojibake
+    return "".join(out).encode("latin-1").decode("utf-8", "surrogateescape")
 
 
 def parse_words(rest: str, escape: str) -> list[str]:

@@ -30,6 +30,7 @@ _MACHINE_ARCH = {"x86_64": ("amd64", ""), "amd64": ("amd64", ""), "aarch64": ("a
                  "s390x": ("s390x", ""), "riscv64": ("riscv64", "")}
 
 
+_PLATFORM_PART = re.compile(r"[a-z0-9_-]+\Z")
 _PORT_SPEC = re.compile(r"(?:(?:\[[0-9A-Fa-f:.]*\]|[0-9.]*):(?:[0-9]*(?:-[0-9]*)?):)?"
                         r"([0-9]+)(?:-([0-9]+))?(?:/(?:tcp|udp|sctp))?\Z", re.IGNORECASE)
 
@@ -43,7 +44,8 @@ class Platform:
     @classmethod
     def parse(cls, text: str) -> Platform:
         parts = text.strip().lower().split("/")
-        if not 2 <= len(parts) <= 3 or not all(parts):
+        # each part a word, as containerd's platforms.Parse takes it (`../../x` is none)
+        if not 2 <= len(parts) <= 3 or not all(_PLATFORM_PART.match(p) for p in parts):
             raise DockerfileError(f'invalid platform "{text}": expected os/arch[/variant]', "platform")
         return cls(parts[0], parts[1], parts[2] if len(parts) == 3 else "")
 
@@ -104,7 +106,7 @@ class StageGraph:
         return {k: v for k, v in self.build_args.items() if k in PROXY_ARGS}
 
     def stage(self, name_or_index: str | int) -> Stage:
-        if isinstance(name_or_index, int) or str(name_or_index).isdigit():
+        if isinstance(name_or_index, int) or (str(name_or_index).isascii() and str(name_or_index).isdigit()):
             return self.stages[int(name_or_index)]
         for s in self.stages:
             if s.name == str(name_or_index).lower():
@@ -186,6 +188,11 @@ class _Planner:
             if not image:
                 raise self.fail(frm, f'base name ({frm.image}) should not be blank')
             platform = expand(frm.platform) if frm.platform is not None else None
+            if platform:
+                try:
+                    Platform.parse(platform)
+                except DockerfileError as exc:
+                    raise self.fail(frm, f"FROM --platform: {exc.message}") from None
             if frm.name and not STAGE_NAME.match(frm.name):
                 self.warnings.append(f"{self.df.filename}:{frm.line}: stage name {frm.name!r} is not valid for "
                                      "BuildKit (use lower-case letters, digits, '-', '_' and '.')")
@@ -290,7 +297,7 @@ class _Planner:
 
     def _add_ref(self, stage: Stage, ins: Instruction, ref: str, stages: list[Stage],
                  by_name: dict[str, int]) -> None:
-        if ref.isdigit():
+        if ref.isascii() and ref.isdigit():
             j = int(ref)
             if j >= len(stages):
                 raise self.fail(ins, f"invalid stage index {ref}: the Dockerfile has {len(stages)} stages")

@@ -3,6 +3,14 @@
 state.json carries `"image": "<manifest digest>"`, which the store's prune treats
 as a root, and whatever `ps`, `stop`, `exec` and `inspect` need. A record is
 written atomically (temp + rename); changes go under a per-container flock.
+
+The process that creates a container owns it until it has recorded its end (for
+`-d`, the supervisor it forks inherits that): it holds an exclusive flock on the
+container's directory, which the kernel drops however the owner dies. A `--rm`
+container, or one never started, whose directory nobody holds any more was
+orphaned by a SIGKILL: the next `ps`, `container prune` or run claiming its name
+removes it with its anonymous volumes, as docker's daemon would have (otherwise its
+upper dir, volumes and name stay for ever).
 """
 
 from __future__ import annotations
@@ -11,7 +19,6 @@ import fcntl
 import json
 import os
 import secrets
-import shutil
 import signal
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
@@ -19,6 +26,8 @@ from pathlib import Path
 from typing import Iterator
 
 from layerstore.humanize import rfc3339_now
+from layerstore import workdirs
+from layerstore.resolver import remove_tree
 
 from .errors import NoSuchContainer, RunError
 
@@ -76,17 +85,23 @@ class ContainerState:
 
 
 def proc_start_time(pid: int) -> str:
-    """Field 22 of /proc/PID/stat, or "" when the process is gone."""
+    """Field 22 of /proc/PID/stat, or "" when the process is gone -- or dead and not yet
+    reaped: a SIGKILLed -d supervisor is nobody's child any more, and its zombie may
+    linger (under a subreaper that does not reap) with its pid and start time intact."""
     try:
         with open(f"/proc/{pid}/stat") as f:
             text = f.read()
     except OSError:
         return ""
-    return text.rsplit(")", 1)[1].split()[19]
+    fields = text.rsplit(")", 1)[1].split()
+    return "" if fields[0] in ("Z", "X", "x") else fields[19]
 
 
 def alive(pid: int, start: str) -> bool:
     return pid > 0 and bool(start) and proc_start_time(pid) == start
+
+
+_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 @dataclass
@@ -94,6 +109,7 @@ class Containers:
     """The containers directory of one store."""
 
     root: Path                        # the store root
+    _owned: dict[str, int] = field(default_factory=dict, repr=False)   # id -> locked dir fd
 
     @property
     def dir(self) -> Path:
@@ -141,14 +157,65 @@ class Containers:
         d = self.path(state.id)
         try:
             d.mkdir(mode=0o700)
+            self._own(state.id)
             for sub in ("upper", "work", "sandbox"):
                 (d / sub).mkdir(mode=0o755)
             self.save(state)
         except BaseException:
             self._release(state.name, state.id)
-            shutil.rmtree(d, ignore_errors=True)
+            try:
+                remove_tree(d)
+            except OSError:
+                pass
+            self.disown(state.id)
             raise
         return d
+
+    def _own(self, cid: str) -> None:
+        """Hold the container's directory lock: it is ours until disown() or our death
+        (forked children, the -d supervisor, share it; the sandbox's monitor closes it)."""
+        fd = os.open(self.path(cid), _DIR)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BaseException:
+            os.close(fd)
+            raise
+        self._owned[cid] = fd
+
+    def disown(self, cid: str) -> None:
+        """Let go of a container whose end is recorded (or that is removed)."""
+        fd = self._owned.pop(cid, -1)
+        if fd >= 0:
+            os.close(fd)
+
+    def owned(self, cid: str) -> bool:
+        """Whether a live process owns the container (holds its directory lock)."""
+        return workdirs.owner_alive(self.path(cid))
+
+    def orphaned(self, st: ContainerState) -> bool:
+        """A record nobody will finish: never started or --rm, and its owner is gone."""
+        return ((st.auto_remove or st.status == "created") and not self.owned(st.id)
+                and not alive(st.owner_pid, st.owner_start))   # (records of older versions)
+
+    def reclaim(self, st: ContainerState) -> bool:
+        """Finish an orphaned record as its owner would have: remove a --rm container
+        and its anonymous volumes, record one that never started as exited. Says
+        whether the record is gone."""
+        if not self.orphaned(st):
+            return False
+        try:
+            if st.auto_remove:
+                self.discard(st)
+                return True
+            with self.locked(st.id):
+                st.status, st.pid = "exited", 0
+                if st.exit_code is None:
+                    st.exit_code = 255
+                st.error = st.error or "the process that created the container died before it started"
+                self.save(st)
+        except (OSError, RunError):   # another command reclaiming it at the same time
+            return not self.path(st.id).exists()
+        return False
 
     def _claim(self, name: str, cid: str) -> None:
         link = self.names / name
@@ -158,7 +225,8 @@ class Containers:
                 return
             except FileExistsError:
                 owner = self._owner(name)
-                if owner is not None and (self.path(owner) / "state.json").exists():
+                holder = self.try_load(owner) if owner is not None else None
+                if holder is not None and not self.reclaim(holder):
                     raise RunError(f"container name {name!r} is already in use by "
                                    f"container {owner[:12]}") from None
                 self._release(name, owner)  # a stale link: its container is gone
@@ -224,7 +292,7 @@ class Containers:
         for entry in sorted(os.listdir(self.dir)):
             if not entry.startswith("."):
                 st = self.try_load(entry)
-                if st is not None:
+                if st is not None and not self.reclaim(st):
                     out.append(st)
         return out
 
@@ -251,26 +319,37 @@ class Containers:
 
     def remove_dir(self, cid: str, name: str = "") -> None:
         """Delete everything of the container on disk (no mounts of ours live on the host)."""
+        from layerstore import resolver
+
         self._release(name, cid)
         d = self.path(cid)
         if not d.exists():
             return
-        shutil.rmtree(d, onerror=_force_rm)
-        if d.exists():
-            raise RunError(f"container {cid[:12]}: cannot remove {d}")
+        try:
+            pfd = os.open(self.dir, _DIR)
+        except FileNotFoundError:
+            return
+        try:   # the upper dir is the container's writing: never follow a link in it
+            resolver.remove_tree_at(pfd, cid)
+        except OSError as e:
+            raise RunError(f"container {cid[:12]}: cannot remove {d}: {e.strerror}") from None
+        finally:
+            os.close(pfd)
+
+    def discard(self, st: ContainerState) -> None:
+        """Remove a container's directory and its anonymous volumes; it is no longer ours."""
+        from .volumes import Volumes
+
+        try:
+            self.remove_dir(st.id, st.name)
+        finally:
+            self.disown(st.id)
+        vols = Volumes(self.root)
+        for name in st.anon_volumes:
+            try:
+                vols.remove(name, set())
+            except RunError:
+                pass
 
     def now(self) -> str:
         return rfc3339_now()
-
-
-def _force_rm(func, path, exc_info) -> None:
-    """Overlay work dirs may hold a d--------- 'work' dir: make it writable and retry."""
-    try:
-        os.chmod(os.path.dirname(path), 0o700)
-        if os.path.isdir(path) and not os.path.islink(path):
-            os.chmod(path, 0o700)
-            shutil.rmtree(path, ignore_errors=True)
-        else:
-            os.unlink(path)
-    except OSError:
-        pass

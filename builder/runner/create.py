@@ -113,11 +113,13 @@ def _mounts(opts: RunOptions, cfg, lowers: list[Path], volumes: Volumes,
     seen: set[str] = set()
     for m in requested:
         t = os.path.normpath(m.target)
+        if not t.strip("/"):   # an image's VOLUME / would copy the whole image, hide the root
+            raise RunError(f"invalid mount target {m.target!r}: cannot mount over /")
         if t in seen:
             raise RunError(f"duplicate mount point: {m.target}")
         seen.add(t)
         if m.type == "tmpfs":
-            out.append(TmpfsMount(t, m.size, m.mode))
+            out.append(TmpfsMount(t, m.size, m.mode, noexec=m.noexec))
             state.mounts.append({"Type": "tmpfs", "Destination": t, "RW": True})
             continue
         if m.type == "bind":
@@ -235,10 +237,4 @@ def _check_security(spec: SandboxSpec) -> None:
 
 def discard(containers: Containers, state: ContainerState) -> None:
     """Remove a container's directory and its anonymous volumes."""
-    containers.remove_dir(state.id, state.name)
-    vols = Volumes(containers.root)
-    for name in state.anon_volumes:
-        try:
-            vols.remove(name, set())
-        except RunError:
-            pass
+    containers.discard(state)

@@ -82,20 +82,24 @@ def launch(p: Prepared) -> Container:
 
 def finish(containers: Containers, st: ContainerState, result: Result | None,
            error: str = "", code: int | None = None) -> None:
-    """Record the exit; with --rm remove the container and its anonymous volumes."""
-    if st.auto_remove:
-        discard(containers, st)
-        return
-    if not containers.path(st.id).is_dir():
-        return  # removed meanwhile (rm -f)
-    with containers.locked(st.id):
-        st.status = "exited"
-        st.exit_code = result.exit_code if result is not None else code
-        st.oom_killed = bool(result and result.oom_killed)
-        st.error = error or (result.message or "" if result else "")
-        st.finished_at = containers.now()
-        st.pid = 0
-        containers.save(st)
+    """Record the exit; with --rm remove the container and its anonymous volumes. The
+    container is no longer ours afterwards (see Containers.owned)."""
+    try:
+        if st.auto_remove:
+            discard(containers, st)
+            return
+        if not containers.path(st.id).is_dir():
+            return  # removed meanwhile (rm -f)
+        with containers.locked(st.id):
+            st.status = "exited"
+            st.exit_code = result.exit_code if result is not None else code
+            st.oom_killed = bool(result and result.oom_killed)
+            st.error = error or (result.message or "" if result else "")
+            st.finished_at = containers.now()
+            st.pid = 0
+            containers.save(st)
+    finally:
+        containers.disown(st.id)
 
 
 def is_running(st: ContainerState) -> bool:

@@ -16,8 +16,8 @@ from layerstore import humanize
 
 from .errors import RunError
 
-_VOLUME_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")
-_CONTAINER_NAME = re.compile(r"^/?[a-zA-Z0-9][a-zA-Z0-9_.-]*$")
+_VOLUME_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*\Z")
+_CONTAINER_NAME = re.compile(r"^/?[a-zA-Z0-9][a-zA-Z0-9_.-]*\Z")
 ULIMITS = {
     "core": "RLIMIT_CORE", "cpu": "RLIMIT_CPU", "data": "RLIMIT_DATA", "fsize": "RLIMIT_FSIZE",
     "locks": "RLIMIT_LOCKS", "memlock": "RLIMIT_MEMLOCK", "msgqueue": "RLIMIT_MSGQUEUE",
@@ -37,6 +37,7 @@ class MountSpec:
     readonly: bool = False
     size: int | None = None   # tmpfs
     mode: int = 0o1777        # tmpfs
+    noexec: bool = False      # tmpfs (docker's --tmpfs default; --mount type=tmpfs allows exec)
 
 
 @dataclass
@@ -273,18 +274,20 @@ def _octal(text: str, spec: str) -> int:
 
 
 def parse_tmpfs(text: str) -> MountSpec:
-    """--tmpfs DST[:size=64m,mode=1777,...]"""
+    """--tmpfs DST[:size=64m,mode=1777,exec,...]: noexec unless `exec` is given, as docker's."""
     dst, _, opts = text.partition(":")
-    m = MountSpec("tmpfs", _check_target(dst, text))
+    m = MountSpec("tmpfs", _check_target(dst, text), noexec=True)
     for opt in filter(None, opts.split(",")):
         key, _, value = opt.partition("=")
         if key == "size":
             m.size = parse_size(value, "tmpfs size")
         elif key == "mode":
             m.mode = _octal(value, text)
+        elif key in ("exec", "noexec"):
+            m.noexec = key == "noexec"
         elif key not in ("rw", "nosuid", "nodev"):  # the sandbox always mounts nosuid,nodev
             raise RunError(f"invalid --tmpfs {text!r}: unsupported option {key!r} "
-                           "(supported: size, mode, rw, nosuid, nodev)")
+                           "(supported: size, mode, rw, exec, noexec, nosuid, nodev)")
     return m
 
 
@@ -307,7 +310,7 @@ def parse_publish(text: str) -> PortSpec:
         host_port = _port(parts[0], text) if parts[0] else 0
         return PortSpec("0.0.0.0", host_port, _port(parts[1], text), proto)
     ip = parts[0].strip("[]") or "0.0.0.0"
-    if not re.match(r"^\d{1,3}(\.\d{1,3}){3}$", ip):
+    if not re.match(r"^\d{1,3}(\.\d{1,3}){3}\Z", ip):
         raise RunError(f"invalid port specification {text!r}: {ip!r} is not an IPv4 address")
     host_port = _port(parts[1], text) if parts[1] else 0
     return PortSpec(ip, host_port, _port(parts[2], text), proto)
@@ -338,7 +341,8 @@ def parse_security_opt(text: str, opts: RunOptions) -> None:
         if not value:
             raise RunError(f"invalid --security-opt {text!r}: seccomp needs unconfined or a file")
         if value != "unconfined" and not Path(value).is_file():
-            raise RunError(f"invalid --security-opt {text!r}: seccomp profile {value} does not exist")
+            why = "is not a regular file" if Path(value).exists() else "does not exist"
+            raise RunError(f"invalid --security-opt {text!r}: seccomp profile {value} {why}")
         opts.seccomp = value if value == "unconfined" else str(Path(value).absolute())
     elif key == "no-new-privileges":
         if value not in ("", "true", "false"):
@@ -402,7 +406,7 @@ def build_options(image: str, command: tuple[str, ...] | list[str], *, rm: bool 
         parse_signal(stop_signal)
     if stop_timeout is not None and stop_timeout < -1:
         raise RunError(f"invalid --stop-timeout {stop_timeout}: must be -1 or more")
-    if hostname is not None and not re.match(r"^[a-zA-Z0-9]([a-zA-Z0-9.-]{0,62})$", hostname):
+    if hostname is not None and not re.match(r"^[a-zA-Z0-9]([a-zA-Z0-9.-]{0,62})\Z", hostname):
         raise RunError(f"invalid --hostname {hostname!r}: not a valid host name")
     opts.labels.update(kv_map(label, "--label", error=RunError))
     return opts

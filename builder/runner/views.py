@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import shlex
 
-from layerstore.humanize import ellipsis, since
+from layerstore.humanize import ellipsis, quoted, since
 
 from .containers import ContainerState
 from .lifecycle import is_running
@@ -25,8 +25,8 @@ def ps_table(rows: list[ContainerState], quiet: bool, no_trunc: bool = False) ->
     table = [head]
     for r in rows:
         cmd = shlex.join(r.argv)
-        table.append((r.id if no_trunc else r.id[:12], r.image_name,
-                      '"' + (cmd if no_trunc else ellipsis(cmd, 20)) + '"', since(r.created),
+        table.append((r.id if no_trunc else r.id[:12], quoted(r.image_name, False),
+                      quoted(cmd if no_trunc else ellipsis(cmd, 20)), since(r.created),
                       status_text(r), ", ".join(r.ports), r.name))
     widths = [max(len(row[i]) for row in table) for i in range(len(head))]
     return "\n".join("   ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in table)

@@ -11,12 +11,12 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import shutil
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from layerstore.atomic import atomic_write
+from layerstore.resolver import remove_tree
 from layerstore.humanize import rfc3339_now
 
 from .errors import RunError
@@ -88,14 +88,14 @@ class Volumes:
         vol = self.get(name)
         if name in in_use:
             raise RunError(f"volume {name} is in use by a container")
-        shutil.rmtree(vol.path)
+        remove_tree(vol.path)     # the container's tree: deep, read-only dirs, links
 
     def prune(self, in_use: set[str], all_volumes: bool = False) -> list[str]:
         """Remove unused anonymous volumes (all unused with all_volumes), as docker does."""
         gone = []
         for vol in self.list():
             if vol.name not in in_use and (vol.anonymous or all_volumes):
-                shutil.rmtree(vol.path)
+                remove_tree(vol.path)
                 gone.append(vol.name)
         return gone
 
@@ -113,16 +113,14 @@ def copy_up(lowers: list[Path], target: str, dest: Path) -> None:
     from layerstore import resolver
     from layerstore.merged import merged_dirs
 
-    names = resolver.components(target)
-    if ".." in names:
-        return
     dfd = os.open(dest, _DIR)
     try:
         if next(iter(os.scandir(dfd)), None) is not None:
             return
         layers = [resolver.open_root(lower) for lower in reversed(lowers)]   # top first
         try:
-            holders = merged_dirs(layers, names)
+            names = image_path(layers, target)
+            holders = merged_dirs(layers, names) if names is not None else []
             if holders:
                 top = resolver.lstat(holders[0], "/".join(names), policy=resolver.NO_SYMLINKS)
                 assert top is not None
@@ -135,6 +133,39 @@ def copy_up(lowers: list[Path], target: str, dest: Path) -> None:
 
 
 _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_MAXSYMLINKS = 40         # the kernel's limit on links followed in one lookup
+
+
+def image_path(layers: list[int], target: str) -> list[str] | None:
+    """The names of `target` in the image (snapshot roots `layers`, top first) with the
+    image's symlinks followed as the container's kernel will follow them when the volume
+    is mounted there: inside the image's root (`..` stops at /, an absolute link starts
+    again from /). None for a symlink loop. Only the merged view is read: no host path
+    is ever followed."""
+    from layerstore import resolver
+    from layerstore.merged import merged_entry
+
+    todo = resolver.components(target)
+    done: list[str] = []
+    links = 0
+    while todo:
+        name = todo.pop(0)
+        if name == "..":
+            if done:
+                done.pop()
+            continue
+        shown = merged_entry(layers, [*done, name])
+        if shown is None or not stat.S_ISLNK(shown[1].st_mode):
+            done.append(name)
+            continue
+        links += 1
+        if links > _MAXSYMLINKS:
+            return None
+        text = resolver.readlink(shown[0], "/".join([*done, name]), policy=resolver.NO_SYMLINKS)
+        if text.startswith("/"):
+            done = []
+        todo = resolver.components(text) + todo
+    return done
 
 
 @dataclass
@@ -208,16 +239,33 @@ class _VolumeCopy:
             if stat.S_ISLNK(st.st_mode):
                 os.symlink(resolver.readlink(lfd, path, policy=resolver.NO_SYMLINKS), name,
                            dir_fd=dest)
+                os.chown(name, st.st_uid, st.st_gid, dir_fd=dest, follow_symlinks=False)
             elif stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode) or stat.S_ISFIFO(st.st_mode):
                 os.mknod(name, stat.S_IFMT(st.st_mode) | 0o600, st.st_rdev, dir_fd=dest)
-                os.chmod(name, stat.S_IMODE(st.st_mode), dir_fd=dest)
+                _node_owner_and_mode(dest, name, st)
             else:
                 return                                  # a socket: nothing to copy
-            os.chown(name, st.st_uid, st.st_gid, dir_fd=dest, follow_symlinks=False)
             os.utime(name, ns=(st.st_atime_ns, st.st_mtime_ns), dir_fd=dest,
                      follow_symlinks=False)
         finally:
             self.rel.pop()
+
+
+def _node_owner_and_mode(dest: int, name: str, st: os.stat_result) -> None:
+    """chown and chmod the node just made, never what replaced it: a container sharing
+    the volume may swap it for a symlink, and chmod(2) by name follows one (to a host
+    file, at a mode the image chose). So: an O_PATH fd of the entry (O_NOFOLLOW),
+    checked to be the node, changed through its /proc/self/fd link (fchmod and fchown
+    refuse O_PATH fds); owner first, as chown clears the set-id bits."""
+    fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dest)
+    try:
+        now = os.fstat(fd)
+        if stat.S_IFMT(now.st_mode) != stat.S_IFMT(st.st_mode) or now.st_rdev != st.st_rdev:
+            raise RunError(f"volume copy-up: {name!r} was replaced while it was being copied")
+        os.chown(f"/proc/self/fd/{fd}", st.st_uid, st.st_gid)
+        os.chmod(f"/proc/self/fd/{fd}", stat.S_IMODE(st.st_mode))
+    finally:
+        os.close(fd)
 
 
 def _set_meta(fd: int, st: os.stat_result) -> None:

@@ -23,7 +23,6 @@ import fcntl
 import gc
 import os
 import selectors
-import shutil
 import signal
 import struct
 import tempfile
@@ -34,8 +33,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from layerstore.resolver import remove_tree
+
 from . import caps as capmod
-from . import libc, rootfs, seccomp, users
+from . import libc, native, rootfs, seccomp, users
 from .cgroups import Cgroups
 from .finalize import close_all_but as _close_all_but
 from .finalize import finalize, nondumpable
@@ -294,7 +295,10 @@ def _human(n: int) -> str:
 
 def _remove_state(state: Path, own: bool) -> None:
     if own:
-        shutil.rmtree(state, ignore_errors=True)
+        try:
+            remove_tree(state)
+        except OSError:
+            pass
         return
     for name in ("hosts", "resolv.conf", "hostname"):
         try:
@@ -347,20 +351,20 @@ def start(spec: SandboxSpec) -> Container:
         if spec.userns is not None:
             line = _read_line(c._ctl)
             if line != "U":
-                raise _child_error(line, pipes.exec_r)
+                raise _child_error(line, pipes.exec_r, spec.argv[0])
             _write_id_maps(pid, spec)
             _go(pipes.go_a_w)
         # B's host PID as A's fork() returned it: nothing in the container can forge it
         line = _read_line(c._ctl)
         if line is None or not line.startswith("P "):
-            raise _child_error(line, pipes.exec_r)
+            raise _child_error(line, pipes.exec_r, spec.argv[0])
         c.pid = int(line.split()[1])
         # A does not reap B before this go, so the PID cannot have been reused yet
         c._pidfd = os.pidfd_open(c.pid)
         _go(pipes.go_a_w)
         line = _read_line(pipes.exec_r)
         if line != "N":
-            raise _child_error(line, pipes.exec_r)
+            raise _child_error(line, pipes.exec_r, spec.argv[0])
         if net is not None:
             c.ip = net.attach(c.pid)
             _etc_files(spec, state, hostname, c.ip)
@@ -371,7 +375,7 @@ def start(spec: SandboxSpec) -> Container:
             if line is None:
                 break
             if not line.startswith("S "):
-                raise _child_error(line, -1)
+                raise _child_error(line, -1, spec.argv[0])
             c._stubs.append(bytes.fromhex(line[2:]).decode("utf-8", "surrogateescape"))
         if spec.stdio == "pipe":
             _feed_stdin(c, spec.input or b"")
@@ -391,7 +395,7 @@ def start(spec: SandboxSpec) -> Container:
         except SandboxError:
             pass
         if child_msg and child_msg.startswith("E ") and not isinstance(exc, KeyboardInterrupt):
-            raise _child_error(child_msg, -1) from None
+            raise _child_error(child_msg, -1, spec.argv[0]) from None
         raise
     finally:
         _close(pipes.exec_r, pipes.go_a_w, pipes.go_b_w)
@@ -405,14 +409,14 @@ def _go(fd: int) -> None:
         pass
 
 
-def _child_error(line: str | None, more_fd: int) -> SandboxError:
+def _child_error(line: str | None, more_fd: int, name: str = "") -> SandboxError:
     if line and line.startswith("E "):
         code, _, msg = line[2:].partition(" ")
-        return SandboxError(msg, int(code) if code.isdigit() else 125)
+        return SandboxError(native.explain(msg, name), int(code) if code.isdigit() else 125)
     if more_fd >= 0:
         nxt = _read_line(more_fd)
         if nxt and nxt.startswith("E "):
-            return _child_error(nxt, -1)
+            return _child_error(nxt, -1, name)
     return SandboxError(f"container set-up failed unexpectedly ({line or 'no message'})")
 
 

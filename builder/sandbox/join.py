@@ -1,18 +1,29 @@
 """The sandbox's second entry point, `exec`: one more process in a running container.
 
-    caller (P) ──fork──> joiner (J) ──fork──> command (I) ──finalize──> execve
-                         non-dumpable; joins     inside the container's PID
-                         the container's         namespace: resolves the user,
-                         cgroups, then setns()   drops privileges exactly as
-                         into all its namespaces the container's PID 1 did
-                         through a pidfd; opens
-                         the pty in its mount ns
+    caller (P) ──fork──> joiner (J) ──fork──> command (I) ──execve
+                         non-dumpable; forgets   inside the container's PID
+                         the caller's argv and   namespace: takes the pty as
+                         environment; joins the  its terminal, execs
+                         container's cgroups,
+                         setns() into all its namespaces through a pidfd; opens
+                         the pty in its mount ns; resolves user, cwd and
+                         executable there; drops privileges exactly as the
+                         container's PID 1 did (finalize.drop_privileges)
 
 The container is hostile, so, as runc does:
 - J and I are non-dumpable from before the setns until execve: nothing in the
   container can ptrace them or open /proc/<pid>/exe (the host's Python binary:
   the precondition of CVE-2019-5736), fd/* (our control socket) or root. J is not
   in the container's PID namespace at all, so it cannot even be named there.
+- Everything privileged happens in J: it resolves the user, the working directory
+  and the executable inside the container and drops its privileges (finalize's
+  drop_privileges: capabilities, ids, no_new_privs, seccomp) *before* it forks I.
+  I, the one process of ours the container can see, is never more privileged than
+  the command it becomes: a container granted CAP_SYS_PTRACE (which overrides
+  non-dumpable) that attaches to it in its short Python life gains nothing it did
+  not have. J also wipes the caller's command line and environment from the memory
+  the kernel shows as /proc/<pid>/cmdline and environ before it joins, so I carries
+  neither (they held the host user's tokens and paths).
 - No pid or message from inside is trusted. J takes a pidfd of I from its own
   fork() and passes it to P over a socketpair (SCM_RIGHTS); P signals only through
   it. The exit status is J's waitpid() of I, handed on as J's own exit status to
@@ -33,7 +44,6 @@ The container is hostile, so, as runc does:
 from __future__ import annotations
 
 import array
-import errno
 import fcntl
 import gc
 import os
@@ -45,10 +55,12 @@ import struct
 import termios
 from dataclasses import dataclass
 
+from layerstore.humanize import quoted
+
 from . import caps as capmod
 from . import cgroups as cgmod
-from . import libc, rootfs, seccomp, users
-from .finalize import close_all_but, finalize, nondumpable, send
+from . import libc, native, rootfs, seccomp, users
+from .finalize import close_all_but, drop_privileges, exec_command, forget_caller, nondumpable, send
 from .spec import DEFAULT_PATH, ExecSpec, Limits, SandboxError
 
 TIOCSPTLCK = 0x40045431
@@ -181,7 +193,8 @@ def _read_replies(sock: socket.socket, proc: Process, spec: ExecSpec) -> None:
             proc.pidfd = got.pop()
         elif msg[:2] == b"E " and error is None:
             code, _, text = msg[2:].decode(errors="replace").strip().partition(" ")
-            error = SandboxError(text, int(code) if code.isdigit() else 125)
+            error = SandboxError(native.explain(text, spec.argv[0]),
+                                 int(code) if code.isdigit() else 125)
         for fd in got:
             os.close(fd)
         if not msg:
@@ -208,6 +221,7 @@ class _Joiner:
         gc.disable()   # a dead object of P's must not close an fd number we reuse
         try:
             nondumpable()
+            forget_caller()
             spec = self.spec
             if not spec.detach:
                 libc.prctl(libc.PR_SET_PDEATHSIG, signal.SIGKILL)
@@ -232,9 +246,13 @@ class _Joiner:
                 socket.send_fds(self.sock, [b"T"], [master])
                 os.close(master)
             os.close(self.proc_fd)
+            path, env, ids = self._resolve()
+            exec_fd = native.memfd(native.EXEC_CODE, "pybuild-exec")
+            drop_privileges(ids, self.keep, self.bpf, spec.no_new_privs)
             pid = os.fork()
             if pid == 0:
-                self._command(slave)
+                self._command(exec_fd, path, env, slave)
+            os.close(exec_fd)
             # I is our unreaped child: its PID cannot be reused before this pidfd exists
             pidfd = os.pidfd_open(pid)
             socket.send_fds(self.sock, [b"P"], [pidfd])
@@ -251,10 +269,28 @@ class _Joiner:
             code = _exit_code(status)
         except SandboxError as e:
             send(self.sock.fileno(), f"E {e.exit_code} {e}")
+        except OSError as e:
+            send(self.sock.fileno(), f"E 125 exec into container {self.spec.container_id[:12]}: "
+                 f"{e.strerror or e}")
         except BaseException as e:
             send(self.sock.fileno(), f"E 125 exec into container {self.spec.container_id[:12]}: {e}")
         finally:
             os._exit(code)
+
+    def _resolve(self) -> tuple[str, dict[str, str], users.Ids]:
+        """In J, inside the container's mount namespace, still privileged: the user's ids,
+        the working directory (J's, inherited by I) and the executable's path."""
+        spec = self.spec
+        ids = users.resolve(spec.user)
+        env = dict(spec.env)
+        env.setdefault("PATH", DEFAULT_PATH)
+        env.setdefault("HOSTNAME", spec.hostname)
+        env.setdefault("HOME", ids.home)
+        try:
+            os.chdir(spec.cwd)
+        except OSError as e:
+            raise SandboxError(f"chdir to {quoted(spec.cwd)}: {e.strerror}", 126) from None
+        return rootfs.find_executable(spec.argv[0], env["PATH"]), env, ids
 
     def _pty(self) -> tuple[int, int]:
         """A pty pair of the container's own devpts, so `tty` inside names it (/dev/pts/N)."""
@@ -285,38 +321,26 @@ class _Joiner:
             raise SandboxError(f"exec -t: the container's pty: {e.strerror}") from None
         return master, slave
 
-    def _command(self, slave: int) -> None:
-        """I: in the container's PID namespace; never returns."""
+    def _command(self, exec_fd: int, path: str, env: dict[str, str], slave: int) -> None:
+        """I: in the container's PID namespace, as unprivileged as the command will be
+        (J dropped everything before forking it); never returns."""
         spec = self.spec
         try:
             libc.prctl(libc.PR_SET_PDEATHSIG, signal.SIGKILL)
+            if os.getppid() != 0:   # J (outside our PID namespace: 0) died before that
+                os._exit(125)
             for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGPIPE):
                 signal.signal(s, signal.SIG_DFL)
             os.setsid()
-            ids = users.resolve(spec.user)
-            env = dict(spec.env)
-            env.setdefault("PATH", DEFAULT_PATH)
-            env.setdefault("HOSTNAME", spec.hostname)
-            env.setdefault("HOME", ids.home)
-            try:
-                os.chdir(spec.cwd)
-            except OSError as e:
-                raise SandboxError(f"chdir to {spec.cwd}: {e.strerror}", 126) from None
-            path = rootfs.find_executable(spec.argv[0], env["PATH"])
             if slave >= 0:
                 for i in range(3):
                     os.dup2(slave, i, inheritable=True)
                 fcntl.ioctl(0, termios.TIOCSCTTY, 0)
                 os.close(slave)
-            finalize(path, spec.argv, env, ids, self.keep, self.bpf, spec.no_new_privs,
-                     self.sock.fileno())
-        except SandboxError as e:
-            send(self.sock.fileno(), f"E {e.exit_code} {e}")
-            os._exit(e.exit_code)
+            exec_command(exec_fd, path, spec.argv, env, self.sock.fileno())
         except OSError as e:
-            code = 126 if e.errno in (errno.EACCES, errno.ENOEXEC, errno.EPERM) else 127
-            send(self.sock.fileno(), f"E {code} exec {spec.argv[0]}: {e.strerror}")
-            os._exit(code)
+            send(self.sock.fileno(), f"E 126 exec {quoted(spec.argv[0])}: {e.strerror}")
+            os._exit(126)
         except BaseException as e:
             send(self.sock.fileno(), f"E 125 exec set-up: {e!r}")
             os._exit(125)

@@ -66,6 +66,11 @@ def dgram_socket() -> int:
     return _check(_libc.socket(2, 2 | 0o2000000, 0), "socket(AF_INET, SOCK_DGRAM)")
 
 
+def clearenv() -> None:
+    """clearenv(3): libc's environ emptied (os.environ is Python's copy, apart)."""
+    _check(_libc.clearenv(), "clearenv")
+
+
 def pivot_root(new_root: str, put_old: str) -> None:
     _check(_syscall(SYS_pivot_root, _b(new_root), _b(put_old)), f"pivot_root {new_root}")
 

@@ -18,8 +18,8 @@ if TYPE_CHECKING:
 
 MODES = ("none", "host", "private")
 PROTOS = ("tcp", "udp")
-_IFNAME = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
-_HOLD = re.compile(r"^[0-9]{1,10} [0-9]{1,20}$")
+_IFNAME = re.compile(r"^[A-Za-z0-9_.-]{1,15}\Z")
+_HOLD = re.compile(r"^[0-9]{1,10} [0-9]{1,20}\Z")
 
 
 class NetworkError(PybuildError):

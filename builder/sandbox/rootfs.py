@@ -16,6 +16,7 @@ import struct
 from dataclasses import dataclass, field
 
 from layerstore import snapshots
+from layerstore.humanize import quoted
 
 from . import libc
 from .spec import (MASKED_PATHS, READONLY_PATHS, BindMount, DirRoot, OverlayRoot, SandboxError,
@@ -199,8 +200,28 @@ def _touch(path: str) -> None:
         raise SandboxError(f"mount target {path} is a directory, the source is a file")
 
 
+# /proc files a mount may cover (runc's list: what lxcfs provides); nothing else in /proc
+_PROC_MOUNTABLE = ("/proc/cpuinfo", "/proc/diskstats", "/proc/meminfo", "/proc/stat",
+                   "/proc/swaps", "/proc/uptime", "/proc/loadavg", "/proc/slabinfo",
+                   "/proc/net/dev", "/proc/sys/kernel/ns_last_pid")
+
+
+def _target(path: str) -> str:
+    """Where a mount requested at `path` lands, as docker resolves it: symlinks on the way
+    followed inside the container's root (we are past pivot_root: none can lead out, and
+    `..` stops at /). A symlink planted by the image may not lead into /proc (runc's
+    rule): a mount there would hide or fake what the masks and read-only paths guard."""
+    real = os.path.realpath(path)
+    if (real == "/proc" or real.startswith("/proc/")) and real not in _PROC_MOUNTABLE:
+        via = f" (through a symlink: {quoted(real)})" if real != os.path.normpath(path) else ""
+        raise SandboxError(f"mount target {quoted(path)}{via} is inside /proc, where nothing "
+                           "may be mounted")
+    return real
+
+
 def _attach(fd: int, target: str, is_dir: bool) -> None:
     try:
+        target = _target(target)
         if is_dir:
             _mkdirs(target)
         else:
@@ -292,9 +313,10 @@ def _mount_secrets(secrets: list[SecretMount]) -> None:
                 os.fchmod(fd, m.mode)
             finally:
                 os.close(fd)
-            _touch(m.dst)
-            libc.mount(src, m.dst, None, libc.MS_BIND)
-            libc.mount(None, m.dst, None, libc.MS_BIND | libc.MS_REMOUNT | libc.MS_RDONLY
+            dst = _target(m.dst)
+            _touch(dst)
+            libc.mount(src, dst, None, libc.MS_BIND)
+            libc.mount(None, dst, None, libc.MS_BIND | libc.MS_REMOUNT | libc.MS_RDONLY
                        | _NOSUID_NODEV_NOEXEC)
     finally:
         libc.umount2(scratch, libc.MNT_DETACH)
@@ -311,16 +333,20 @@ def populate(spec: SandboxSpec, d: Detached) -> None:
         _mount_secrets(secrets)
     for m in spec.mounts:
         if isinstance(m, TmpfsMount):
-            _mkdirs(m.dst)
+            dst = _target(m.dst)
+            _mkdirs(dst)
             opts = f"mode={m.mode:o}" + (f",size={m.size}" if m.size else "")
-            libc.mount("tmpfs", m.dst, "tmpfs", libc.MS_NOSUID | libc.MS_NODEV, opts)
+            libc.mount("tmpfs", dst, "tmpfs", libc.MS_NOSUID | libc.MS_NODEV
+                       | (libc.MS_NOEXEC if m.noexec else 0), opts)
     for fd, path in d.etc:
         try:
             _attach(fd, path, False)
-        except PermissionError:
+        except OSError as e:
             # a user-namespaced root cannot create the mount point in a rootfs the
-            # mapped range does not own: the image simply keeps its own /etc files
-            pass
+            # mapped range does not own, nor can anyone in a read-only mount over /etc
+            # (`-v /dir:/etc:ro`): the container then keeps the files it has there
+            if e.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+                raise
     if not spec.privileged:
         for path in MASKED_PATHS:
             _mask(path)
@@ -347,13 +373,13 @@ def find_executable(name: str, path_env: str) -> str:
     """Resolve argv[0] like execvp, inside the container, with docker's messages."""
     if "/" in name:
         if not os.path.exists(name):
-            raise SandboxError(f"exec {name}: no such file or directory", 127)
+            raise SandboxError(f"exec {quoted(name)}: no such file or directory", 127)
         return name
     for d in path_env.split(":"):
         cand = os.path.join(d or ".", name)
         if os.path.isfile(cand) and os.access(cand, os.X_OK):
             return cand
-    raise SandboxError(f"exec {name}: executable file not found in $PATH", 127)
+    raise SandboxError(f"exec {quoted(name)}: executable file not found in $PATH", 127)
 
 
 def remove_stubs(spec: SandboxSpec, stubs: list[str]) -> None:

@@ -16,6 +16,8 @@ import ctypes
 import hashlib
 import json
 import os
+import re
+import stat
 from functools import lru_cache
 from pathlib import Path
 
@@ -69,25 +71,132 @@ def _applies(rule: dict, caps: frozenset[str], arch: str) -> bool:
     return True
 
 
-def load_profile(path: Path) -> dict:
+# A profile is outside input (--security-opt seccomp=FILE): read at most this much, and
+# only from a regular file (a fifo would block `run` and every later `exec`). moby's
+# default profile is 12 KiB.
+MAX_PROFILE = 4 << 20
+MAX_ERRNO = 4095          # the kernel's: SECCOMP_RET_ERRNO keeps 16 bits, errno.h ends here
+BPF_MAXINSNS = 4096       # the kernel refuses longer filters (EINVAL at load)
+
+
+def _read_profile(path: str | os.PathLike) -> bytes:
     try:
-        with open(path, "rb") as f:
-            data = f.read()
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
     except OSError as e:
         raise SandboxError(f"seccomp profile {path}: {e.strerror}") from None
-    return _parse_profile(data, path)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise SandboxError(f"seccomp profile {path}: not a regular file")
+        chunks, size = [], 0
+        while chunk := os.read(fd, 1 << 16):
+            size += len(chunk)
+            if size > MAX_PROFILE:
+                raise SandboxError(f"seccomp profile {path}: larger than {MAX_PROFILE >> 20} MiB")
+            chunks.append(chunk)
+    except OSError as e:
+        raise SandboxError(f"seccomp profile {path}: {e.strerror}") from None
+    finally:
+        os.close(fd)
+    return b"".join(chunks)
+
+
+def load_profile(path: Path) -> dict:
+    return _parse_profile(_read_profile(path), path)
 
 
 def _parse_profile(data: bytes, path: Path) -> dict:
+    """The profile, checked field by field: every value the compiler and the bundle
+    writer use has the type and range they expect, or a one-line SandboxError says
+    which one does not (a hostile profile must not end in a traceback)."""
+    from layerstore import jsonlimits
+
     try:
-        prof = json.loads(data)
-    except json.JSONDecodeError as e:
-        raise SandboxError(f"seccomp profile {path}:{e.lineno}:{e.colno}: {e.msg}") from None
-    except ValueError as e:  # not UTF-8 at all
-        raise SandboxError(f"seccomp profile {path}: {e}") from None
+        prof = jsonlimits.loads(data.removeprefix(b"\xef\xbb\xbf"), f"seccomp profile {path}",
+                                max_bytes=MAX_PROFILE)
+    except jsonlimits.InvalidJSON as e:
+        bad = e.__context__
+        if isinstance(bad, json.JSONDecodeError):
+            raise SandboxError(f"seccomp profile {path}:{bad.lineno}:{bad.colno}: {bad.msg}") from None
+        raise SandboxError(str(e)) from None
     if not isinstance(prof, dict) or "defaultAction" not in prof:
         raise SandboxError(f"seccomp profile {path}: not a docker seccomp profile (no defaultAction)")
+    _Check(str(path)).profile(prof)
     return prof
+
+
+class _Check:
+    """Field checks of a docker seccomp profile; `where` names the file in messages."""
+
+    def __init__(self, where: str) -> None:
+        self.where = where
+
+    def fail(self, field: str, want: str) -> None:
+        raise SandboxError(f"seccomp profile {self.where}: {field} must be {want}")
+
+    def string(self, value: object, field: str) -> None:
+        if not isinstance(value, str):
+            self.fail(field, "a string")
+
+    def strings(self, value: object, field: str) -> None:
+        if value is None:
+            return
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            self.fail(field, "a list of strings")
+
+    def integer(self, value: object, field: str, top: int) -> None:
+        if value is None:
+            return
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= top:
+            self.fail(field, f"an integer from 0 to {top}")
+
+    def mapping(self, value: object, field: str) -> dict:
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            self.fail(field, "an object")
+        return value
+
+    def entries(self, value: object, field: str) -> list:
+        if value is None:
+            return []
+        if not isinstance(value, list):
+            self.fail(field, "a list")
+        return value
+
+    def profile(self, prof: dict) -> None:
+        self.string(prof["defaultAction"], "defaultAction")
+        self.integer(prof.get("defaultErrnoRet"), "defaultErrnoRet", MAX_ERRNO)
+        self.strings(prof.get("architectures"), "architectures")
+        for i, entry in enumerate(self.entries(prof.get("archMap"), "archMap")):
+            entry = self.mapping(entry, f"archMap[{i}]")
+            self.string(entry.get("architecture"), f"archMap[{i}].architecture")
+            self.strings(entry.get("subArchitectures"), f"archMap[{i}].subArchitectures")
+        for n, rule in enumerate(self.entries(prof.get("syscalls"), "syscalls")):
+            self.rule(self.mapping(rule, f"syscalls[{n}]"), f"syscalls[{n}]")
+
+    def rule(self, rule: dict, at: str) -> None:
+        self.strings(rule.get("names"), f"{at}.names")
+        if rule.get("name") is not None:
+            self.string(rule["name"], f"{at}.name")
+        self.string(rule.get("action"), f"{at}.action")
+        self.integer(rule.get("errnoRet"), f"{at}.errnoRet", MAX_ERRNO)
+        for key in ("includes", "excludes"):
+            filt = self.mapping(rule.get(key), f"{at}.{key}")
+            self.strings(filt.get("caps"), f"{at}.{key}.caps")
+            self.strings(filt.get("arches"), f"{at}.{key}.arches")
+            kernel = filt.get("minKernel")
+            if kernel is not None and not (isinstance(kernel, str) and re.fullmatch(
+                    r"[0-9]{1,4}\.[0-9]{1,4}(\.[0-9]{1,4})?", kernel)):
+                self.fail(f"{at}.{key}.minKernel", 'a kernel version such as "5.8"')
+        for i, arg in enumerate(self.entries(rule.get("args"), f"{at}.args")):
+            arg = self.mapping(arg, f"{at}.args[{i}]")
+            if arg.get("index") is None:
+                self.fail(f"{at}.args[{i}].index", "given")
+            self.integer(arg["index"], f"{at}.args[{i}].index", 5)
+            self.integer(arg.get("value", 0), f"{at}.args[{i}].value", (1 << 64) - 1)
+            self.integer(arg.get("valueTwo", 0), f"{at}.args[{i}].valueTwo", (1 << 64) - 1)
+            if arg.get("op") not in {f"SCMP_CMP_{op}" for op in _CMP_OPS}:
+                self.fail(f"{at}.args[{i}].op", "one of " + ", ".join(f"SCMP_CMP_{op}" for op in _CMP_OPS))
 
 
 def compile_profile(prof: dict, caps: frozenset[str], where: str) -> bytes:
@@ -114,9 +223,10 @@ def compile_profile(prof: dict, caps: frozenset[str], where: str) -> bytes:
             if a.get("op") not in ops:
                 raise SandboxError(f"seccomp profile {where} syscalls[{n}]: bad op {a.get('op')!r}")
             if a["op"] == "SCMP_CMP_MASKED_EQ":
-                args.append(pyseccomp.Arg(a["index"], ops[a["op"]], a["value"], a.get("valueTwo", 0)))
+                args.append(pyseccomp.Arg(a["index"], ops[a["op"]], a.get("value", 0),
+                                          a.get("valueTwo", 0)))
             else:
-                args.append(pyseccomp.Arg(a["index"], ops[a["op"]], a["value"]))
+                args.append(pyseccomp.Arg(a["index"], ops[a["op"]], a.get("value", 0)))
         # docker: several conditions on one argument are alternatives (separate rules)
         indexes = [a["index"] for a in rule.get("args") or []]
         groups = [[a] for a in args] if len(set(indexes)) < len(indexes) else [args]
@@ -130,7 +240,11 @@ def compile_profile(prof: dict, caps: frozenset[str], where: str) -> bytes:
     with open(os.memfd_create("pybuild-seccomp", os.MFD_CLOEXEC), "w+b") as tmp:
         f.export_bpf(tmp)
         tmp.seek(0)
-        return tmp.read()
+        bpf = tmp.read()
+    if len(bpf) // 8 > BPF_MAXINSNS:
+        raise SandboxError(f"seccomp profile {where}: compiles to {len(bpf) // 8} BPF "
+                           f"instructions, more than the kernel's limit of {BPF_MAXINSNS}")
+    return bpf
 
 
 class _Version(ctypes.Structure):
@@ -194,11 +308,7 @@ def _cache_write(path: Path, bpf: bytes) -> None:
 @lru_cache(maxsize=16)
 def _compiled(path: str, mtime_ns: int, size: int, caps: frozenset[str],
               cache_dir: Path | None) -> bytes:
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError as e:
-        raise SandboxError(f"seccomp profile {path}: {e.strerror}") from None
+    data = _read_profile(path)
     cached = None
     if cache_dir is not None:
         cached = Path(cache_dir) / f"{_cache_key(data, caps)}.bpf"

@@ -32,8 +32,8 @@ MASKED_PATHS = (
 )
 READONLY_PATHS = ("/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger")
 
-_ID = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,63}$")
-_HOSTNAME = re.compile(r"^[a-zA-Z0-9]([a-zA-Z0-9.-]{0,62})$")
+_ID = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,63}\Z")
+_HOSTNAME = re.compile(r"^[a-zA-Z0-9]([a-zA-Z0-9.-]{0,62})\Z")
 
 
 class SandboxError(PybuildError):
@@ -78,6 +78,7 @@ class TmpfsMount:
     dst: str
     size: int | None = None  # bytes; None means the kernel default (half of RAM)
     mode: int = 0o1777
+    noexec: bool = False
 
 
 @dataclass

@@ -393,7 +393,7 @@ def _number(text: str, spec: str) -> int:
         value = int(text)
     except ValueError:
         raise CopyError(f"--chown={spec}: the image's account files give {text!r}, not a number") from None
-    if not 0 <= value < 1 << 32:
+    if not 0 <= value < (1 << 32) - 1:     # 4294967295 is (uid_t)-1: chown's "leave it"
         raise CopyError(f"--chown={spec}: id {value} out of range")
     return value
 
@@ -403,7 +403,7 @@ def resolve_chown(root_fd: int, spec: str | None) -> tuple[int, int]:
     if not spec:
         return 0, 0
     user, _, group = spec.partition(":")
-    if user.isdigit():
+    if user.isascii() and user.isdigit():
         uid = _number(user, spec)
         gid = uid
     else:
@@ -412,7 +412,7 @@ def resolve_chown(root_fd: int, spec: str | None) -> tuple[int, int]:
             raise CopyError(f"--chown={spec}: no user {user!r} in the image's /etc/passwd")
         uid, gid = _number(entry[2], spec), _number(entry[3], spec)
     if group:
-        if group.isdigit():
+        if group.isascii() and group.isdigit():
             gid = _number(group, spec)
         else:
             g = _lookup(root_fd, "/etc/group", group, 2)

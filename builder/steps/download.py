@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import os
 import posixpath
+import re
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -20,6 +21,55 @@ from layerstore.errors import PybuildError
 
 class DownloadError(PybuildError):
     """A URL that cannot be fetched or does not match its checksum."""
+
+
+_CHECKSUM = re.compile(r"(sha256|sha384|sha512):([0-9a-f]+)\Z")
+_HEX = {"sha256": 64, "sha384": 96, "sha512": 128}
+
+
+def check_checksum(checksum: str | None, sources: list[str]) -> None:
+    """ADD --checksum, as BuildKit takes it: a digest, and only for downloads (a local
+    file or a git repository has nothing it could be checked against)."""
+    if checksum is None:
+        return
+    m = _CHECKSUM.match(checksum)
+    if not m or len(m.group(2)) != _HEX[m.group(1)]:
+        raise DownloadError(f"ADD --checksum={checksum}: invalid checksum digest format "
+                            "(expected sha256:<64 hex digits>, sha384: or sha512:)")
+    local = [s for s in sources if not is_url(s)]
+    if local:
+        raise DownloadError(f"ADD --checksum: checksum can't be specified for non-HTTP(S) "
+                            f"sources ({local[0]})")
+
+
+def is_url(source: str) -> bool:
+    return source.startswith(("http://", "https://"))
+
+
+def is_git(source: str) -> bool:
+    """A source BuildKit would clone (its IsGitURL rules): git://, git@host:, or an
+    http(s) URL of a `.git` path (a `#ref` may follow)."""
+    if source.startswith(("git://", "git@", "ssh://")):
+        return True
+    if is_url(source):
+        path = urlsplit(source.split("#", 1)[0]).path
+        return path.endswith(".git") or path.endswith(".git/")
+    return False
+
+
+def redact(url: str) -> str:
+    """A URL as messages show it: a password written into it (`https://u:pw@host/`) is
+    replaced, as BuildKit's RedactCredentials does; logs of CI builds are public."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        parts = None
+    if parts is None or parts.password is None:
+        if parts is None and "@" in url:
+            return url.split("://", 1)[0] + "://xxxxx@" + url.rsplit("@", 1)[1]
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    return parts._replace(netloc=f"{parts.username}:xxxxx@{host}").geturl()
 
 
 def url_name(url: str) -> str:
@@ -40,24 +90,27 @@ def fetch(url: str, dest: Path, checksum: str | None, pace=None) -> Path:
 
     from layerstore.registry import transport
 
+    shown = redact(url)
+
     try:
         scheme = urlsplit(url).scheme.lower()
     except ValueError:          # "http://[::1"
-        raise DownloadError(f"ADD {url}: not a valid URL") from None
+        raise DownloadError(f"ADD {shown}: not a valid URL") from None
     if scheme not in ("http", "https"):
-        raise DownloadError(f"ADD {url}: only http:// and https:// URLs can be downloaded")
+        raise DownloadError(f"ADD {shown}: only http:// and https:// URLs can be downloaded")
     pace = pace or transport.default_pace()
-    h = hashlib.sha256()
+    algorithm = checksum.partition(":")[0] if checksum else "sha256"
+    h = hashlib.new(algorithm)
     try:
         with transport.Session() as session, \
-                transport.get(session, url, pace, f"ADD {url}") as r:
+                transport.get(session, url, pace, f"ADD {shown}") as r:
             if r.status_code != 200:
-                raise DownloadError(f"ADD {url}: download failed: HTTP {r.status_code}")
+                raise DownloadError(f"ADD {shown}: download failed: HTTP {r.status_code}")
             fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
                          0o600)
             os.fchmod(fd, 0o600)        # as BuildKit, whatever the umask
             with open(fd, "wb") as f:
-                for chunk in transport.chunks(r, pace, f"ADD {url}"):
+                for chunk in transport.chunks(r, pace, f"ADD {shown}"):
                     f.write(chunk)
                     h.update(chunk)
             modified = r.headers.get("Last-Modified")
@@ -65,13 +118,13 @@ def fetch(url: str, dest: Path, checksum: str | None, pace=None) -> Path:
             ValueError) as exc:
         # connection failures, and what a hostile URL makes of requests:
         # InvalidURL, bad ports
-        raise DownloadError(f"ADD {url}: cannot download (no network access to it?): "
+        raise DownloadError(f"ADD {shown}: cannot download (no network access to it?): "
                             f"{type(exc).__name__}") from None
     except (transport.TransferError, transport.BadBody, transport.RedirectError) as exc:
         raise DownloadError(str(exc)) from None
-    if checksum and checksum != "sha256:" + h.hexdigest():
-        raise DownloadError(f"ADD {url}: checksum mismatch: expected {checksum}, "
-                            f"got sha256:{h.hexdigest()}")
+    if checksum and checksum != f"{algorithm}:{h.hexdigest()}":
+        raise DownloadError(f"ADD {shown}: checksum mismatch: expected {checksum}, "
+                            f"got {algorithm}:{h.hexdigest()}")
     if modified:
         try:
             t = email.utils.parsedate_to_datetime(modified).timestamp()

@@ -141,7 +141,10 @@ def _check_signal(value: str) -> None:
     import signal as sigmod
 
     v = value.upper()
-    if v.isdigit():
+    if v.isascii() and v.isdigit():
+        # a signal number as moby's ParseSignal takes it: not 0, and an int64
+        if not 0 < int(v) < 2 ** 63:
+            raise MetaError(f"STOPSIGNAL: invalid signal {value!r}")
         return
     name = v if v.startswith("SIG") else "SIG" + v
     if not hasattr(sigmod.Signals, name) and not name.startswith("SIGRTM"):

@@ -15,6 +15,8 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import os
+import posixpath
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -71,15 +73,17 @@ def parse_secret(text: str) -> Secret:
     return Secret(sid, Path(src).expanduser().absolute() if src else None, env)
 
 
-def _number(text: str | None, base: int, what: str, default: int) -> int:
+def _number(text: str | None, base: int, what: str, default: int, kind: str = "secret") -> int:
+    """uid=, gid= (decimal) or mode= (octal) of a mount. 4294967295 is (uid_t)-1, which
+    chown reads as "leave it": not an owner."""
     if not text:
         return default
     try:
-        value = int(text, base)
+        value = int(text, base) if text.isascii() and text.isalnum() else -1
     except ValueError:
         value = -1
-    if not 0 <= value < (0o10000 if what == "mode" else 1 << 32):
-        raise MountError(f"RUN --mount=type=secret: {what}={text!r} is not valid")
+    if not 0 <= value < (0o10000 if what == "mode" else (1 << 32) - 1):
+        raise MountError(f"RUN --mount=type={kind}: {what}={text!r} is not valid")
     return value
 
 
@@ -93,10 +97,24 @@ def parse_size(text: str) -> int:
 
 
 def _make_cache_dir(d: Path, m) -> None:
-    if not d.exists():
-        d.mkdir(parents=True, exist_ok=True)
-        os.chmod(d, int(m.mode, 8) if m.mode else 0o755)
-        os.chown(d, int(m.uid or 0), int(m.gid or 0))
+    """Made whole or not at all: the owner and mode are set on a new directory before it
+    takes its name (a half-made one, left by an error or a kill, would be kept for ever)."""
+    mode = _number(m.mode, 8, "mode", 0o755, "cache")
+    uid = _number(m.uid, 10, "uid", 0, "cache")
+    gid = _number(m.gid, 10, "gid", 0, "cache")
+    if d.is_dir():
+        return
+    d.parent.mkdir(parents=True, exist_ok=True)
+    tmp = d.with_name(f".new-{d.name}-{os.getpid()}-{threading.get_ident()}")
+    tmp.mkdir()
+    try:
+        os.chown(tmp, uid, gid)
+        os.chmod(tmp, mode)
+        os.rename(tmp, d)
+    except OSError:
+        tmp.rmdir()
+        if not d.is_dir():
+            raise
 
 
 def private_instance(d: Path):
@@ -115,14 +133,24 @@ def private_instance(d: Path):
             n += 1
 
 
+def _target(target: str | None, cwd: str) -> str | None:
+    """A mount target as BuildKit takes it: relative to the working directory, cleaned."""
+    if not target:
+        return target
+    return posixpath.normpath(posixpath.join("/", cwd or "/", target)).replace("//", "/")
+
+
 def prepare(mounts: list, ws: Path, env: dict[str, str], *, secrets: dict, cache_dir: Path,
             contexts: dict, context_view: Callable[[int, object, Path], Path],
-            stage_tree: Callable[[str, Path], Path]):
+            stage_tree: Callable[[str, Path], Path], cwd: str = "/"):
     """(sandbox mounts, lock files to hold, mount targets) for a RUN step's --mount flags."""
+    from dataclasses import replace
+
     from builder.sandbox import BindMount, SecretMount, TmpfsMount
 
     binds, locks, targets = [], [], []
     for k, m in enumerate(mounts):
+        m = replace(m, target=_target(m.target, cwd))
         t = m.type
         if t == "secret":
             sec = secrets.get(m.id or Path(m.target or "").name)
@@ -135,7 +163,7 @@ def prepare(mounts: list, ws: Path, env: dict[str, str], *, secrets: dict, cache
                 env[m.env] = value.decode("utf-8", "replace")
                 if not m.target:
                     continue
-            target = m.target or f"/run/secrets/{sec.id}"
+            target = m.target or _target(f"/run/secrets/{sec.id}", "/")
             binds.append(SecretMount(target, value, mode=_number(m.mode, 8, "mode", 0o400),
                                      uid=_number(m.uid, 10, "uid", 0),
                                      gid=_number(m.gid, 10, "gid", 0)))

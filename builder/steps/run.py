@@ -134,9 +134,15 @@ def execute(job: RunJob, on_output: Callable[[bytes], None],
     return result.exit_code
 
 
+# a step that prints 400 MB without a newline made the build hold it all and copy it
+# again for every chunk (quadratic: still running after ten minutes); longer lines are
+# cut into pieces of this size, as a terminal would wrap them
+MAX_OUTPUT_LINE = 64 << 10
+
+
 def _pump(c, on_output: Callable[[bytes], None]) -> None:
     fds = [fd for fd in (c.stdout, c.stderr) if fd is not None]
-    pending = {fd: b"" for fd in fds}
+    pending = {fd: bytearray() for fd in fds}
     with selectors.DefaultSelector() as sel:
         for fd in fds:
             sel.register(fd, selectors.EVENT_READ)
@@ -147,17 +153,25 @@ def _pump(c, on_output: Callable[[bytes], None]) -> None:
                     chunk = os.read(fd, 65536)
                 except OSError:
                     chunk = b""
+                buf = pending[fd]
                 if not chunk:
-                    if pending[fd]:
-                        on_output(pending[fd] + b"\n")
+                    if buf:
+                        on_output(bytes(buf) + b"\n")
                     sel.unregister(fd)
                     del pending[fd]
                     continue
-                data = pending[fd] + chunk
-                *lines, rest = data.split(b"\n")
-                for line in lines:
-                    on_output(line + b"\n")
-                pending[fd] = rest
+                buf += chunk
+                start = 0
+                while (nl := buf.find(b"\n", start)) >= 0:
+                    while nl + 1 - start > MAX_OUTPUT_LINE:
+                        on_output(bytes(buf[start:start + MAX_OUTPUT_LINE]) + b"\n")
+                        start += MAX_OUTPUT_LINE
+                    on_output(bytes(buf[start:nl + 1]))
+                    start = nl + 1
+                while len(buf) - start >= MAX_OUTPUT_LINE:
+                    on_output(bytes(buf[start:start + MAX_OUTPUT_LINE]) + b"\n")
+                    start += MAX_OUTPUT_LINE
+                del buf[:start]
 
 
 class Tail:

@@ -4,8 +4,8 @@ Entry points: `ensure_image(store, name, policy=...)` (the one resolve-or-pull),
 `pull(store, name, ...)`, `push(store, name, dest, ...)`,
 `login(host, user, password, ...)`, `logout(host)`. Everything network-side
 lives in `client.RegistryClient`, on `transport` (the one HTTP hygiene for
-outside servers, which `ADD <url>` uses too: no ~/.netrc, bounded bodies,
-stall timeouts).
+outside servers, which `ADD <url>` uses too: no ~/.netrc, bounded bodies and
+response heads, stall timeouts, sockets a Ctrl-C can hang up).
 """
 
 from __future__ import annotations

@@ -5,6 +5,15 @@ scope=..` (or `Basic realm=..`). For Bearer we ask the realm for a token
 covering every scope the operation needs (`repository:NAME:pull,push`, plus
 `pull` on the source repository of a cross-repository mount), cache it per
 scope set, and fetch a new one when it expires or the registry wants more.
+
+Where credentials go: as with docker, the registry's credentials are sent to
+the realm it names, on whatever host (registry-1.docker.io sends them to
+auth.docker.io) -- the registry could ask for them as Basic auth itself. But
+never in clear from a registry reached over HTTPS: a plain-http realm on
+another machine gets no credentials (an anonymous token request at most), and
+a realm on another machine is verified with the system roots whatever the
+registry's own TLS settings (its certs.d CAs, or the unverified HTTPS of a
+loopback or insecure registry) are.
 """
 
 from __future__ import annotations
@@ -90,7 +99,7 @@ class Authenticator:
         self.challenge = Challenge("basic", {}) if self.creds else None
 
     def header(self, session: "requests.Session", scopes: frozenset[str],
-               verify, cert, fresh: bool = False) -> str | None:
+               home: tuple[str, str], verify, fresh: bool = False) -> str | None:
         """The Authorization value for a request needing `scopes`, or None."""
         ch = self.challenge
         if ch is None:
@@ -104,11 +113,12 @@ class Authenticator:
             tok = self._tokens.get(scopes)
             if tok and not fresh and time.time() < tok.expires - tok.margin:
                 return "Bearer " + tok.value
-            tok = self._fetch_token(session, ch, scopes, verify, cert)
+            tok = self._fetch_token(session, ch, scopes, home, verify)
             self._tokens[scopes] = tok
             return "Bearer " + tok.value
 
-    def _fetch_token(self, session, ch: Challenge, scopes: frozenset[str], verify, cert) -> _Token:
+    def _fetch_token(self, session, ch: Challenge, scopes: frozenset[str],
+                     home: tuple[str, str], verify) -> _Token:
         import requests
 
         realm = ch.params.get("realm")
@@ -119,6 +129,19 @@ class Authenticator:
             # the realm gets the credentials (as with docker, on whatever host
             # the registry names), but only over HTTP(S)
             raise Unauthorized(f"{self.host}: token realm {shown!r} is not an http(s) URL")
+        try:
+            realm_origin = transport.origin(realm)
+        except ValueError:
+            raise Unauthorized(f"{self.host}: token realm {shown!r} is not a valid URL") from None
+        from layerstore.registry.tls import host_name, is_loopback
+
+        realm_here = is_loopback(host_name(realm_origin[1]))
+        if realm_origin != home and not realm_here:
+            verify = True       # not the registry's certs.d, nor its chosen lack of checks
+        creds = self.creds
+        if creds and realm_origin[0] == "http" and home[0] == "https" and not realm_here:
+            raise Unauthorized(f"{self.host}: refusing to send credentials in clear to the "
+                               f"plain-http token realm {shown!r} of an https registry")
         params: list[tuple[str, str]] = []
         if ch.params.get("service"):
             params.append(("service", ch.params["service"]))
@@ -126,19 +149,19 @@ class Authenticator:
             params.append(("scope", s))
         auth = None
         try:
-            if self.creds and self.creds.identity_token:
+            if creds and creds.identity_token:
                 data = dict(params, grant_type="refresh_token",
-                            refresh_token=self.creds.password, client_id="pybuild")
+                            refresh_token=creds.password, client_id="pybuild")
                 data["scope"] = " ".join(sorted(scopes))
                 # not redirected: requests would read a redirect's body unbounded
-                resp = session.post(realm, data=data, verify=verify, cert=cert,
+                resp = session.post(realm, data=data, verify=verify,
                                     timeout=self.pace.timeout, stream=True,
                                     allow_redirects=False)
             else:
-                if self.creds:
-                    auth = (self.creds.username, self.creds.password)
+                if creds:
+                    auth = (creds.username, creds.password)
                 resp = transport.get(session, realm, self.pace, f"{self.host}: token from {shown}",
-                                     params=params, auth=auth, verify=verify, cert=cert)
+                                     params=params, auth=auth, verify=verify)
         except RegistryError as exc:
             raise Unauthorized(str(exc)) from None
         except requests.RequestException as exc:

@@ -18,13 +18,11 @@ import json
 import queue
 import random
 import threading
-import time
 from dataclasses import dataclass, field
 from typing import BinaryIO, Callable
 from urllib.parse import urljoin, urlsplit, urlencode
 
 import requests
-from requests.adapters import HTTPAdapter
 
 from layerstore import digest as dg
 from layerstore import mediatypes as mt
@@ -143,16 +141,27 @@ class RegistryClient:
         self.auth = Authenticator(host, creds or None, self.pace)
         self.session = transport.Session(USER_AGENT)
         pool = max(4, self.options.max_concurrent + 2)
-        adapter = HTTPAdapter(pool_connections=4, pool_maxsize=pool)
-        self.session.mount("https://", adapter)
-        self.session.mount("http://", adapter)
+        self.adapters = [transport.Adapter(pool_connections=4, pool_maxsize=pool)]
+        self.session.mount("https://", self.adapters[0])
+        self.session.mount("http://", self.adapters[0])
+        if self.tls.ssl_context is not None:
+            # the host's certs.d CAs and client certificate: for its own origin only
+            # (requests picks the longest matching prefix), not for blob storage elsewhere
+            self.adapters.append(transport.Adapter(ssl_context=self.tls.ssl_context,
+                                                   pool_connections=1, pool_maxsize=pool))
+            self.session.mount(f"https://{host}/", self.adapters[-1])
         self.base: str | None = None
         self._ping_lock = threading.Lock()
         self.cancelled = threading.Event()
 
     def cancel(self) -> None:
-        """Make transfers in other threads stop at their next chunk (Ctrl-C, a failed sibling)."""
+        """Stop transfers in other threads now (Ctrl-C, a failed sibling): they see
+        Cancelled at their next chunk or retry, and those blocked on a socket (a
+        stalled registry) have it shut down under them instead of waiting out
+        the stall timeout."""
         self.cancelled.set()
+        for adapter in self.adapters:
+            adapter.abort()
 
     def _check_cancelled(self) -> None:
         if self.cancelled.is_set():
@@ -174,8 +183,7 @@ class RegistryClient:
         # always streamed: requests would otherwise read any body whole, unbounded
         return self.session.request(method, url, headers=headers, data=body, stream=True,
                                     allow_redirects=False, timeout=self.pace.timeout,
-                                    verify=self.tls.verify if verify is None else verify,
-                                    cert=self.tls.cert)
+                                    verify=self.tls.verify if verify is None else verify)
 
     def _sleep(self, attempt: int, resp: requests.Response | None = None) -> None:
         delay = min(self.options.backoff * (2 ** attempt), self.options.max_backoff)
@@ -188,7 +196,8 @@ class RegistryClient:
                 delay = asked
             elif asked > 60:
                 delay = 60.0
-        time.sleep(delay * (0.8 + 0.4 * random.random()))
+        if self.cancelled.wait(delay * (0.8 + 0.4 * random.random())):
+            self._check_cancelled()
 
     def ping(self) -> str:
         """GET /v2/ on each allowed scheme; returns the base URL and learns auth."""
@@ -233,11 +242,14 @@ class RegistryClient:
 
     def request(self, method: str, path: str, *, scopes: frozenset[str], what: str,
                 headers: dict | None = None, body: _Replayable | None = None,
-                ok: tuple[int, ...] = (200,)) -> requests.Response:
+                ok: tuple[int, ...] = (200,), retries: int | None = None) -> requests.Response:
         """Send with auth, retries and hand-followed redirects; raise on unexpected status.
 
         `path` is relative to /v2/ (or an absolute URL from a Location header).
+        `retries` (default Options.retries) bounds the tries after a connection
+        failure, a timeout, a 429 or a 5xx.
         The response is streamed: the caller reads its body (bounded) or closes it."""
+        retries = self.options.retries if retries is None else retries
         base = self.ping()
         home = transport.origin(base)
         url = self._follow(base + "/v2/", path, what)
@@ -245,9 +257,10 @@ class RegistryClient:
         attempt = 0
         redirects = 0
         while True:
+            self._check_cancelled()
             hdrs = dict(headers or {})
             if transport.origin(url) == home:
-                value = self.auth.header(self.session, scopes, self.tls.verify, self.tls.cert,
+                value = self.auth.header(self.session, scopes, home, self.tls.verify,
                                          fresh=fresh)
                 if value:
                     hdrs["Authorization"] = value
@@ -257,7 +270,8 @@ class RegistryClient:
             except requests.exceptions.SSLError as exc:
                 raise TLSFailure(f"{self.host}: TLS failure on {what}: {_tls_reason(exc)}") from None
             except (requests.ConnectionError, requests.Timeout) as exc:
-                if attempt >= self.options.retries:
+                self._check_cancelled()       # the socket was shut down by cancel()
+                if attempt >= retries:
                     raise Unreachable(f"{self.host}: registry unreachable during {what} "
                                       f"({_reason(exc)}) after {attempt + 1} attempts") from None
                 self._sleep(attempt)
@@ -281,7 +295,7 @@ class RegistryClient:
                 transport.discard(resp, self.pace)
                 fresh = True
                 continue
-            if (status == 429 or status >= 500) and attempt < self.options.retries:
+            if (status == 429 or status >= 500) and attempt < retries:
                 transport.discard(resp, self.pace)
                 self._sleep(attempt, resp)
                 attempt += 1
@@ -299,14 +313,13 @@ class RegistryClient:
             parts = urlsplit(url)
             parts.port          # raises ValueError on a bad port
         except ValueError:
-            raise RegistryError(f"{self.host}: invalid URL {location[:200]!r} on {what}") from None
+            raise Refused(f"{self.host}: invalid URL {location[:200]!r} on {what}") from None
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise RegistryError(f"{self.host}: refusing to follow {location[:200]!r} on {what}: "
-                                "only http(s) URLs")
+            raise Refused(f"{self.host}: refusing to follow {location[:200]!r} on {what}: "
+                          "only http(s) URLs")
         if parts.scheme == "http" and urlsplit(current).scheme == "https":
-            raise RegistryError(f"{self.host}: refusing a redirect from https to "
-                                f"{transport.printable(url)} "
-                                f"on {what}")
+            raise Refused(f"{self.host}: refusing a redirect from https to "
+                          f"{transport.printable(url)} on {what}")
         return url
 
     def _raise(self, resp: requests.Response, what: str):
@@ -436,6 +449,7 @@ class RegistryClient:
                         progress(-w.offset)
                 except _Interrupted as exc:
                     fetched += exc.fetched
+                    self._check_cancelled()   # a cancel() hangs up: not the server's fault
                     if attempt >= self.options.retries:
                         raise RegistryError(f"{what}: transfer kept failing "
                                             f"({exc.reason}) after {attempt + 1} attempts") from None
@@ -509,14 +523,30 @@ class RegistryClient:
                             what=f"mount of {digest} from {source} into {self.host}/{repo}",
                             ok=(201, 202))
         transport.discard(resp, self.pace)
-        return None if resp.status_code == 201 else _location(resp, self.host)
+        if resp.status_code == 201:
+            header = resp.headers.get("Docker-Content-Digest")
+            if header is None or header == digest:
+                return None
+            # "mounted" as something else: upload it, and let the registry check it
+            resp = self.request("POST", f"{repo}/blobs/uploads/",
+                                scopes=frozenset([scope(repo, "pull", "push")]),
+                                what=f"upload of {digest} to {self.host}/{repo}", ok=(202,))
+            transport.discard(resp, self.pace)
+        return _location(resp, self.host)
 
     def upload_blob(self, repo: str, desc: Descriptor, opener: Callable[[], BinaryIO],
                     progress: Progress | None = None, location: str | None = None) -> None:
-        """Upload `desc` (bytes from `opener()`): one PUT when small, PATCH chunks when large."""
+        """Upload `desc` (bytes from `opener()`): one PUT when small, PATCH chunks when large.
+
+        A PATCH or PUT that fails is not sent again into the same session (what
+        the registry kept of it is unknown): a new session starts, at most
+        Options.retries times. Those requests are not retried one by one on top
+        of that, so a registry that stalls every upload costs retries + 1 stall
+        timeouts, not their square."""
         what = f"upload of {desc.digest} to {self.host}/{repo}"
         scopes = frozenset([scope(repo, "pull", "push")])
         for attempt in range(self.options.retries + 1):
+            self._check_cancelled()
             sent = [0]
 
             def counted(n: int) -> None:
@@ -527,7 +557,7 @@ class RegistryClient:
             try:
                 self._upload_once(repo, desc, opener, counted, location, scopes, what)
                 return
-            except (Unreachable, _UploadRestart) as exc:
+            except _UploadRestart as exc:
                 if progress and sent[0]:
                     progress(-sent[0])
                 location = None
@@ -555,12 +585,20 @@ class RegistryClient:
                         "PATCH", location, scopes=scopes, what=what,
                         headers={"Content-Type": "application/octet-stream",
                                  "Content-Range": f"{start}-{start + n - 1}"},
-                        body=_Replayable(opener, start, n, progress=progress), ok=(202,))
+                        body=_Replayable(opener, start, n, progress=progress), ok=(202,),
+                        retries=0)
                 except RegistryError as exc:
-                    if isinstance(exc, (Unauthorized, Denied)):
+                    if isinstance(exc, (Unauthorized, Denied, Cancelled, Refused)):
                         raise
                     raise _UploadRestart(str(exc)) from None
+                acked = resp.headers.get("Range")
                 transport.discard(resp, self.pace)
+                end = _range_end(acked)
+                if acked is not None and end != start + n - 1:
+                    # the registry kept something else than what was sent: appending
+                    # more would make a blob that fails its digest at the end
+                    raise _UploadRestart(f"the registry acknowledged {acked[:40]!r} after "
+                                         f"bytes 0-{start + n - 1}")
                 location = _location(resp, self.host)
                 start += n
         sep = "&" if "?" in location else "?"
@@ -568,9 +606,10 @@ class RegistryClient:
             resp = self.request("PUT", f"{location}{sep}{urlencode({'digest': desc.digest})}",
                                 scopes=scopes, what=what,
                                 headers={"Content-Type": "application/octet-stream"},
-                                body=body or _Replayable(data=b""), ok=(201, 204))
+                                body=body or _Replayable(data=b""), ok=(201, 204), retries=0)
         except RegistryError as exc:
-            if isinstance(exc, (Unauthorized, Denied)) or "DIGEST_INVALID" in str(exc):
+            if isinstance(exc, (Unauthorized, Denied, Cancelled, Refused)) \
+                    or "DIGEST_INVALID" in str(exc):
                 raise
             raise _UploadRestart(str(exc)) from None
         header = resp.headers.get("Docker-Content-Digest")
@@ -621,6 +660,10 @@ class _WriteBehind:
             raise err
 
 
+class Refused(RegistryError):
+    """A URL the registry pointed at that we will not go to (scheme, downgrade)."""
+
+
 class Cancelled(RegistryError):
     """Stopped on purpose: the user interrupted, or another transfer failed."""
 
@@ -636,11 +679,27 @@ class _UploadRestart(Exception):
 
 
 def _location(resp: requests.Response, host: str) -> str:
-    """An upload session's URL; request() keeps credentials off any other origin."""
+    """An upload session's URL, absolute (a relative one is relative to the request
+    that returned it); request() refuses other schemes and keeps credentials off
+    any other origin."""
     location = resp.headers.get("Location")
     if not location:
         raise RegistryError(f"{host}: upload answer without a Location header")
-    return location
+    try:
+        return urljoin(resp.url, location)
+    except ValueError:          # `http://[::1`: urllib's own complaint is no message for us
+        raise Refused(f"{host}: invalid upload location {transport.printable(location)!r}") \
+            from None
+
+
+def _range_end(value: str | None) -> int | None:
+    """The last byte a PATCH answer's `Range: 0-N` (or `bytes=0-N`) acknowledges."""
+    if value is None:
+        return None
+    start, sep, end = value.strip().removeprefix("bytes=").partition("-")
+    if not sep or not start.isdigit() or not end.isdigit() or int(start) != 0:
+        return -1
+    return int(end)
 
 
 def _reason(exc: BaseException | None) -> str:

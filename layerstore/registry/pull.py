@@ -73,10 +73,21 @@ def _fetch_manifest(client: RegistryClient, repo: str, desc: Descriptor) -> tupl
 def pull(store: Store, name: str, *, platform: Platform | None = None,
          all_platforms: bool = False, options: Options | None = None,
          progress: Reporter | None = None) -> PullResult:
-    """Pull `name` (tag or digest) into `store`; returns what was stored."""
+    """Pull `name` (tag or digest) into `store`; returns what was stored.
+
+    The store's gc lock is held (shared) from the first blob to the ref: until
+    the ref names them, the blobs already fetched are unreachable, and a
+    concurrent `prune` would delete them under the pull, which would then
+    write a ref to an image that is not all there."""
     ref = reference.parse(name)
     options = options or Options()
     progress = progress or Quiet()
+    with store.writing():
+        return _pull(store, ref, platform, all_platforms, options, progress)
+
+
+def _pull(store: Store, ref: reference.Reference, platform: Platform | None,
+          all_platforms: bool, options: Options, progress: Reporter) -> PullResult:
     repo = ref.path
     with open_client(ref.domain, options) as client, progress:
         data, mtype, digest = client.get_manifest(repo, ref.digest or ref.tag or "latest")

@@ -66,8 +66,13 @@ def push(store: Store, name: str, dest: str | None = None, *, options: Options |
 
     With `compression`, uncompressed layers are compressed that way before
     upload, and (with `force_compression`) differently compressed ones too."""
-    options = options or Options()
-    progress = progress or Quiet()
+    with store.writing():    # re-encoded layers are unnamed blobs until the push ends
+        return _push(store, name, dest, options or Options(), progress or Quiet(),
+                     compression, force_compression)
+
+
+def _push(store: Store, name: str, dest: str | None, options: Options, progress: Reporter,
+          compression: str | None, force_compression: bool) -> PushResult:
     top, names = _local_top(store, name)
     target = dest or (name if names or ":" in name or "/" in name else None)
     if target is None:

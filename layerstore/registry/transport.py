@@ -15,13 +15,24 @@
   seconds) or trickles (under `min_rate` bytes/s over a window of `stall`
   seconds, which keeps a socket timeout from ever firing) fails with a
   retryable `TransferError` instead of hanging.
+* `Adapter` bounds what a socket timeout cannot: a server that trickles its
+  response head one byte at a time (every recv returns something, so no read
+  timeout ever fires; http.client allows 100 header lines of 64 KiB each)
+  gets the read timeout as a deadline for the whole head. It also carries a
+  host's own TLS context (certs.d CAs and client certificate, built in
+  memory), and `abort()` shuts down every socket it opened, so that Ctrl-C or
+  a failed sibling transfer stops threads blocked in recv at once instead of
+  after a stall timeout.
 """
 
 from __future__ import annotations
 
 import http.client
 import os
+import socket
+import threading
 import time
+import weakref
 import zlib
 from dataclasses import dataclass
 from typing import Iterator
@@ -29,7 +40,10 @@ from urllib.parse import urljoin, urlsplit
 
 import requests
 import urllib3
+from requests.adapters import HTTPAdapter
 from requests.auth import AuthBase, HTTPBasicAuth
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from requests.utils import get_auth_from_url
 
 from layerstore.errors import PybuildError
@@ -101,6 +115,125 @@ class _URLAuthOnly(AuthBase):
         return r
 
 
+def _hang_up(sock) -> None:
+    """Shut a socket down under a thread blocked on it (which then sees EOF).
+
+    The plain socket's shutdown even for an SSLSocket: SSLSocket.shutdown
+    drops its SSL object, and the blocked reader would then fail with a
+    ValueError instead of an OSError."""
+    if sock is None:
+        return
+    try:
+        socket.socket.shutdown(sock, socket.SHUT_RDWR)
+    except (OSError, ValueError, TypeError):
+        pass
+
+
+class _Deadline:
+    """Shuts `sock()` down unless finish() comes within `limit` seconds."""
+
+    def __init__(self, limit, sock) -> None:
+        self.lock = threading.Lock()
+        self.expired = False
+        self.done = False
+        self.sock = sock
+        self.timer = None
+        if isinstance(limit, (int, float)) and limit > 0:
+            self.timer = threading.Timer(limit, self._expire)
+            self.timer.daemon = True
+            self.timer.start()
+
+    def _expire(self) -> None:
+        with self.lock:
+            if self.done:
+                return
+            self.expired = True
+        _hang_up(self.sock())
+
+    def finish(self) -> bool:
+        """True when the deadline had passed (the socket is gone)."""
+        with self.lock:
+            self.done = True
+        if self.timer is not None:
+            self.timer.cancel()
+        return self.expired
+
+
+def _bounded_connection(base: type, live: weakref.WeakSet) -> type:
+    """`base` (urllib3's HTTP(S)Connection) whose response head ends within the read
+    timeout, and whose sockets abort() can reach. (The TLS handshake needs no
+    such care: CPython's socket timeout bounds a whole handshake.)"""
+
+    class Bounded(base):
+        def __init__(self, *args, **kw) -> None:
+            super().__init__(*args, **kw)
+            self._pb_raw = None
+            live.add(self)
+
+        def _new_conn(self):
+            self._pb_raw = super()._new_conn()     # reachable by abort() while TLS wraps it
+            return self._pb_raw
+
+        def getresponse(self):
+            limit = self.timeout                   # urllib3 set the read timeout just before
+            deadline = _Deadline(limit, lambda: self.sock)
+            try:
+                resp = super().getresponse()
+            except Exception:
+                if deadline.finish():
+                    raise TimeoutError(f"timed out: the response head took over {limit:g} s") \
+                        from None
+                raise
+            if deadline.finish():
+                resp.close()
+                raise TimeoutError(f"timed out: the response head took over {limit:g} s")
+            return resp
+
+        def pb_abort(self) -> None:
+            _hang_up(self.sock)
+            _hang_up(self._pb_raw)
+
+    Bounded.__name__ = Bounded.__qualname__ = f"Bounded{base.__name__}"
+    return Bounded
+
+
+class Adapter(HTTPAdapter):
+    """requests' adapter with bounded response heads, an optional TLS
+    context of its own, and abort() for the sockets it opened."""
+
+    def __init__(self, *, ssl_context=None, pool_connections: int = 4,
+                 pool_maxsize: int = 10) -> None:
+        self.ssl_context = ssl_context
+        self._live: weakref.WeakSet = weakref.WeakSet()
+        http_conn = _bounded_connection(HTTPConnection, self._live)
+        https_conn = _bounded_connection(HTTPSConnection, self._live)
+        self._pools = {
+            "http": type("BoundedHTTPPool", (HTTPConnectionPool,), {"ConnectionCls": http_conn}),
+            "https": type("BoundedHTTPSPool", (HTTPSConnectionPool,),
+                          {"ConnectionCls": https_conn}),
+        }
+        super().__init__(pool_connections=pool_connections, pool_maxsize=pool_maxsize)
+
+    def init_poolmanager(self, connections, maxsize, block=False, **pool_kwargs) -> None:
+        if self.ssl_context is not None:
+            pool_kwargs["ssl_context"] = self.ssl_context
+        super().init_poolmanager(connections, maxsize, block, **pool_kwargs)
+        self.poolmanager.pool_classes_by_scheme = self._pools
+
+    def proxy_manager_for(self, proxy, **proxy_kwargs):
+        if self.ssl_context is not None:
+            proxy_kwargs.setdefault("ssl_context", self.ssl_context)
+        manager = super().proxy_manager_for(proxy, **proxy_kwargs)
+        if not proxy.lower().startswith("socks"):     # SOCKS brings pools of its own
+            manager.pool_classes_by_scheme = self._pools
+        return manager
+
+    def abort(self) -> None:
+        """Hang up every connection this adapter opened (other threads' too)."""
+        for conn in list(self._live):
+            conn.pb_abort()
+
+
 class Session(requests.Session):
     """requests.Session minus ~/.netrc, and minus its own redirect following.
 
@@ -115,6 +248,9 @@ class Session(requests.Session):
         self.auth = _URLAuthOnly()
         self.headers["User-Agent"] = user_agent
         self.headers["Accept-Encoding"] = "gzip, deflate"    # what _Decoder undoes
+        adapter = Adapter()
+        self.mount("https://", adapter)
+        self.mount("http://", adapter)
 
     def get_redirect_target(self, resp) -> None:
         return None
