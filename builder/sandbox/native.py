@@ -25,7 +25,7 @@ Python's memory holds the caller's command line and environment. So:
   killed it).
 
 Both exit 125 on a bad argv. The bytes are INIT_ASM and EXEC_ASM assembled by GNU as
-(tests/test_sandbox_init.py checks that they still are); the ELF headers are added here.
+(tests/test_sandbox_native.py checks that they still are); the ELF headers are added here.
 """
 
 from __future__ import annotations
