@@ -50,6 +50,11 @@ class BuildError(PybuildError):
     """A step failed; the message names the step and why."""
 
 
+class RemoteCacheFailed(BuildError):
+    """A --cache-from source failed after it gave hits: a layer of a hit cannot be
+    fetched or does not match its diff ID. `build` starts again without the sources."""
+
+
 class _DependencyFailed(Exception):
     """A stage this one waits for failed; that stage reports the error."""
 
@@ -98,6 +103,9 @@ class BuildResult:
     cached: int = 0
     warnings: list[str] = field(default_factory=list)
     memo: dict | None = None  # what builder/buildmemo.py needs to answer this build again
+    origins: dict[str, str] = field(default_factory=dict)  # blob digest -> "domain/repo" holding it
+    # what the build used ({"blobs": [...], "entries": [...]}): a --max-storage prune keeps it
+    used: dict = field(default_factory=dict)
 
 
 def _bounded(cfg: ImageConfig) -> ImageConfig:
@@ -165,6 +173,24 @@ class Builder:
         self.volatile = False     # an input the memo cannot vouch for (ADD <url>, ID lookup)
         self.views: dict[str, Path] = {}    # shared read-only context views, by content
         self.views_lock = threading.Lock()
+        # remote build cache (builder/remotecache): the --cache-from sources, asked after
+        # the local cache; the hits they gave (key -> state, whether it adds a layer),
+        # written to the local cache once their blobs are here; each stage's states and
+        # the stage it starts from, for --cache-to; the cache mounts steps used
+        self.remote = None
+        if opts.cache_from and not opts.no_cache:
+            from builder.remotecache.importer import Sources
+            from layerstore.platforms import parse_platform
+
+            self.remote = Sources(opts.cache_from, store.blobs, options=opts.registry_options,
+                                  platform=parse_platform(opts.platform) if opts.platform
+                                  else None, select=store.select, warn=self.warn)
+        self.remote_hits: dict[str, tuple[State, bool]] = {}
+        self.stage_states: dict[int, list[State]] = {}
+        self.stage_parents: dict[int, int | None] = {}
+        self.mount_ids: dict[str, set[str]] = {}    # platform -> cache mount ids
+        self.mount_providers: dict = {}   # layer digest -> fetch, of carried mount artifacts
+        self.cache_warnings: list[str] = []
 
     def release(self) -> None:
         """Remove this build's scratch dir (step work dirs go with their steps)."""
@@ -202,8 +228,183 @@ class Builder:
         layers, diff_ids = state.layers, state.config.diff_ids
         if len(layers) != len(diff_ids):
             raise BuildError(f"image has {len(layers)} layers but {len(diff_ids)} diff IDs")
-        return self.store.snapshots.chain(diff_ids,
-                                          lambda i: self.store.blobs.open(layers[i].digest))
+        try:
+            return self.store.snapshots.chain(diff_ids, lambda i: self.open_layer(layers[i]))
+        except RemoteCacheFailed:
+            raise
+        except PybuildError as exc:
+            # a layer a cache source gave that does not unpack to its diff ID
+            if self.remote is not None and any(l.digest in self.remote.fetched_digests
+                                               for l in layers):
+                raise RemoteCacheFailed(f"a build cache layer is not what its record says: "
+                                        f"{str(exc).splitlines()[0]}") from None
+            raise
+
+    # --- remote build cache (builder/remotecache) ------------------------------
+
+    def warn(self, message: str) -> None:
+        with self.counter_lock:
+            if message not in self.cache_warnings:
+                self.cache_warnings.append(message)
+
+    def open_layer(self, desc: Descriptor):
+        """A layer blob of a state, fetched first if a remote cache hit left it remote."""
+        self.ensure_local([desc])
+        return self.store.blobs.open(desc.digest)
+
+    def ensure_local(self, layers: list[Descriptor], diff_ids: list[str] | None = None) -> None:
+        """Fetch the layers a remote cache hit left in its source: a miss is about to
+        unpack them or build on them, or the output needs their bytes. With `diff_ids`
+        (the output's), each fetched layer is checked against its diff ID here, since
+        nothing unpacks it: an image whose config lies about its layers never lands."""
+        if self.remote is None:
+            return
+        todo = [(i, d) for i, d in enumerate(layers) if not self.store.blobs.has(d.digest)
+                and self.remote.can_fetch(d.digest)]
+        if diff_ids is not None:    # fetched earlier in this build, not unpacked since
+            todo += [(i, d) for i, d in enumerate(layers)
+                     if d.digest in self.remote.fetched_digests and (i, d) not in todo]
+
+        def one(i: int, desc: Descriptor) -> None:
+            try:
+                self.remote.fetch(desc)
+                if diff_ids is None:
+                    return
+                from layerstore.archive import diff_id_of
+
+                _, actual = diff_id_of(self.store, desc.digest, f"layer {desc.digest}")
+            except PybuildError as exc:
+                raise RemoteCacheFailed(str(exc).splitlines()[0]) from None
+            if actual != diff_ids[i]:
+                raise RemoteCacheFailed(f"layer {desc.digest} of a build cache hit has "
+                                        f"diff ID {actual}, its record says {diff_ids[i]}")
+        if len(todo) <= 1:
+            for i, desc in todo:
+                one(i, desc)
+            return
+        # several at once, as a pull does (the output's layers of a fully cached build)
+        with cf.ThreadPoolExecutor(min(len(todo), 6), thread_name_prefix="cache-fetch") as pool:
+            for f in [pool.submit(one, i, d) for i, d in todo]:
+                f.result()
+
+    def stage_records(self, target: int, mode: str) -> list:
+        """The cache records to export: the states of the steps this build ran or hit,
+        for mode=min on the path to the final image (the target stage and the stages
+        it starts FROM), for mode=max in every stage."""
+        from builder.remotecache.records import Record
+
+        if mode == "max":
+            indexes = sorted(self.stage_states)
+        else:
+            indexes, idx = [], target
+            while idx is not None and idx not in indexes:
+                indexes.append(idx)
+                idx = self.stage_parents.get(idx)
+        out = []
+        for idx in indexes:
+            for st in self.stage_states.get(idx, []):
+                out.append(Record(st.key, _clone(st.config).to_bytes(), list(st.layers)))
+        return out
+
+    def export_cache(self, result: BuildResult, target: int) -> None:
+        """Every --cache-to but inline (which rides in the image, see finish()). A
+        failed export fails the build unless it says ignore-error=true."""
+        from builder.remotecache.export import export
+
+        origins = dict(self.remote.origins()) if self.remote is not None else {}
+        created = rfc3339_now(self.opts.source_date_epoch) \
+            if self.opts.source_date_epoch is not None else None
+        for spec in self.opts.cache_to:
+            if spec.type == "inline":
+                continue
+            try:
+                mounts = self.mount_entries() if spec.cache_mounts else []
+                done = export(spec, self.stage_records(target, spec.mode),
+                              provide=self.provide_blob,
+                              opener=lambda d: self.store.blobs.open(d.digest),
+                              origins=origins, options=self.opts.registry_options,
+                              created=created, mounts=mounts, mount_blobs=self.mount_blobs,
+                              read_local=lambda d: self.store.blobs.read(d.digest))
+            except RemoteCacheFailed:
+                raise
+            except (PybuildError, OSError) as exc:
+                text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                if isinstance(exc, OSError) and exc.strerror:
+                    text = f"{exc.strerror}: {exc.filename}" if exc.filename else exc.strerror
+                if not spec.ignore_error:
+                    raise BuildError(f"--cache-to {spec.name}: export failed: {text}") from None
+                self.warn(f"--cache-to {spec.name}: export failed (ignore-error=true): {text}")
+                continue
+            s = done.sent
+            self.progress.note(f"exported cache to {spec.name}: {done.records} records, "
+                               f"{len(done.layers)} layers ({s.uploaded} uploaded, "
+                               f"{s.mounted} mounted, {s.existing} already there), "
+                               f"manifest {done.digest}")
+            if spec.origin:
+                for layer in done.layers:
+                    origins.setdefault(layer.digest, spec.origin)
+                    result.origins.setdefault(layer.digest, spec.origin)
+
+    def mount_entries(self) -> list[dict]:
+        """The cache-mount artifacts of the mounts this build's RUN steps used
+        (builder/remotecache/mounts.py packs them into the store)."""
+        from builder.remotecache import mounts
+
+        # ids whose dirs are not here (their steps all hit) keep the sources' artifacts:
+        # their layers are fetched only if the export target lacks them (provide_blob)
+        carried = []
+        if self.remote is not None:
+            for src, entries in self.remote.mount_sources():
+                carried.append((entries, lambda d, src=src: src.backend.fetch_blob(
+                    d, self.store.blobs)))
+        out: list[dict] = []
+        for platform, ids in sorted(self.mount_ids.items()):
+            out += mounts.collect(self.store, ids, platform, compression=self.opts.compression,
+                                  warn=self.warn, carried=carried,
+                                  providers=self.mount_providers)
+        return out
+
+    def provide_blob(self, desc: Descriptor) -> None:
+        """A blob an export uploads, made local first: a layer a remote hit left in its
+        source, or the layer of a cache-mount artifact carried over from a source."""
+        fetch = self.mount_providers.get(desc.digest)
+        if fetch is not None and not self.store.blobs.has(desc.digest):
+            fetch(desc)
+        else:
+            self.ensure_local([desc])
+
+    def mount_blobs(self, desc: Descriptor) -> list[Descriptor]:
+        from builder.remotecache import mounts
+
+        return mounts.artifact_blobs(self.store, desc)
+
+    def restore_mounts(self, ids: list[str], platform: str) -> None:
+        """Before a step mounts cache `ids`: fill the ones absent or empty here from
+        the first cache source that carries them (--cache-from)."""
+        if self.remote is None or not ids:
+            return
+        from builder.remotecache import mounts
+
+        parent = mounts.mounts_dir(self.store)
+        wanted = [i for i in ids if mounts.is_restorable(mountstep.cache_path(parent, i))]
+        if not wanted:
+            return
+        for src, entries in self.remote.mount_sources():
+            def fetch(desc: Descriptor, src=src) -> None:
+                src.backend.fetch_blob(desc, self.store.blobs)
+            mounts.restore(self.store, entries, fetch, ids=wanted, platform=platform,
+                           warn=self.warn)
+
+    def keep_remote_hits(self) -> None:
+        """Remote cache hits whose blobs are all here now go into the local cache, so
+        the next build on this machine hits them locally."""
+        for key, (st, adds_layer) in sorted(self.remote_hits.items()):
+            if not all(self.store.blobs.has(l.digest) for l in st.layers):
+                continue
+            manifest = self.store.commit_image(_clone(st.config), list(st.layers)).digest \
+                if adds_layer else None
+            self.cache.put(key, _clone(st.config), list(st.layers), manifest)
+            self.new_roots = self.new_roots or adds_layer
 
     @property
     def scratch(self) -> Path:
@@ -242,6 +443,7 @@ class Builder:
 
     def commit_upper(self, state: State, upper: Path, created_by: str, key: str,
                      comment: str | None = None) -> State:
+        self.ensure_local(state.layers)   # the new state's manifest names them all
         layer, diff_id = self.store.commit_layer(upper, compression=self.opts.compression,
                                                  overlay=True,
                                                  source_date_epoch=self.opts.source_date_epoch)
@@ -278,9 +480,25 @@ class Builder:
         e = self.cache.get(key, self.store, None if parent is None else
                            (parent.layers, parent.config.diff_ids))
         if e is None:
-            return None
+            return self.remote_cached(key, parent)
         self.blobs_used.update(l.digest for l in e.layers)
         return State(e.config, e.layers, key, e.manifest)
+
+    def remote_cached(self, key: str, parent: State | None) -> State | None:
+        """Each --cache-from source in order. The state's layers may stay remote."""
+        if self.remote is None:
+            return None
+        hit = self.remote.lookup(key, None if parent is None else
+                                 (parent.layers, parent.config.diff_ids))
+        if hit is None:
+            return None
+        cfg, layers = hit
+        st = State(cfg, layers, key, None)
+        adds_layer = parent is not None and len(layers) > len(parent.layers)
+        with self.counter_lock:
+            self.remote_hits[key] = (st, adds_layer)
+        self.blobs_used.update(l.digest for l in layers)
+        return st
 
     # --- stages -------------------------------------------------------------
 
@@ -306,6 +524,9 @@ class Builder:
             return State(cfg, [], key), []
         image = self.resolve_image(base.ref, stage.platform)
         cfg = _clone(image.config)
+        # an image built with --cache-to type=inline: its records are not the new one's
+        from builder.remotecache.records import INLINE_FIELD
+        cfg.extra.pop(INLINE_FIELD, None)
         triggers = list(cfg.config.OnBuild or [])
         if triggers:
             cfg.config = dataclasses.replace(cfg.config, OnBuild=None)
@@ -355,6 +576,8 @@ class Builder:
                                          else len(state.layers))
         self.progress.done(n)
         runner = _StageRunner(self, stage, graph, df, ctx, results, state, label, total)
+        self.stage_parents[stage.index] = base.stage if base.kind == "stage" else None
+        self.stage_states[stage.index] = runner.history
         for t in stage.triggers:
             runner.step(t, raw=t, trigger=True)
         if triggers:
@@ -409,10 +632,21 @@ class Builder:
             final: State = results[graph.target].result()
             with self.hash_lock:
                 self.hashes.save()
-            result = self.finish(final, self.base_counts.get(graph.target, 0))
+            inline = self.stage_records(graph.target, "min") \
+                if any(s.type == "inline" for s in self.opts.cache_to) else None
+            result = self.finish(final, self.base_counts.get(graph.target, 0), inline)
+            self.export_cache(result, graph.target)
+            self.keep_remote_hits()
             if self.new_roots or not (self.cache.dir / "roots").exists():
                 self.cache.write_roots()
-        result.warnings = list(graph.warnings)
+        result.warnings = list(graph.warnings) + self.cache_warnings
+        if self.cache_warnings:
+            self.volatile = True    # the memo would repeat them for ever: no record
+        if self.remote is not None:
+            for digest, origin in self.remote.origins().items():
+                result.origins.setdefault(digest, origin)
+        result.used = {"blobs": sorted(self.blobs_used | {l.digest for l in final.layers}),
+                       "entries": list(dict.fromkeys(self.keys_used))}
         if not self.volatile:
             self.blobs_used.update(l.digest for l in final.layers)
             result.memo = {"bases": sorted(set(self.bases)), "entries": list(dict.fromkeys(self.keys_used)),
@@ -426,9 +660,14 @@ class Builder:
             self.failed.set()
             raise
 
-    def finish(self, final: State, base_count: int = 0) -> BuildResult:
+    def finish(self, final: State, base_count: int = 0, inline: list | None = None) -> BuildResult:
+        from builder.remotecache.records import INLINE_FIELD, inline_records
+
         cfg = _clone(final.config)
+        cfg.extra.pop(INLINE_FIELD, None)
         layers = list(final.layers)
+        # the output: the final image's layers, and only those
+        self.ensure_local(layers, list(cfg.diff_ids))
         if self.opts.labels:
             labels = dict(cfg.config.Labels or {})
             labels.update(self.opts.labels)
@@ -436,6 +675,18 @@ class Builder:
         if self.opts.squash and len(layers) - base_count > 1:
             cfg, layers = self.squash(cfg, layers, base_count)
         _bounded(cfg)
+        if inline is not None:
+            # --cache-to type=inline: the final chain's records ride in the config
+            doc = inline_records(inline, layers)
+            if doc is not None:
+                cfg.extra[INLINE_FIELD] = doc
+                cfg.raw = None
+                size = len(cfg.to_bytes())
+                if size > CONFIG_LIMIT:
+                    del cfg.extra[INLINE_FIELD]
+                    cfg.raw = None
+                    self.warn(f"--cache-to type=inline: the records would make the image config "
+                              f"{size} bytes, more than {CONFIG_LIMIT}: exported without them")
         manifest = self.store.commit_image(cfg, layers, annotations=self.opts.annotations or None)
         names = []
         for t in self.opts.tags:
@@ -452,6 +703,7 @@ class Builder:
         The new layers are applied, in order, onto an overlay of the base: the
         overlay's upper dir is then exactly their combined change, whiteouts included.
         """
+        self.ensure_local(layers)
         base = State(cfg, layers[:base_count], "")
         base.config = dataclasses.replace(cfg, diff_ids=cfg.diff_ids[:base_count])
         ws = self.workspace(base)
@@ -529,6 +781,7 @@ class _StageRunner:
         self.args: dict[str, str] = {}
         self.cmd_set = False
         self.lex = ShellLex(df.escape)
+        self.history: list[State] = []     # the state after each step, in order
 
     # expansion with the live image env (the planner cannot know a base image's ENV)
     def scope(self) -> dict[str, str]:
@@ -547,6 +800,13 @@ class _StageRunner:
 
     def step(self, planned: ins.Instruction, raw: ins.Instruction, position: int = 0,
              trigger: bool = False) -> None:
+        before = self.state.key
+        self._step(planned, raw, position, trigger)
+        if self.state.key != before:
+            self.history.append(self.state)    # ran or hit: a cache record to export
+
+    def _step(self, planned: ins.Instruction, raw: ins.Instruction, position: int = 0,
+              trigger: bool = False) -> None:
         if isinstance(planned, ins.Arg):
             for d in planned.args:
                 if d.default is not None:
@@ -565,7 +825,7 @@ class _StageRunner:
         except PybuildError as exc:
             b.progress.error(n, str(exc).splitlines()[0])
             loc = f"{self.df.filename}:{raw.line}" if raw.line else self.df.filename
-            if isinstance(exc, (runstep.StepFailed, DockerfileError)):
+            if isinstance(exc, (runstep.StepFailed, DockerfileError, RemoteCacheFailed)):
                 raise
             raise BuildError(f"{loc}: {i.keyword}: {exc}") from None
 
@@ -833,8 +1093,14 @@ class _StageRunner:
         # default became a private namespace) is not reused as a sandboxed one
         net_key = "private" if network == "default" else network
         key = step_key(self.state.key, json.dumps([argv, mounts_key, net_key, pipes]), used_args, inputs)
+        cache_ids = mountstep.cache_ids(i.mounts, cfg.WorkingDir or "/")
+        platform = str(self.state.config.platform)
+        if cache_ids:    # used by the build, hit or not: --cache-to ...,cache-mounts=true
+            with b.counter_lock:
+                b.mount_ids.setdefault(platform, set()).update(cache_ids)
         if self._hit(key, n):
             return
+        b.restore_mounts(cache_ids, platform)    # --cache-from: warm what is cold here
         # volatile: the upper is committed through the store's fsynced ingest, so the
         # overlay's own syncs (and the flush on unmount) only cost time
         ws = b.workspace(self.state, volatile=True)
@@ -920,7 +1186,7 @@ class _StageRunner:
             st = self._source_state(ref)
             dest.mkdir()
             for layer, diff_id in zip(st.layers, st.config.diff_ids):
-                with self.b.store.blobs.open(layer.digest) as f:
+                with self.b.open_layer(layer) as f:
                     apply_layer(f, dest, mode="flat", expected_diff_id=diff_id)
             return dest
 
@@ -942,11 +1208,32 @@ class _StageRunner:
 
 
 def build(store, opts: BuildOptions, progress: Progress | None = None) -> BuildResult:
-    """Build per `opts` into `store`; raises PybuildError (BuildError, DockerfileError, ...)."""
-    b = Builder(store, opts, progress or Progress("quiet"))
+    """Build per `opts` into `store`; raises PybuildError (BuildError, DockerfileError, ...).
+
+    A --cache-from source that fails after it gave hits (a layer it lists cannot be
+    fetched, or is not what its record says) is a warning: the build starts again
+    without the sources; what it made meanwhile is in the local cache already."""
+    progress = progress or Progress("quiet")
+    try:
+        return _build(store, opts, progress)
+    except RemoteCacheFailed as exc:
+        if not opts.cache_from:
+            raise
+        message = f"build cache source failed: {exc}; built again without --cache-from"
+        progress.note("a build cache source failed: building again without --cache-from")
+        result = _build(store, dataclasses.replace(opts, cache_from=[]), progress)
+        result.warnings.insert(0, message)
+        result.memo = None      # the memo would repeat the warning for ever
+        return result
+
+
+def _build(store, opts: BuildOptions, progress: Progress) -> BuildResult:
+    b = Builder(store, opts, progress)
     b.network = runstep.BuildNetwork()   # RUN steps' bridge: held from the first to the end
     try:
         return b.run()
     finally:
         b.network.close()
         b.release()
+        if b.remote is not None:
+            b.remote.close()

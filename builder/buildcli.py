@@ -16,23 +16,70 @@ from builder.keyvalues import fields, kv_map
 from layerstore.errors import PybuildError
 
 
-def parse_output(text: str | None) -> dict[str, str]:
+_OUTPUT_KEYS = {"image": {"type", "name", "push"}, "oci": {"type", "dest"},
+                "docker": {"type", "dest"}, "local": {"type", "dest"}, "tar": {"type", "dest"}}
+_BOOLS = {"true": "true", "1": "true", "t": "true", "false": "false", "0": "false", "f": "false"}
+
+
+def parse_output(text: str | None, push: bool = False) -> dict[str, str]:
     """buildx's --output: `type=...,dest=...`; a bare `-` is a tar on stdout, any other
-    bare word a local directory."""
+    bare word a local directory. `type=registry` is `type=image,push=true` (as in
+    buildx), and `--push` (`push`) sets push=true on an image output."""
     if not text:
-        return {"type": "image"}
-    if text == "-":
-        return {"type": "tar", "dest": "-"}
-    if "=" not in text:
-        return {"type": "local", "dest": text}
-    out = fields(text, "--output", lower=False)
-    if out.get("type", "image") not in ("image", "oci", "docker", "local", "tar"):
-        raise PybuildError(f"--output {text!r}: type must be image, oci, docker, local or tar "
-                           "(push with `pybuild push` after building)")
-    out.setdefault("type", "image")
-    if out["type"] != "image" and "dest" not in out:
-        raise PybuildError(f"--output {text!r}: dest= is required")
+        out = {"type": "image"}
+    elif text == "-":
+        out = {"type": "tar", "dest": "-"}
+    elif "=" not in text:
+        out = {"type": "local", "dest": text}
+    else:
+        out = fields(text, "--output", lower=False, quoted=True, repeat=("name",))
+        kind = out.setdefault("type", "image")
+        if kind == "registry":
+            out["type"] = "image"
+            out.setdefault("push", "true")
+        elif kind not in _OUTPUT_KEYS:
+            raise PybuildError(f"--output {text!r}: type must be image, registry, oci, docker, "
+                               "local or tar")
+        unknown = sorted(set(out) - _OUTPUT_KEYS[out["type"]])
+        if unknown:
+            raise PybuildError(f"--output {text!r}: unknown key {unknown[0]!r} for type={kind} "
+                               f"(known: {', '.join(sorted(_OUTPUT_KEYS[out['type']]))})")
+        if out["type"] != "image" and "dest" not in out:
+            raise PybuildError(f"--output {text!r}: dest= is required")
+        if "push" in out:
+            value = _BOOLS.get(out["push"].lower())
+            if value is None:
+                raise PybuildError(f"--output {text!r}: push={out['push']} is not true or false")
+            out["push"] = value
+    if push:
+        if out["type"] != "image":
+            raise PybuildError(f"--push and --output type={out['type']} cannot be used together "
+                               "(--push pushes the image: drop one of them)")
+        out["push"] = "true"
     return out
+
+
+def output_names(out: dict[str, str]) -> list[str]:
+    """The `name=` values of an image output (`"name=a,b"` or name=a,name=b)."""
+    return [n.strip() for n in out.get("name", "").split(",") if n.strip()]
+
+
+def push_targets(out: dict[str, str], tags) -> list[str]:
+    """Where an image output with push=true goes: its `name=` values, else the -t tags
+    (buildx's rule). Checked before any step runs: a build that cannot be pushed
+    should not be built first."""
+    from layerstore import reference
+
+    if out.get("push") != "true":
+        return []
+    targets = output_names(out) or list(tags)
+    if not targets:
+        raise PybuildError("pushing needs a name: give -t REGISTRY/REPO:TAG or "
+                           "--output type=registry,name=REGISTRY/REPO:TAG")
+    for t in targets:
+        if reference.parse(t).digest:
+            raise PybuildError(f"{t}: push to a tag, not a digest")
+    return list(dict.fromkeys(str(reference.parse(t)) for t in targets))
 
 
 def read_bounded(path: str, option: str, limit: int = 1 << 20) -> str:
@@ -71,9 +118,13 @@ def named_context(name: str, value: str) -> Path:
 def run_build(root: Path, open_store, context: str, dockerfile: str | None, *, tags, build_args,
               build_arg_files, target, no_cache, pull, network, platform, labels, annotations,
               secrets, build_contexts, compression, source_date_epoch, squash, iidfile,
-              metadata_file, output, progress_mode, quiet, jobs, allow=()) -> None:
-    """Build per the command line; a rebuild the memo can vouch for skips the solver."""
-    from builder.buildmemo import BuildMemo, MemoMiss, may_answer, may_record
+              metadata_file, output, progress_mode, quiet, jobs, allow=(), push=False,
+              registry_options=None, cache_to=(), cache_from=(), used=None) -> None:
+    """Build per the command line; a rebuild the memo can vouch for skips the solver.
+    `registry_options`: a callable giving the registry client's Options (--tls-verify),
+    asked only when the build pushes. `used` (a layerstore.budget.InUse) learns what the
+    build used, for the --max-storage prune after it."""
+    from builder.buildmemo import BuildMemo, MemoMiss, MemoRecord, may_answer, may_record
     from builder.buildopts import BuildOptions, check_network, parse_allow, parse_build_args
     from builder.progress import Progress
 
@@ -83,6 +134,18 @@ def run_build(root: Path, open_store, context: str, dockerfile: str | None, *, t
 
     for t in tags:    # before any step runs, as docker does, not after the whole build
         reference.parse(t)
+    out = parse_output(output, push)
+    targets = push_targets(out, tags)
+    named = {str(reference.parse(t)) for t in tags}
+    for n in output_names(out):     # the image exporter's names are the image's names too
+        if str(reference.parse(n)) not in named:
+            named.add(str(reference.parse(n)))
+            tags = [*tags, n]
+    push_options = registry_options() if targets and registry_options else None
+    from builder.remotecache.spec import parse_specs
+
+    # --cache-to/--cache-from: every value checked before any step runs
+    exports, sources = parse_specs(cache_to, cache_from, compression)
     args: dict[str, str] = {}
     for f in build_arg_files:
         try:
@@ -99,7 +162,10 @@ def run_build(root: Path, open_store, context: str, dockerfile: str | None, *, t
                         labels=kv_map(labels, "--label"),
                         annotations=kv_map(annotations, "--annotation", bare=None),
                         compression=compression, source_date_epoch=source_date_epoch,
-                        squash=squash, jobs=max(1, jobs))
+                        squash=squash, jobs=max(1, jobs), cache_to=exports,
+                        cache_from=sources)
+    if registry_options and any(s.type == "registry" for s in exports + sources):
+        opts.registry_options = push_options or registry_options()
     if context == "-" or dockerfile == "-":
         opts.dockerfile_text = read_stdin_dockerfile()
     elif dockerfile:
@@ -108,7 +174,6 @@ def run_build(root: Path, open_store, context: str, dockerfile: str | None, *, t
         raise PybuildError(f"build context {context}: not a directory")
     for k, v in kv_map(build_contexts, "--build-context", bare=None).items():
         opts.build_contexts[k] = named_context(k, v)
-    out = parse_output(output)
     mode = "quiet" if quiet else progress_mode
     memo, key, answer = BuildMemo(root), None, None
     if may_record(out["type"]):
@@ -125,6 +190,12 @@ def run_build(root: Path, open_store, context: str, dockerfile: str | None, *, t
                 progress.done(n) if is_from else progress.cached(n)
         finally:
             progress.close()
+        if used is not None:
+            used.manifests.add(answer.manifest_digest)
+            used.keys.update(answer.entries)
+            used.blobs.update(answer.blobs)
+        if targets:
+            push_image(open_store(), answer.manifest_digest, targets, {}, push_options, mode)
         _report(mode, answer.image_id, answer.manifest_digest, answer.names, 0, answer.cached,
                 answer.warnings, iidfile, metadata_file)
         return
@@ -141,13 +212,43 @@ def run_build(root: Path, open_store, context: str, dockerfile: str | None, *, t
         result = build(store, opts, progress)
     finally:
         progress.close()
+    if used is not None:
+        from builder.storage import note_build
+
+        note_build(used, result)
     deliver(store, result, out)
     if key is not None and result.memo is not None:
-        memo.record(key, result.image_id, result.manifest.digest, result.names, result.warnings,
-                    result.memo)
+        m = result.memo
+        memo.record(key, MemoRecord(result.image_id, result.manifest.digest, result.names,
+                                    result.warnings, [tuple(b) for b in m["bases"]],
+                                    m["entries"], m["blobs"], [list(t) for t in m["steps"]]))
+    if targets:
+        push_image(store, result.manifest.digest, targets, result.origins, push_options, mode)
     _report(mode, result.image_id, result.manifest.digest, result.names, result.steps,
             result.cached, result.warnings, iidfile, metadata_file,
             stdout=out.get("dest") != "-")
+
+
+def push_image(store, manifest_digest: str, targets: list[str], origins: dict[str, str],
+               options, mode: str) -> None:
+    """`--push` / `type=registry`: the built image (its manifest digest, so a tag moved by
+    another build meanwhile is not what goes up) to each target, through the one push
+    path `pybuild push` takes; blobs the build cache knows in the same registry
+    (`origins`) are mounted, never uploaded. One summary line per target."""
+    from layerstore import reference
+    from layerstore.registry.progress import human, reporter
+    from layerstore.registry.push import push
+
+    quiet = mode in ("quiet", "rawjson")     # rawjson's stderr is JSON lines only
+    for target in targets:
+        ref = reference.parse(target)
+        res = push(store, f"{ref.domain}/{ref.path}@{manifest_digest}", target,
+                   options=options, progress=reporter("quiet" if quiet else mode),
+                   origins=origins)
+        if not quiet:
+            click.echo(f"pushed {target} {res.digest}: {res.uploaded} blobs uploaded "
+                       f"({res.uploaded_bytes} bytes, {human(res.uploaded_bytes)}), "
+                       f"{res.mounted} mounted, {res.existing} already there", err=True)
 
 
 def _write_file(option: str, path: Path, text: str) -> None:

@@ -35,13 +35,60 @@ from layerstore import jsonlimits, resolver
 from layerstore.atomic import atomic_write
 from layerstore.errors import PybuildError
 from layerstore.locking import file_lock
-from layerstore.mediatypes import REF_NAME
 
 # 2: records of builds that pybuild now refuses (RUN --security=insecure) or expands
 # otherwise (${x//p/r}, .dockerignore classes) must not answer for the solver
 FORMAT = 2
 _HEX_KEY = re.compile(r"[0-9a-f]{64}")
 KEEP = 200      # records kept, newest first
+
+
+@dataclass
+class MemoRecord:
+    """What a build left for the memo. Read back from disk it is input like any other:
+    every name in it becomes a lookup in the store, so each must be what we write (a
+    digest, a hex cache key), never `../..`; anything else makes the record no record."""
+
+    image_id: str
+    manifest: str
+    names: list[str]
+    warnings: list[str]
+    bases: list[tuple[str, str]]   # (ref name in index.json or "", digest it resolved to)
+    entries: list[str]             # cache keys the solver asked for, hit or made
+    blobs: list[str]               # every blob the result rests on
+    steps: list[list]              # [n, label, text, is FROM], as the progress showed them
+
+    @classmethod
+    def from_json(cls, doc: dict) -> "MemoRecord":
+        def strings(v) -> list[str]:
+            if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
+                raise MemoMiss("not a list of strings")
+            return v
+        if doc.get("format") != FORMAT:
+            raise MemoMiss("another format")
+        bases = doc["bases"]
+        if not isinstance(bases, list) or not all(
+                isinstance(b, list) and len(b) == 2 and all(isinstance(x, str) for x in b)
+                for b in bases):
+            raise MemoMiss("bases")
+        steps = doc["steps"]
+        if not isinstance(steps, list) or not all(
+                isinstance(t, list) and len(t) == 4 and isinstance(t[0], int) for t in steps):
+            raise MemoMiss("steps")
+        rec = cls(doc["image_id"], doc["manifest"], strings(doc["names"]),
+                  strings(doc["warnings"]), [(b[0], b[1]) for b in bases],
+                  strings(doc["entries"]), strings(doc["blobs"]), steps)
+        digests = [rec.manifest, rec.image_id, *rec.blobs, *(d for _, d in rec.bases)]
+        if not all(isinstance(d, str) and dg.is_digest(d) for d in digests) or \
+                not all(_HEX_KEY.fullmatch(k) for k in rec.entries):
+            raise MemoMiss("names in the record are not digests and keys")
+        return rec
+
+    def to_json(self) -> dict:
+        return {"format": FORMAT, "image_id": self.image_id, "manifest": self.manifest,
+                "names": self.names, "warnings": self.warnings,
+                "bases": [list(b) for b in self.bases], "entries": self.entries,
+                "blobs": self.blobs, "steps": self.steps}
 
 
 @dataclass
@@ -53,6 +100,8 @@ class Answer:
     names: list[str]
     steps: list[list]              # [n, label, text, is FROM]
     warnings: list[str] = field(default_factory=list)
+    entries: list[str] = field(default_factory=list)   # cache keys it rests on
+    blobs: list[str] = field(default_factory=list)
 
     @property
     def cached(self) -> int:
@@ -60,8 +109,9 @@ class Answer:
 
 
 def may_answer(opts: BuildOptions) -> bool:
-    """--no-cache and --pull ask for work the memo would skip."""
-    return not opts.no_cache and not opts.pull
+    """--no-cache and --pull ask for work the memo would skip, and so does --cache-to:
+    its export happens only when the solver runs."""
+    return not opts.no_cache and not opts.pull and not opts.cache_to
 
 
 def may_record(output_type: str) -> bool:
@@ -156,59 +206,50 @@ class BuildMemo:
     def answer(self, key: str) -> Answer | None:
         """The recorded result if every fact it rests on still holds."""
         try:
-            rec = jsonlimits.read_object(self._path(key))
-        except (OSError, ValueError):
+            rec = MemoRecord.from_json(jsonlimits.read_object(self._path(key)))
+        except (OSError, ValueError, KeyError, TypeError, MemoMiss):
             return None
         try:
             with file_lock(self.root / "gc.lock", shared=True):   # no prune meanwhile
                 return self._check(rec)
-        except (MemoMiss, KeyError, TypeError, ValueError, AttributeError, OSError):
+        except (MemoMiss, PybuildError, OSError):
             return None
 
-    def _check(self, rec: dict) -> Answer | None:
-        if rec.get("format") != FORMAT:
-            return None
-        # a record is read back from disk: every name in it becomes a path below, so each
-        # must be what we write (a digest, a hex key), never `../..`
-        digests = [rec["manifest"], rec["image_id"], *rec["blobs"], *(d for _, d in rec["bases"])]
-        if not all(dg.is_digest(d) for d in digests) or \
-                not all(isinstance(k, str) and _HEX_KEY.fullmatch(k) for k in rec["entries"]):
-            return None
-        index = jsonlimits.read_object(self.root / "index.json")
+    def _check(self, rec: MemoRecord) -> Answer | None:
+        """Through the store's own readers (refs, blobs, build cache), never its paths."""
+        from builder.cache import BuildCache
+        from layerstore.blobs import BlobStore
+        from layerstore.refs import RefIndex
+
         named: dict[str, str] = {}
         present: set[str] = set()
-        for m in index.get("manifests", []):
-            present.add(m["digest"])
-            name = (m.get("annotations") or {}).get(REF_NAME)
+        for name, desc in RefIndex(self.root).entries():
+            present.add(desc.digest)
             if name:
-                named[name] = m["digest"]
-        for name, digest in rec["bases"]:
+                named[name] = desc.digest
+        for name, digest in rec.bases:
             if name and named.get(name) != digest:
                 return None
-        manifest = rec["manifest"]
-        if rec["names"]:
-            if any(named.get(n) != manifest for n in rec["names"]):
+        if rec.names:
+            if any(named.get(n) != rec.manifest for n in rec.names):
                 return None
-        elif manifest not in present:
+        elif rec.manifest not in present:
             return None
-        blobs = self.root / "blobs" / "sha256"
-        for d in digests:
-            if not (blobs / dg.hex_of(d)).is_file():
-                return None
-        entries = self.root / "cache" / "entries"
-        paths = [entries / k[:2] / f"{k}.json" for k in rec["entries"]]
-        if not all(p.is_file() for p in paths):
+        blobs = BlobStore(self.root)
+        if not all(blobs.has(d) for d in [rec.manifest, rec.image_id, *rec.blobs,
+                                           *(d for _, d in rec.bases)]):
             return None
-        for p in paths:  # used now, as the solver's cache hits would mark them
-            os.utime(p)
-        return Answer(rec["image_id"], manifest, rec["names"], rec["steps"], rec["warnings"])
+        cache = BuildCache(self.root)
+        if not all(cache.has(k) for k in rec.entries):
+            return None
+        for k in rec.entries:   # used now, as the solver's cache hits would mark them
+            cache.touch(k)
+        return Answer(rec.image_id, rec.manifest, rec.names, rec.steps, rec.warnings,
+                      rec.entries, rec.blobs)
 
-    def record(self, key: str, image_id: str, manifest_digest: str, names: list[str],
-               warnings: list[str], memo: dict) -> None:
-        rec = {"format": FORMAT, "image_id": image_id, "manifest": manifest_digest,
-               "names": names, "warnings": warnings, **memo}
+    def record(self, key: str, rec: MemoRecord) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
-        atomic_write(self._path(key), json.dumps(rec).encode())
+        atomic_write(self._path(key), json.dumps(rec.to_json()).encode())
         self._trim()
 
     def _trim(self, keep: int = KEEP) -> None:

@@ -41,6 +41,11 @@ class BuildOptions:
     source_date_epoch: int | None = None
     squash: bool = False
     jobs: int = 4
+    # remote build cache (builder/remotecache): where records go and come from, and the
+    # registry client's Options for them (None: the defaults)
+    cache_to: list = field(default_factory=list)      # [remotecache.spec.CacheSpec]
+    cache_from: list = field(default_factory=list)    # [remotecache.spec.CacheSpec]
+    registry_options: object = None
 
 
 ENTITLEMENTS = ("network.host",)

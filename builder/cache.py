@@ -14,15 +14,24 @@ import hashlib
 import json
 import os
 import re
+import stat
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from layerstore import digest as dg
 from layerstore import jsonlimits
 from layerstore.atomic import atomic_write
 from layerstore.errors import PybuildError
 from layerstore.model import CONFIG_LIMIT, Descriptor, ImageConfig
+
+if TYPE_CHECKING:
+    from layerstore.budget import CacheRecord
+
+
+_HEX_KEY = re.compile(r"[0-9a-f]{64}")
+
 
 
 def step_key(parent: str, step: str, args: dict[str, str], inputs: str = "") -> str:
@@ -45,6 +54,17 @@ class BuildCache:
 
     def _path(self, key: str) -> Path:
         return self.entries / key[:2] / f"{key}.json"
+
+    def has(self, key: str) -> bool:
+        """Whether a record for `key` exists (not whether it holds: get() checks that)."""
+        return _HEX_KEY.fullmatch(key) is not None and self._path(key).is_file()
+
+    def touch(self, key: str) -> None:
+        """Mark `key` used now, as a hit does (`prune` forgets the least recently used)."""
+        try:
+            os.utime(self._path(key))
+        except FileNotFoundError:
+            pass
 
     def get(self, key: str, store, parent: tuple[list[Descriptor], list[str]] | None = None
             ) -> Entry | None:
@@ -98,60 +118,90 @@ class BuildCache:
                "manifest": manifest, "created": time.time()}
         atomic_write(path, json.dumps(doc).encode(), 0o600)  # may hold build-arg values
 
-    def write_roots(self) -> None:
-        """Rewrite ROOT/cache/roots: the manifest digest of every layer-making entry."""
-        digests = set()
-        if self.entries.is_dir():
-            for sub in os.scandir(self.entries):
-                if not sub.is_dir():
-                    continue
-                for e in os.scandir(sub.path):
-                    if not e.name.endswith(".json"):
-                        continue
-                    try:
-                        m = jsonlimits.read_object(e.path, max_bytes=CONFIG_LIMIT * 2).get("manifest")
-                    except (OSError, ValueError):
-                        continue
-                    if isinstance(m, str) and dg.is_digest(m):
-                        digests.add(m)
+    def write_roots(self, records: "list[CacheRecord] | None" = None) -> None:
+        """Rewrite ROOT/cache/roots: the manifest digest of every layer-making entry (of
+        `records` when the caller has just listed them)."""
+        if records is None:
+            records = self.records()
+        digests = {r.manifest for r in records if r.manifest}
         self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         atomic_write(self.dir / "roots", "".join(f"{d}\n" for d in sorted(digests)).encode(), 0o600)
 
-    def _entry_files(self) -> list[tuple[float, Path]]:
-        out = []
-        if self.entries.is_dir():
-            for sub in os.scandir(self.entries):
-                if sub.is_dir():
-                    out += [(e.stat().st_mtime, Path(e.path)) for e in os.scandir(sub.path)
-                            if e.name.endswith(".json")]
-        return sorted(out)
+    def records(self) -> "list[CacheRecord]":
+        """Every record on disk, as the store's budget sees it: key, last use, the manifest
+        keeping its layers, the bytes its file takes. A record that does not read back
+        is listed with no manifest: it keeps nothing, and pruning it frees its file."""
+        from layerstore.budget import CacheRecord
 
-    def prune(self, until: float | None = None, keep_bytes: int | None = None) -> int:
-        """Forget entries last used before `until` (epoch seconds), then the least recently
-        used ones until the layers they alone add fit in `keep_bytes`. Returns how many;
-        `prune` then frees the blobs no root names any more."""
-        files = self._entry_files()
-        sizes: dict[Path, int] = {}
-        for _, p in files:
+        out = []
+        if not self.entries.is_dir():
+            return out
+        for sub in os.scandir(self.entries):
+            if not (len(sub.name) == 2 and sub.is_dir(follow_symlinks=False)):
+                continue
+            for e in os.scandir(sub.path):
+                key = e.name[:-len(".json")]
+                if not (e.name.endswith(".json") and _HEX_KEY.fullmatch(key)
+                        and key.startswith(sub.name)):
+                    continue
+                try:
+                    st = e.stat(follow_symlinks=False)
+                except OSError:
+                    continue
+                if not stat.S_ISREG(st.st_mode):
+                    continue
+                manifest = None
+                try:
+                    m = jsonlimits.read_object(e.path, max_bytes=CONFIG_LIMIT * 2).get("manifest")
+                    manifest = m if isinstance(m, str) and dg.is_digest(m) else None
+                except (OSError, ValueError):
+                    pass
+                out.append(CacheRecord(key, st.st_mtime, manifest, st.st_blocks * 512))
+        return out
+
+    def forget(self, keys: list[str], records: "list[CacheRecord] | None" = None,
+               tidy: bool = False) -> int:
+        """Delete the records `keys`, then rewrite the roots from the others (`records`:
+        the listing the keys were chosen from). `tidy`: also remove the prefix dirs left
+        empty, for a caller holding the gc lock (a build putting a record meanwhile would
+        lose its dir between mkdir and write)."""
+        doomed = set(keys)
+        n = 0
+        for key in doomed:
             try:
-                doc = jsonlimits.read_object(p, max_bytes=CONFIG_LIMIT * 2)
-                sizes[p] = int(doc["layers"][-1]["size"]) if doc.get("manifest") and doc["layers"] else 0
-            except (OSError, ValueError, KeyError, IndexError, TypeError):
-                sizes[p] = 0
-        total = sum(sizes.values())
-        removed = 0
-        for mtime, p in files:
-            old = until is not None and mtime < until
-            over = keep_bytes is not None and total > keep_bytes
-            if old or over:
-                p.unlink(missing_ok=True)
-                total -= sizes[p]
-                removed += 1
+                os.unlink(self._path(key))
+                n += 1
+            except FileNotFoundError:
+                continue
+            if tidy:
+                try:
+                    os.rmdir(self._path(key).parent)
+                except OSError:
+                    pass        # still holds records
+        rest = None if records is None else [r for r in records if r.key not in doomed]
+        self.write_roots(rest)
+        return n
+
+    def prune(self, until: float | None = None, keep_bytes: int | None = None,
+              store=None) -> int:
+        """Forget entries last used before `until` (epoch seconds), then the least recently
+        used ones until the build cache takes at most `keep_bytes`: the records' files and
+        the blobs and snapshots that only records keep (layers shared with an image cost
+        the cache nothing; every layer of a record counts, not just its last). Returns how
+        many; `prune` then frees the blobs no root names any more."""
+        recs = self.records()
+        doomed = [r.key for r in recs if until is not None and r.last_used < until]
+        if keep_bytes is not None:
+            from layerstore.budget import trim_cache
+            from layerstore.store import Store
+
+            store = store if store is not None else Store(self.dir.parent)
+            doomed = trim_cache(store, recs, keep_bytes, doomed)
+        removed = self.forget(doomed, recs)
         if removed:
             from builder.buildmemo import BuildMemo
 
             BuildMemo(self.dir.parent).forget()
-        self.write_roots()
         return removed
 
     def clear_mounts(self) -> int:
@@ -209,7 +259,7 @@ def prune_store(store, *, all_unused: bool = False, until: float | None = None,
     if all_unused:
         until = time.time() + 1
     if until is not None or keep_bytes is not None:
-        summary.cache_entries = cache.prune(until=until, keep_bytes=keep_bytes)
+        summary.cache_entries = cache.prune(until=until, keep_bytes=keep_bytes, store=store)
     if cache_mounts:
         summary.cache_mounts = cache.clear_mounts()
     summary.store = prune(store, all_unused=all_unused)

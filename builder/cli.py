@@ -293,6 +293,68 @@ def fsck_cmd(settings: Settings) -> None:
         sys.exit(1)
 
 
+# --- the store's disk --------------------------------------------------------
+
+def _max_storage_option(fn):
+    return click.option("--max-storage", default=None, metavar="SIZE|none",
+                        help="Prune the store afterwards to stay under SIZE (500MB, 1.5GiB): "
+                             "least recently used build cache first (env PYBUILD_MAX_STORAGE, "
+                             "or `system set max-storage`).")(fn)
+
+
+def _echo_err(line: str) -> None:
+    click.echo(line, err=True)
+
+
+@main.group("system")
+def system_group() -> None:
+    """Manage the store as a whole (disk usage, settings)."""
+
+
+@system_group.command("df")
+@click.option("-v", "--verbose", is_flag=True, help="Show every image, container, volume, "
+                                                     "cache record and cache mount.")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
+@click.pass_obj
+def system_df_cmd(settings: Settings, verbose: bool, fmt: str) -> None:
+    """Show what uses the store's disk space, and what a prune could reclaim."""
+    from builder.storage import disk_usage, format_table, format_verbose, verbose_json
+
+    du = disk_usage(settings.store())
+    if fmt == "json":
+        if verbose:
+            click.echo(json.dumps(verbose_json(du)))
+        else:
+            for row in du.rows:
+                click.echo(json.dumps(row.to_json()))
+        return
+    click.echo(format_verbose(du) if verbose else format_table(du))
+
+
+@system_group.command("set")
+@click.argument("name")
+@click.argument("value")
+@click.pass_obj
+def system_set_cmd(settings: Settings, name: str, value: str) -> None:
+    """Set a store setting: max-storage SIZE|none."""
+    from layerstore import settings as store_settings
+
+    settings.store()
+    store_settings.set_value(settings.root, name, value)
+
+
+@system_group.command("get")
+@click.argument("name", required=False)
+@click.pass_obj
+def system_get_cmd(settings: Settings, name: str | None) -> None:
+    """Show the store's settings (or one of them)."""
+    from layerstore import settings as store_settings
+
+    values = store_settings.load(settings.root) if settings.root.exists() else {}
+    for key in [name] if name else sorted(store_settings.KNOWN):
+        click.echo(f"{key} {store_settings.show(key, values.get(key))}")
+
+
 # --- registry ---------------------------------------------------------------
 
 def _registry_options(tls_verify: bool | None, max_concurrent: int):
@@ -321,20 +383,24 @@ def _transfer_options(fn):
 @click.option("--platform", default=None, help="os/arch[/variant] to pick from an index.")
 @click.option("--all-platforms", is_flag=True, help="Store every platform of an index.")
 @_transfer_options
+@_max_storage_option
 @click.pass_obj
 def pull_cmd(settings: Settings, image: str, platform: str | None, all_platforms: bool,
              tls_verify: bool | None, max_concurrent: int, progress_mode: str,
-             quiet: bool) -> None:
+             quiet: bool, max_storage: str | None) -> None:
     """Pull IMAGE (by tag or digest) from its registry; prints its digest."""
+    from builder.storage import bounded, note_pull
     from layerstore.platforms import parse_platform
     from layerstore.registry.progress import reporter
     from layerstore.registry.pull import pull
 
-    result = pull(settings.store(), image,
-                  platform=parse_platform(platform) if platform else None,
-                  all_platforms=all_platforms,
-                  options=_registry_options(tls_verify, max_concurrent),
-                  progress=reporter(progress_mode, quiet))
+    with bounded(settings.root, settings.store, max_storage, _echo_err) as used:
+        result = pull(settings.store(), image,
+                      platform=parse_platform(platform) if platform else None,
+                      all_platforms=all_platforms,
+                      options=_registry_options(tls_verify, max_concurrent),
+                      progress=reporter(progress_mode, quiet))
+        note_pull(used, result)
     click.echo(result.top.digest)
 
 
@@ -733,14 +799,33 @@ def bundle_cmd(settings: Settings, image: str, directory: Path, command: tuple[s
 @click.option("--squash", is_flag=True, help="Merge all layers into one.")
 @click.option("--iidfile", type=click.Path(path_type=Path), default=None)
 @click.option("--metadata-file", type=click.Path(path_type=Path), default=None)
-@click.option("-o", "--output", default=None, help="type=image|oci|docker|local|tar,dest=PATH")
+@click.option("-o", "--output", default=None,
+              help="type=image|registry|oci|docker|local|tar,dest=PATH; "
+                   "type=registry,name=REF or type=image,name=REF,push=true pushes.")
+@click.option("--push", is_flag=True, help="Push the image to its -t names after the build "
+                                         "(--output type=image,push=true).")
+@click.option("--tls-verify", type=click.BOOL, default=None,
+              help="Pushing and registry caches: verify TLS certificates (default: yes, "
+                   "except on localhost).")
+@click.option("--cache-to", "cache_to", multiple=True, metavar="SPEC",
+              help="Export the build cache: type=registry,ref=REG/REPO:TAG[,mode=min|max]"
+                   "[,ignore-error=true][,cache-mounts=true], type=local,dest=DIR, "
+                   "type=inline (repeatable).")
+@click.option("--cache-from", "cache_from", multiple=True, metavar="SPEC",
+              help="Import a build cache: type=registry,ref=REF, type=local,src=DIR, or an "
+                   "image REF built with --cache-to type=inline (repeatable).")
 @click.option("--progress", "progress_mode", default="auto",
               type=click.Choice(["auto", "tty", "plain", "rawjson", "quiet"]))
 @click.option("-q", "--quiet", is_flag=True, help="Print only the image ID.")
 @click.option("--jobs", default=4, show_default=True, help="Stages built at the same time.")
+@_max_storage_option
 @click.pass_obj
-def build_cmd(settings: Settings, context: str, dockerfile: str | None, **kw) -> None:
+def build_cmd(settings: Settings, context: str, dockerfile: str | None,
+              tls_verify: bool | None, max_storage: str | None, **kw) -> None:
     """Build an image from a Dockerfile and a context directory (- for none)."""
     from builder.buildcli import run_build
+    from builder.storage import bounded
 
-    run_build(settings.root, settings.store, context, dockerfile, **kw)
+    with bounded(settings.root, settings.store, max_storage, _echo_err) as used:
+        run_build(settings.root, settings.store, context, dockerfile,
+                  registry_options=lambda: _registry_options(tls_verify, 6), used=used, **kw)

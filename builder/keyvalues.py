@@ -4,7 +4,8 @@ and `--output`."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+import csv
+from collections.abc import Callable, Collection, Iterable, Mapping
 
 from layerstore.errors import PybuildError
 
@@ -40,11 +41,26 @@ def kv_map(items: Iterable[str], what: str, *, bare: str | None = "",
 
 
 def fields(text: str, what: str, *, bare: str | None = None, lower: bool = True,
+           quoted: bool = False, repeat: Collection[str] = (),
            error: type[Exception] = PybuildError) -> dict[str, str]:
     """`type=bind,source=a,target=/b,readonly`: the comma-separated fields of one flag
     value. Keys are lower-cased (docker accepts `Type=`) unless `lower` is off; a bare
-    field means `bare`, or is an error when `bare` is None."""
-    parts = [p.strip() for p in text.split(",")]
+    field means `bare`, or is an error when `bare` is None. With `quoted`, buildx's CSV
+    form of --output: a field in double quotes may hold commas (`"name=a,b"`). A key in
+    `repeat` may come more than once: its values are joined with commas."""
+    if quoted:
+        try:
+            parts = next(csv.reader([text], strict=True), [""])
+        except csv.Error as exc:
+            raise error(f"invalid {what} {text!r}: {exc}") from None
+    else:
+        parts = text.split(",")
+    parts = [p.strip() for p in parts]
     if lower:
         parts = [k.lower() + eq + v for k, eq, v in (p.partition("=") for p in parts)]
-    return kv_map(parts, what, bare=bare, error=error)
+    out = kv_map(parts, what, bare=bare, error=error)
+    for key in repeat:
+        values = [v for k, eq, v in (p.partition("=") for p in parts) if k == key and eq]
+        if len(values) > 1:
+            out[key] = ",".join(values)
+    return out

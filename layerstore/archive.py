@@ -549,7 +549,7 @@ def _ingest_tree(store: Store, archive: _Archive, desc: Descriptor, label: str,
             check_config(obj, config, what)
             for i, (layer, diff_id) in enumerate(zip(obj.layers, config.diff_ids)):
                 if layer.digest not in diff_ids:
-                    diff_ids[layer.digest] = _diff_id_of(store, layer.digest, f"{what}: layer {i}")[1]
+                    diff_ids[layer.digest] = diff_id_of(store, layer.digest, f"{what}: layer {i}")[1]
                 if diff_ids[layer.digest] != diff_id:
                     raise BadArchive(f"{what}: layer {i} ({layer.digest}) has diff ID "
                                      f"{diff_ids[layer.digest]}, the config says {diff_id}")
@@ -593,7 +593,7 @@ def _load_oci(store: Store, archive: _Archive, label: str) -> Loaded:
     return result
 
 
-def _diff_id_of(store: Store, digest: str, where: str) -> tuple[str, str]:
+def diff_id_of(store: Store, digest: str, where: str) -> tuple[str, str]:
     """(compression, diff ID) of a stored layer blob."""
     from layerstore.compression import open_reader
 
@@ -646,7 +646,7 @@ def _load_docker(store: Store, archive: _Archive, label: str) -> Loaded:
             if member not in taken:
                 with archive.open(member) as src:
                     info = store.blobs.ingest(src)
-                kind, actual = _diff_id_of(store, info.digest, f"{where}: layer {i} ({member})")
+                kind, actual = diff_id_of(store, info.digest, f"{where}: layer {i} ({member})")
                 media = {"none": mt.OCI_LAYER, "gzip": mt.OCI_LAYER_GZIP,
                          "zstd": mt.OCI_LAYER_ZSTD}.get(kind)
                 if media is None:

@@ -8,13 +8,14 @@ from datetime import datetime, timezone
 _UNITS = ("B", "kB", "MB", "GB", "TB", "PB", "EB", "ZB", "YB")
 
 
-def human_size(size: float) -> str:
-    """Decimal units with 3 significant digits: 0B, 4.86kB, 1.24MB (docker's units.HumanSize)."""
+def human_size(size: float, precision: int = 3) -> str:
+    """Decimal units with 3 significant digits: 0B, 4.86kB, 1.24MB (docker's
+    units.HumanSizeWithPrecision, as `images` prints them; `system df` prints 4)."""
     i = 0
     while size >= 1000 and i < len(_UNITS) - 1:
         size /= 1000.0
         i += 1
-    return f"{size:.3g}{_UNITS[i]}"
+    return f"{size:.{precision}g}{_UNITS[i]}"
 
 
 def human_duration(seconds: float) -> str:
@@ -113,3 +114,16 @@ def parse_size(text: str) -> int:
     if not m:
         raise ValueError(f"invalid size {text!r}: expected a size such as 64m or 1g")
     return int(float(m.group(1)) * _SIZE_UNITS[m.group(2).lower()])
+
+
+_BINARY = ("B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB", "ZiB", "YiB")
+
+
+def bytes_size(size: float) -> str:
+    """Binary units with 4 significant digits: 500MiB, 1.5GiB (docker's units.BytesSize),
+    for sizes a user gave in binary units (--max-storage, as docker's RAMInBytes reads)."""
+    i = 0
+    while size >= 1024 and i < len(_BINARY) - 1:
+        size /= 1024.0
+        i += 1
+    return f"{size:.4g}{_BINARY[i]}"

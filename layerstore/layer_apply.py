@@ -60,14 +60,25 @@ def _show(name: bytes) -> str:
 class _TarStream:
     """Exact reads and copies over the chunks the decompressing pump hands over."""
 
-    def __init__(self, chunks: Iterator[bytes]) -> None:
+    def __init__(self, chunks: Iterator[bytes], limit: int | None = None) -> None:
         self._chunks = chunks
         self._view = memoryview(b"")
         self._pos = 0
         self.offset = 0
+        self._limit = limit
+        self._seen = 0
+
+    def _count(self, n: int) -> None:
+        # a gzip bomb (a few MB that inflate to terabytes) is stopped here, in the
+        # entries and in the padding after them alike
+        self._seen += n
+        if self._limit is not None and self._seen > self._limit:
+            raise BadLayer(f"layer is larger than {self._limit} bytes uncompressed, the limit "
+                           "for this kind of archive")
 
     def _fill(self) -> bool:
         for chunk in self._chunks:
+            self._count(len(chunk))
             if chunk:
                 self._view = memoryview(chunk)
                 self._pos = 0
@@ -109,8 +120,8 @@ class _TarStream:
         self.copy(None, size)
 
     def drain(self) -> None:
-        for _ in self._chunks:
-            pass
+        for chunk in self._chunks:
+            self._count(len(chunk))
 
 
 @dataclass
@@ -542,9 +553,13 @@ class _Extractor:
         self.lowers = []
 
 
-def _entry(h: Header) -> _Entry:
+def _entry(h: Header, devices: bool = True) -> _Entry:
     """The checks of a layer's entry beyond the tar format: ids, devices and times the
-    kernel can take, known types, xattrs an image may set (xattr_allowed)."""
+    kernel can take, known types, xattrs an image may set (xattr_allowed); with
+    devices=False no device node at all."""
+    if not devices and h.typeflag in (CHR, BLK):
+        raise BadLayer(f"layer entry {_show(h.name)}: device nodes are not allowed in this "
+                       "kind of archive")
     if h.uid < 0 or h.gid < 0 or h.uid > _MAX_ID or h.gid > _MAX_ID:
         raise BadLayer(f"layer entry {_show(h.name)}: owner {h.uid}:{h.gid} is out of range")
     if not 0 <= h.devmajor <= 0xFFFFFFFF or not 0 <= h.devminor <= 0xFFFFFFFF:
@@ -561,7 +576,8 @@ def _entry(h: Header) -> _Entry:
 
 def apply_layer(stream: BinaryIO, target: Path, *, mode: str = OVERLAY,
                 expected_diff_id: str | None = None,
-                lowers: Sequence[Path] = ()) -> ApplyStats:
+                lowers: Sequence[Path] = (), devices: bool = True,
+                max_size: int | None = None) -> ApplyStats:
     """Unpacks a layer (plain, gzip, zstd, bzip2 or xz tar) into `target`.
 
     `lowers` (overlay mode): the snapshots of the layers below this one, BOTTOM
@@ -569,6 +585,9 @@ def apply_layer(stream: BinaryIO, target: Path, *, mode: str = OVERLAY,
     link to a file of one of them is applied as overlayfs would: the file (looked
     up through the lowers' whiteouts and opaque dirs) is copied up into `target`,
     then linked. Flat, a hard link may name any non-directory already in the tree.
+
+    devices=False refuses device nodes (flat whiteouts make none); `max_size` bounds
+    the uncompressed stream (BadLayer beyond it).
 
     Raises BadLayer naming the entry for hostile or corrupt input, and
     DigestMismatch when the uncompressed stream does not hash to
@@ -587,11 +606,11 @@ def apply_layer(stream: BinaryIO, target: Path, *, mode: str = OVERLAY,
         _, reader = comp.open_reader(stream)
         hasher = hashlib.sha256()
         pump = comp.ChunkPump(reader, hasher)
-        ts = _TarStream(iter(pump))
+        ts = _TarStream(iter(pump), max_size)
         try:
             for h in read_entries(ts):
                 state.last = h.name
-                entry = _entry(h)
+                entry = _entry(h, devices)
                 try:
                     ex.apply(entry, ts)
                 except OSError as exc:

@@ -12,6 +12,7 @@ children, so that appliers which clear the dir on seeing it keep them.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import queue
@@ -130,106 +131,178 @@ def _xattrs(path: bytes, fd: int | None = None, overlay: bool = True) -> tuple[d
     return found, opaque
 
 
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+# O_NONBLOCK: a FIFO put in a file's place after the listing must not hang the open
+_FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+
+
 class _Differ:
-    def __init__(self, sink: _TarSink, clamp: int | None, overlay: bool) -> None:
+    """The walk, by directory fds: every entry is opened or read relative to the fd of
+    the directory it was listed in, never following a symlink. A tree that a process
+    may still change while it is written (a cache mount a concurrent build's step uses)
+    cannot swap a listed directory for a symlink and have the walk read the host's
+    files into the layer (a path-based walk follows such a link in a parent); what no
+    longer is what was listed is an error."""
+
+    def __init__(self, sink: _TarSink, clamp: int | None, overlay: bool,
+                 devices: bool = True, root: bytes = b"") -> None:
         self.sink = sink
         self.clamp = clamp
         self.overlay = overlay
+        self.devices = devices
+        self.root = root        # for messages only
         self.links: dict[tuple[int, int], bytes] = {}
 
     def mtime(self, st: os.stat_result) -> int:
         seconds = st.st_mtime_ns // 1_000_000_000
         return self.clamp if self.clamp is not None and seconds > self.clamp else seconds
 
-    def walk(self, root: bytes) -> None:
-        """Every entry below `root`, each directory's children right after it. A stack,
-        not recursion: a RUN step can nest directories far deeper than Python's stack."""
-        stack = [(iter(self.listing(root)), b"")]
-        while stack:
-            entries, prefix = stack[-1]
-            item = next(entries, None)
-            if item is None:
-                stack.pop()
-                continue
-            entry, st = item
-            if len(stack) > MAX_DEPTH:
-                raise LayerSourceError(f"{os.fsdecode(prefix[:200])}...: nested deeper than "
-                                       f"{MAX_DEPTH} levels, more than a layer may hold")
-            name = prefix + entry.name
-            try:
-                if self.entry(entry.path, name, st):
-                    stack.append((iter(self.listing(entry.path)), name + b"/"))
-            except FileNotFoundError:
-                raise LayerSourceError(f"{os.fsdecode(entry.path)}: vanished while writing the layer") from None
+    def shown(self, name: bytes) -> str:
+        return os.fsdecode(os.path.join(self.root, name) if name != b"." else self.root)
 
-    def listing(self, dirpath: bytes) -> list[tuple[os.DirEntry, os.stat_result]]:
+    def walk(self, root_fd: int, root_entry: bool = False) -> None:
+        """Every entry below the directory `root_fd` (and, with root_entry, that
+        directory itself as `./`), each directory's children right after it. A stack,
+        not recursion: a RUN step can nest directories far deeper than Python's stack;
+        it holds one fd per level (MAX_DEPTH at most), as the applier does."""
+        top = os.dup(root_fd)
+        if root_entry:
+            self.directory(top, b".", os.fstat(top))
+        stack = [(iter(self.listing(top, b"")), b"", top)]
+        try:
+            while stack:
+                entries, prefix, dfd = stack[-1]
+                item = next(entries, None)
+                if item is None:
+                    stack.pop()
+                    os.close(dfd)
+                    continue
+                base, st = item
+                if len(stack) > MAX_DEPTH:
+                    raise LayerSourceError(f"{self.shown(prefix[:200])}...: nested deeper than "
+                                           f"{MAX_DEPTH} levels, more than a layer may hold")
+                name = prefix + base
+                try:
+                    child = self.entry(dfd, base, name, st)
+                except FileNotFoundError:
+                    raise LayerSourceError(f"{self.shown(name)}: vanished while writing the layer") from None
+                except OSError as exc:
+                    if exc.errno in (errno.ELOOP, errno.ENOTDIR, errno.EINVAL):
+                        raise LayerSourceError(f"{self.shown(name)}: changed while writing the "
+                                               "layer") from None
+                    raise
+                if child is not None:
+                    try:
+                        stack.append((iter(self.listing(child, name)), name + b"/", child))
+                    except BaseException:
+                        os.close(child)
+                        raise
+        finally:
+            for _entries, _prefix, dfd in stack:
+                os.close(dfd)
+
+    def listing(self, dfd: int, dirname: bytes) -> list[tuple[bytes, os.stat_result]]:
         """A directory's entries, sorted by the name each gets in the tar (a whiteout by
         its .wh. name)."""
         try:
-            with os.scandir(dirpath) as it:
-                listed = [(e, e.stat(follow_symlinks=False)) for e in it]
+            with os.scandir(dfd) as it:
+                listed = [(os.fsencode(e.name), e.stat(follow_symlinks=False)) for e in it]
         except FileNotFoundError as exc:
-            raise LayerSourceError(f"{os.fsdecode(exc.filename or dirpath)}: vanished while writing the layer") from None
+            raise LayerSourceError(f"{self.shown(dirname or b'.')}: vanished while writing the layer") from None
         except OSError as exc:
-            raise LayerSourceError(f"{os.fsdecode(dirpath)}: cannot list: {exc.strerror}") from None
-        listed.sort(key=lambda es: WHITEOUT_PREFIX + es[0].name if self.is_whiteout(es[1]) else es[0].name)
+            raise LayerSourceError(f"{self.shown(dirname or b'.')}: cannot list: {exc.strerror}") from None
+        listed.sort(key=lambda es: WHITEOUT_PREFIX + es[0] if self.is_whiteout(es[1]) else es[0])
         return listed
 
     def is_whiteout(self, st: os.stat_result) -> bool:
         return self.overlay and stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
 
-    def entry(self, path: bytes, name: bytes, st: os.stat_result) -> bool:
-        """Writes one entry; True for a directory whose children come next."""
+    @staticmethod
+    def _at(dfd: int, base: bytes) -> bytes:
+        """A path naming `base` in the directory `dfd` for the calls that take no dir fd
+        (l*xattr): the magic link stands for the directory itself; the last component is
+        not followed by the callers."""
+        return b"/proc/self/fd/%d/" % dfd + base
+
+    @staticmethod
+    def _same(fd: int, st: os.stat_result) -> os.stat_result:
+        now = os.fstat(fd)
+        if (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino) or \
+                stat.S_IFMT(now.st_mode) != stat.S_IFMT(st.st_mode):
+            raise OSError(errno.EINVAL, "replaced")
+        return now
+
+    def directory(self, fd: int, name: bytes, st: os.stat_result) -> None:
+        common = dict(mode=st.st_mode & 0o7777, uid=st.st_uid, gid=st.st_gid, mtime=self.mtime(st))
+        xattrs, opaque = _xattrs(self.root + b"/" + name, fd, overlay=self.overlay)
+        self.sink.add(build_header(name + b"/", DIR, xattrs=xattrs, **common))
+        if opaque and self.overlay:
+            self.sink.add(build_header(name + b"/" + OPAQUE_MARKER, REG))
+
+    def entry(self, dfd: int, base: bytes, name: bytes, st: os.stat_result) -> int | None:
+        """Writes one entry; for a directory, returns its fd (its children come next)."""
         fmt = stat.S_IFMT(st.st_mode)
         common = dict(mode=st.st_mode & 0o7777, uid=st.st_uid, gid=st.st_gid, mtime=self.mtime(st))
         add = self.sink.add
         if fmt == stat.S_IFDIR:
-            xattrs, opaque = _xattrs(path, overlay=self.overlay)
-            add(build_header(name + b"/", DIR, xattrs=xattrs, **common))
-            if opaque and self.overlay:
-                add(build_header(name + b"/" + OPAQUE_MARKER, REG))
-            return True
+            fd = os.open(base, _DIR_FLAGS, dir_fd=dfd)
+            try:
+                self._same(fd, st)
+                self.directory(fd, name, st)
+            except BaseException:
+                os.close(fd)
+                raise
+            return fd
         if self.is_whiteout(st):
-            head, _, base = name.rpartition(b"/")
-            add(build_header((head + b"/" if head else b"") + WHITEOUT_PREFIX + base, REG))
-            return False
+            head, _, leaf = name.rpartition(b"/")
+            add(build_header((head + b"/" if head else b"") + WHITEOUT_PREFIX + leaf, REG))
+            return None
         if fmt == stat.S_IFSOCK:
-            return False  # sockets do not survive a tar round trip; docker skips them too
+            return None  # sockets do not survive a tar round trip; docker skips them too
+        if fmt in (stat.S_IFCHR, stat.S_IFBLK) and not self.devices:
+            return None  # a cache mount's archive: its importers refuse device nodes
         if st.st_nlink > 1:
             key = (st.st_dev, st.st_ino)
             first = self.links.get(key)
             if first is not None:
                 add(build_header(name, LNK, linkname=first, **common))
-                return False
+                return None
             self.links[key] = name
         if fmt == stat.S_IFREG:
-            self.regular(path, name, st, common)
-        elif fmt == stat.S_IFLNK:
-            xattrs, _ = _xattrs(path, overlay=self.overlay)
-            add(build_header(name, SYM, linkname=os.readlink(path), xattrs=xattrs, **common))
+            self.regular(dfd, base, name, st, common)
+            return None
+        at = self._at(dfd, base)
+        if fmt == stat.S_IFLNK:
+            xattrs, _ = _xattrs(at, overlay=self.overlay)
+            add(build_header(name, SYM, linkname=os.readlink(base, dir_fd=dfd), xattrs=xattrs, **common))
         elif fmt in (stat.S_IFCHR, stat.S_IFBLK):
-            xattrs, _ = _xattrs(path, overlay=self.overlay)
+            xattrs, _ = _xattrs(at, overlay=self.overlay)
             add(build_header(name, CHR if fmt == stat.S_IFCHR else BLK, devmajor=os.major(st.st_rdev),
                              devminor=os.minor(st.st_rdev), xattrs=xattrs, **common))
         elif fmt == stat.S_IFIFO:
-            xattrs, _ = _xattrs(path, overlay=self.overlay)
+            xattrs, _ = _xattrs(at, overlay=self.overlay)
             add(build_header(name, FIFO, xattrs=xattrs, **common))
-        return False
+        return None
 
-    def regular(self, path: bytes, name: bytes, st: os.stat_result, common: dict) -> None:
+    def regular(self, dfd: int, base: bytes, name: bytes, st: os.stat_result, common: dict) -> None:
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            fd = os.open(base, _FILE_FLAGS, dir_fd=dfd)
+        except FileNotFoundError:
+            raise
         except OSError as exc:
-            raise LayerSourceError(f"{os.fsdecode(path)}: cannot open: {exc.strerror}") from None
+            if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                raise
+            raise LayerSourceError(f"{self.shown(name)}: cannot open: {exc.strerror}") from None
         try:
-            xattrs, _ = _xattrs(path, fd, self.overlay)
+            self._same(fd, st)
+            xattrs, _ = _xattrs(self.root + b"/" + name, fd, self.overlay)
             size = st.st_size
             self.sink.add(build_header(name, REG, size=size, xattrs=xattrs, **common))
             left = size
             while left:
                 data = os.read(fd, min(left, _FLUSH))
                 if not data:
-                    raise LayerSourceError(f"{os.fsdecode(path)}: shrank while writing the layer")
+                    raise LayerSourceError(f"{self.shown(name)}: shrank while writing the layer")
                 self.sink.add(data)
                 left -= len(data)
             self.sink.add(bytes(padding(size)))
@@ -238,26 +311,34 @@ class _Differ:
 
 
 def write_layer(src: Path, out: BinaryIO, *, compression: str = "gzip", source_date_epoch: int | None = None,
-                overlay: bool = True, level: int | None = None) -> LayerStats:
+                overlay: bool = True, level: int | None = None, root_entry: bool = False,
+                devices: bool = True) -> LayerStats:
     """Streams the tar of directory `src` compressed into `out`; returns its diff ID.
 
     With overlay=True `src` is an overlay upper dir: 0/0 char devices become
     `.wh.NAME` whiteouts and opaque dirs get a `.wh..wh..opq` marker.  The root
-    itself is not an entry.  `out` stays open (the caller owns it).
+    itself is not an entry, unless `root_entry` (a `./` entry first: a directory
+    archived for itself, such as a cache mount, keeps its own owner and mode).
+    devices=False leaves device nodes out.  `out` stays open (the caller owns it).
     """
     media = comp.media_type(compression)
     root = os.fsencode(src)
-    if not os.path.isdir(root):
-        raise LayerSourceError(f"{src}: not a directory")
-    writer = comp.open_writer(out, compression, level)
-    sink = _TarSink(writer)
     try:
-        _Differ(sink, source_date_epoch, overlay).walk(root)
-        sink.add(ZERO_BLOCK * 2)
-        sink.finish()
-    except BaseException:
-        sink.stop()
-        writer.abort()
-        raise
-    writer.close()
+        root_fd = os.open(root, _DIR_FLAGS)
+    except OSError:
+        raise LayerSourceError(f"{src}: not a directory") from None
+    try:
+        writer = comp.open_writer(out, compression, level)
+        sink = _TarSink(writer)
+        try:
+            _Differ(sink, source_date_epoch, overlay, devices, root).walk(root_fd, root_entry)
+            sink.add(ZERO_BLOCK * 2)
+            sink.finish()
+        except BaseException:
+            sink.stop()
+            writer.abort()
+            raise
+        writer.close()
+    finally:
+        os.close(root_fd)
     return LayerStats(diff_id=sink.digest(), uncompressed_size=sink.size, media_type=media)

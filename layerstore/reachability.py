@@ -23,6 +23,16 @@ class Reachable:
 def extra_roots(store: Store) -> list[str]:
     """Manifest digests kept alive by containers (ROOT/containers/*/state.json
     `image`) and by the build cache (ROOT/cache/roots: one digest per line)."""
+    roots = container_images(store)
+    cache_roots = store.root / "cache" / "roots"
+    if cache_roots.is_file():
+        roots += [line.strip() for line in cache_roots.read_text().splitlines()
+                  if dg.is_digest(line.strip())]
+    return roots
+
+
+def container_images(store: Store) -> list[str]:
+    """The manifest digest of every container's image (ROOT/containers/*/state.json)."""
     roots: list[str] = []
     containers = store.root / "containers"
     if containers.is_dir():
@@ -33,10 +43,6 @@ def extra_roots(store: Store) -> list[str]:
                 continue
             if isinstance(state, dict) and dg.is_digest(state.get("image", "")):
                 roots.append(state["image"])
-    cache_roots = store.root / "cache" / "roots"
-    if cache_roots.is_file():
-        roots += [line.strip() for line in cache_roots.read_text().splitlines()
-                  if dg.is_digest(line.strip())]
     return roots
 
 

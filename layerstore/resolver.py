@@ -478,3 +478,98 @@ def _make_writable(dfd: int, name: str) -> None:
             pass
         finally:
             os.close(fd)
+
+
+def tree_usage_at(dfd: int, name: str, seen: set[tuple[int, int]] | None = None) -> int:
+    """Bytes the entry `name` of directory `dfd` and everything below it take on disk, as
+    `du -sx -B1` counts them: allocated blocks, directories included, an inode with
+    several hard links once (per `seen`, shared across calls to count a store once), no
+    symlink followed, nothing on another file system (a mount point is skipped).
+
+    A loop, not recursion (a RUN step may nest thousands of directories), holding at most
+    _HELD directory fds: the frames above the window are closed and reopened through
+    `..` of their child on the way back up, checked by inode; a tree moved meanwhile (a
+    running container renaming its own dirs) ends the walk early, never leaves it."""
+    if seen is None:
+        seen = set()
+    try:
+        st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+    except FileNotFoundError:
+        return 0
+    total = allocated(st, seen)
+    if not stat.S_ISDIR(st.st_mode):
+        return total
+    dev = st.st_dev
+    try:
+        top = os.open(name, _DIR | os.O_NOFOLLOW, dir_fd=dfd)
+    except OSError:
+        return total
+    frames: list[list] = [[top, st.st_ino, None]]      # fd (-1: closed), inode, subdirs left
+    try:
+        while frames:
+            frame = frames[-1]
+            fd, _ino, subdirs = frame
+            if subdirs is None:
+                subdirs = frame[2] = []
+                try:
+                    with os.scandir(fd) as it:
+                        for e in it:
+                            try:
+                                est = e.stat(follow_symlinks=False)
+                            except OSError:
+                                continue
+                            if est.st_dev != dev:
+                                continue              # a mount point: as du -x
+                            total += allocated(est, seen)
+                            if stat.S_ISDIR(est.st_mode):
+                                subdirs.append((e.name, est.st_ino))
+                except OSError:
+                    pass
+            if subdirs:
+                sub, ino = subdirs.pop()
+                try:
+                    child = os.open(sub, _DIR | os.O_NOFOLLOW, dir_fd=fd)
+                except OSError:
+                    continue
+                cst = os.fstat(child)
+                if (cst.st_dev, cst.st_ino) != (dev, ino):
+                    os.close(child)                   # swapped since it was listed
+                    continue
+                frames.append([child, ino, None])
+                if len(frames) > _HELD:
+                    far = frames[-_HELD - 1]
+                    if far[0] >= 0:
+                        os.close(far[0])
+                        far[0] = -1
+                continue
+            frames.pop()
+            if frames and frames[-1][0] < 0:
+                parent_fd = -1
+                try:
+                    parent_fd = os.open("..", _DIR | os.O_NOFOLLOW, dir_fd=fd)
+                    pst = os.fstat(parent_fd)
+                except OSError:
+                    pst = None
+                if pst is None or (pst.st_dev, pst.st_ino) != (dev, frames[-1][1]):
+                    if parent_fd >= 0:
+                        os.close(parent_fd)
+                    os.close(fd)
+                    frames.clear()                    # moved under us: stop here
+                    break
+                frames[-1][0] = parent_fd
+            os.close(fd)
+    finally:
+        for frame in frames:
+            if frame[0] >= 0:
+                os.close(frame[0])
+    return total
+
+
+def allocated(st: os.stat_result, seen: set[tuple[int, int]]) -> int:
+    """st's blocks in bytes, or 0 for an inode with several links already in `seen`."""
+    if st.st_nlink > 1 and not stat.S_ISDIR(st.st_mode):
+        ident = (st.st_dev, st.st_ino)
+        if ident in seen:
+            return 0
+        seen.add(ident)
+    return st.st_blocks * 512

@@ -264,13 +264,16 @@ class Store:
         return full
 
     def commit_layer(self, src: Path, *, compression: str = "gzip", overlay: bool = True,
-                     source_date_epoch: int | None = None) -> tuple[Descriptor, str]:
-        """Tar + compress the directory `src` into a blob: (descriptor, diff ID)."""
+                     source_date_epoch: int | None = None, root_entry: bool = False,
+                     devices: bool = True) -> tuple[Descriptor, str]:
+        """Tar + compress the directory `src` into a blob: (descriptor, diff ID).
+        root_entry, devices: as layer_diff.write_layer (a plain tar of a directory)."""
         from layerstore.layer_diff import write_layer
 
         with self.blobs.writer() as w:
             stats = write_layer(Path(src), w, compression=compression, overlay=overlay,
-                                source_date_epoch=source_date_epoch)
+                                source_date_epoch=source_date_epoch, root_entry=root_entry,
+                                devices=devices)
             info = w.commit()
         return Descriptor(stats.media_type, info.digest, info.size), stats.diff_id
 
@@ -285,11 +288,7 @@ class Store:
             return self.snapshots.chain(diff_ids, lambda i: self.blobs.open(manifest.layers[i].digest))
 
     def disk_usage(self) -> int:
-        total = 0
-        for dirpath, _dirs, files in os.walk(self.root):
-            for f in files:
-                try:
-                    total += os.lstat(os.path.join(dirpath, f)).st_size
-                except FileNotFoundError:
-                    pass
-        return total
+        """Bytes ROOT takes on disk, as `du -sx -B1 ROOT` counts them (layerstore.usage)."""
+        from layerstore.usage import measure
+
+        return measure(self).total

@@ -138,7 +138,7 @@ def reclaim(parent: Path, prefixes: tuple[str, ...] = ("",),
                 fd = os.open(name, _DIR, dir_fd=pfd)
             except OSError as e:
                 if e.errno in (errno.ENOTDIR, errno.ELOOP):   # a stray file or symlink
-                    freed += _size_at(pfd, name) if measure else 0
+                    freed += resolver.tree_usage_at(pfd, name) if measure else 0
                     _unlink_quietly(pfd, name)
                     count += 1
                 continue
@@ -154,7 +154,7 @@ def reclaim(parent: Path, prefixes: tuple[str, ...] = ("",),
                 own = os.fstat(fd)
                 if (st.st_dev, st.st_ino) != (own.st_dev, own.st_ino):
                     continue
-                freed += _tree_size(fd) if measure else 0
+                freed += resolver.tree_usage_at(pfd, name) if measure else 0
                 resolver.remove_tree_at(pfd, name)
                 count += 1
             finally:
@@ -169,32 +169,3 @@ def _unlink_quietly(dfd: int, name: str) -> None:
         os.unlink(name, dir_fd=dfd)
     except FileNotFoundError:
         pass
-
-
-def _size_at(dfd: int, name: str) -> int:
-    try:
-        return os.stat(name, dir_fd=dfd, follow_symlinks=False).st_size
-    except OSError:
-        return 0
-
-
-def _tree_size(top: int) -> int:
-    """Bytes of the regular files below the directory fd `top` (no symlink followed)."""
-    total = 0
-    todo = [os.dup(top)]
-    while todo:
-        fd = todo.pop()
-        try:
-            for e in os.scandir(fd):
-                try:
-                    if e.is_dir(follow_symlinks=False):
-                        todo.append(os.open(e.name, _DIR, dir_fd=fd))
-                    elif e.is_file(follow_symlinks=False):
-                        total += e.stat(follow_symlinks=False).st_size
-                except OSError:
-                    pass
-        except OSError:
-            pass
-        finally:
-            os.close(fd)
-    return total

@@ -196,3 +196,27 @@ def test_what_the_memo_cannot_read_is_left_to_the_solver(bb, ctx, tmp_path, stor
         image, out = _build(bb, ctx, "--build-context", f"other={missing}")
         assert image.startswith("sha256:")
     assert _records(store_root) == []
+
+
+@pytest.mark.parametrize("edit", [
+    lambda r: r.update(entries=["../../../../etc/passwd"]),
+    lambda r: r.update(blobs=["sha256:" + "0" * 63 + "/"]),
+    lambda r: r.update(bases=[["x", 5]]),
+    lambda r: r.update(steps="all of them"),
+    lambda r: r.update(names={"memo": 1}),
+    lambda r: r.pop("manifest"),
+])
+def test_a_tampered_record_is_no_answer(bb, ctx, store_root, edit):
+    """A memo record is read back from the store: names in it that are not digests and
+    cache keys, or fields of the wrong shape, make it no record (the solver answers,
+    from its cache), never a lookup outside the store or a crash."""
+    _build(bb, ctx)
+    assert _answer(store_root, ctx) is not None
+    path = _records(store_root)[0]
+    rec = json.loads(path.read_text())
+    edit(rec)
+    path.write_text(json.dumps(rec))
+    assert _answer(store_root, ctx) is None
+    _, out = _build(bb, ctx)
+    assert "#4 CACHED" in out and "#5 CACHED" in out
+    assert _run(bb) == "hello one\n"

@@ -187,6 +187,13 @@ def _owner(parent: Path) -> tuple[subprocess.Popen, Path]:
     return p, Path(p.stdout.readline().strip())
 
 
+def _du(path: Path) -> int:
+    if not path.exists():
+        return -1
+    return int(subprocess.run(["du", "-s", "-B1", str(path)], capture_output=True, text=True,
+                              check=True).stdout.split()[0])
+
+
 def test_reclaim_takes_only_dirs_whose_owner_is_gone(tmp_path):
     parent = tmp_path / "containers"
     (parent / "web-1").mkdir(parents=True)            # a container of `pybuild run`: not ours
@@ -196,12 +203,15 @@ def test_reclaim_takes_only_dirs_whose_owner_is_gone(tmp_path):
         dead.kill()
         dead.wait()
         assert workdirs.owner_alive(alive_dir) and not workdirs.owner_alive(dead_dir)
-        assert workdirs.reclaim(parent, ("build-",)) == (1, 4096)
+        # freed as du counts it: the blocks of the dir and of its 4 KiB file
+        held = _du(dead_dir)
+        assert held >= 4096 and workdirs.reclaim(parent, ("build-",)) == (1, held)
         assert sorted(os.listdir(parent)) == sorted(["web-1", alive_dir.name])
     finally:
         alive.kill()
         alive.wait()
-    assert workdirs.reclaim(parent, ("build-",)) == (1, 4096)
+    held = _du(alive_dir)
+    assert workdirs.reclaim(parent, ("build-",)) == (1, held)
     assert os.listdir(parent) == ["web-1"]
 
 

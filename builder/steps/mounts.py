@@ -140,6 +140,30 @@ def _target(target: str | None, cwd: str) -> str | None:
     return posixpath.normpath(posixpath.join("/", cwd or "/", target)).replace("//", "/")
 
 
+def cache_path(cache_dir: Path, cid: str) -> Path:
+    """The directory of the cache mount `cid` (its id=, else its target) under
+    ROOT/cache/mounts: a hash, so no id ever names a path of its own."""
+    return cache_dir / hashlib.sha256(cid.encode()).hexdigest()[:32]
+
+
+def cache_lock(d: Path) -> Path:
+    """The lock file a `sharing=locked` step holds for the cache dir `d` (and what a
+    restore of `d` from a remote cache holds)."""
+    return d.with_suffix(".lock")
+
+
+def cache_ids(mounts: list, cwd: str = "/") -> list[str]:
+    """The ids of a RUN step's cache mounts, as `prepare` names their directories
+    (the build records them, for exporting and restoring cache mounts)."""
+    ids = []
+    for m in mounts:
+        if m.type == "cache":
+            target = _target(m.target, cwd)
+            if target:
+                ids.append(m.id or target)
+    return ids
+
+
 def prepare(mounts: list, ws: Path, env: dict[str, str], *, secrets: dict, cache_dir: Path,
             contexts: dict, context_view: Callable[[int, object, Path], Path],
             stage_tree: Callable[[str, Path], Path], cwd: str = "/"):
@@ -172,15 +196,14 @@ def prepare(mounts: list, ws: Path, env: dict[str, str], *, secrets: dict, cache
             target = m.target
             if not target:
                 raise MountError("RUN --mount=type=cache needs target=")
-            cid = m.id or target
-            d = cache_dir / hashlib.sha256(cid.encode()).hexdigest()[:32]
+            d = cache_path(cache_dir, m.id or target)
             sharing = m.sharing or "shared"
             if sharing == "private":
                 d, held = private_instance(d)
                 locks.append(held)
             _make_cache_dir(d, m)
             if sharing == "locked":
-                locks.append(d.with_suffix(".lock"))
+                locks.append(cache_lock(d))
             binds.append(BindMount(d, target, readonly=bool(m.readonly)))
             targets.append(target)
         elif t == "tmpfs":

@@ -506,9 +506,40 @@ class RegistryClient:
         finally:
             resp.close()
 
-    def blob_exists(self, repo: str, digest: str) -> bool:
+    def read_blob(self, repo: str, desc: Descriptor, max_bytes: int) -> bytes:
+        """A small blob (a config, a build cache's record list) read into memory: at most
+        `max_bytes` (a descriptor claiming more is refused unread), verified against its
+        digest. A body cut short is read once more."""
+        what = f"blob {desc.digest} of {self.host}/{repo}"
+        if desc.size > max_bytes:
+            raise transport.TooLarge(f"{what}: {desc.size} bytes, more than the {max_bytes} "
+                                     "bytes allowed")
+        for attempt in range(2):
+            resp = self.request("GET", f"{repo}/blobs/{desc.digest}",
+                                scopes=frozenset([scope(repo, "pull")]), what=what,
+                                headers={"Accept-Encoding": "identity"})
+            try:
+                data = transport.read_body(resp, max_bytes, self.pace, what)
+            except transport.TransferError:
+                if attempt:
+                    raise
+                continue
+            actual = dg.of_bytes(data)
+            if actual == desc.digest and len(data) == desc.size:
+                return data
+            if attempt:
+                if len(data) != desc.size:
+                    raise SizeMismatch(f"{what}: {len(data)} bytes, the descriptor says "
+                                       f"{desc.size}")
+                raise DigestMismatch(desc.digest, actual, what=what)
+        raise RegistryError(f"{what}: could not be read")
+
+    def blob_exists(self, repo: str, digest: str, *, for_push: bool = True) -> bool:
+        """Whether `repo` has blob `digest`. A reader asks with `for_push=False`: read
+        access only (a build cache source may be read-only to it)."""
+        actions = ("pull", "push") if for_push else ("pull",)
         resp = self.request("HEAD", f"{repo}/blobs/{digest}",
-                            scopes=frozenset([scope(repo, "pull", "push")]),
+                            scopes=frozenset([scope(repo, *actions)]),
                             what=f"blob {digest} of {self.host}/{repo}", ok=(200, 404))
         transport.discard(resp, self.pace)
         return resp.status_code == 200

@@ -1,0 +1,1 @@
+"""Remote build cache: export to and import from OCI registries and layout directories."""
