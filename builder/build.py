@@ -38,6 +38,8 @@ from builder.steps import download
 from builder.steps import meta
 from builder.steps import mounts as mountstep
 from builder.steps import run as runstep
+from builder.steps.base import BuildError, DependencyFailed, State, StepContext, canonical, clone
+from builder.steps.ops import op_for
 from layerstore import digest as dg
 from layerstore import reference, resolver, snapshots, workdirs
 from layerstore.errors import InvalidReference, NotFound, PybuildError
@@ -46,17 +48,9 @@ from layerstore.model import CONFIG_LIMIT, ContainerConfig, Descriptor, History,
 from layerstore.resolver import remove_tree
 
 
-class BuildError(PybuildError):
-    """A step failed; the message names the step and why."""
-
-
 class RemoteCacheFailed(BuildError):
     """A --cache-from source failed after it gave hits: a layer of a hit cannot be
     fetched or does not match its diff ID. `build` starts again without the sources."""
-
-
-class _DependencyFailed(Exception):
-    """A stage this one waits for failed; that stage reports the error."""
 
 
 def _check_entitlements(stages: list[Stage], opts: BuildOptions, filename: str) -> None:
@@ -81,17 +75,7 @@ def _wait(fut: cf.Future):
     try:
         return fut.result()
     except BaseException as exc:  # noqa: BLE001 - reported by the stage that failed
-        raise _DependencyFailed(str(exc)) from None
-
-
-@dataclass
-class State:
-    """An image state between steps: its config, its layers, and its cache key."""
-
-    config: ImageConfig
-    layers: list[Descriptor]
-    key: str
-    manifest: str | None = None
+        raise DependencyFailed(str(exc)) from None
 
 
 @dataclass
@@ -117,33 +101,6 @@ def _bounded(cfg: ImageConfig) -> ImageConfig:
         raise BuildError(f"the image config would be {size} bytes, more than the "
                          f"{CONFIG_LIMIT} an image may have (ENV, LABEL and history too large)")
     return cfg
-
-
-def _clone(cfg: ImageConfig) -> ImageConfig:
-    c = copy.deepcopy(cfg)
-    c.raw = None
-    return c
-
-
-def _canonical(i: ins.Instruction) -> str:
-    """The step as expanded, without its position, for the cache key."""
-    doc = {"keyword": i.keyword}
-    for f in dataclasses.fields(i):
-        if f.name in ("line", "column", "end_line"):
-            continue
-        v = getattr(i, f.name)
-        doc[f.name] = _plain(v)
-    return json.dumps(doc, sort_keys=True, default=str)
-
-
-def _plain(v):
-    if dataclasses.is_dataclass(v) and not isinstance(v, type):
-        return {f.name: _plain(getattr(v, f.name)) for f in dataclasses.fields(v)}
-    if isinstance(v, (list, tuple)):
-        return [_plain(x) for x in v]
-    if isinstance(v, dict):
-        return {k: _plain(x) for k, x in v.items()}
-    return v
 
 
 class Builder:
@@ -303,7 +260,7 @@ class Builder:
         out = []
         for idx in indexes:
             for st in self.stage_states.get(idx, []):
-                out.append(Record(st.key, _clone(st.config).to_bytes(), list(st.layers)))
+                out.append(Record(st.key, clone(st.config).to_bytes(), list(st.layers)))
         return out
 
     def export_cache(self, result: BuildResult, target: int) -> None:
@@ -401,9 +358,9 @@ class Builder:
         for key, (st, adds_layer) in sorted(self.remote_hits.items()):
             if not all(self.store.blobs.has(l.digest) for l in st.layers):
                 continue
-            manifest = self.store.commit_image(_clone(st.config), list(st.layers)).digest \
+            manifest = self.store.commit_image(clone(st.config), list(st.layers)).digest \
                 if adds_layer else None
-            self.cache.put(key, _clone(st.config), list(st.layers), manifest)
+            self.cache.put(key, clone(st.config), list(st.layers), manifest)
             self.new_roots = self.new_roots or adds_layer
 
     @property
@@ -447,7 +404,7 @@ class Builder:
         layer, diff_id = self.store.commit_layer(upper, compression=self.opts.compression,
                                                  overlay=True,
                                                  source_date_epoch=self.opts.source_date_epoch)
-        cfg = _clone(state.config)
+        cfg = clone(state.config)
         created = self.now()
         cfg.created = created
         cfg.diff_ids = list(cfg.diff_ids) + [diff_id]
@@ -458,7 +415,7 @@ class Builder:
         self.blobs_used.update(l.digest for l in layers)
         # the upper becomes the new layer's snapshot: no unpacking of the blob again
         self.store.snapshots.commit(upper, dg.chain_ids(cfg.diff_ids)[-1])
-        manifest = self.store.commit_image(_clone(cfg), layers)
+        manifest = self.store.commit_image(clone(cfg), layers)
         new = State(cfg, layers, key, manifest.digest)
         self.cache.put(key, cfg, layers, manifest.digest)
         self.new_roots = True
@@ -507,7 +464,7 @@ class Builder:
         base = stage.base
         if base.kind == "stage":
             st: State = _wait(results[base.stage])
-            cfg = _clone(st.config)
+            cfg = clone(st.config)
             triggers = []
             if cfg.config.OnBuild:
                 cfg.config = dataclasses.replace(cfg.config, OnBuild=None)
@@ -523,7 +480,7 @@ class Builder:
             key = hashlib.sha256(f"scratch {plat} {self.opts.compression}".encode()).hexdigest()
             return State(cfg, [], key), []
         image = self.resolve_image(base.ref, stage.platform)
-        cfg = _clone(image.config)
+        cfg = clone(image.config)
         # an image built with --cache-to type=inline: its records are not the new one's
         from builder.remotecache.records import INLINE_FIELD
         cfg.extra.pop(INLINE_FIELD, None)
@@ -592,7 +549,7 @@ class Builder:
         raws = self.raw_bodies[stage.index]
         for k, (planned, raw) in enumerate(zip(stage.instructions, raws)):
             if self.failed.is_set():
-                raise _DependencyFailed("build cancelled: another stage failed")
+                raise DependencyFailed("build cancelled: another stage failed")
             runner.step(planned, raw=raw, position=k + 2)
         return runner.state
 
@@ -626,7 +583,7 @@ class Builder:
                         c.kill()
                     raise
             if errors:
-                real = [e for e in errors if not isinstance(e, _DependencyFailed) and not (
+                real = [e for e in errors if not isinstance(e, DependencyFailed) and not (
                     isinstance(e, BuildError) and str(e).startswith("build cancelled"))]
                 raise (real or errors)[0]
             final: State = results[graph.target].result()
@@ -663,7 +620,7 @@ class Builder:
     def finish(self, final: State, base_count: int = 0, inline: list | None = None) -> BuildResult:
         from builder.remotecache.records import INLINE_FIELD, inline_records
 
-        cfg = _clone(final.config)
+        cfg = clone(final.config)
         cfg.extra.pop(INLINE_FIELD, None)
         layers = list(final.layers)
         # the output: the final image's layers, and only those
@@ -775,17 +732,32 @@ class _StageRunner:
         self.df = df
         self.ctx = ctx
         self.results = results
-        self.state = state
         self.label = label
         self.total = total
-        self.args: dict[str, str] = {}
-        self.cmd_set = False
         self.lex = ShellLex(df.escape)
         self.history: list[State] = []     # the state after each step, in order
+        # what the stage's ops see: its state, args in scope and flags, and the build
+        self.c = StepContext(state, b, ctx, df.filename, df.escape, self._source_state)
+
+    @property
+    def state(self) -> State:
+        return self.c.state
+
+    @state.setter
+    def state(self, value: State) -> None:
+        self.c.state = value
+
+    @property
+    def args(self) -> dict[str, str]:
+        return self.c.args
+
+    @args.setter
+    def args(self, value: dict[str, str]) -> None:
+        self.c.args = value
 
     # expansion with the live image env (the planner cannot know a base image's ENV)
     def scope(self) -> dict[str, str]:
-        return {**self.args, **self.state.config.config.env_dict()}
+        return self.c.scope()
 
     def expand(self, raw: ins.Instruction) -> ins.Instruction:
         env = self.scope()
@@ -830,14 +802,24 @@ class _StageRunner:
             raise BuildError(f"{loc}: {i.keyword}: {exc}") from None
 
     def _dispatch(self, i: ins.Instruction, n: int) -> None:
-        if isinstance(i, ins.Run):
-            self.run(i, n)
-        elif isinstance(i, (ins.Copy, ins.Add)):
-            self.copy(i, n)
-        elif isinstance(i, ins.Workdir):
-            self.workdir(i, n)
-        else:
-            self.metadata(i, n)
+        """The step's op gives its key; a hit (local cache, then each --cache-from
+        source) moves the state on without running anything; a miss executes the op."""
+        op = op_for(i)
+        if op is None:
+            if isinstance(i, ins.Run):
+                self.run(i, n)
+            else:
+                self.copy(i, n)
+            return
+        self.c.n = n
+        try:
+            key = op.cache_key(self.c)
+            if self._hit(key, n):
+                return
+            self.state = op.execute(self.c, key)
+            self._ran(n)
+        finally:
+            op.release()
 
     def _hit(self, key: str, n: int) -> bool:
         hit = self.b.cached(key, self.state)
@@ -851,49 +833,6 @@ class _StageRunner:
     def _ran(self, n: int) -> None:
         self.b.steps_run += 1
         self.b.progress.done(n)
-
-    # --- config-only ---------------------------------------------------------
-
-    def metadata(self, i: ins.Instruction, n: int) -> None:
-        # an ARG's value reaches the key of every step that uses it, not the ARG step's own
-        text = ("ARG " + " ".join(d.name for d in i.args)) if isinstance(i, ins.Arg) else _canonical(i)
-        key = step_key(self.state.key, text, {})
-        if isinstance(i, ins.Cmd):
-            self.cmd_set = True
-        if self._hit(key, n):
-            return
-        cfg = _clone(self.state.config)
-        if isinstance(i, ins.Maintainer):
-            cfg.author = i.value
-        else:
-            cfg.config = meta.apply(i, cfg.config, cmd_set=self.cmd_set and not isinstance(i, ins.Cmd))
-        self.state = self.b.meta_state(self.state, cfg, meta.created_by(i), key)
-        self._ran(n)
-
-    def workdir(self, i: ins.Workdir, n: int) -> None:
-        key = step_key(self.state.key, _canonical(i), {})
-        if self._hit(key, n):
-            return
-        cfg = _clone(self.state.config)
-        cfg.config = meta.apply(i, cfg.config)
-        path = cfg.config.WorkingDir or "/"
-        ws = self.b.workspace(self.state)
-        try:
-            job = copystep.CopyJob("WORKDIR", path, None, None, workdir_only=True,
-                                   chown=self.state.config.config.User or None)
-            try:
-                in_overlay([ws.plan], copystep.copy_into, job, scratch=ws.dir)
-            except PybuildError:
-                job.chown = None  # USER not resolvable yet (created later): docker makes it root-owned
-                in_overlay([ws.plan], copystep.copy_into, job, scratch=ws.dir)
-            if any(os.scandir(ws.upper)):
-                tmp_state = State(cfg, self.state.layers, self.state.key)
-                self.state = self.b.commit_upper(tmp_state, ws.upper, meta.created_by(i), key)
-            else:
-                self.state = self.b.meta_state(self.state, cfg, meta.created_by(i), key)
-        finally:
-            ws.release()
-        self._ran(n)
 
     # --- COPY / ADD ---------------------------------------------------------
 
@@ -1013,7 +952,7 @@ class _StageRunner:
                 hd += f" {url} {copystep.digest_selection(dl)}"
                 sel = sel or copystep.Selection()
                 sel.items.append(item)
-            key = step_key(self.state.key, _canonical(i) + dest, {}, inputs + hd)
+            key = step_key(self.state.key, canonical(i) + dest, {}, inputs + hd)
             if self._hit(key, n):
                 return
             job = copystep.CopyJob(i.keyword, dest, sel.items if sel else None,
@@ -1129,7 +1068,7 @@ class _StageRunner:
                                  cfg.WorkingDir or "/", cfg.User or "0", network, binds, locks,
                                  state_dir=ws.dir / "state", shared_net=b.network)
             if b.failed.is_set():
-                raise _DependencyFailed("build cancelled")
+                raise DependencyFailed("build cancelled")
             code = runstep.execute(job, out, b.running)
             if code != 0:
                 shown = " ".join(i.original.split())

@@ -1,0 +1,16 @@
+"""Which op executes an instruction: one op per step kind (see builder/steps/base.py)."""
+
+from __future__ import annotations
+
+from builder.dockerfile import instructions as ins
+from builder.steps.base import Op
+from builder.steps.meta import MetaOp
+from builder.steps.workdir import WorkdirOp
+
+
+def op_for(i: ins.Instruction) -> Op | None:
+    if isinstance(i, (ins.Run, ins.Copy, ins.Add)):
+        return None
+    if isinstance(i, ins.Workdir):
+        return WorkdirOp(i)
+    return MetaOp(i)
