@@ -806,10 +806,7 @@ class _StageRunner:
         source) moves the state on without running anything; a miss executes the op."""
         op = op_for(i)
         if op is None:
-            if isinstance(i, ins.Run):
-                self.run(i, n)
-            else:
-                self.copy(i, n)
+            self.run(i, n)
             return
         self.c.n = n
         try:
@@ -834,7 +831,7 @@ class _StageRunner:
         self.b.steps_run += 1
         self.b.progress.done(n)
 
-    # --- COPY / ADD ---------------------------------------------------------
+    # --- sources of --from= (COPY) and --mount=from= (RUN) ---------------------
 
     def _source_state(self, ref: str) -> State:
         g = self.graph
@@ -872,118 +869,6 @@ class _StageRunner:
                              f"{self.stage.label}; only the base image names it (ONBUILD or "
                              "ENV), which cannot order the build: name it in the Dockerfile")
         return idx
-
-    def copy(self, i: ins._Transfer, n: int) -> None:
-        b = self.b
-        is_add = isinstance(i, ins.Add)
-        from_ = getattr(i, "from_", None)
-        heredoc_names = {h.name for h in i.heredocs}
-        heredocs: list[tuple[str, str]] = []
-        plain_sources = []
-        for s in i.sources:
-            name = s.lstrip("0123456789").lstrip("<").lstrip("-").strip("'\"")
-            if s.lstrip("0123456789").startswith("<<") and name in heredoc_names:
-                h = next(h for h in i.heredocs if h.name == name)
-                heredocs.append((name, h.render(self.scope(), self.df.escape)))
-            else:
-                plain_sources.append(s)
-        dest = normalize_dest(i.dest, self.state.config.config.WorkingDir or "/")
-        if is_add:
-            git = [s for s in plain_sources if download.is_git(s)]
-            if git:
-                raise download.DownloadError(
-                    f"ADD {git[0]}: git repositories are not supported by pybuild (clone it "
-                    "into the build context, or in a RUN step)")
-            download.check_checksum(i.checksum, plain_sources + [f"<<{n}" for n, _ in heredocs])
-        urls = [s for s in plain_sources if is_add and "://" in s]
-        downloads: list[tuple[str, Path]] = []
-        dl_dir = None
-        try:
-            if urls:
-                b.volatile = True   # fetched again by every build
-                plain_sources = [s for s in plain_sources if s not in urls]
-                dl_dir = b.scratch / f"download-{pysecrets.token_hex(6)}"
-                dl_dir.mkdir()
-                for k, url in enumerate(urls):
-                    downloads.append((url, download.fetch(url, dl_dir / str(k),
-                                                     getattr(i, "checksum", None))))
-            self._copy(i, n, is_add, from_, heredocs, plain_sources, downloads, dest)
-        finally:
-            if dl_dir is not None:
-                remove_tree(dl_dir)
-
-    def _copy(self, i, n, is_add, from_, heredocs, plain_sources, downloads, dest) -> None:
-        b = self.b
-        source_state = None
-        sel = None
-        ctx = self.ctx
-        if from_ and from_ in b.opts.build_contexts:
-            # --build-context NAME=DIR: another read-only context, same rules as the main one
-            ctx = Context.open(b.opts.build_contexts[from_])
-            ctx.name = f"context {from_!r}"
-            from_ = None
-        if from_:
-            source_state = self._source_state(from_)
-            inputs = "from " + source_state.key
-            content = hashlib.sha256((inputs + json.dumps(plain_sources)).encode()).hexdigest()
-        else:
-            if plain_sources and ctx.root is None:
-                raise BuildError("no build context (Dockerfile from stdin): "
-                                 f"{i.keyword} {plain_sources[0]} has nothing to copy from")
-            # the entries selected and hashed here are exactly what the copy writes
-            sel = copystep.select_sources(plain_sources, copystep.SourceTree.of_context(ctx),
-                                          list(i.exclude)) \
-                if plain_sources else copystep.Selection()
-            with b.hash_lock:
-                content = copystep.digest_selection(sel, b.hashes)
-            inputs = content
-        hd = hashlib.sha256(json.dumps(heredocs).encode()).hexdigest()
-        dl_trees = []
-        try:
-            for url, path in downloads:
-                # a remote file is keyed by its content (and copied as a file, never extracted)
-                tree = copystep.SourceTree.of_files(path.parent, "download")
-                dl_trees.append(tree)
-                dl = copystep.select_sources([path.name], tree)
-                item = dl.items[0]
-                # ADD --unpack (BuildKit's): a download is extracted only when asked
-                item.rel, item.arg = download.url_name(url), url
-                item.archive_ok = getattr(i, "unpack", None) is True
-                hd += f" {url} {copystep.digest_selection(dl)}"
-                sel = sel or copystep.Selection()
-                sel.items.append(item)
-            key = step_key(self.state.key, canonical(i) + dest, {}, inputs + hd)
-            if self._hit(key, n):
-                return
-            job = copystep.CopyJob(i.keyword, dest, sel.items if sel else None,
-                                   plain_sources if from_ else None, heredocs,
-                                   chown=i.chown, chmod=i.chmod, exclude=list(i.exclude),
-                                   parents=bool(getattr(i, "parents", False)),
-                                   extract=is_add and getattr(i, "unpack", None) is not False,
-                                   arg_count=len(plain_sources) + len(downloads),
-                                   mtime=float(b.opts.source_date_epoch) if b.opts.source_date_epoch else None)
-            ws = b.workspace(self.state)
-            try:
-                plans = [ws.plan]
-                if source_state is not None:
-                    plans.append(b.store.snapshots.view(b.lowers(source_state)))
-                try:
-                    in_overlay(plans, copystep.copy_into, job, scratch=ws.dir)
-                except PybuildError:
-                    if sel is not None:
-                        with b.hash_lock:
-                            b.hashes.forget(sel)
-                            b.hashes.save()
-                    raise
-                shown = i.dest
-                created_by = copystep.summary(i.keyword, content, sel, shown)
-                self.state = b.commit_upper(self.state, ws.upper, created_by, key)
-            finally:
-                ws.release()
-        finally:
-            for tree in dl_trees:
-                tree.close()
-        self._ran(n)
 
     # --- RUN ----------------------------------------------------------------
 
