@@ -12,19 +12,15 @@ the result. Nothing is tagged until every stage succeeded.
 from __future__ import annotations
 
 import concurrent.futures as cf
-import copy
 import dataclasses
 import hashlib
-import json
-import os
-import secrets as pysecrets
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from builder.buildopts import (BuildOptions, check_network, check_security, locate_dockerfile,
                                read_dockerfile)
-from builder.cache import BuildCache, step_key
+from builder.cache import BuildCache
 from builder.context import Context
 from builder.dockerfile import instructions as ins
 from builder.dockerfile.document import parse_dockerfile
@@ -32,16 +28,15 @@ from builder.dockerfile.errors import DockerfileError, ExpansionError
 from builder.dockerfile.expand import ShellLex
 from builder.dockerfile.stages import Stage, StageGraph, plan_stages, replay_onbuild
 from builder.progress import Progress
-from builder.rootview import in_overlay, normalize_dest
+from builder.rootview import in_overlay
 from builder.steps import copy as copystep
-from builder.steps import download
 from builder.steps import meta
 from builder.steps import mounts as mountstep
 from builder.steps import run as runstep
-from builder.steps.base import BuildError, DependencyFailed, State, StepContext, canonical, clone
+from builder.steps.base import BuildError, DependencyFailed, State, StepContext, clone
 from builder.steps.ops import op_for
 from layerstore import digest as dg
-from layerstore import reference, resolver, snapshots, workdirs
+from layerstore import reference, snapshots, workdirs
 from layerstore.errors import InvalidReference, NotFound, PybuildError
 from layerstore.humanize import rfc3339_now
 from layerstore.model import CONFIG_LIMIT, ContainerConfig, Descriptor, History, ImageConfig
@@ -805,9 +800,6 @@ class _StageRunner:
         """The step's op gives its key; a hit (local cache, then each --cache-from
         source) moves the state on without running anything; a miss executes the op."""
         op = op_for(i)
-        if op is None:
-            self.run(i, n)
-            return
         self.c.n = n
         try:
             key = op.cache_key(self.c)
@@ -869,166 +861,6 @@ class _StageRunner:
                              f"{self.stage.label}; only the base image names it (ONBUILD or "
                              "ENV), which cannot order the build: name it in the Dockerfile")
         return idx
-
-    # --- RUN ----------------------------------------------------------------
-
-    def run(self, i: ins.Run, n: int) -> None:
-        b = self.b
-        cfg = self.state.config.config
-        shell = list(cfg.Shell or meta.DEFAULT_SHELL)
-        pipes: list[tuple[str, str]] = []
-        if i.heredocs:
-            cmdline = i.command[0] if i.command else ""
-            h0 = i.heredocs[0]
-            simple = len(i.heredocs) == 1 and cmdline.strip().lstrip("0123456789").startswith("<<") \
-                and len(cmdline.split()) == 1
-            if simple and h0.body().startswith("#!"):
-                # the name becomes a file of ours on the host: one component, nothing
-                # else (`RUN <<../../../etc/cron.d/x` wrote that file as root)
-                if h0.name in ("", ".", "..") or "/" in h0.name or "\0" in h0.name:
-                    raise BuildError(f"heredoc name {h0.name!r} cannot name the script of a "
-                                     "RUN step (use a plain word)")
-                pipes.append((h0.name, h0.body()))
-                argv = [f"/dev/pipes/{h0.name}"]
-            elif simple:
-                argv = shell + [h0.body()]
-            else:
-                full = cmdline
-                for h in i.heredocs:
-                    full += "\n" + h.content + h.name
-                argv = shell + [full]
-        elif i.prepend_shell:
-            argv = shell + [" ".join(i.command)]
-        else:
-            argv = list(i.command)
-        used_args = dict(self.args)
-        env = dict(used_args)
-        env.update(cfg.env_dict())
-        mounts_key = [dataclasses.asdict(m) for m in i.mounts]
-        for m in mounts_key:
-            m.pop("raw", None)
-        inputs = self._mount_inputs(i)
-        # RUN --network=default takes the build's mode, as BuildKit's; host is an entitlement
-        network = i.network if i.network not in (None, "default") else b.opts.network
-        check_network(network, b.opts.allow, f"{self.df.filename}:{i.line}: RUN --network=host"
-                      if i.network == "host" else "--network host (every RUN step)")
-        check_security(i.security, f"{self.df.filename}:{i.line}: RUN --security=insecure")
-        # keyed by what the step ran on: a result made on the host's network (before the
-        # default became a private namespace) is not reused as a sandboxed one
-        net_key = "private" if network == "default" else network
-        key = step_key(self.state.key, json.dumps([argv, mounts_key, net_key, pipes]), used_args, inputs)
-        cache_ids = mountstep.cache_ids(i.mounts, cfg.WorkingDir or "/")
-        platform = str(self.state.config.platform)
-        if cache_ids:    # used by the build, hit or not: --cache-to ...,cache-mounts=true
-            with b.counter_lock:
-                b.mount_ids.setdefault(platform, set()).update(cache_ids)
-        if self._hit(key, n):
-            return
-        b.restore_mounts(cache_ids, platform)    # --cache-from: warm what is cold here
-        # volatile: the upper is committed through the store's fsynced ingest, so the
-        # overlay's own syncs (and the flush on unmount) only cost time
-        ws = b.workspace(self.state, volatile=True)
-        binds, locks, targets = [], [], []
-        try:
-            binds, locks, targets = self._mounts(i, ws.dir, env)
-            if pipes:
-                pd = ws.dir / "pipes"
-                pd.mkdir()
-                with resolver.rooted(pd) as pfd:
-                    for name, body in pipes:
-                        fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
-                                     | os.O_CLOEXEC, 0o755, dir_fd=pfd)
-                        with open(fd, "wb") as f:
-                            f.write(body.encode("utf-8", "surrogateescape"))
-                            os.fchmod(f.fileno(), 0o755)
-                from builder.sandbox import BindMount
-
-                binds.append(BindMount(pd, "/dev/pipes", readonly=True))
-            tail = runstep.Tail(12)
-
-            def out(line: bytes) -> None:
-                tail.add(line)
-                b.progress.output(n, line)
-            job = runstep.RunJob(ws.plan, argv, env,
-                                 cfg.WorkingDir or "/", cfg.User or "0", network, binds, locks,
-                                 state_dir=ws.dir / "state", shared_net=b.network)
-            if b.failed.is_set():
-                raise DependencyFailed("build cancelled")
-            code = runstep.execute(job, out, b.running)
-            if code != 0:
-                shown = " ".join(i.original.split())
-                msg = (f"{self.df.filename}:{i.line}: {shown}: process did not complete "
-                       f"successfully: exit code {code}")
-                if tail.lines:
-                    msg += "\n" + tail.text()
-                raise runstep.StepFailed(msg, code)
-            created_by = meta.run_created_by(argv, used_args)
-            self.state = b.commit_upper(self.state, ws.upper, created_by, key)
-        finally:
-            ws.release()
-        self._ran(n)
-
-    def _mount_inputs(self, i: ins.Run) -> str:
-        """Content of bind mounts from the context or other stages (their keys). The
-        context sources selected and hashed here are what `_mounts` shows the step."""
-        parts = []
-        self._bind_sources: dict[int, tuple[copystep.Selection, str]] = {}
-        for k, m in enumerate(i.mounts):
-            if m.type == "bind":
-                if m.from_ and m.from_ not in self.b.opts.build_contexts:
-                    parts.append("stage " + self._source_state(m.from_).key)
-                else:
-                    sel = self._bind_selection(m)
-                    with self.b.hash_lock:
-                        parts.append(copystep.digest_selection(sel, self.b.hashes))
-                    self._bind_sources[k] = (sel, parts[-1])
-        return hashlib.sha256("\n".join(parts).encode()).hexdigest()
-
-    def _bind_selection(self, m) -> copystep.Selection:
-        ctx = self._bind_context(m.from_)
-        if ctx.root is None:
-            raise mountstep.MountError("RUN --mount=type=bind: no build context")
-        src = m.source or "."
-        try:
-            return copystep.select_sources([src], copystep.SourceTree.of_context(ctx))
-        except copystep.CopyError:
-            raise mountstep.MountError(f"RUN --mount=type=bind,source={src}: not found "
-                                       f"in the build {ctx.name}") from None
-
-    def _bind_context(self, name: str | None) -> Context:
-        if name:
-            ctx = Context.open(self.b.opts.build_contexts[name])
-            ctx.name = f"context {name!r}"
-            return ctx
-        return self.ctx
-
-    def _mounts(self, i: ins.Run, ws: Path, env: dict[str, str]):
-        def stage_tree(ref: str, dest: Path) -> Path:
-            """A flat copy of another stage's or image's rootfs for a bind mount."""
-            from layerstore.layer_apply import apply_layer
-
-            st = self._source_state(ref)
-            dest.mkdir()
-            for layer, diff_id in zip(st.layers, st.config.diff_ids):
-                with self.b.open_layer(layer) as f:
-                    apply_layer(f, dest, mode="flat", expected_diff_id=diff_id)
-            return dest
-
-        def context_view(k: int, m, dest: Path) -> Path:
-            """A copy of a context source: never the host directory itself, which holds
-            what .dockerignore hides. Read-only ones are shared by every step of the build
-            that mounts the same content; `rw` gets a copy of its own."""
-            known = getattr(self, "_bind_sources", {}).get(k)
-            sel, digest = known if known else (self._bind_selection(m), None)
-            if digest is not None and m.readonly is not False:
-                return self.b.context_view(sel, digest)
-            copystep.materialize(sel, dest.parent, dest.name)
-            return dest
-        return mountstep.prepare(i.mounts, ws, env, secrets=self.b.opts.secrets,
-                                 cache_dir=self.b.store.root / "cache" / "mounts",
-                                 contexts=self.b.opts.build_contexts,
-                                 context_view=context_view, stage_tree=stage_tree,
-                                 cwd=self.state.config.config.WorkingDir or "/")
 
 
 def build(store, opts: BuildOptions, progress: Progress | None = None) -> BuildResult:

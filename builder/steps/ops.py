@@ -6,12 +6,13 @@ from builder.dockerfile import instructions as ins
 from builder.steps.base import Op
 from builder.steps.copyop import CopyOp
 from builder.steps.meta import MetaOp
+from builder.steps.run import RunOp
 from builder.steps.workdir import WorkdirOp
 
 
-def op_for(i: ins.Instruction) -> Op | None:
+def op_for(i: ins.Instruction) -> Op:
     if isinstance(i, ins.Run):
-        return None
+        return RunOp(i)
     if isinstance(i, (ins.Copy, ins.Add)):
         return CopyOp(i)
     if isinstance(i, ins.Workdir):
