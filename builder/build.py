@@ -2,11 +2,18 @@
 
 `build(store, options)` parses and plans the Dockerfile with the frontend
 (builder.dockerfile), then builds the stages the target needs, independent
-ones in parallel (bounded by `jobs`). Every step gets a content key (parent
-state, step as expanded, build args it uses, checksums of its inputs); a key
-found in the cache reuses that state without running anything, a miss runs
-the step's handler (steps/run.py, steps/copy.py, steps/meta.py) and records
-the result. Nothing is tagged until every stage succeeded.
+ones in parallel (bounded by `jobs`). Each step is expanded in its stage's
+scope and handed to its op (builder/steps/ops.py `op_for`: MetaOp in
+steps/meta.py, WorkdirOp in steps/workdir.py, CopyOp in steps/copyop.py, RunOp
+in steps/run.py). The op gives the step's content key (parent state, step as
+expanded, build args it uses, checksums of its inputs); a key found in the
+local cache, then in each --cache-from source (`Builder.cached`), reuses that
+state without running anything; a miss executes the op, which records the
+result through the Builder's services (`workspace`, `commit_upper`,
+`meta_state`, ...; the `Services` protocol of steps/base.py). The solver holds
+no step-specific logic: it keeps the stage graph (waiting for --from stages),
+the caches (local and remote), progress, the output image and --cache-to.
+Nothing is tagged until every stage succeeded.
 """
 
 from __future__ import annotations
@@ -725,34 +732,34 @@ class _StageRunner:
         self.stage = stage
         self.graph = graph
         self.df = df
-        self.ctx = ctx
         self.results = results
         self.label = label
         self.total = total
         self.lex = ShellLex(df.escape)
         self.history: list[State] = []     # the state after each step, in order
-        # what the stage's ops see: its state, args in scope and flags, and the build
-        self.c = StepContext(state, b, ctx, df.filename, df.escape, self._source_state)
+        # what the stage's ops see: its state, args in scope and flags, and the build's
+        # services (the Builder); never this runner
+        self.step_ctx = StepContext(state, b, ctx, df.filename, df.escape, self._source_state)
 
     @property
     def state(self) -> State:
-        return self.c.state
+        return self.step_ctx.state
 
     @state.setter
     def state(self, value: State) -> None:
-        self.c.state = value
+        self.step_ctx.state = value
 
     @property
     def args(self) -> dict[str, str]:
-        return self.c.args
+        return self.step_ctx.args
 
     @args.setter
     def args(self, value: dict[str, str]) -> None:
-        self.c.args = value
+        self.step_ctx.args = value
 
     # expansion with the live image env (the planner cannot know a base image's ENV)
     def scope(self) -> dict[str, str]:
-        return self.c.scope()
+        return self.step_ctx.scope()
 
     def expand(self, raw: ins.Instruction) -> ins.Instruction:
         env = self.scope()
@@ -797,31 +804,24 @@ class _StageRunner:
             raise BuildError(f"{loc}: {i.keyword}: {exc}") from None
 
     def _dispatch(self, i: ins.Instruction, n: int) -> None:
-        """The step's op gives its key; a hit (local cache, then each --cache-from
-        source) moves the state on without running anything; a miss executes the op."""
+        """The step's op gives its key; a hit (the local cache, then each --cache-from
+        source: Builder.cached) moves the state on without running anything; a miss
+        executes the op, which records its result in the local cache."""
         op = op_for(i)
-        self.c.n = n
+        self.step_ctx.n = n
         try:
-            key = op.cache_key(self.c)
-            if self._hit(key, n):
+            key = op.cache_key(self.step_ctx)
+            hit = self.b.cached(key, self.state)
+            if hit is not None:
+                self.state = hit
+                self.b.steps_cached += 1
+                self.b.progress.cached(n)
                 return
-            self.state = op.execute(self.c, key)
-            self._ran(n)
+            self.state = op.execute(self.step_ctx, key)
+            self.b.steps_run += 1
+            self.b.progress.done(n)
         finally:
             op.release()
-
-    def _hit(self, key: str, n: int) -> bool:
-        hit = self.b.cached(key, self.state)
-        if hit is None:
-            return False
-        self.state = hit
-        self.b.steps_cached += 1
-        self.b.progress.cached(n)
-        return True
-
-    def _ran(self, n: int) -> None:
-        self.b.steps_run += 1
-        self.b.progress.done(n)
 
     # --- sources of --from= (COPY) and --mount=from= (RUN) ---------------------
 

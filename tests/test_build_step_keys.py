@@ -136,3 +136,23 @@ def test_run_step_keys_are_pinned(pybuild, store_root, busybox_rootfs, tmp_path)
     k5 = _key(k4, json.dumps([sh + ["echo a > /z\n"], [], "private", []]), {"X": "5"},
               no_inputs)
     assert _entries(store_root) == sorted([k1, k2, k3, k4, k5])
+
+
+def test_ops_do_not_import_the_solver():
+    """Layers: the ops in builder/steps get what they need through their context;
+    importing every one of them must not pull in builder/build.py."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parent.parent
+    mods = sorted(p.stem for p in (repo / "builder" / "steps").glob("*.py"))
+    assert {"base", "ops", "meta", "workdir", "copyop", "run"} <= set(mods)
+    code = ("import importlib, sys\n"
+            f"for m in {mods!r}: importlib.import_module('builder.steps.' + m)\n"
+            "from builder.steps.ops import op_for\n"
+            "print('builder.build' in sys.modules)\n")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       cwd=repo, env={"PYTHONPATH": str(repo), "PATH": "/usr/bin:/bin"})
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.strip() == "False"
