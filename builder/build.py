@@ -25,8 +25,7 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from builder.buildopts import (BuildOptions, check_network, check_security, locate_dockerfile,
-                               read_dockerfile)
+from builder.buildopts import BuildOptions, check_network, locate_dockerfile, read_dockerfile
 from builder.cache import BuildCache
 from builder.context import Context
 from builder.dockerfile import instructions as ins
@@ -62,15 +61,7 @@ def _check_entitlements(stages: list[Stage], opts: BuildOptions, filename: str) 
     here, are checked before the first of them runs."""
     check_network(opts.network, opts.allow, "--network host (every RUN step)")
     for stage in stages:
-        _check_steps([*stage.triggers, *stage.instructions], opts, filename)
-
-
-def _check_steps(steps: list, opts: BuildOptions, filename: str) -> None:
-    for i in steps:
-        if isinstance(i, ins.Run):
-            if i.network == "host":
-                check_network("host", opts.allow, f"{filename}:{i.line}: RUN --network=host")
-            check_security(i.security, f"{filename}:{i.line}: RUN --security=insecure")
+        runstep.check_entitlements([*stage.triggers, *stage.instructions], opts, filename)
 
 
 def _wait(fut: cf.Future):
@@ -544,7 +535,7 @@ class Builder:
             replayed = [dataclasses.replace(t, line=stage.from_.line)
                         for t in _replay(triggers, df.escape)]
             # known only now that the base is here: checked before any of them runs
-            _check_steps(replayed, self.opts, df.filename)
+            runstep.check_entitlements(replayed, self.opts, df.filename)
             for t in replayed:
                 runner.step(t, raw=t, trigger=True)
         runner.args = {}

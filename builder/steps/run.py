@@ -201,6 +201,16 @@ class Tail:
         return "\n".join(self.lines)
 
 
+def check_entitlements(steps: list, opts, filename: str) -> None:
+    """The entitlements RUN steps need (host network: granted by --allow; insecure:
+    never), checked for every step of the graph before the first one runs."""
+    for i in steps:
+        if isinstance(i, ins.Run):
+            if i.network == "host":
+                check_network("host", opts.allow, f"{filename}:{i.line}: RUN --network=host")
+            check_security(i.security, f"{filename}:{i.line}: RUN --security=insecure")
+
+
 class RunOp(Op):
     """The RUN op. Its key covers the command as run (argv after the stage's SHELL,
     heredoc scripts), the mounts as written, the network it runs on, the build args in
