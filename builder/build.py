@@ -2,29 +2,31 @@
 
 `build(store, options)` parses and plans the Dockerfile with the frontend
 (builder.dockerfile), then builds the stages the target needs, independent
-ones in parallel (bounded by `jobs`). Every step gets a content key (parent
-state, step as expanded, build args it uses, checksums of its inputs); a key
-found in the cache reuses that state without running anything, a miss runs
-the step's handler (steps/run.py, steps/copy.py, steps/meta.py) and records
-the result. Nothing is tagged until every stage succeeded.
+ones in parallel (bounded by `jobs`). Each step is expanded in its stage's
+scope and handed to its op (builder/steps/ops.py `op_for`: MetaOp in
+steps/meta.py, WorkdirOp in steps/workdir.py, CopyOp in steps/copyop.py, RunOp
+in steps/run.py). The op gives the step's content key (parent state, step as
+expanded, build args it uses, checksums of its inputs); a key found in the
+local cache, then in each --cache-from source (`Builder.cached`), reuses that
+state without running anything; a miss executes the op, which records the
+result through the Builder's services (`workspace`, `commit_upper`,
+`meta_state`, ...; the `Services` protocol of steps/base.py). The solver holds
+no step-specific logic: it keeps the stage graph (waiting for --from stages),
+the caches (local and remote), progress, the output image and --cache-to.
+Nothing is tagged until every stage succeeded.
 """
 
 from __future__ import annotations
 
 import concurrent.futures as cf
-import copy
 import dataclasses
 import hashlib
-import json
-import os
-import secrets as pysecrets
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from builder.buildopts import (BuildOptions, check_network, check_security, locate_dockerfile,
-                               read_dockerfile)
-from builder.cache import BuildCache, step_key
+from builder.buildopts import BuildOptions, check_network, locate_dockerfile, read_dockerfile
+from builder.cache import BuildCache
 from builder.context import Context
 from builder.dockerfile import instructions as ins
 from builder.dockerfile.document import parse_dockerfile
@@ -32,31 +34,24 @@ from builder.dockerfile.errors import DockerfileError, ExpansionError
 from builder.dockerfile.expand import ShellLex
 from builder.dockerfile.stages import Stage, StageGraph, plan_stages, replay_onbuild
 from builder.progress import Progress
-from builder.rootview import in_overlay, normalize_dest
+from builder.rootview import in_overlay
 from builder.steps import copy as copystep
-from builder.steps import download
 from builder.steps import meta
 from builder.steps import mounts as mountstep
 from builder.steps import run as runstep
+from builder.steps.base import BuildError, DependencyFailed, State, StepContext, clone
+from builder.steps.ops import op_for
 from layerstore import digest as dg
-from layerstore import reference, resolver, snapshots, workdirs
+from layerstore import reference, snapshots, workdirs
 from layerstore.errors import InvalidReference, NotFound, PybuildError
 from layerstore.humanize import rfc3339_now
 from layerstore.model import CONFIG_LIMIT, ContainerConfig, Descriptor, History, ImageConfig
 from layerstore.resolver import remove_tree
 
 
-class BuildError(PybuildError):
-    """A step failed; the message names the step and why."""
-
-
 class RemoteCacheFailed(BuildError):
     """A --cache-from source failed after it gave hits: a layer of a hit cannot be
     fetched or does not match its diff ID. `build` starts again without the sources."""
-
-
-class _DependencyFailed(Exception):
-    """A stage this one waits for failed; that stage reports the error."""
 
 
 def _check_entitlements(stages: list[Stage], opts: BuildOptions, filename: str) -> None:
@@ -66,32 +61,14 @@ def _check_entitlements(stages: list[Stage], opts: BuildOptions, filename: str) 
     here, are checked before the first of them runs."""
     check_network(opts.network, opts.allow, "--network host (every RUN step)")
     for stage in stages:
-        _check_steps([*stage.triggers, *stage.instructions], opts, filename)
-
-
-def _check_steps(steps: list, opts: BuildOptions, filename: str) -> None:
-    for i in steps:
-        if isinstance(i, ins.Run):
-            if i.network == "host":
-                check_network("host", opts.allow, f"{filename}:{i.line}: RUN --network=host")
-            check_security(i.security, f"{filename}:{i.line}: RUN --security=insecure")
+        runstep.check_entitlements([*stage.triggers, *stage.instructions], opts, filename)
 
 
 def _wait(fut: cf.Future):
     try:
         return fut.result()
     except BaseException as exc:  # noqa: BLE001 - reported by the stage that failed
-        raise _DependencyFailed(str(exc)) from None
-
-
-@dataclass
-class State:
-    """An image state between steps: its config, its layers, and its cache key."""
-
-    config: ImageConfig
-    layers: list[Descriptor]
-    key: str
-    manifest: str | None = None
+        raise DependencyFailed(str(exc)) from None
 
 
 @dataclass
@@ -117,33 +94,6 @@ def _bounded(cfg: ImageConfig) -> ImageConfig:
         raise BuildError(f"the image config would be {size} bytes, more than the "
                          f"{CONFIG_LIMIT} an image may have (ENV, LABEL and history too large)")
     return cfg
-
-
-def _clone(cfg: ImageConfig) -> ImageConfig:
-    c = copy.deepcopy(cfg)
-    c.raw = None
-    return c
-
-
-def _canonical(i: ins.Instruction) -> str:
-    """The step as expanded, without its position, for the cache key."""
-    doc = {"keyword": i.keyword}
-    for f in dataclasses.fields(i):
-        if f.name in ("line", "column", "end_line"):
-            continue
-        v = getattr(i, f.name)
-        doc[f.name] = _plain(v)
-    return json.dumps(doc, sort_keys=True, default=str)
-
-
-def _plain(v):
-    if dataclasses.is_dataclass(v) and not isinstance(v, type):
-        return {f.name: _plain(getattr(v, f.name)) for f in dataclasses.fields(v)}
-    if isinstance(v, (list, tuple)):
-        return [_plain(x) for x in v]
-    if isinstance(v, dict):
-        return {k: _plain(x) for k, x in v.items()}
-    return v
 
 
 class Builder:
@@ -303,7 +253,7 @@ class Builder:
         out = []
         for idx in indexes:
             for st in self.stage_states.get(idx, []):
-                out.append(Record(st.key, _clone(st.config).to_bytes(), list(st.layers)))
+                out.append(Record(st.key, clone(st.config).to_bytes(), list(st.layers)))
         return out
 
     def export_cache(self, result: BuildResult, target: int) -> None:
@@ -401,9 +351,9 @@ class Builder:
         for key, (st, adds_layer) in sorted(self.remote_hits.items()):
             if not all(self.store.blobs.has(l.digest) for l in st.layers):
                 continue
-            manifest = self.store.commit_image(_clone(st.config), list(st.layers)).digest \
+            manifest = self.store.commit_image(clone(st.config), list(st.layers)).digest \
                 if adds_layer else None
-            self.cache.put(key, _clone(st.config), list(st.layers), manifest)
+            self.cache.put(key, clone(st.config), list(st.layers), manifest)
             self.new_roots = self.new_roots or adds_layer
 
     @property
@@ -447,7 +397,7 @@ class Builder:
         layer, diff_id = self.store.commit_layer(upper, compression=self.opts.compression,
                                                  overlay=True,
                                                  source_date_epoch=self.opts.source_date_epoch)
-        cfg = _clone(state.config)
+        cfg = clone(state.config)
         created = self.now()
         cfg.created = created
         cfg.diff_ids = list(cfg.diff_ids) + [diff_id]
@@ -458,7 +408,7 @@ class Builder:
         self.blobs_used.update(l.digest for l in layers)
         # the upper becomes the new layer's snapshot: no unpacking of the blob again
         self.store.snapshots.commit(upper, dg.chain_ids(cfg.diff_ids)[-1])
-        manifest = self.store.commit_image(_clone(cfg), layers)
+        manifest = self.store.commit_image(clone(cfg), layers)
         new = State(cfg, layers, key, manifest.digest)
         self.cache.put(key, cfg, layers, manifest.digest)
         self.new_roots = True
@@ -507,7 +457,7 @@ class Builder:
         base = stage.base
         if base.kind == "stage":
             st: State = _wait(results[base.stage])
-            cfg = _clone(st.config)
+            cfg = clone(st.config)
             triggers = []
             if cfg.config.OnBuild:
                 cfg.config = dataclasses.replace(cfg.config, OnBuild=None)
@@ -523,7 +473,7 @@ class Builder:
             key = hashlib.sha256(f"scratch {plat} {self.opts.compression}".encode()).hexdigest()
             return State(cfg, [], key), []
         image = self.resolve_image(base.ref, stage.platform)
-        cfg = _clone(image.config)
+        cfg = clone(image.config)
         # an image built with --cache-to type=inline: its records are not the new one's
         from builder.remotecache.records import INLINE_FIELD
         cfg.extra.pop(INLINE_FIELD, None)
@@ -585,14 +535,14 @@ class Builder:
             replayed = [dataclasses.replace(t, line=stage.from_.line)
                         for t in _replay(triggers, df.escape)]
             # known only now that the base is here: checked before any of them runs
-            _check_steps(replayed, self.opts, df.filename)
+            runstep.check_entitlements(replayed, self.opts, df.filename)
             for t in replayed:
                 runner.step(t, raw=t, trigger=True)
         runner.args = {}
         raws = self.raw_bodies[stage.index]
         for k, (planned, raw) in enumerate(zip(stage.instructions, raws)):
             if self.failed.is_set():
-                raise _DependencyFailed("build cancelled: another stage failed")
+                raise DependencyFailed("build cancelled: another stage failed")
             runner.step(planned, raw=raw, position=k + 2)
         return runner.state
 
@@ -626,7 +576,7 @@ class Builder:
                         c.kill()
                     raise
             if errors:
-                real = [e for e in errors if not isinstance(e, _DependencyFailed) and not (
+                real = [e for e in errors if not isinstance(e, DependencyFailed) and not (
                     isinstance(e, BuildError) and str(e).startswith("build cancelled"))]
                 raise (real or errors)[0]
             final: State = results[graph.target].result()
@@ -663,7 +613,7 @@ class Builder:
     def finish(self, final: State, base_count: int = 0, inline: list | None = None) -> BuildResult:
         from builder.remotecache.records import INLINE_FIELD, inline_records
 
-        cfg = _clone(final.config)
+        cfg = clone(final.config)
         cfg.extra.pop(INLINE_FIELD, None)
         layers = list(final.layers)
         # the output: the final image's layers, and only those
@@ -773,19 +723,34 @@ class _StageRunner:
         self.stage = stage
         self.graph = graph
         self.df = df
-        self.ctx = ctx
         self.results = results
-        self.state = state
         self.label = label
         self.total = total
-        self.args: dict[str, str] = {}
-        self.cmd_set = False
         self.lex = ShellLex(df.escape)
         self.history: list[State] = []     # the state after each step, in order
+        # what the stage's ops see: its state, args in scope and flags, and the build's
+        # services (the Builder); never this runner
+        self.step_ctx = StepContext(state, b, ctx, df.filename, df.escape, self._source_state)
+
+    @property
+    def state(self) -> State:
+        return self.step_ctx.state
+
+    @state.setter
+    def state(self, value: State) -> None:
+        self.step_ctx.state = value
+
+    @property
+    def args(self) -> dict[str, str]:
+        return self.step_ctx.args
+
+    @args.setter
+    def args(self, value: dict[str, str]) -> None:
+        self.step_ctx.args = value
 
     # expansion with the live image env (the planner cannot know a base image's ENV)
     def scope(self) -> dict[str, str]:
-        return {**self.args, **self.state.config.config.env_dict()}
+        return self.step_ctx.scope()
 
     def expand(self, raw: ins.Instruction) -> ins.Instruction:
         env = self.scope()
@@ -830,72 +795,26 @@ class _StageRunner:
             raise BuildError(f"{loc}: {i.keyword}: {exc}") from None
 
     def _dispatch(self, i: ins.Instruction, n: int) -> None:
-        if isinstance(i, ins.Run):
-            self.run(i, n)
-        elif isinstance(i, (ins.Copy, ins.Add)):
-            self.copy(i, n)
-        elif isinstance(i, ins.Workdir):
-            self.workdir(i, n)
-        else:
-            self.metadata(i, n)
-
-    def _hit(self, key: str, n: int) -> bool:
-        hit = self.b.cached(key, self.state)
-        if hit is None:
-            return False
-        self.state = hit
-        self.b.steps_cached += 1
-        self.b.progress.cached(n)
-        return True
-
-    def _ran(self, n: int) -> None:
-        self.b.steps_run += 1
-        self.b.progress.done(n)
-
-    # --- config-only ---------------------------------------------------------
-
-    def metadata(self, i: ins.Instruction, n: int) -> None:
-        # an ARG's value reaches the key of every step that uses it, not the ARG step's own
-        text = ("ARG " + " ".join(d.name for d in i.args)) if isinstance(i, ins.Arg) else _canonical(i)
-        key = step_key(self.state.key, text, {})
-        if isinstance(i, ins.Cmd):
-            self.cmd_set = True
-        if self._hit(key, n):
-            return
-        cfg = _clone(self.state.config)
-        if isinstance(i, ins.Maintainer):
-            cfg.author = i.value
-        else:
-            cfg.config = meta.apply(i, cfg.config, cmd_set=self.cmd_set and not isinstance(i, ins.Cmd))
-        self.state = self.b.meta_state(self.state, cfg, meta.created_by(i), key)
-        self._ran(n)
-
-    def workdir(self, i: ins.Workdir, n: int) -> None:
-        key = step_key(self.state.key, _canonical(i), {})
-        if self._hit(key, n):
-            return
-        cfg = _clone(self.state.config)
-        cfg.config = meta.apply(i, cfg.config)
-        path = cfg.config.WorkingDir or "/"
-        ws = self.b.workspace(self.state)
+        """The step's op gives its key; a hit (the local cache, then each --cache-from
+        source: Builder.cached) moves the state on without running anything; a miss
+        executes the op, which records its result in the local cache."""
+        op = op_for(i)
+        self.step_ctx.n = n
         try:
-            job = copystep.CopyJob("WORKDIR", path, None, None, workdir_only=True,
-                                   chown=self.state.config.config.User or None)
-            try:
-                in_overlay([ws.plan], copystep.copy_into, job, scratch=ws.dir)
-            except PybuildError:
-                job.chown = None  # USER not resolvable yet (created later): docker makes it root-owned
-                in_overlay([ws.plan], copystep.copy_into, job, scratch=ws.dir)
-            if any(os.scandir(ws.upper)):
-                tmp_state = State(cfg, self.state.layers, self.state.key)
-                self.state = self.b.commit_upper(tmp_state, ws.upper, meta.created_by(i), key)
-            else:
-                self.state = self.b.meta_state(self.state, cfg, meta.created_by(i), key)
+            key = op.cache_key(self.step_ctx)
+            hit = self.b.cached(key, self.state)
+            if hit is not None:
+                self.state = hit
+                self.b.steps_cached += 1
+                self.b.progress.cached(n)
+                return
+            self.state = op.execute(self.step_ctx, key)
+            self.b.steps_run += 1
+            self.b.progress.done(n)
         finally:
-            ws.release()
-        self._ran(n)
+            op.release()
 
-    # --- COPY / ADD ---------------------------------------------------------
+    # --- sources of --from= (COPY) and --mount=from= (RUN) ---------------------
 
     def _source_state(self, ref: str) -> State:
         g = self.graph
@@ -933,278 +852,6 @@ class _StageRunner:
                              f"{self.stage.label}; only the base image names it (ONBUILD or "
                              "ENV), which cannot order the build: name it in the Dockerfile")
         return idx
-
-    def copy(self, i: ins._Transfer, n: int) -> None:
-        b = self.b
-        is_add = isinstance(i, ins.Add)
-        from_ = getattr(i, "from_", None)
-        heredoc_names = {h.name for h in i.heredocs}
-        heredocs: list[tuple[str, str]] = []
-        plain_sources = []
-        for s in i.sources:
-            name = s.lstrip("0123456789").lstrip("<").lstrip("-").strip("'\"")
-            if s.lstrip("0123456789").startswith("<<") and name in heredoc_names:
-                h = next(h for h in i.heredocs if h.name == name)
-                heredocs.append((name, h.render(self.scope(), self.df.escape)))
-            else:
-                plain_sources.append(s)
-        dest = normalize_dest(i.dest, self.state.config.config.WorkingDir or "/")
-        if is_add:
-            git = [s for s in plain_sources if download.is_git(s)]
-            if git:
-                raise download.DownloadError(
-                    f"ADD {git[0]}: git repositories are not supported by pybuild (clone it "
-                    "into the build context, or in a RUN step)")
-            download.check_checksum(i.checksum, plain_sources + [f"<<{n}" for n, _ in heredocs])
-        urls = [s for s in plain_sources if is_add and "://" in s]
-        downloads: list[tuple[str, Path]] = []
-        dl_dir = None
-        try:
-            if urls:
-                b.volatile = True   # fetched again by every build
-                plain_sources = [s for s in plain_sources if s not in urls]
-                dl_dir = b.scratch / f"download-{pysecrets.token_hex(6)}"
-                dl_dir.mkdir()
-                for k, url in enumerate(urls):
-                    downloads.append((url, download.fetch(url, dl_dir / str(k),
-                                                     getattr(i, "checksum", None))))
-            self._copy(i, n, is_add, from_, heredocs, plain_sources, downloads, dest)
-        finally:
-            if dl_dir is not None:
-                remove_tree(dl_dir)
-
-    def _copy(self, i, n, is_add, from_, heredocs, plain_sources, downloads, dest) -> None:
-        b = self.b
-        source_state = None
-        sel = None
-        ctx = self.ctx
-        if from_ and from_ in b.opts.build_contexts:
-            # --build-context NAME=DIR: another read-only context, same rules as the main one
-            ctx = Context.open(b.opts.build_contexts[from_])
-            ctx.name = f"context {from_!r}"
-            from_ = None
-        if from_:
-            source_state = self._source_state(from_)
-            inputs = "from " + source_state.key
-            content = hashlib.sha256((inputs + json.dumps(plain_sources)).encode()).hexdigest()
-        else:
-            if plain_sources and ctx.root is None:
-                raise BuildError("no build context (Dockerfile from stdin): "
-                                 f"{i.keyword} {plain_sources[0]} has nothing to copy from")
-            # the entries selected and hashed here are exactly what the copy writes
-            sel = copystep.select_sources(plain_sources, copystep.SourceTree.of_context(ctx),
-                                          list(i.exclude)) \
-                if plain_sources else copystep.Selection()
-            with b.hash_lock:
-                content = copystep.digest_selection(sel, b.hashes)
-            inputs = content
-        hd = hashlib.sha256(json.dumps(heredocs).encode()).hexdigest()
-        dl_trees = []
-        try:
-            for url, path in downloads:
-                # a remote file is keyed by its content (and copied as a file, never extracted)
-                tree = copystep.SourceTree.of_files(path.parent, "download")
-                dl_trees.append(tree)
-                dl = copystep.select_sources([path.name], tree)
-                item = dl.items[0]
-                # ADD --unpack (BuildKit's): a download is extracted only when asked
-                item.rel, item.arg = download.url_name(url), url
-                item.archive_ok = getattr(i, "unpack", None) is True
-                hd += f" {url} {copystep.digest_selection(dl)}"
-                sel = sel or copystep.Selection()
-                sel.items.append(item)
-            key = step_key(self.state.key, _canonical(i) + dest, {}, inputs + hd)
-            if self._hit(key, n):
-                return
-            job = copystep.CopyJob(i.keyword, dest, sel.items if sel else None,
-                                   plain_sources if from_ else None, heredocs,
-                                   chown=i.chown, chmod=i.chmod, exclude=list(i.exclude),
-                                   parents=bool(getattr(i, "parents", False)),
-                                   extract=is_add and getattr(i, "unpack", None) is not False,
-                                   arg_count=len(plain_sources) + len(downloads),
-                                   mtime=float(b.opts.source_date_epoch) if b.opts.source_date_epoch else None)
-            ws = b.workspace(self.state)
-            try:
-                plans = [ws.plan]
-                if source_state is not None:
-                    plans.append(b.store.snapshots.view(b.lowers(source_state)))
-                try:
-                    in_overlay(plans, copystep.copy_into, job, scratch=ws.dir)
-                except PybuildError:
-                    if sel is not None:
-                        with b.hash_lock:
-                            b.hashes.forget(sel)
-                            b.hashes.save()
-                    raise
-                shown = i.dest
-                created_by = copystep.summary(i.keyword, content, sel, shown)
-                self.state = b.commit_upper(self.state, ws.upper, created_by, key)
-            finally:
-                ws.release()
-        finally:
-            for tree in dl_trees:
-                tree.close()
-        self._ran(n)
-
-    # --- RUN ----------------------------------------------------------------
-
-    def run(self, i: ins.Run, n: int) -> None:
-        b = self.b
-        cfg = self.state.config.config
-        shell = list(cfg.Shell or meta.DEFAULT_SHELL)
-        pipes: list[tuple[str, str]] = []
-        if i.heredocs:
-            cmdline = i.command[0] if i.command else ""
-            h0 = i.heredocs[0]
-            simple = len(i.heredocs) == 1 and cmdline.strip().lstrip("0123456789").startswith("<<") \
-                and len(cmdline.split()) == 1
-            if simple and h0.body().startswith("#!"):
-                # the name becomes a file of ours on the host: one component, nothing
-                # else (`RUN <<../../../etc/cron.d/x` wrote that file as root)
-                if h0.name in ("", ".", "..") or "/" in h0.name or "\0" in h0.name:
-                    raise BuildError(f"heredoc name {h0.name!r} cannot name the script of a "
-                                     "RUN step (use a plain word)")
-                pipes.append((h0.name, h0.body()))
-                argv = [f"/dev/pipes/{h0.name}"]
-            elif simple:
-                argv = shell + [h0.body()]
-            else:
-                full = cmdline
-                for h in i.heredocs:
-                    full += "\n" + h.content + h.name
-                argv = shell + [full]
-        elif i.prepend_shell:
-            argv = shell + [" ".join(i.command)]
-        else:
-            argv = list(i.command)
-        used_args = dict(self.args)
-        env = dict(used_args)
-        env.update(cfg.env_dict())
-        mounts_key = [dataclasses.asdict(m) for m in i.mounts]
-        for m in mounts_key:
-            m.pop("raw", None)
-        inputs = self._mount_inputs(i)
-        # RUN --network=default takes the build's mode, as BuildKit's; host is an entitlement
-        network = i.network if i.network not in (None, "default") else b.opts.network
-        check_network(network, b.opts.allow, f"{self.df.filename}:{i.line}: RUN --network=host"
-                      if i.network == "host" else "--network host (every RUN step)")
-        check_security(i.security, f"{self.df.filename}:{i.line}: RUN --security=insecure")
-        # keyed by what the step ran on: a result made on the host's network (before the
-        # default became a private namespace) is not reused as a sandboxed one
-        net_key = "private" if network == "default" else network
-        key = step_key(self.state.key, json.dumps([argv, mounts_key, net_key, pipes]), used_args, inputs)
-        cache_ids = mountstep.cache_ids(i.mounts, cfg.WorkingDir or "/")
-        platform = str(self.state.config.platform)
-        if cache_ids:    # used by the build, hit or not: --cache-to ...,cache-mounts=true
-            with b.counter_lock:
-                b.mount_ids.setdefault(platform, set()).update(cache_ids)
-        if self._hit(key, n):
-            return
-        b.restore_mounts(cache_ids, platform)    # --cache-from: warm what is cold here
-        # volatile: the upper is committed through the store's fsynced ingest, so the
-        # overlay's own syncs (and the flush on unmount) only cost time
-        ws = b.workspace(self.state, volatile=True)
-        binds, locks, targets = [], [], []
-        try:
-            binds, locks, targets = self._mounts(i, ws.dir, env)
-            if pipes:
-                pd = ws.dir / "pipes"
-                pd.mkdir()
-                with resolver.rooted(pd) as pfd:
-                    for name, body in pipes:
-                        fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
-                                     | os.O_CLOEXEC, 0o755, dir_fd=pfd)
-                        with open(fd, "wb") as f:
-                            f.write(body.encode("utf-8", "surrogateescape"))
-                            os.fchmod(f.fileno(), 0o755)
-                from builder.sandbox import BindMount
-
-                binds.append(BindMount(pd, "/dev/pipes", readonly=True))
-            tail = runstep.Tail(12)
-
-            def out(line: bytes) -> None:
-                tail.add(line)
-                b.progress.output(n, line)
-            job = runstep.RunJob(ws.plan, argv, env,
-                                 cfg.WorkingDir or "/", cfg.User or "0", network, binds, locks,
-                                 state_dir=ws.dir / "state", shared_net=b.network)
-            if b.failed.is_set():
-                raise _DependencyFailed("build cancelled")
-            code = runstep.execute(job, out, b.running)
-            if code != 0:
-                shown = " ".join(i.original.split())
-                msg = (f"{self.df.filename}:{i.line}: {shown}: process did not complete "
-                       f"successfully: exit code {code}")
-                if tail.lines:
-                    msg += "\n" + tail.text()
-                raise runstep.StepFailed(msg, code)
-            created_by = meta.run_created_by(argv, used_args)
-            self.state = b.commit_upper(self.state, ws.upper, created_by, key)
-        finally:
-            ws.release()
-        self._ran(n)
-
-    def _mount_inputs(self, i: ins.Run) -> str:
-        """Content of bind mounts from the context or other stages (their keys). The
-        context sources selected and hashed here are what `_mounts` shows the step."""
-        parts = []
-        self._bind_sources: dict[int, tuple[copystep.Selection, str]] = {}
-        for k, m in enumerate(i.mounts):
-            if m.type == "bind":
-                if m.from_ and m.from_ not in self.b.opts.build_contexts:
-                    parts.append("stage " + self._source_state(m.from_).key)
-                else:
-                    sel = self._bind_selection(m)
-                    with self.b.hash_lock:
-                        parts.append(copystep.digest_selection(sel, self.b.hashes))
-                    self._bind_sources[k] = (sel, parts[-1])
-        return hashlib.sha256("\n".join(parts).encode()).hexdigest()
-
-    def _bind_selection(self, m) -> copystep.Selection:
-        ctx = self._bind_context(m.from_)
-        if ctx.root is None:
-            raise mountstep.MountError("RUN --mount=type=bind: no build context")
-        src = m.source or "."
-        try:
-            return copystep.select_sources([src], copystep.SourceTree.of_context(ctx))
-        except copystep.CopyError:
-            raise mountstep.MountError(f"RUN --mount=type=bind,source={src}: not found "
-                                       f"in the build {ctx.name}") from None
-
-    def _bind_context(self, name: str | None) -> Context:
-        if name:
-            ctx = Context.open(self.b.opts.build_contexts[name])
-            ctx.name = f"context {name!r}"
-            return ctx
-        return self.ctx
-
-    def _mounts(self, i: ins.Run, ws: Path, env: dict[str, str]):
-        def stage_tree(ref: str, dest: Path) -> Path:
-            """A flat copy of another stage's or image's rootfs for a bind mount."""
-            from layerstore.layer_apply import apply_layer
-
-            st = self._source_state(ref)
-            dest.mkdir()
-            for layer, diff_id in zip(st.layers, st.config.diff_ids):
-                with self.b.open_layer(layer) as f:
-                    apply_layer(f, dest, mode="flat", expected_diff_id=diff_id)
-            return dest
-
-        def context_view(k: int, m, dest: Path) -> Path:
-            """A copy of a context source: never the host directory itself, which holds
-            what .dockerignore hides. Read-only ones are shared by every step of the build
-            that mounts the same content; `rw` gets a copy of its own."""
-            known = getattr(self, "_bind_sources", {}).get(k)
-            sel, digest = known if known else (self._bind_selection(m), None)
-            if digest is not None and m.readonly is not False:
-                return self.b.context_view(sel, digest)
-            copystep.materialize(sel, dest.parent, dest.name)
-            return dest
-        return mountstep.prepare(i.mounts, ws, env, secrets=self.b.opts.secrets,
-                                 cache_dir=self.b.store.root / "cache" / "mounts",
-                                 contexts=self.b.opts.build_contexts,
-                                 context_view=context_view, stage_tree=stage_tree,
-                                 cwd=self.state.config.config.WorkingDir or "/")
 
 
 def build(store, opts: BuildOptions, progress: Progress | None = None) -> BuildResult:

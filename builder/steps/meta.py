@@ -4,7 +4,9 @@ CMD, SHELL, STOPSIGNAL, HEALTHCHECK, ONBUILD, MAINTAINER, ARG.
 Each takes an already-expanded instruction and the image config and returns
 the changed config, written the way docker writes it (Env as K=V in order of
 first definition, ports as "80/tcp", healthcheck durations in nanoseconds).
-`created_by` gives buildah's/docker's history text for the step.
+`created_by` gives buildah's/docker's history text for the step. `MetaOp` is
+the solver's op for these steps (WORKDIR's is builder/steps/workdir.py: it may
+make a layer).
 """
 
 from __future__ import annotations
@@ -12,8 +14,10 @@ from __future__ import annotations
 import copy
 import posixpath
 
+from builder.cache import step_key
 from builder.dockerfile import instructions as ins
 from builder.sandbox.spec import DEFAULT_PATH
+from builder.steps.base import Op, State, StepContext, canonical, clone
 from layerstore.errors import PybuildError
 from layerstore.model import ContainerConfig
 
@@ -172,3 +176,28 @@ def run_created_by(argv: list[str], used_args: dict[str, str]) -> str:
     if used_args:
         prefix = f"|{len(used_args)} " + " ".join(f"{k}={v}" for k, v in sorted(used_args.items())) + " "
     return prefix + " ".join(argv)
+
+
+class MetaOp(Op):
+    """A config-only step (see META but WORKDIR): the config changes, no layer."""
+
+    def __init__(self, i: ins.Instruction) -> None:
+        self.i = i
+
+    def cache_key(self, ctx: StepContext) -> str:
+        i = self.i
+        # an ARG's value reaches the key of every step that uses it, not the ARG step's own
+        text = ("ARG " + " ".join(d.name for d in i.args)) if isinstance(i, ins.Arg) \
+            else canonical(i)
+        if isinstance(i, ins.Cmd):
+            ctx.cmd_set = True
+        return step_key(ctx.state.key, text, {})
+
+    def execute(self, ctx: StepContext, key: str) -> State:
+        i = self.i
+        cfg = clone(ctx.state.config)
+        if isinstance(i, ins.Maintainer):
+            cfg.author = i.value
+        else:
+            cfg.config = apply(i, cfg.config, cmd_set=ctx.cmd_set and not isinstance(i, ins.Cmd))
+        return ctx.services.meta_state(ctx.state, cfg, created_by(i), key)

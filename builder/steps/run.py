@@ -7,12 +7,18 @@ exist in the image are removed from the upper dir afterwards so they never
 reach the layer, as docker does (layerstore.snapshots.remove_stubs, which
 never follows a symlink the step planted). Secrets are bind-mounted files or env
 values given only to the process: never in the layer, history or cache key.
+`RunOp` is the solver's op for a RUN step: its cache key, then (on a miss) the
+mounts prepared (builder/steps/mounts.py), the command run by `execute` below
+and the upper committed.
 """
 
 from __future__ import annotations
 
 import collections
+import dataclasses
 import fcntl
+import hashlib
+import json
 import os
 import selectors
 import threading
@@ -20,7 +26,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from layerstore import snapshots
+from builder.buildopts import check_network, check_security
+from builder.cache import step_key
+from builder.context import Context
+from builder.dockerfile import instructions as ins
+from builder.steps import copy as copystep
+from builder.steps import meta
+from builder.steps import mounts as mountstep
+from builder.steps.base import BuildError, DependencyFailed, Op, State, StepContext
+from layerstore import resolver, snapshots
 from layerstore.errors import PybuildError
 from layerstore.snapshots import MountPlan
 
@@ -185,3 +199,192 @@ class Tail:
 
     def text(self) -> str:
         return "\n".join(self.lines)
+
+
+def check_entitlements(steps: list, opts, filename: str) -> None:
+    """The entitlements RUN steps need (host network: granted by --allow; insecure:
+    never), checked for every step of the graph before the first one runs."""
+    for i in steps:
+        if isinstance(i, ins.Run):
+            if i.network == "host":
+                check_network("host", opts.allow, f"{filename}:{i.line}: RUN --network=host")
+            check_security(i.security, f"{filename}:{i.line}: RUN --security=insecure")
+
+
+class RunOp(Op):
+    """The RUN op. Its key covers the command as run (argv after the stage's SHELL,
+    heredoc scripts), the mounts as written, the network it runs on, the build args in
+    scope (they are its environment) and the content its bind mounts show (context
+    sources hashed, another stage's key). Secrets and cache-mount contents are not
+    inputs, as in BuildKit."""
+
+    def __init__(self, i: ins.Run) -> None:
+        self.i = i
+        self._bind_sources: dict[int, tuple[copystep.Selection, str]] = {}
+
+    def cache_key(self, ctx: StepContext) -> str:
+        i, b = self.i, ctx.services
+        cfg = ctx.state.config.config
+        shell = list(cfg.Shell or meta.DEFAULT_SHELL)
+        pipes: list[tuple[str, str]] = []
+        if i.heredocs:
+            cmdline = i.command[0] if i.command else ""
+            h0 = i.heredocs[0]
+            simple = len(i.heredocs) == 1 and cmdline.strip().lstrip("0123456789").startswith("<<") \
+                and len(cmdline.split()) == 1
+            if simple and h0.body().startswith("#!"):
+                # the name becomes a file of ours on the host: one component, nothing
+                # else (`RUN <<../../../etc/cron.d/x` wrote that file as root)
+                if h0.name in ("", ".", "..") or "/" in h0.name or "\0" in h0.name:
+                    raise BuildError(f"heredoc name {h0.name!r} cannot name the script of a "
+                                     "RUN step (use a plain word)")
+                pipes.append((h0.name, h0.body()))
+                argv = [f"/dev/pipes/{h0.name}"]
+            elif simple:
+                argv = shell + [h0.body()]
+            else:
+                full = cmdline
+                for h in i.heredocs:
+                    full += "\n" + h.content + h.name
+                argv = shell + [full]
+        elif i.prepend_shell:
+            argv = shell + [" ".join(i.command)]
+        else:
+            argv = list(i.command)
+        used_args = dict(ctx.args)
+        env = dict(used_args)
+        env.update(cfg.env_dict())
+        mounts_key = [dataclasses.asdict(m) for m in i.mounts]
+        for m in mounts_key:
+            m.pop("raw", None)
+        inputs = self._mount_inputs(ctx)
+        # RUN --network=default takes the build's mode, as BuildKit's; host is an entitlement
+        network = i.network if i.network not in (None, "default") else b.opts.network
+        check_network(network, b.opts.allow, f"{ctx.filename}:{i.line}: RUN --network=host"
+                      if i.network == "host" else "--network host (every RUN step)")
+        check_security(i.security, f"{ctx.filename}:{i.line}: RUN --security=insecure")
+        # keyed by what the step ran on: a result made on the host's network (before the
+        # default became a private namespace) is not reused as a sandboxed one
+        net_key = "private" if network == "default" else network
+        key = step_key(ctx.state.key, json.dumps([argv, mounts_key, net_key, pipes]), used_args,
+                       inputs)
+        self.cache_ids = mountstep.cache_ids(i.mounts, cfg.WorkingDir or "/")
+        self.platform = str(ctx.state.config.platform)
+        if self.cache_ids:    # used by the build, hit or not: --cache-to ...,cache-mounts=true
+            with b.counter_lock:
+                b.mount_ids.setdefault(self.platform, set()).update(self.cache_ids)
+        self.argv, self.env, self.pipes = argv, env, pipes
+        self.used_args, self.network = used_args, network
+        return key
+
+    def execute(self, ctx: StepContext, key: str) -> State:
+        i, b = self.i, ctx.services
+        cfg = ctx.state.config.config
+        b.restore_mounts(self.cache_ids, self.platform)    # --cache-from: warm what is cold here
+        # volatile: the upper is committed through the store's fsynced ingest, so the
+        # overlay's own syncs (and the flush on unmount) only cost time
+        ws = b.workspace(ctx.state, volatile=True)
+        try:
+            binds, locks, targets = self._mounts(ctx, ws.dir, self.env)
+            if self.pipes:
+                pd = ws.dir / "pipes"
+                pd.mkdir()
+                with resolver.rooted(pd) as pfd:
+                    for name, body in self.pipes:
+                        fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                                     | os.O_CLOEXEC, 0o755, dir_fd=pfd)
+                        with open(fd, "wb") as f:
+                            f.write(body.encode("utf-8", "surrogateescape"))
+                            os.fchmod(f.fileno(), 0o755)
+                from builder.sandbox import BindMount
+
+                binds.append(BindMount(pd, "/dev/pipes", readonly=True))
+            tail = Tail(12)
+            n = ctx.n
+
+            def out(line: bytes) -> None:
+                tail.add(line)
+                b.progress.output(n, line)
+            job = RunJob(ws.plan, self.argv, self.env,
+                         cfg.WorkingDir or "/", cfg.User or "0", self.network, binds, locks,
+                         state_dir=ws.dir / "state", shared_net=b.network)
+            if b.failed.is_set():
+                raise DependencyFailed("build cancelled")
+            code = execute(job, out, b.running)
+            if code != 0:
+                shown = " ".join(i.original.split())
+                msg = (f"{ctx.filename}:{i.line}: {shown}: process did not complete "
+                       f"successfully: exit code {code}")
+                if tail.lines:
+                    msg += "\n" + tail.text()
+                raise StepFailed(msg, code)
+            created_by = meta.run_created_by(self.argv, self.used_args)
+            return b.commit_upper(ctx.state, ws.upper, created_by, key)
+        finally:
+            ws.release()
+
+    def _mount_inputs(self, ctx: StepContext) -> str:
+        """Content of bind mounts from the context or other stages (their keys). The
+        context sources selected and hashed here are what `_mounts` shows the step."""
+        parts = []
+        b = ctx.services
+        self._bind_sources = {}
+        for k, m in enumerate(self.i.mounts):
+            if m.type == "bind":
+                if m.from_ and m.from_ not in b.opts.build_contexts:
+                    parts.append("stage " + ctx.source_state(m.from_).key)
+                else:
+                    sel = self._bind_selection(ctx, m)
+                    with b.hash_lock:
+                        parts.append(copystep.digest_selection(sel, b.hashes))
+                    self._bind_sources[k] = (sel, parts[-1])
+        return hashlib.sha256("\n".join(parts).encode()).hexdigest()
+
+    def _bind_selection(self, ctx: StepContext, m) -> copystep.Selection:
+        context = self._bind_context(ctx, m.from_)
+        if context.root is None:
+            raise mountstep.MountError("RUN --mount=type=bind: no build context")
+        src = m.source or "."
+        try:
+            return copystep.select_sources([src], copystep.SourceTree.of_context(context))
+        except copystep.CopyError:
+            raise mountstep.MountError(f"RUN --mount=type=bind,source={src}: not found "
+                                       f"in the build {context.name}") from None
+
+    @staticmethod
+    def _bind_context(ctx: StepContext, name: str | None) -> Context:
+        if name:
+            context = Context.open(ctx.services.opts.build_contexts[name])
+            context.name = f"context {name!r}"
+            return context
+        return ctx.context
+
+    def _mounts(self, ctx: StepContext, ws: Path, env: dict[str, str]):
+        b = ctx.services
+
+        def stage_tree(ref: str, dest: Path) -> Path:
+            """A flat copy of another stage's or image's rootfs for a bind mount."""
+            from layerstore.layer_apply import apply_layer
+
+            st = ctx.source_state(ref)
+            dest.mkdir()
+            for layer, diff_id in zip(st.layers, st.config.diff_ids):
+                with b.open_layer(layer) as f:
+                    apply_layer(f, dest, mode="flat", expected_diff_id=diff_id)
+            return dest
+
+        def context_view(k: int, m, dest: Path) -> Path:
+            """A copy of a context source: never the host directory itself, which holds
+            what .dockerignore hides. Read-only ones are shared by every step of the build
+            that mounts the same content; `rw` gets a copy of its own."""
+            known = self._bind_sources.get(k)
+            sel, digest = known if known else (self._bind_selection(ctx, m), None)
+            if digest is not None and m.readonly is not False:
+                return b.context_view(sel, digest)
+            copystep.materialize(sel, dest.parent, dest.name)
+            return dest
+        return mountstep.prepare(self.i.mounts, ws, env, secrets=b.opts.secrets,
+                                 cache_dir=b.store.root / "cache" / "mounts",
+                                 contexts=b.opts.build_contexts,
+                                 context_view=context_view, stage_tree=stage_tree,
+                                 cwd=ctx.state.config.config.WorkingDir or "/")
