@@ -535,7 +535,7 @@ def _containers(settings: Settings):
 @click.option("--read-only", is_flag=True, help="Mount the root filesystem read-only.")
 @click.option("--cap-add", multiple=True, help="Add a capability.")
 @click.option("--cap-drop", multiple=True, help="Drop a capability (ALL for every one).")
-@click.option("--security-opt", multiple=True, help="seccomp=unconfined|FILE, no-new-privileges.")
+@click.option("--security-opt", multiple=True, help="seccomp=unconfined|FILE, no-new-privileges[=true|false] (off by default).")
 @click.option("--privileged", is_flag=True, help="Every capability, no seccomp filter.")
 @click.option("--ulimit", multiple=True, metavar="NAME=SOFT[:HARD]", help="Set a resource limit.")
 @click.option("--stop-signal", default=None, help="Signal that stops the container.")

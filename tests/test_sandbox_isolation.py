@@ -114,13 +114,29 @@ def test_cap_add_and_drop(busybox_rootfs):
 
 
 def test_seccomp_and_no_new_privs(busybox_rootfs):
+    # docker's default: no_new_privs off, the default profile loaded all the same
     r = sh(busybox_rootfs, "grep -E '^(Seccomp|NoNewPrivs):' /proc/self/status")
+    assert dict(line.split(":\t") for line in out(r).splitlines()) == {"Seccomp": "2",
+                                                                      "NoNewPrivs": "0"}
+    r = sh(busybox_rootfs, "grep -E '^(Seccomp|NoNewPrivs):' /proc/self/status",
+           no_new_privs=True)
     assert dict(line.split(":\t") for line in out(r).splitlines()) == {"Seccomp": "2",
                                                                       "NoNewPrivs": "1"}
     r = sh(busybox_rootfs, "grep -E '^(Seccomp|NoNewPrivs):' /proc/self/status",
-           seccomp="unconfined", no_new_privs=False)
+           seccomp="unconfined")
     assert dict(line.split(":\t") for line in out(r).splitlines()) == {"Seccomp": "0",
                                                                       "NoNewPrivs": "0"}
+
+
+@pytest.mark.parametrize("user", ["0", "user"])
+def test_seccomp_enforced_without_no_new_privs(busybox_rootfs, probe, user):
+    # the kernel takes a filter without no_new_privs only from a holder of CAP_SYS_ADMIN:
+    # it must go in before the capabilities (none of which is CAP_SYS_ADMIN) are dropped
+    r = sh(busybox_rootfs, f"{PROBE_PATH} io_uring keyctl mount; "
+                           "grep -E '^(Seccomp|NoNewPrivs):' /proc/self/status", probe, user=user)
+    got = dict((line.replace(":", "").split(None, 1) + [""])[:2] for line in out(r).splitlines())
+    assert got == {"io_uring": "EPERM", "keyctl": "EPERM", "mount": "EPERM", "Seccomp": "2",
+                   "NoNewPrivs": "0"}, r.stderr
 
 
 def test_user_supplied_seccomp_profile(busybox_rootfs, tmp_path):

@@ -144,7 +144,7 @@ def write_bundle(store: Store, name: str, dest: Path, hostname: str | None = Non
             "cwd": cwd,
             "capabilities": {"bounding": cap_list, "effective": cap_list,
                              "permitted": cap_list, "inheritable": [], "ambient": []},
-            "noNewPrivileges": True,
+            "noNewPrivileges": False,   # as `pybuild run` (docker's default)
         },
         "root": {"path": "rootfs", "readonly": False},
         "hostname": hostname,

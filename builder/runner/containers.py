@@ -65,7 +65,7 @@ class ContainerState:
     cap_add: list[str] = field(default_factory=list)
     cap_drop: list[str] = field(default_factory=list)
     seccomp: str | None = None
-    no_new_privs: bool = True
+    no_new_privs: bool = False
     privileged: bool = False
     read_only: bool = False
     network: str = "private"

@@ -191,8 +191,9 @@ def _prepare(store: Store, opts: RunOptions) -> Prepared:
         ports=[str(p) for p in ports], labels=labels,
         limits={k: v for k, v in vars(limits).items() if v is not None},
         log_max_size=opts.log_max_size, log_max_files=opts.log_max_files)
-    spec = SandboxSpec(root=OverlayRoot([], Path(), Path()), argv=argv, env=env, cwd=cwd,
-                       user=user, hostname=hostname, limits=limits, network=network,
+    spec = SandboxSpec(root=OverlayRoot([], Path(), Path()), argv=argv,
+                       env=tty_env(env, opts.tty), cwd=cwd, user=user, hostname=hostname,
+                       limits=limits, network=network,
                        cap_add=cap_add, cap_drop=list(opts.cap_drop), seccomp=seccomp,
                        no_new_privs=nnp, privileged=opts.privileged, init=opts.init, id=cid,
                        cache_dir=seccomp_cache(store.root))
@@ -214,6 +215,13 @@ def _prepare(store: Store, opts: RunOptions) -> Prepared:
         discard(containers, state)
         raise
     return Prepared(state, cdir, spec, containers, list(opts.ulimits))
+
+
+def tty_env(env: dict[str, str], tty: bool) -> dict[str, str]:
+    """The process's environment: with -t, TERM=xterm unless the image or -e set TERM.
+    As docker's daemon environment, it is not part of the recorded Env (inspect's
+    Config.Env), so an `exec` without -t does not inherit it."""
+    return {"TERM": "xterm", **env} if tty and "TERM" not in env else env
 
 
 def own_capabilities() -> list[str]:

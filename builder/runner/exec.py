@@ -16,7 +16,7 @@ from builder.sandbox import ExecSpec, exec as sandbox_exec
 
 from .attach import copy_winsize, forwarding, pump_pty, raw_terminal, stdin_from_devnull, terminal_size
 from .containers import Containers, alive
-from .create import seccomp_cache
+from .create import seccomp_cache, tty_env
 from .errors import RunError
 from .lifecycle import is_running
 from .options import parse_env
@@ -42,8 +42,9 @@ def exec_in(containers: Containers, ref: str, argv: list[str], *, interactive: b
             raise RunError(f"container {st.id[:12]} is not running")
         full_env = dict(st.env)
         full_env.update(parse_env(env or [], dict(os.environ)))
-        spec = ExecSpec(container_id=st.id, argv=argv, env=full_env, cwd=workdir or st.cwd,
-                        user=user or st.user, hostname=st.hostname, cap_add=st.cap_add,
+        spec = ExecSpec(container_id=st.id, argv=argv, env=tty_env(full_env, use_tty),
+                        cwd=workdir or st.cwd, user=user or st.user, hostname=st.hostname,
+                        cap_add=st.cap_add,
                         cap_drop=st.cap_drop, seccomp=st.seccomp, no_new_privs=st.no_new_privs,
                         stdio="pty" if use_tty else "null" if detach else "inherit",
                         pty_size=terminal_size(0 if os.isatty(0) else 1) if use_tty else None,

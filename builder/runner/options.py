@@ -85,7 +85,7 @@ class RunOptions:
     cap_add: list[str] = field(default_factory=list)
     cap_drop: list[str] = field(default_factory=list)
     seccomp: str | None = None                            # None: default profile
-    no_new_privs: bool = True
+    no_new_privs: bool = False                            # docker: off unless asked
     privileged: bool = False
     ulimits: list[Ulimit] = field(default_factory=list)
     stop_signal: str | None = None
@@ -333,10 +333,17 @@ def parse_ulimit(text: str) -> Ulimit:
     return Ulimit(name, soft, hard)
 
 
+# strconv.ParseBool's spellings, which docker's --security-opt no-new-privileges=V takes
+_BOOLS = {v: True for v in ("1", "t", "T", "true", "TRUE", "True")} | \
+    {v: False for v in ("0", "f", "F", "false", "FALSE", "False")}
+
+
 def parse_security_opt(text: str, opts: RunOptions) -> None:
-    """seccomp=unconfined|FILE, no-new-privileges[=true|false]; others are refused."""
-    key, eq, value = text.replace(":", "=", 1).partition("=") if text.startswith("seccomp") \
-        else text.partition("=")
+    """seccomp=unconfined|FILE, no-new-privileges[=BOOL] (docker: off unless given; the
+    old `:` separator, common in compose files, is taken too); others are refused."""
+    # docker cuts at the first "=", else (the old form) at the first ":"
+    key, eq, value = text.partition(":") if "=" not in text and \
+        text.startswith(("seccomp", "no-new-privileges")) else text.partition("=")
     if key == "seccomp":
         if not value:
             raise RunError(f"invalid --security-opt {text!r}: seccomp needs unconfined or a file")
@@ -345,9 +352,9 @@ def parse_security_opt(text: str, opts: RunOptions) -> None:
             raise RunError(f"invalid --security-opt {text!r}: seccomp profile {value} {why}")
         opts.seccomp = value if value == "unconfined" else str(Path(value).absolute())
     elif key == "no-new-privileges":
-        if value not in ("", "true", "false"):
+        if eq and value not in _BOOLS:
             raise RunError(f"invalid --security-opt {text!r}: expected true or false")
-        opts.no_new_privs = value != "false"
+        opts.no_new_privs = _BOOLS[value] if eq else True
     else:
         raise RunError(f"invalid --security-opt {text!r}: supported are seccomp=unconfined|FILE "
                        "and no-new-privileges")

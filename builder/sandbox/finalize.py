@@ -78,7 +78,15 @@ def close_all_but(keep: set[int]) -> None:
 
 
 def drop_privileges(ids: users.Ids, keep: int, bpf: bytes | None, no_new_privs: bool) -> None:
-    """runc's order: seccomp early only without no_new_privs; bounding set, user, caps."""
+    """runc's order: seccomp early only without no_new_privs; bounding set, user, caps.
+
+    The kernel installs a filter only for a caller with no_new_privs set or
+    CAP_SYS_ADMIN in its user namespace (else a setuid binary could run under a
+    filter its owner never agreed to). Without no_new_privs (docker's default) the
+    filter therefore goes in first, while we still hold every capability; the
+    syscalls that follow (prctl, setgroups, setres[ug]id, capset, close_range) are
+    ones the profile must allow, as with runc. With no_new_privs it goes in last,
+    as close to execve as possible, so that it filters nothing of ours."""
     if bpf is not None and not no_new_privs:
         libc.seccomp_load(bpf)
     capmod.drop_bounding(keep)

@@ -131,7 +131,7 @@ class SandboxSpec:
     cap_add: list[str] = field(default_factory=list)
     cap_drop: list[str] = field(default_factory=list)   # "ALL" drops every capability
     seccomp: str | Path | None = None   # None: docker's default; "unconfined"; or a JSON file
-    no_new_privs: bool = True
+    no_new_privs: bool = False       # docker's default: setuid binaries work
     # docker's --privileged beyond caps and seccomp: no masked or read-only paths,
     # /sys writable, the host's devices in /dev
     privileged: bool = False
@@ -210,7 +210,7 @@ class ExecSpec:
     cap_add: list[str] = field(default_factory=list)
     cap_drop: list[str] = field(default_factory=list)
     seccomp: str | Path | None = None
-    no_new_privs: bool = True
+    no_new_privs: bool = False       # docker's default: setuid binaries work
     stdio: str = "inherit"           # inherit (our 0, 1, 2) | null | pty
     pty_size: tuple[int, int] | None = None
     detach: bool = False             # the joiner outlives us (no parent-death signal)
