@@ -215,10 +215,15 @@ def import_cmd(settings: Settings, tarball: str, name: str | None, changes: tupl
 @click.option("-o", "--output", type=click.Path(path_type=Path), default=None,
               help="Write to this file instead of stdout.")
 @click.option("--format", "fmt", type=click.Choice(["oci", "docker"]), default="oci",
-              show_default=True)
+              show_default=True,
+              help="oci: an OCI image layout (docker save writes docker-archive by "
+                   "default: --format docker).")
 @click.pass_obj
 def save_cmd(settings: Settings, names: tuple[str, ...], output: Path | None, fmt: str) -> None:
-    """Write images to a tar archive (OCI layout or docker-archive)."""
+    """Write images to a tar archive (OCI layout or docker-archive).
+
+    The default format is OCI (an OCI image layout in a tar); docker save's default is
+    docker-archive, which `--format docker` writes. `pybuild load` reads both."""
     from layerstore.archive import save
 
     if output is None and sys.stdout.isatty():

@@ -308,12 +308,16 @@ def readlink(root_fd: int, path: str | bytes, *, policy: str = IN_ROOT) -> str:
 
 def makedirs(root_fd: int, path: str | bytes, *, policy: str = IN_ROOT, mode: int = 0o755,
              uid: int | None = None, gid: int | None = None,
-             created: list[str] | None = None, _depth: int = 0) -> int:
+             created: list[str] | None = None, follow_dangling: bool = True,
+             _depth: int = 0) -> int:
     """mkdir -p of `path` inside the tree; returns an O_RDONLY fd of the directory.
 
     New directories get `mode` exactly (umask ignored) and, when given, uid:gid.
     A dangling symlink on the way is followed and its target created, inside the
-    root, as docker's MkdirAll does. `created` collects the paths made."""
+    root, as docker's MkdirAll does; with follow_dangling=False it is an error
+    (FileExistsError) instead: on the host, whoever can plant a link where the path
+    is missing would otherwise choose where root creates a directory.
+    `created` collects the paths made."""
     names = components(path)
     if _depth > MAX_HOPS:
         _raise(errno.ELOOP, path)
@@ -335,7 +339,8 @@ def makedirs(root_fd: int, path: str | bytes, *, policy: str = IN_ROOT, mode: in
                         os.mkdir(leaf, mode, dir_fd=dfd)
                     except FileExistsError:
                         st = os.stat(leaf, dir_fd=dfd, follow_symlinks=False)
-                        if not stat.S_ISLNK(st.st_mode) or policy == NO_SYMLINKS:
+                        if (not stat.S_ISLNK(st.st_mode) or policy == NO_SYMLINKS
+                                or not follow_dangling):
                             raise
                         # a dangling symlink: create what it points at (inside the root)
                         target = os.readlink(leaf, dir_fd=dfd)

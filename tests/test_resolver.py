@@ -164,6 +164,19 @@ def test_makedirs_stays_inside(tree, impl):
     assert sorted(os.listdir(outside)) == ["emptydir", "secret"]
 
 
+def test_makedirs_can_refuse_a_dangling_link(tree, impl):
+    """follow_dangling=False (run -v on the host): a dangling link is an error, its target
+    is never created; a live link on the way is still followed."""
+    root, outside = tree
+    with rs.rooted(root) as r:
+        with pytest.raises(FileExistsError):
+            rs.makedirs(r, "dangling/d", follow_dangling=False)
+        os.close(rs.makedirs(r, "lib/e", follow_dangling=False))
+    assert not (root / "nowhere").exists()
+    assert (root / "usr" / "lib" / "e").is_dir()
+    assert sorted(os.listdir(outside)) == ["emptydir", "secret"]
+
+
 def test_makedirs_beneath_refuses_escape(tree, impl):
     root, outside = tree
     with rs.rooted(root) as r:

@@ -27,8 +27,8 @@ def test_bind_mounts_ro_enforced_rw_written(run_store, tmp_path):
     sh(run_store, "--mount", f"type=bind,source={src},target=/rw", "busybox",
        script="echo changed > /rw/f")
     assert (src / "f").read_text() == "changed\n"
-    p = run_store("run", "--rm", *NONE, "-v", f"{tmp_path}/missing:/x", "busybox", "true",
-                  check=False)
+    p = run_store("run", "--rm", *NONE, "--mount", f"type=bind,source={tmp_path}/missing,"
+                  "target=/x", "busybox", "true", check=False)
     assert p.returncode == 125 and "does not exist" in p.stderr
 
 

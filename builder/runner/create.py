@@ -125,8 +125,10 @@ def _mounts(opts: RunOptions, cfg, lowers: list[Path], volumes: Volumes,
         if m.type == "bind":
             src = Path(m.source)
             if not src.exists():
-                raise RunError(f"invalid mount {m.source}:{m.target}: bind source path "
-                               f"{m.source} does not exist")
+                if not (m.create_source and m.source.startswith("/")):
+                    raise RunError(f"invalid mount {m.source}:{m.target}: bind source path "
+                                   f"{m.source} does not exist")
+                create_bind_source(m.source, m.target)
             out.append(BindMount(src.resolve(), t, m.readonly))
             state.mounts.append({"Type": "bind", "Source": str(src.resolve()), "Destination": t,
                                  "RW": not m.readonly})
@@ -140,6 +142,25 @@ def _mounts(opts: RunOptions, cfg, lowers: list[Path], volumes: Volumes,
                              "Destination": t, "RW": not m.readonly})
     out.sort(key=lambda m: m.dst.count("/"))
     return out
+
+
+def create_bind_source(source: str, target: str) -> None:
+    """docker's `-v /missing/dir:/x`: the host directory is made, 0755 (root's), as the
+    user named it. A symlink on the way that exists is followed (the user's path, as
+    docker follows it), but a dangling one is refused rather than followed: whoever can
+    plant a link where the path is still missing would otherwise pick where root makes
+    a directory (docker's MkdirAll fails there too)."""
+    from layerstore import resolver
+
+    try:
+        with resolver.rooted("/") as root:
+            os.close(resolver.makedirs(root, source, mode=0o755, follow_dangling=False))
+    except OSError as e:
+        why = e.strerror or str(e)
+        if isinstance(e, FileExistsError):
+            why += " (a dangling symlink on the way is not followed)"
+        raise RunError(f"invalid mount {source}:{target}: cannot create bind source path "
+                       f"{source}: {why}") from None
 
 
 def prepare(store: Store, opts: RunOptions) -> Prepared:

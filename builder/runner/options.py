@@ -38,6 +38,7 @@ class MountSpec:
     size: int | None = None   # tmpfs
     mode: int = 0o1777        # tmpfs
     noexec: bool = False      # tmpfs (docker's --tmpfs default; --mount type=tmpfs allows exec)
+    create_source: bool = False   # bind from -v: a missing host dir is made (--mount: an error)
 
 
 @dataclass
@@ -210,7 +211,7 @@ def parse_volume(text: str) -> MountSpec:
         else:
             raise RunError(f"invalid volume specification {text!r}: unknown option {opt!r}")
     if src.startswith("/"):
-        return MountSpec("bind", dst, src, readonly)
+        return MountSpec("bind", dst, src, readonly, create_source=True)
     if src.startswith("."):
         raise RunError(f"invalid volume specification {text!r}: a bind mount source must be "
                        "an absolute path")

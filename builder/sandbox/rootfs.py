@@ -87,7 +87,12 @@ def detach_sources(spec: SandboxSpec, state_dir: str, userns: bool, net_host: bo
                 libc.make_readonly(fd, str(m.src))
             d.binds.append((fd, m, os.path.isdir(m.src)))
     if spec.etc_files:
+        # the caller's own mount at one of these paths wins, as in docker (`-v
+        # /srv/hosts:/etc/hosts:ro` pins the names of a multi-service setup)
+        taken = {os.path.normpath("/" + m.dst.lstrip("/")) for m in spec.mounts}
         for name in _ETC_FILES:
+            if "/etc/" + name in taken:
+                continue
             d.etc.append((_clone_tree(os.path.join(state_dir, name), False), "/etc/" + name))
     if spec.privileged:
         d.writable_sys = True
@@ -182,7 +187,12 @@ def _mkdirs(path: str) -> None:
             continue
         cur = os.path.join(cur, part)
         if not os.path.isdir(cur):
-            os.mkdir(cur, 0o755)
+            try:
+                os.mkdir(cur, 0o755)
+            except FileExistsError:
+                where = "" if cur == path else f" ({quoted(cur)} on the way)"
+                raise SandboxError(f"mount target {quoted(path)}{where} is not a directory, "
+                                   "and a directory is to be mounted there") from None
             STUBS.append(cur)
 
 
