@@ -36,6 +36,7 @@ from builder.dockerfile.stages import Stage, StageGraph, plan_stages, replay_onb
 from builder.progress import Progress
 from builder.rootview import in_overlay
 from builder.steps import copy as copystep
+from builder.steps import download
 from builder.steps import meta
 from builder.steps import mounts as mountstep
 from builder.steps import run as runstep
@@ -782,7 +783,7 @@ class _StageRunner:
         b = self.b
         n = b.next_step()
         where = f"{self.label} {position}/{self.total}" if position else f"{self.label} ONBUILD"
-        text = " ".join(i.original.split()) if i.original else i.keyword
+        text = download.redact_text(" ".join(i.original.split()) if i.original else i.keyword)
         b.progress.start(n, where, text)
         b.shown.append((n, where, text, False))
         try:

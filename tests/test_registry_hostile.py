@@ -167,6 +167,23 @@ def test_add_errors_never_show_a_password_of_the_url(tmp_path, hostile):
     assert "s3cret-pw" not in str(err.value)
 
 
+def test_build_progress_and_history_never_show_a_password_of_the_url(tmp_path, hostile):
+    """The Dockerfile's own URL credentials reach their host, never the build's progress
+    log or the image's history (both end up in public CI logs and registries)."""
+    hs = hostile()
+    hs.route("GET", r"/f", lambda h, m: reply(h, 200, b"payload"))
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    (ctx / "Dockerfile").write_text(f"FROM scratch\nADD http://ann:s3cret-pw@{hs.host}/f /f\n")
+    cli = CLI(tmp_path / "store")
+    out = cli("build", "--progress", "plain", "-t", "add-pw", ctx)
+    shown = out.stdout + out.stderr
+    assert "s3cret-pw" not in shown and "ann:xxxxx@" in shown
+    assert authorizations(hs.seen) == ["Basic " + base64.b64encode(b"ann:s3cret-pw").decode()]
+    history = cli("history", "--no-trunc", "add-pw").stdout
+    assert "s3cret-pw" not in history and "ADD " in history
+
+
 def test_build_add_sends_no_netrc_credentials(tmp_path, hostile):
     home = netrc_home(tmp_path)
     hs = hostile()

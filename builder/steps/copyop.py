@@ -98,7 +98,7 @@ class CopyOp(Op):
             dl = copystep.select_sources([path.name], tree)
             item = dl.items[0]
             # ADD --unpack (BuildKit's): a download is extracted only when asked
-            item.rel, item.arg = download.url_name(url), url
+            item.rel, item.arg = download.url_name(url), download.redact_text(url)
             item.archive_ok = getattr(i, "unpack", None) is True
             hd += f" {url} {copystep.digest_selection(dl)}"
             sel = sel or copystep.Selection()

@@ -72,6 +72,15 @@ def redact(url: str) -> str:
     return parts._replace(netloc=f"{parts.username}:xxxxx@{host}").geturl()
 
 
+_USERINFO = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://[^/\s:@]*):[^/\s@]*@")
+
+
+def redact_text(text: str) -> str:
+    """Every `scheme://user:password@` in a step's text (as progress and history show it)
+    with the password replaced, as BuildKit shows ADD sources."""
+    return _USERINFO.sub(r"\1:xxxxx@", text)
+
+
 def url_name(url: str) -> str:
     from urllib.parse import urlparse
 
