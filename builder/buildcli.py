@@ -274,7 +274,8 @@ def _report(mode: str, image_id: str, manifest_digest: str, names: list[str], ra
     if mode not in ("quiet", "rawjson"):
         for n in names:
             click.echo(f"Successfully tagged {n}", err=True)
-        click.echo(f"--> {image_id[7:19]} ({ran} steps run, {cached} cached)", err=True)
+        click.echo(f"--> {image_id[7:19]} ({ran} step{'' if ran == 1 else 's'} run, "
+                   f"{cached} cached)", err=True)
     click.echo(image_id, err=not stdout)
 
 

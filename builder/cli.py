@@ -40,7 +40,57 @@ class Settings:
         return Store.open(self.root)
 
 
-class PybuildGroup(click.Group):
+# docker command lines whose pybuild spelling click's spelling guesses cannot find
+# ("Did you mean '--help'?" for `build --check`): the words typed -> what to type instead
+_DOCKER_HABITS = {
+    ("build", "--check"): "pybuild check",
+    ("system", "prune"): "pybuild prune",
+    ("builder", "prune"): "pybuild prune",
+}
+
+
+def _habit(words: list[str]) -> str | None:
+    for n in (2, 1):
+        hint = _DOCKER_HABITS.get(tuple(words[:n])) if len(words) >= n else None
+        if hint:
+            return f"(docker's '{' '.join(words[:n])}' is '{hint}')"
+    return None
+
+
+class HabitCommand(click.Command):
+    """A command whose unknown option may be a docker habit with a pybuild spelling."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except click.NoSuchOption as exc:
+            hint = _habit([ctx.info_name or "", exc.option_name])
+            if hint is None:
+                raise
+            raise click.NoSuchOption(exc.option_name, f"No such option '{exc.option_name}'. {hint}",
+                                     ctx=ctx) from None
+
+
+class HabitGroup(click.Group):
+    """A group whose unknown subcommand may be a docker habit with a pybuild spelling;
+    other unknown words keep click's own guesses."""
+
+    command_class = HabitCommand
+
+    def resolve_command(self, ctx: click.Context, args: list[str]):
+        if args and self.get_command(ctx, args[0]) is None and not ctx.resilient_parsing:
+            words = args[:2] if ctx.parent is None else [ctx.info_name or "", *args[:1]]
+            hint = _habit(words)
+            if hint is not None:
+                raise click.NoSuchCommand(args[0], f"No such command '{args[0]}'. {hint}",
+                                          ctx=ctx)
+        return super().resolve_command(ctx, args)
+
+
+HabitGroup.group_class = HabitGroup
+
+
+class PybuildGroup(HabitGroup):
     """Turns PybuildError into one line on stderr and a non-zero exit."""
 
     def invoke(self, ctx: click.Context):
@@ -538,7 +588,7 @@ def _containers(settings: Settings):
 @click.option("--cpus", default=None, help="Number of CPUs (e.g. 0.5).")
 @click.option("--pids-limit", default=None, help="Maximum number of processes.")
 @click.option("--read-only", is_flag=True, help="Mount the root filesystem read-only.")
-@click.option("--cap-add", multiple=True, help="Add a capability.")
+@click.option("--cap-add", multiple=True, help="Add a capability (e.g. NET_ADMIN, SYS_PTRACE, ALL; the CAP_ prefix is optional).")
 @click.option("--cap-drop", multiple=True, help="Drop a capability (ALL for every one).")
 @click.option("--security-opt", multiple=True, help="seccomp=unconfined|FILE, no-new-privileges[=true|false] (off by default).")
 @click.option("--privileged", is_flag=True, help="Every capability, no seccomp filter.")

@@ -377,13 +377,25 @@ class _Archive:
                     self.members[key] = _Member(key, REG if h.typeflag == CONT else h.typeflag,
                                                 h.offset, h.size, os.fsdecode(h.linkname))
         except TarTruncated as exc:
+            if count == 0:      # not even one whole header: a short text file, not a tar
+                what = "not a tar archive" if self.kind == "none" else \
+                    f"corrupt or truncated {self.kind} archive, or not a tar archive"
+                raise BadArchive(f"{self.label}: {what} (shorter than one tar header)") from None
             raise BadArchive(f"{self.label}: truncated: {exc}") from None
         except HeaderError as exc:
             # deflate finds damage late (the CRC comes last): garbage decoded from a damaged
             # stream reaches the tar reader first
             what = "not a tar archive" if self.kind == "none" else \
                 f"corrupt {self.kind} archive, or not a tar archive"
+            detail = str(exc)
+            if count == 0 and exc.offset == 0 and detail.startswith(("bad ", "header checksum")) \
+                    and not detail.startswith("bad PAX"):
+                # the first "header" is a text file's first line: its bytes (a Python repr)
+                # tell nothing
+                raise BadArchive(f"{self.label}: {what}") from None
             raise BadArchive(f"{self.label}: {what} (offset {exc.offset}): {exc}") from None
+        if count == 0 and source.offset == 0:
+            raise BadArchive(f"{self.label}: empty, not an archive")
 
     def _path(self, name: object) -> str:
         if not isinstance(name, str) or not name:

@@ -361,6 +361,19 @@ def parse_security_opt(text: str, opts: RunOptions) -> None:
                        "and no-new-privileges")
 
 
+def parse_caps(names: tuple[str, ...] | list[str]) -> list[str]:
+    """--cap-add/--cap-drop values, checked before anything is pulled or created: a
+    misspelt capability is the user's typo, not a sandbox failure."""
+    from builder.sandbox.caps import CAP_NUMBERS
+
+    for name in names:
+        n = name.strip().upper()
+        if n not in ("ALL", "CAP_ALL") and (n if n.startswith("CAP_") else "CAP_" + n) \
+                not in CAP_NUMBERS:
+            raise RunError(f"unknown capability {name} (see `pybuild run --help`)")
+    return list(names)
+
+
 def build_options(image: str, command: tuple[str, ...] | list[str], *, rm: bool = False,
                   detach: bool = False, name: str | None = None, interactive: bool = False,
                   tty: bool = False, env: tuple[str, ...] = (), env_file: tuple[str, ...] = (),
@@ -385,8 +398,8 @@ def build_options(image: str, command: tuple[str, ...] | list[str], *, rm: bool 
                       interactive=interactive, tty=tty, env=list(env),
                       env_files=[Path(f) for f in env_file], workdir=workdir, user=user,
                       entrypoint=entrypoint, init=init, hostname=hostname, network=net,
-                      publish_all=publish_all, read_only=read_only, cap_add=list(cap_add),
-                      cap_drop=list(cap_drop), privileged=privileged, stop_signal=stop_signal,
+                      publish_all=publish_all, read_only=read_only, cap_add=parse_caps(cap_add),
+                      cap_drop=parse_caps(cap_drop), privileged=privileged, stop_signal=stop_signal,
                       stop_timeout=stop_timeout, pull=pull)
     opts.mounts = ([parse_volume(v) for v in volume] + [parse_mount(m) for m in mount]
                    + [parse_tmpfs(t) for t in tmpfs])

@@ -81,6 +81,21 @@ def redact_text(text: str) -> str:
     return _USERINFO.sub(r"\1:xxxxx@", text)
 
 
+def _failure(url: str, exc: BaseException) -> str:
+    """`host: cause` of a failed download, e.g. `example.com:443: DNS name not resolved`;
+    a password of the URL never shown, whatever the exception's text quotes."""
+    from layerstore.registry import transport
+
+    try:
+        parts = urlsplit(url)
+        host, password = parts.netloc.rpartition("@")[2], parts.password
+    except ValueError:
+        host, password = "", None
+    where = transport.failure_host(exc) or transport.printable(host)
+    text = f"{where}: {transport.failure_reason(exc)}" if where else transport.failure_reason(exc)
+    return text.replace(password, "xxxxx") if password else text
+
+
 def url_name(url: str) -> str:
     from urllib.parse import urlparse
 
@@ -127,8 +142,7 @@ def fetch(url: str, dest: Path, checksum: str | None, pace=None) -> Path:
             ValueError) as exc:
         # connection failures, and what a hostile URL makes of requests:
         # InvalidURL, bad ports
-        raise DownloadError(f"ADD {shown}: cannot download (no network access to it?): "
-                            f"{type(exc).__name__}") from None
+        raise DownloadError(f"ADD {shown}: cannot download: {_failure(url, exc)}") from None
     except (transport.TransferError, transport.BadBody, transport.RedirectError) as exc:
         raise DownloadError(str(exc)) from None
     if checksum and checksum != f"{algorithm}:{h.hexdigest()}":

@@ -263,6 +263,67 @@ def printable(text: str, limit: int = 200) -> str:
     return "".join(ch if ch.isprintable() else "?" for ch in text)
 
 
+def _chain(exc: BaseException) -> list[BaseException]:
+    """`exc` and what caused it, outermost first: requests wraps urllib3's MaxRetryError
+    (in args), which names its cause in `.reason`, which was raised from the socket error."""
+    out: list[BaseException] = []
+    e: BaseException | None = exc
+    while e is not None and len(out) < 16 and all(e is not o for o in out):
+        out.append(e)
+        reason = getattr(e, "reason", None)
+        arg = e.args[0] if e.args and isinstance(e.args[0], BaseException) else None
+        e = reason if isinstance(reason, BaseException) else \
+            (e.__cause__ or arg or e.__context__)
+    return out
+
+
+def failure_host(exc: BaseException) -> str | None:
+    """host[:port] of the connection that failed (after a redirect, not the first URL's)."""
+    for e in _chain(exc):
+        pool = getattr(e, "pool", None) or getattr(e, "conn", None)
+        host = getattr(pool, "host", None)
+        if isinstance(host, str) and host:
+            port = getattr(pool, "port", None)
+            return printable(f"{host}:{port}" if port else host)
+    return None
+
+
+def failure_reason(exc: BaseException) -> str:
+    """Why a request failed, in words (`DNS name not resolved`, `connection refused`,
+    `TLS verification failed: ...`, `timed out`), from the deepest cause in the chain
+    that says something, never an exception class name."""
+    import ssl
+
+    import urllib3
+
+    for e in reversed(_chain(exc)):
+        if isinstance(e, ssl.SSLCertVerificationError):
+            return f"TLS verification failed: {printable(e.verify_message or e.reason or 'bad certificate')}"
+        if isinstance(e, ssl.SSLError):
+            text = str(e)
+            if "WRONG_VERSION_NUMBER" in text or "wrong version number" in text:
+                return "TLS handshake failed: the server does not speak TLS on this port"
+            return f"TLS handshake failed: {printable(e.reason or text)}"
+        if isinstance(e, socket.gaierror):
+            if e.errno == socket.EAI_AGAIN:
+                return "DNS name not resolved (temporary failure in name resolution)"
+            return "DNS name not resolved"
+        if isinstance(e, ConnectionRefusedError):
+            return "connection refused"
+        if isinstance(e, ConnectionResetError):
+            return "connection reset by the server"
+        if isinstance(e, http.client.RemoteDisconnected):
+            return "connection closed by the server"
+        if isinstance(e, (TimeoutError, socket.timeout)) or (
+                isinstance(e, urllib3.exceptions.TimeoutError)
+                and not isinstance(e, urllib3.exceptions.NewConnectionError)):
+            return "timed out"
+        if isinstance(e, OSError) and e.errno is not None and e.strerror:
+            return printable(e.strerror.lower() if e.strerror[:1].isupper() else e.strerror)
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    return printable(text) if text else "the connection failed"
+
+
 class RedirectError(RegistryError):
     """Too many redirects, or one to something other than http(s)."""
 
