@@ -115,6 +115,29 @@ def named_context(name: str, value: str) -> Path:
     return Path(value).absolute()     # checked when a step uses it (an unused one may be absent)
 
 
+_MAX_EPOCH = 253402300799     # 9999-12-31T23:59:59Z: the last time an RFC 3339 date can say
+
+
+def check_epoch(value: int | None) -> int | None:
+    """--source-date-epoch, else a non-empty SOURCE_DATE_EPOCH (as buildx reads it):
+    seconds since 1970, checked before any step (a bad value in the environment was
+    ignored, a negative or huge one failed after the build as a traceback)."""
+    what = "--source-date-epoch"
+    if value is None:
+        text = os.environ.get("SOURCE_DATE_EPOCH", "")
+        if not text:
+            return None
+        what = "SOURCE_DATE_EPOCH"
+        if not (text.isascii() and text.isdigit()):
+            raise PybuildError(f"{what}={text[:40]!r} (environment): not a number of seconds "
+                               "(a non-negative integer)")
+        value = int(text)
+    if not 0 <= value <= _MAX_EPOCH:
+        raise PybuildError(f"{what} {value}: must be between 0 and {_MAX_EPOCH} "
+                           "(seconds since 1970-01-01)")
+    return value
+
+
 def run_build(root: Path, open_store, context: str, dockerfile: str | None, *, tags, build_args,
               build_arg_files, target, no_cache, pull, network, platform, labels, annotations,
               secrets, build_contexts, compression, source_date_epoch, squash, iidfile,
@@ -128,6 +151,9 @@ def run_build(root: Path, open_store, context: str, dockerfile: str | None, *, t
     from builder.buildopts import BuildOptions, check_network, parse_allow, parse_build_args
     from builder.progress import Progress
 
+    if jobs < 1:    # as docker refuses a bad number instead of quietly using another
+        raise PybuildError(f"--jobs {jobs}: must be at least 1")
+    source_date_epoch = check_epoch(source_date_epoch)
     granted = parse_allow(allow)
     check_network(network, granted, "--network host (every RUN step)")
     from layerstore import reference
@@ -154,15 +180,13 @@ def run_build(root: Path, open_store, context: str, dockerfile: str | None, *, t
             raise PybuildError(f"--build-arg-file {f}: {exc.strerror}") from None
         args.update(parse_build_args(l for l in lines if l.strip() and not l.lstrip().startswith("#")))
     args.update(parse_build_args(build_args))
-    if source_date_epoch is None and os.environ.get("SOURCE_DATE_EPOCH", "").isdigit():
-        source_date_epoch = int(os.environ["SOURCE_DATE_EPOCH"])
     opts = BuildOptions(context=None if context == "-" else Path(context).absolute(),
                         tags=list(tags), build_args=args, target=target, no_cache=no_cache,
                         pull=pull, network=network, allow=granted, platform=platform,
                         labels=kv_map(labels, "--label"),
                         annotations=kv_map(annotations, "--annotation", bare=None),
                         compression=compression, source_date_epoch=source_date_epoch,
-                        squash=squash, jobs=max(1, jobs), cache_to=exports,
+                        squash=squash, jobs=jobs, cache_to=exports,
                         cache_from=sources)
     if registry_options and any(s.type == "registry" for s in exports + sources):
         opts.registry_options = push_options or registry_options()
@@ -174,6 +198,12 @@ def run_build(root: Path, open_store, context: str, dockerfile: str | None, *, t
         raise PybuildError(f"build context {context}: not a directory")
     for k, v in kv_map(build_contexts, "--build-context", bare=None).items():
         opts.build_contexts[k] = named_context(k, v)
+    from builder.steps.mounts import parse_secret
+
+    for s in secrets:    # a missing source fails now, not at the RUN step that needs it
+        sec = parse_secret(s)
+        sec.check()
+        opts.secrets[sec.id] = sec
     mode = "quiet" if quiet else progress_mode
     memo, key, answer = BuildMemo(root), None, None
     if may_record(out["type"]):
@@ -201,11 +231,7 @@ def run_build(root: Path, open_store, context: str, dockerfile: str | None, *, t
         return
 
     from builder.build import build
-    from builder.steps.mounts import parse_secret
 
-    for s in secrets:
-        sec = parse_secret(s)
-        opts.secrets[sec.id] = sec
     store = open_store()
     progress = Progress(mode)
     try:

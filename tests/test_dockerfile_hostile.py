@@ -173,10 +173,14 @@ def test_flag_values_keep_their_non_ascii_text():
 @pytest.mark.parametrize("ref", ["\u00b2", "\u0663", "\uff11"])
 def test_non_ascii_digits_are_names_not_stage_indexes(ref):
     """Go's Atoi takes ASCII digits only: `²` is an image name (int() crashed on it, and
-    `٣` meant stage 3)."""
-    graph = plan_stages(parse_dockerfile(f"FROM scratch\nFROM scratch AS t\nCOPY --from={ref} a b\n"
-                                         "FROM scratch\nFROM scratch\n"), target="t")
+    `٣` meant stage 3), and not a valid one: a build stops at it before any step."""
+    df = parse_dockerfile(f"FROM scratch\nFROM scratch AS t\nCOPY --from={ref} a b\n"
+                          "FROM scratch\nFROM scratch\n")
+    graph = plan_stages(df, target="t", lint=True)
     assert graph.stages[1].images == [ref] and graph.stages[1].depends_on == []
+    with pytest.raises(DockerfileError, match="invalid reference format") as info:
+        plan_stages(df, target="t")
+    assert info.value.line == 3
 
 
 @pytest.mark.parametrize("line,message", [

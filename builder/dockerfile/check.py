@@ -37,7 +37,7 @@ def check_dockerfile(path: Path | bytes, build_args: dict[str, str] | None = Non
         except FileNotFoundError:
             raise DockerfileError("no such file: cannot read the Dockerfile", str(path)) from None
     df = parse_dockerfile(data, filename or ("Dockerfile" if isinstance(path, bytes) else str(path)))
-    return CheckResult(df, plan_stages(df, build_args or {}, target, platform))
+    return CheckResult(df, plan_stages(df, build_args or {}, target, platform, lint=True))
 
 
 def to_json(result: CheckResult) -> dict:

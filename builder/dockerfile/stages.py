@@ -31,6 +31,11 @@ _MACHINE_ARCH = {"x86_64": ("amd64", ""), "amd64": ("amd64", ""), "aarch64": ("a
 
 
 _PLATFORM_PART = re.compile(r"[a-z0-9_-]+\Z")
+# docker's own Dockerfile frontend images (any version, channel or digest): pybuild's
+# built-in frontend is what they are
+_KNOWN_FRONTEND = re.compile(r"(?:(?:docker\.io|registry-1\.docker\.io)/)?docker/dockerfile"
+                             r"(?:-upstream)?(?::[\w][\w.-]{0,127})?(?:@sha256:[0-9a-f]{64})?\Z",
+                             re.ASCII)
 _PORT_SPEC = re.compile(r"(?:(?:\[[0-9A-Fa-f:.]*\]|[0-9.]*):(?:[0-9]*(?:-[0-9]*)?):)?"
                         r"([0-9]+)(?:-([0-9]+))?(?:/(?:tcp|udp|sctp))?\Z", re.IGNORECASE)
 
@@ -122,13 +127,15 @@ def platform_args(target: Platform, build: Platform) -> dict[str, str]:
 
 class _Planner:
     def __init__(self, df: Dockerfile, build_args: Mapping[str, str], target_platform: Platform,
-                 build_platform: Platform) -> None:
+                 build_platform: Platform, lint: bool = False) -> None:
         self.df = df
         self.build_args = dict(build_args)
         self.lex = ShellLex(df.escape)
         self.platform = platform_args(target_platform, build_platform)
         self.declared: set[str] = set()
         self.warnings: list[str] = []
+        self.lint = lint
+        self.bad_refs: list[tuple[int, Instruction, str]] = []   # (stage, where, message)
 
     def fail(self, ins: Instruction, message: str) -> DockerfileError:
         return DockerfileError(message, self.df.filename, ins.line, ins.column,
@@ -151,6 +158,34 @@ class _Planner:
             ok = low <= high <= 65535
         if not ok:
             raise self.fail(ins, f'invalid port "{spec}" in EXPOSE: expected PORT[-PORT][/tcp|udp|sctp]')
+
+    def check_image(self, stage: Stage, ins: Instruction, ref: str, what: str) -> None:
+        """An image named by FROM or --from is a valid reference (or an image ID), known
+        before any step runs: `FROM Busybox` failed at its step, after the steps of the
+        stages before it, as "not found locally, and pulling it failed". Noted here,
+        reported once the stages the target needs are known (see `plan`)."""
+        from layerstore import reference
+        from layerstore.errors import InvalidReference
+
+        hexid = ref[len("sha256:"):] if ref.startswith("sha256:") else ref
+        if 3 <= len(hexid) <= 64 and all(c in "0123456789abcdef" for c in hexid):
+            return        # an image ID (prefix), as the store resolves it
+        try:
+            reference.parse(ref)
+        except InvalidReference as exc:
+            self.bad_refs.append((stage.index, ins, f"{what} {ref}: {exc}"))
+
+    def check_syntax(self) -> None:
+        """`# syntax=` names a frontend image BuildKit would fetch and run; pybuild has
+        one frontend, built in. A name other than docker's own Dockerfile frontend is
+        warned about (as docker warns when it cannot fetch one), and the build goes on."""
+        d = self.df.directives.get("syntax")
+        if d is None or _KNOWN_FRONTEND.match(d.value.strip()):
+            return
+        shown = d.value.strip()[:80]
+        self.warnings.append(f"{self.df.filename}:{d.line}: unknown frontend '# syntax={shown}': "
+                             "pybuild cannot fetch frontends and builds with its built-in "
+                             "Dockerfile frontend")
 
     def arg_value(self, ins: Instruction, name: str, default: str | None, env: Mapping[str, str],
                   inherited: Mapping[str, str | None]) -> str | None:
@@ -179,6 +214,7 @@ class _Planner:
                 groups[-1][1].append(ins)
         if not groups:
             raise DockerfileError("no build stage in Dockerfile (it has no FROM)", self.df.filename, 1, 1)
+        self.check_syntax()
         meta_env = {**self.platform, **{k: v for k, v in meta.items() if v is not None}}
 
         stages: list[Stage] = []
@@ -213,6 +249,8 @@ class _Planner:
             elif j is not None and j != s.index:
                 s.base = Base("stage", ref, j)
                 s.depends_on.append(j)
+            else:
+                self.check_image(s, s.from_, ref, "FROM")
 
         for s in self._base_order(stages):
             self._plan_stage(s, groups[s.index][1], stages, by_name, meta)
@@ -226,6 +264,14 @@ class _Planner:
                 raise DockerfileError(f'target stage "{target}" could not be found', self.df.filename)
             target_index = t
         order = self._needed(stages, target_index)
+        # an invalid image name in a stage the build needs stops it before any step (as
+        # BuildKit's "failed to parse stage name"); elsewhere, and when only linting (the
+        # build args that would make it valid may be missing), it is a warning
+        needed = set(order)
+        for index, ins, message in sorted(self.bad_refs, key=lambda b: b[1].line):
+            if index in needed and not self.lint:
+                raise self.fail(ins, message)
+            self.warnings.append(f"{self.df.filename}:{ins.line}: {message}")
         unused = sorted(k for k in self.build_args
                         if k not in self.declared and k not in PROXY_ARGS and k not in PLATFORM_ARGS)
         if unused:
@@ -306,6 +352,7 @@ class _Planner:
         else:
             j = by_name.get(ref.lower())
         if j is None:
+            self.check_image(stage, ins, ref, "--from")
             if ref not in stage.images:
                 stage.images.append(ref)
         elif j == stage.index:
@@ -371,13 +418,14 @@ def _platform(args: Mapping[str, str], prefix: str) -> Platform:
 
 def plan_stages(dockerfile: Dockerfile, build_args: Mapping[str, str] | None = None,
                 target: str | None = None, platform: str | Platform | None = None,
-                build_platform: str | Platform | None = None) -> StageGraph:
-    """Resolve ARGs, expand words, link stages and prune to `target` (default: the last stage)."""
+                build_platform: str | Platform | None = None, lint: bool = False) -> StageGraph:
+    """Resolve ARGs, expand words, link stages and prune to `target` (default: the last stage).
+    `lint` (pybuild check): an invalid image name is a warning, not an error."""
     host = Platform.host()
     build = build_platform if isinstance(build_platform, Platform) else (
         Platform.parse(build_platform) if build_platform else host)
     tgt = platform if isinstance(platform, Platform) else (Platform.parse(platform) if platform else build)
-    return _Planner(dockerfile, build_args or {}, tgt, build).plan(target)
+    return _Planner(dockerfile, build_args or {}, tgt, build, lint).plan(target)
 
 
 def replay_onbuild(triggers: list[str], escape: str = "\\", filename: str = "ONBUILD") -> list[Instruction]:

@@ -16,6 +16,7 @@ import fcntl
 import hashlib
 import os
 import posixpath
+import stat
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,13 +41,37 @@ class Secret:
     src: Path | None = None
     env: str | None = None
 
+    def _open(self) -> int:
+        """The src file, opened without blocking: a FIFO or a device named as a secret
+        would hang the build or read without end; only a regular file is one."""
+        assert self.src is not None
+        try:
+            fd = os.open(self.src, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
+        except OSError as exc:
+            raise MountError(f"--secret id={self.id}: cannot read {self.src}: "
+                             f"{exc.strerror}") from None
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            os.close(fd)
+            raise MountError(f"--secret id={self.id}: {self.src} is not a regular file")
+        if st.st_size > MAX_SECRET_SIZE:
+            os.close(fd)
+            raise MountError(f"--secret id={self.id}: {self.src} is larger than "
+                             f"{MAX_SECRET_SIZE // 1024} KiB")
+        return fd
+
+    def check(self) -> None:
+        """Before the build (docker checks its secret sources before it starts): the
+        file is there and readable, the variable set."""
+        if self.src is not None:
+            os.close(self._open())
+        elif self.env is not None and self.env not in os.environ:
+            raise MountError(f"--secret id={self.id}: environment variable {self.env} is not set")
+
     def value(self) -> bytes:
         if self.src is not None:
-            try:
-                with open(self.src, "rb") as f:
-                    data = f.read(MAX_SECRET_SIZE + 1)
-            except OSError as exc:
-                raise MountError(f"secret {self.id}: cannot read {self.src}: {exc.strerror}") from None
+            with open(self._open(), "rb") as f:
+                data = f.read(MAX_SECRET_SIZE + 1)
             if len(data) > MAX_SECRET_SIZE:
                 raise MountError(f"secret {self.id}: {self.src} is larger than "
                                  f"{MAX_SECRET_SIZE // 1024} KiB")

@@ -29,6 +29,16 @@ def open_client(domain: str, options=None):
 PULL_POLICIES = ("missing", "always", "never")
 
 
+def _present(store, name: str, platform) -> bool:
+    from layerstore.errors import PybuildError
+
+    try:
+        store.resolve(name, platform)
+    except PybuildError:
+        return False
+    return True
+
+
 def ensure_image(store, name: str, *, policy: str = "missing", platform=None, options=None,
                  progress=None):
     """The store's image for `name`, pulled per `policy` (docker's --pull: `missing`
@@ -52,6 +62,11 @@ def ensure_image(store, name: str, *, policy: str = "missing", platform=None, op
     try:
         result = pull(store, name, platform=platform, options=options, progress=progress)
     except PybuildError as exc:
+        if policy == "always" and _present(store, name, platform):
+            # the pull is what failed (`--pull` with the registry unreachable): saying the
+            # image is missing sent people looking for an image they had
+            raise NotFound(f"pulling {name!r} failed: {exc} (the store has a copy; "
+                           "pull policy 'always' does not fall back to it)") from None
         raise NotFound(f"unable to find image {name!r} locally, and pulling it failed: "
                        f"{exc}") from None
     return store.resolve(result.name, platform)
