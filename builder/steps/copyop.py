@@ -117,7 +117,7 @@ class CopyOp(Op):
                                extract=self.is_add and getattr(i, "unpack", None) is not False,
                                arg_count=len(self.plain_sources) + len(self.downloads),
                                mtime=float(b.opts.source_date_epoch)
-                               if b.opts.source_date_epoch else None)
+                               if b.opts.source_date_epoch is not None else None)
         ws = b.workspace(ctx.state)
         try:
             plans = [ws.plan]
