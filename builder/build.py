@@ -104,7 +104,9 @@ class Builder:
         self.progress = progress
         self.cache = BuildCache(store.root)
         # the work dirs of builds that were killed: no live process holds their lock
-        store.snapshots.reclaim()
+        from builder.sandbox.cgroups import remove_left
+
+        store.snapshots.reclaim(reclaimed=remove_left)
         self._scratch: workdirs.WorkDir | None = None
         self.counter = 0
         self.counter_lock = threading.Lock()

@@ -250,16 +250,19 @@ class SnapshotStore:
         new_api_available()      # probed once here: the forked children that mount inherit it
         return MountPlan(list(lowers))
 
-    def reclaim(self, everything: bool = False) -> tuple[int, int]:
+    def reclaim(self, everything: bool = False,
+                reclaimed: Callable[[str], None] | None = None) -> tuple[int, int]:
         """Remove the work dirs (and, with `everything`, the snapshot temp dirs and
-        ROOT/tmp entries) of processes that are gone; (how many, bytes freed)."""
+        ROOT/tmp entries) of processes that are gone; (how many, bytes freed).
+        `reclaimed(name)` hears of each step work dir removed."""
         places = [(self.work_dir, (WORK_PREFIX,)), (self.root / "tmp", (WORK_PREFIX,))]
         if everything:
             places = [(self.work_dir, (WORK_PREFIX,)), (self.root / "tmp", ("",)),
                       (self.dir, (TMP_PREFIX,))]
         count = freed = 0
         for parent, prefixes in places:
-            c, f = workdirs.reclaim(parent, prefixes, measure=everything)
+            c, f = workdirs.reclaim(parent, prefixes, measure=everything,
+                                    reclaimed=reclaimed if parent == self.work_dir else None)
             count, freed = count + c, freed + f
         return count, freed
 

@@ -20,6 +20,7 @@ import fcntl
 import os
 import secrets
 from pathlib import Path
+from typing import Callable
 
 from layerstore import resolver
 
@@ -122,7 +123,8 @@ def owner_alive(path: Path) -> bool:
 
 
 def reclaim(parent: Path, prefixes: tuple[str, ...] = ("",),
-            measure: bool = True) -> tuple[int, int]:
+            measure: bool = True, reclaimed: Callable[[str], None] | None = None
+            ) -> tuple[int, int]:
     """Remove the entries of `parent` named with one of `prefixes` that no live process
     owns; returns (how many, bytes freed, when `measure`). A directory is owned while a
     process holds its lock; a non-directory entry is never owned."""
@@ -157,6 +159,8 @@ def reclaim(parent: Path, prefixes: tuple[str, ...] = ("",),
                 freed += resolver.tree_usage_at(pfd, name) if measure else 0
                 resolver.remove_tree_at(pfd, name)
                 count += 1
+                if reclaimed is not None:
+                    reclaimed(name)     # what the dead owner held beside it (its cgroups)
             finally:
                 os.close(fd)
     finally:

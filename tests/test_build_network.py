@@ -300,10 +300,20 @@ def test_no_network_residue_after_success_failure_and_sigkill(lab, tmp_path):
     assert no_residue(lab, wait=15) == {"links": [], "rules": [], "processes": []}
 
 
+def _build_cgroups() -> set[str]:
+    """Every cgroup directory a RUN step's sandbox made (pybuild-build-*), in any hierarchy."""
+    out = set()
+    for top in Path("/sys/fs/cgroup").iterdir():
+        if top.is_dir() and not top.is_symlink():
+            out.update(str(d) for d in top.glob("pybuild-build-*"))
+    return out
+
+
 def test_a_killed_process_group_is_reclaimed_by_the_next_build(lab, tmp_path):
     # SIGKILL to the whole group (a CI runner cancelling a job): the bridge keeper and the
     # RUN's monitor die too; the hold they left names a dead keeper and the next build sweeps it
     slow = context(tmp_path, "FROM busybox\nRUN sleep 60\n", "slow")
+    groups_before = _build_cgroups()
     proc = subprocess.Popen(["ip", "netns", "exec", lab.host, sys.executable, "-m", "builder",
                              "--root", str(lab.root), "build", slow], start_new_session=True,
                             cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)),
@@ -313,6 +323,8 @@ def test_a_killed_process_group_is_reclaimed_by_the_next_build(lab, tmp_path):
         while not any(l.startswith("pbv") for l in lab.residue()["links"]):
             assert proc.poll() is None and time.monotonic() < deadline, "no RUN on a bridge"
             time.sleep(0.05)
+        killed = _build_cgroups() - groups_before
+        assert killed, "the RUN step made no cgroup"
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
@@ -325,3 +337,5 @@ def test_a_killed_process_group_is_reclaimed_by_the_next_build(lab, tmp_path):
     out = exported(lab, tmp_path, context(tmp_path, "FROM busybox\nRUN ls /sys/class/net > /n\n"))
     assert (out / "n").read_text().split() == ["eth0", "lo"]
     assert no_residue(lab) == {"links": [], "rules": [], "processes": []}
+    # the killed step's cgroups went with its work dir, reclaimed by the next build
+    assert not killed & _build_cgroups()

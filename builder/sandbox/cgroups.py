@@ -14,6 +14,7 @@ keeps CAP_MKNOD is not started without them; user-namespace ones get none.
 from __future__ import annotations
 
 import errno
+import re
 import os
 import time
 from collections.abc import Iterator
@@ -25,6 +26,7 @@ from . import devices as devmod
 from .spec import Limits, SandboxError
 
 PREFIX = "pybuild-"
+_ID_SAFE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 # Where device rules go: None picks the v1 devices controller when mounted, else v2;
 # 1 or 2 forces that one (tests use 2 to run the BPF path on a hybrid host).
@@ -363,3 +365,26 @@ class Cgroups:
                 os.kill(int(pid), 9)
             except ProcessLookupError:
                 pass
+
+
+def remove_left(container_id: str) -> None:
+    """Remove the cgroups of a container whose owner died with its monitor (a SIGKILL to
+    the whole process group): nobody else would, and each run leaked one. Called only
+    for ids whose owner is known to be gone (its work dir lock was free); a process still
+    in them is a leftover of that dead build and is killed."""
+    if not _ID_SAFE.fullmatch(container_id):
+        return
+    for h in hierarchies(DEVICES_VERSION).values():
+        try:
+            with _real(os.path.join(h.base, PREFIX + container_id)) as real:
+                for _ in range(200):
+                    try:
+                        os.rmdir(real)
+                        break
+                    except OSError as e:
+                        if e.errno != errno.EBUSY:
+                            break
+                        Cgroups._kill_all(real)
+                        time.sleep(0.005)
+        except OSError:
+            continue        # not there (never made, or removed meanwhile)

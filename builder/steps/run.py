@@ -118,7 +118,10 @@ def execute(job: RunJob, on_output: Callable[[bytes], None],
                        argv=job.argv, env=job.env, cwd=job.cwd or "/", user=job.user or "0",
                        mounts=list(job.binds), network=_network(job.network, job.shared_net),
                        stdio="pipe", input=job.input or b"", state_dir=job.state_dir)
-    spec.id = "build-" + spec.id[:32]   # cgroups show as pybuild-build-<id>
+    # named after the step's work dir (containers/build-<hex>): its cgroups show as
+    # pybuild-build-<hex>, and when a SIGKILL takes the build and its monitor alike, the
+    # next build that reclaims the dead work dir removes them by that name
+    spec.id = job.state_dir.parent.name if job.state_dir else "build-" + spec.id[:32]
     held = []
     try:
         for lock in job.locks:   # a path to lock now, or a lock already held (private)
