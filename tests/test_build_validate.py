@@ -141,6 +141,11 @@ def listener():
      "--from 127.0.0.1:{port}/Up/x:1: invalid reference format"),
     ("FROM busybox\nRUN --mount=from=Nope:x:y,target=/m echo step-ran\n", "Dockerfile:2",
      "--from Nope:x:y: invalid reference format"),
+    # BuildKit refuses it while converting the Dockerfile: it ran the steps before it here
+    ("FROM busybox\nRUN echo step-ran\nADD --checksum=sha256:" + "0" * 64 + " f /f\n",
+     "Dockerfile:3", "ADD --checksum: checksum can't be specified for non-HTTP(S) sources (f)"),
+    ("FROM busybox\nRUN echo step-ran\nARG SUM=sha256:abc\nADD --checksum=$SUM http://x/f /f\n",
+     "Dockerfile:4", "ADD --checksum=sha256:abc: invalid checksum digest format"),
 ])
 def test_invalid_image_reference_is_a_positioned_error(bb, tmp_path, listener, dockerfile,
                                                         where, needle):

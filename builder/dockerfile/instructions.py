@@ -161,6 +161,27 @@ class Copy(_Transfer):
                        **self._expand_common(expand))
 
 
+_CHECKSUM = re.compile(r"(sha256|sha384|sha512):([0-9a-f]+)\Z")
+_CHECKSUM_HEX = {"sha256": 64, "sha384": 96, "sha512": 128}
+
+
+def checksum_problem(checksum: str | None, sources: list[str]) -> str | None:
+    """What is wrong with ADD --checksum, as BuildKit takes it: a digest, and only for
+    downloads (a local file or a git repository has nothing it could be checked against).
+    Checked when the Dockerfile is planned, before any step runs (BuildKit fails while
+    converting the Dockerfile)."""
+    if checksum is None:
+        return None
+    m = _CHECKSUM.match(checksum)
+    if not m or len(m.group(2)) != _CHECKSUM_HEX[m.group(1)]:
+        return (f"ADD --checksum={checksum}: invalid checksum digest format "
+                "(expected sha256:<64 hex digits>, sha384: or sha512:)")
+    local = [s for s in sources if not s.startswith(("http://", "https://"))]
+    if local:
+        return f"ADD --checksum: checksum can't be specified for non-HTTP(S) sources ({local[0]})"
+    return None
+
+
 @dataclass(kw_only=True)
 class Add(_Transfer):
     keyword: ClassVar[str] = "ADD"

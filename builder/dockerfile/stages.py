@@ -18,7 +18,8 @@ from dataclasses import dataclass, field, replace
 from .document import Dockerfile
 from .errors import DockerfileError, ExpansionError
 from .expand import ShellLex
-from .instructions import STAGE_NAME, Arg, Copy, Env, Expose, From, Instruction, OnBuild, Run
+from .instructions import (STAGE_NAME, Add, Arg, Copy, Env, Expose, From, Instruction, OnBuild, Run,
+                           checksum_problem)
 
 PROXY_ARGS = ("HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "FTP_PROXY", "ftp_proxy",
               "NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy")
@@ -335,6 +336,10 @@ class _Planner:
                 if isinstance(expanded, Expose):
                     for port in expanded.ports:
                         self.check_port(expanded, port)
+                if isinstance(expanded, Add):
+                    problem = checksum_problem(expanded.checksum, expanded.sources)
+                    if problem:     # an error in a stage the build needs, as a bad FROM
+                        self.bad_refs.append((stage.index, expanded, problem))
             for ref in _stage_refs(expanded):
                 self._add_ref(stage, expanded, ref, stages, by_name)
             (stage.triggers if replayed else stage.instructions).append(expanded)
