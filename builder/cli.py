@@ -44,8 +44,7 @@ class Settings:
 # ("Did you mean '--help'?" for `build --check`): the words typed -> what to type instead
 _DOCKER_HABITS = {
     ("build", "--check"): "pybuild check",
-    ("system", "prune"): "pybuild prune",
-    ("builder", "prune"): "pybuild prune",
+    ("compose",): "pybuild run -d, one per service: pybuild has no compose",
 }
 
 
@@ -88,6 +87,27 @@ class HabitGroup(click.Group):
 
 
 HabitGroup.group_class = HabitGroup
+
+
+class ManagementGroup(HabitGroup):
+    """One of docker's management groups (`image ls`, `container rm`, `builder prune`):
+    its own subcommands first, then `aliases` naming a top-level command, looked up when
+    used so that every command registered anywhere is reachable under both spellings."""
+
+    def __init__(self, *args, aliases: dict[str, str] | None = None, **kw) -> None:
+        super().__init__(*args, **kw)
+        self.aliases = aliases or {}
+
+    def _target(self, ctx: click.Context, name: str) -> click.Command | None:
+        target = self.aliases.get(name)
+        return None if target is None else ctx.find_root().command.get_command(ctx, target)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        return super().get_command(ctx, name) or self._target(ctx, name)
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        own = set(super().list_commands(ctx))
+        return sorted(own | {a for a in self.aliases if self._target(ctx, a) is not None})
 
 
 class PybuildGroup(HabitGroup):
@@ -305,9 +325,10 @@ def load_cmd(settings: Settings, source: Path | None, quiet: bool) -> None:
 @click.option("--filter", "filters", multiple=True, metavar="until=WHEN",
               help="Drop build cache entries unused since WHEN (24h, timestamp, RFC 3339).")
 @click.option("--cache-mounts", is_flag=True, help="Also empty RUN --mount=type=cache dirs.")
+@click.option("-f", "--force", is_flag=True, help="Do not ask (there is no prompt anyway).")
 @click.pass_obj
 def prune_cmd(settings: Settings, all_unused: bool, keep_storage: str | None,
-              filters: tuple[str, ...], cache_mounts: bool) -> None:
+              filters: tuple[str, ...], cache_mounts: bool, force: bool) -> None:
     """Remove unreachable blobs, snapshots, dangling images and leftovers."""
     from builder.cache import parse_until, prune_store
     from layerstore.humanize import human_size, parse_size
@@ -717,9 +738,16 @@ def exec_cmd(settings: Settings, container: str, command: tuple[str, ...], inter
                      use_tty=tty, env=list(env), user=user, workdir=workdir, detach=detach))
 
 
-@main.group("container")
+# docker's `docker container …` words -> pybuild's top-level command of that name
+CONTAINER_ALIASES = {w: w for w in (
+    "attach", "commit", "cp", "create", "diff", "exec", "export", "inspect", "kill", "logs",
+    "pause", "port", "rename", "restart", "rm", "run", "start", "stats", "stop", "top",
+    "unpause", "wait")} | {"ls": "ps", "list": "ps", "ps": "ps"}
+
+
+@main.group("container", cls=ManagementGroup, aliases=CONTAINER_ALIASES)
 def container_group() -> None:
-    """Manage containers."""
+    """Manage containers (docker's `container` words: ls, rm, inspect, …)."""
 
 
 @container_group.command("prune")
@@ -884,3 +912,6 @@ def build_cmd(settings: Settings, context: str, dockerfile: str | None,
     with bounded(settings.root, settings.store, max_storage, _echo_err) as used:
         run_build(settings.root, settings.store, context, dockerfile,
                   registry_options=lambda: _registry_options(tls_verify, 6), used=used, **kw)
+
+
+from builder import cli_system  # noqa: E402,F401  (image/builder groups, info, version)

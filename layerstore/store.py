@@ -203,7 +203,7 @@ class Store:
         try:
             ref = reference.parse(name)
         except InvalidReference:
-            raise NotFound(f"{name}: no such image in the store") from None
+            raise self._missing(name, entries) from None
         full = str(ref)
         for ref_name, desc in entries:
             if ref_name == full:
@@ -217,7 +217,15 @@ class Store:
                 obj = self.read_manifest(Descriptor("", ref.digest, self.blobs.size(ref.digest)))
                 desc = Descriptor(obj.media_type, ref.digest, self.blobs.size(ref.digest))
                 return self.load_image(desc, [], platform)
-        raise NotFound(f"{ref.familiar}: no such image in the store")
+        raise self._missing(ref.familiar, entries)
+
+    def _missing(self, name: str, entries: list) -> NotFound:
+        # an empty store usually means the wrong one (sudo's root store vs a user's
+        # $XDG_DATA_HOME one, a CI job without PYBUILD_ROOT): say which store was asked
+        if entries:
+            return NotFound(f"{name}: no such image in the store")
+        return NotFound(f"{name}: no such image in the store: {self.root} holds no images "
+                        "(--root or PYBUILD_ROOT chooses the store)")
 
     def _by_id(self, entries: list[tuple[str, Descriptor]], prefix: str,
                platform: Platform | None) -> list[Image]:

@@ -190,17 +190,14 @@ def test_known_capability_spellings_pass_validation():
 @pytest.mark.parametrize("args,usage,error", [
     (("build", "--check", "."), "pybuild build",
      "Error: No such option '--check'. (docker's 'build --check' is 'pybuild check')"),
-    (("system", "prune"), "pybuild system",
-     "Error: No such command 'prune'. (docker's 'system prune' is 'pybuild prune')"),
-    (("system", "prune", "-af"), "pybuild system",
-     "Error: No such command 'prune'. (docker's 'system prune' is 'pybuild prune')"),
-    (("builder", "prune"), "pybuild",
-     "Error: No such command 'builder'. (docker's 'builder prune' is 'pybuild prune')"),
+    (("compose", "up"), "pybuild",
+     "Error: No such command 'compose'. (docker's 'compose' is 'pybuild run -d, one per "
+     "service: pybuild has no compose')"),
     # not a habit: click's own guesses stay
-    (("bulid",), "pybuild", "Error: No such command 'bulid'. Did you mean 'build'?"),
-    (("builder",), "pybuild",
-     "Error: No such command 'builder'. (Did you mean one of: 'build', 'bundle'?)"),
-    (("system", "pruen"), "pybuild system", "Error: No such command 'pruen'."),
+    (("bulid",), "pybuild",
+     "Error: No such command 'bulid'. (Did you mean one of: 'build', 'builder', 'buildx'?)"),
+    (("fsk",), "pybuild", "Error: No such command 'fsk'. Did you mean 'fsck'?"),
+    (("system", "pruen"), "pybuild system", "Error: No such command 'pruen'. Did you mean 'prune'?"),
 ])
 def test_docker_habits_get_the_pybuild_spelling(pybuild: CLI, args, usage, error):
     p = pybuild(*args, check=False)
