@@ -6,6 +6,7 @@ nothing left behind (mounts, cgroups, processes, files)."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import time
 
@@ -45,14 +46,9 @@ def _residue(root, ids: list[str]) -> dict:
     (host_resources), and cgroups named after these containers (the host-wide counts of
     cgroups and veths also move with other stores' containers)."""
     now = host_resources(root)
-    cgroups = []
-    with open("/proc/self/mounts") as f:
-        cg_root = "/sys/fs/cgroup" if " /sys/fs/cgroup cgroup2 " in f.read() else None
-    if cg_root:
-        import os
-
-        for dirpath, dirnames, _ in os.walk(cg_root):
-            cgroups += [d for d in dirnames if any(d == f"pybuild-{i}" for i in ids)]
+    names = {f"pybuild-{i}" for i in ids}
+    cgroups = sorted(os.path.join(d, n) for d, dirnames, _ in os.walk("/sys/fs/cgroup")
+                     for n in dirnames if n in names)
     return {k: now[k] for k in ("mounts", "processes", "files")} | {"cgroups": cgroups}
 
 
@@ -205,3 +201,58 @@ def test_image_healthcheck_and_no_healthcheck(run_store, clean):
     assert "Health" not in info["State"] and info["Config"]["Healthcheck"] == {"Test": ["NONE"]}
     assert re.search(r"Up [^(]*$", [ln for ln in run_store("ps").stdout.splitlines()
                                     if ln.endswith("h5")][0])
+
+
+def test_policy_backoff_and_merge_units(tmp_path):
+    from builder.runner import health, restart
+    from builder.runner.errors import RunError
+
+    assert restart.parse("on-failure:2") == restart.RestartPolicy("on-failure", 2)
+    assert restart.parse("unless-stopped").inspect() == {"Name": "unless-stopped",
+                                                         "MaximumRetryCount": 0}
+    for bad in ("on-failure:-1", "always:1", "no:-1", "x", ":1", "on-failure:1x",
+                "on-failure:99999999999"):
+        with pytest.raises(RunError):
+            restart.parse(bad)
+    pol = restart.RestartPolicy("on-failure", 2)
+    assert [restart.should_restart(pol, 1, n, False) for n in range(3)] == [True, True, False]
+    assert not restart.should_restart(pol, 0, 0, False)
+    assert restart.should_restart(restart.RestartPolicy("always"), 0, 99, False)
+    assert not restart.should_restart(restart.RestartPolicy("always"), 1, 0, True)   # stopped
+    b = restart.Backoff()
+    assert [b.next(0.1) for _ in range(4)] == [0.1, 0.2, 0.4, 0.8]
+    assert b.next(10.0) == 0.1                   # a run of 10 s resets it
+    assert max(b.next(0) for _ in range(40)) == 60.0
+    # docker's merge: a flag wins, what is unset comes from the image
+    image = {"Test": ["CMD", "true"], "Interval": 5 * 10**9, "Retries": 7}
+    flags = health.parse_flags(None, "1s", None, None, None, None, False)
+    assert health.merged_config(image, flags) == {"Test": ["CMD", "true"], "Interval": 10**9,
+                                                  "Retries": 7}
+    assert health.merged_config(image, None) == image
+    off = health.parse_flags(None, None, None, None, None, None, True)
+    assert health.merged_config(image, off) == {"Test": ["NONE"]}
+    assert health.probe_argv({"Test": ["CMD-SHELL", "x"]}, None) == ["/bin/sh", "-c", "x"]
+    assert health.probe_argv({"Test": ["CMD-SHELL", "x"]}, ["/bin/ash", "-ec"]) == ["/bin/ash",
+                                                                                 "-ec", "x"]
+    assert health.probe_argv({"Test": ["BOGUS", "x"]}, None) is None
+    assert [health.go_duration_text(s) for s in (1, 1.5, 90, 0.5, 3600)] == \
+        ["1s", "1.5s", "1m30s", "500ms", "1h0m0s"]
+    with pytest.raises(RunError, match="cannot be less than 1ms"):
+        health.parse_flags("true", "1us", None, None, None, None, False)
+    # health.json is ours, but read with a bound all the same: junk or a huge file is no health
+    (tmp_path / health.HEALTH_FILE).write_text("[1, 2")
+    assert health.read(tmp_path) is None
+    (tmp_path / health.HEALTH_FILE).write_bytes(b" " * (2 << 20) + b"{}")
+    assert health.read(tmp_path) is None
+
+
+def test_probe_output_is_inert_text(run_store, clean):
+    """Control bytes, invalid UTF-8 and JSON-looking text from the probe stay a string."""
+    clean.append("h6")
+    cmd = r"""printf '\033[2J\377\376"}{"Status":"healthy"\n'; exit 1"""
+    run_store("run", *NONE, "-d", "--name", "h6", "--health-cmd", cmd, *FAST, "busybox",
+              "sleep", "300")
+    h = _until(lambda: (h := _health(run_store, "h6"))["Status"] == "unhealthy" and h)
+    out = h["Log"][-1]["Output"]
+    assert out.startswith("\x1b[2J\ufffd\ufffd\"}{") and h["Log"][-1]["ExitCode"] == 1
+    assert "\x1b" not in run_store("inspect", "h6").stdout     # escaped in the JSON
