@@ -63,6 +63,8 @@ def clean(run_store):
         p = run_store("inspect", n, check=False)
         if p.returncode == 0:
             ids.append(json.loads(p.stdout)[0]["Id"])
+            err = run_store.root / "containers" / ids[-1] / "supervisor.err"
+            assert not err.exists(), err.read_text()     # the supervisor never crashed
         run_store("rm", "-f", n, check=False)
 
     def settled():
@@ -148,13 +150,16 @@ def test_stop_of_a_long_running_restarting_container_is_final(run_store, clean):
 
 def test_health_starting_unhealthy_then_healthy(run_store, clean):
     clean.append("h1")
+    # inside the start period (5 s) failures do not count: it stays "starting"
     run_store("run", *NONE, "-d", "--name", "h1", "--health-cmd", "test -f /tmp/ok", *FAST,
+              "--health-start-period", "5s", "--health-start-interval", "1s",
               "busybox", "sleep", "300")
     h = _health(run_store, "h1")
     assert h["Status"] == "starting" and h["FailingStreak"] == 0
     assert "(health: starting)" in run_store("ps").stdout
     h = _until(lambda: (h := _health(run_store, "h1"))["Status"] == "unhealthy" and h)
     assert h["FailingStreak"] >= 2 and all(e["ExitCode"] == 1 for e in h["Log"])
+    assert len(h["Log"]) >= 3          # the failures inside the start period are logged too
     assert "(unhealthy)" in run_store("ps").stdout
     assert run_store("exec", "h1", "touch", "/tmp/ok").returncode == 0
     h = _until(lambda: (h := _health(run_store, "h1"))["Status"] == "healthy" and h)
@@ -162,7 +167,8 @@ def test_health_starting_unhealthy_then_healthy(run_store, clean):
     assert 0 < len(h["Log"]) <= 5 and h["Log"][-1]["Start"] <= h["Log"][-1]["End"]
     assert re.search(r"Up .* \(healthy\)", run_store("ps").stdout)
     cfg = _inspect(run_store, "h1")["Config"]["Healthcheck"]
-    assert cfg == {"Test": ["CMD-SHELL", "test -f /tmp/ok"], "Interval": 10**9, "Retries": 2}
+    assert cfg == {"Test": ["CMD-SHELL", "test -f /tmp/ok"], "Interval": 10**9, "Retries": 2,
+                   "StartPeriod": 5 * 10**9, "StartInterval": 10**9}
     run_store("stop", "-t", "1", "h1")
     assert _health(run_store, "h1")["Status"] == "unhealthy"   # docker's after a stop
 

@@ -18,7 +18,7 @@ from .attach import copy_winsize, forwarding, pump_pty, raw_terminal, stdin_from
 from .containers import Containers, ContainerState, alive
 from .create import seccomp_cache, tty_env
 from .errors import RunError
-from .lifecycle import is_running
+from .lifecycle import is_active, is_running
 from .options import parse_env
 
 
@@ -56,6 +56,8 @@ def start_process(containers: Containers, st: ContainerState, argv: list[str], *
     argv started through the sandbox's exec with the container's user, environment,
     capabilities and seccomp profile, stdio our fds 0-2 (a pty with use_tty). The
     caller waits for the Process."""
+    if st.status == "restarting" and is_active(st):
+        raise RunError(f"container {st.id[:12]} is restarting, wait until the container is running")
     if not is_running(st):
         raise RunError(f"container {st.id[:12]} is not running")
     if workdir is not None and not workdir.startswith("/"):
