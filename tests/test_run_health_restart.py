@@ -79,19 +79,22 @@ def test_restart_flag_errors(run_store):
     for args, text in (
             (("--rm", "--restart", "always"), "Conflicting options: --restart and --rm"),
             (("--restart", "on-failure:-1"), "maximum retry count cannot be negative"),
-            (("--restart", "always:3"), "can only be used with 'on-failure'"),
             (("--restart", "sometimes"), "unknown policy 'sometimes'"),
-            (("--restart", "on-failure:x"), "must be an integer"),
-            (("--restart", ":3"), "no policy provided before colon"),
             (("--no-healthcheck", "--health-cmd", "true"), "--no-healthcheck conflicts"),
             (("--health-interval", "-1s", "--health-cmd", "true"), "cannot be negative"),
-            (("--health-timeout", "5"), "invalid duration"),
-            (("--health-retries", "-2"), "--health-retries cannot be negative")):
+            (("--health-timeout", "5"), "invalid duration")):   # the rest: the units test
         p = run_store("run", *NONE, "-d", *args, "busybox", "true", check=False)
         assert p.returncode == 125, (args, p.stderr)
         assert len(p.stderr.strip().splitlines()) == 1 and text in p.stderr, (args, p.stderr)
     assert run_store("ps", "-aq").stdout.strip() == ""
     assert "host reboot" in run_store("run", "--help").stdout
+    # without -d there is no supervisor to restart it: said, and it runs once
+    p = run_store("run", *NONE, "--name", "fg", "--restart", "always", "busybox", "sh", "-c",
+                  "exit 4", check=False)
+    assert p.returncode == 4 and "--restart has no effect without -d" in p.stderr
+    info = _inspect(run_store, "fg")
+    assert info["RestartCount"] == 0 and info["HostConfig"]["RestartPolicy"]["Name"] == "always"
+    run_store("rm", "fg")
 
 
 def test_on_failure_restarts_exactly_max_times(run_store, clean):
@@ -216,10 +219,16 @@ def test_policy_backoff_and_merge_units(tmp_path):
     assert restart.parse("on-failure:2") == restart.RestartPolicy("on-failure", 2)
     assert restart.parse("unless-stopped").inspect() == {"Name": "unless-stopped",
                                                          "MaximumRetryCount": 0}
-    for bad in ("on-failure:-1", "always:1", "no:-1", "x", ":1", "on-failure:1x",
-                "on-failure:99999999999"):
-        with pytest.raises(RunError):
+    for bad, text in (("on-failure:-1", "cannot be negative"),
+                      ("always:1", "can only be used with 'on-failure'"),
+                      ("no:-1", "'on-failure' and cannot be negative"),
+                      ("x", "unknown policy 'x'"), (":1", "no policy provided before colon"),
+                      ("on-failure:1x", "must be an integer"),
+                      ("on-failure:99999999999", "out of range")):
+        with pytest.raises(RunError, match=re.escape(text)):
             restart.parse(bad)
+    with pytest.raises(RunError, match="--health-retries cannot be negative"):
+        health.parse_flags("true", None, None, None, None, -2, False)
     pol = restart.RestartPolicy("on-failure", 2)
     assert [restart.should_restart(pol, 1, n, False) for n in range(3)] == [True, True, False]
     assert not restart.should_restart(pol, 0, 0, False)
