@@ -620,13 +620,32 @@ def _containers(settings: Settings):
 @click.option("-l", "--label", multiple=True, metavar="K=V", help="Set a label.")
 @click.option("--log-opt", multiple=True, metavar="max-size=S|max-file=N",
               help="Log rotation (default max-size=10m, max-file=3).")
+@click.option("--restart", default=None, metavar="POLICY",
+              help="With -d: no (default), always, unless-stopped, on-failure[:MAX]; the "
+              "container's supervisor restarts it. No daemon: nothing restarts containers "
+              "after a host reboot (unless-stopped acts as always).")
+@click.option("--health-cmd", default=None, help="Command to run to check health.")
+@click.option("--health-interval", default=None, metavar="DURATION",
+              help="Time between running the check (ms|s|m|h) (default 30s).")
+@click.option("--health-timeout", default=None, metavar="DURATION",
+              help="Maximum time to allow one check to run (default 30s).")
+@click.option("--health-retries", type=int, default=None,
+              help="Consecutive failures needed to report unhealthy (default 3).")
+@click.option("--health-start-period", default=None, metavar="DURATION",
+              help="Start period for the container to initialize (default 0s).")
+@click.option("--health-start-interval", default=None, metavar="DURATION",
+              help="Time between checks during the start period (default 5s).")
+@click.option("--no-healthcheck", is_flag=True, help="Disable any container-specified HEALTHCHECK.")
 @click.pass_obj
 def run_cmd(settings: Settings, image: str, command: tuple[str, ...], **flags) -> None:
     """Run a command in a new container."""
     from builder import runner
+    from builder.runner import supervision
     from builder.runner.options import build_options
 
-    code, cid = runner.run(settings.root, build_options(image, command, **flags))
+    given = supervision.take(flags)
+    opts = supervision.apply(build_options(image, command, **flags), given)
+    code, cid = runner.run(settings.root, opts)
     if cid:
         click.echo(cid)
     sys.exit(code)
@@ -639,10 +658,10 @@ def run_cmd(settings: Settings, image: str, command: tuple[str, ...], **flags) -
 @click.pass_obj
 def ps_cmd(settings: Settings, show_all: bool, quiet: bool, no_trunc: bool) -> None:
     """List containers."""
-    from builder.runner.lifecycle import is_running
+    from builder.runner.lifecycle import is_active
     from builder.runner.views import ps_table
 
-    rows = [c for c in _containers(settings).all() if show_all or is_running(c)]
+    rows = [c for c in _containers(settings).all() if show_all or is_active(c)]
     out = ps_table(rows, quiet, no_trunc)
     if out:
         click.echo(out)

@@ -45,6 +45,25 @@ def human_duration(seconds: float) -> str:
     return f"{hours // 24 // 365} years"
 
 
+_GO_DURATION = re.compile(r"(?:(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h))+\Z")
+_GO_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
+_GO_UNIT_SECONDS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ms": 1e-3, "s": 1.0,
+                    "m": 60.0, "h": 3600.0}
+
+
+def parse_go_duration(text: str) -> float:
+    """Go's time.ParseDuration ("1m30s", "1.5h", "0"; a leading sign is not accepted
+    here) in seconds; ValueError when malformed or beyond an int64 of nanoseconds."""
+    if text == "0":
+        return 0.0
+    if not _GO_DURATION.match(text):
+        raise ValueError(f"invalid duration {text!r}")
+    seconds = sum(float(n) * _GO_UNIT_SECONDS[u] for n, u in _GO_DURATION_PART.findall(text))
+    if seconds * 1e9 >= 2 ** 63:
+        raise ValueError(f"duration {text!r} is out of range")
+    return seconds
+
+
 def parse_time(text: str | None) -> datetime | None:
     """RFC 3339 with any number of fractional digits (Go writes nanoseconds)."""
     if not text:

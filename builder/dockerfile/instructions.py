@@ -24,9 +24,6 @@ from .parser import parse_heredoc
 Expander = Callable[[str], str]
 
 STAGE_NAME = re.compile(r"[a-z][a-z0-9\-_.]*\Z")
-_DURATION = re.compile(r"(?:(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h))+\Z")
-_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
-_UNIT_SECONDS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 _HEREDOC_SOURCE = re.compile(r"[0-9]*<<-?")
 
 
@@ -503,13 +500,13 @@ def _healthcheck(node, args, opts, base):
 
 
 def _duration(name: str, text: str) -> float:
-    if text == "0":
-        return 0.0
-    if not _DURATION.match(text):
-        raise _Located(f'invalid duration for --{name}: "{text}"', f"--{name}")
-    seconds = sum(float(n) * _UNIT_SECONDS[u] for n, u in _DURATION_PART.findall(text))
-    if seconds * 1e9 >= 2 ** 63:       # Go's time.Duration (int64 nanoseconds) overflows
-        raise _Located(f'invalid duration for --{name}: "{text}" is out of range', f"--{name}")
+    from layerstore.humanize import parse_go_duration
+
+    try:
+        seconds = parse_go_duration(text)
+    except ValueError as e:          # Go's time.Duration (int64 nanoseconds) overflows too
+        why = " is out of range" if "range" in str(e) else ""
+        raise _Located(f'invalid duration for --{name}: "{text}"{why}', f"--{name}") from None
     if 0 < seconds < 0.001:
         raise _Located(f'Interval "{name}" cannot be less than 1ms', f"--{name}")
     return seconds

@@ -77,6 +77,11 @@ class ContainerState:
     limits: dict = field(default_factory=dict)
     log_max_size: int = 10 << 20
     log_max_files: int = 3
+    restart_policy: dict = field(default_factory=lambda: {"Name": "no", "MaximumRetryCount": 0})
+    restart_count: int = 0
+    healthcheck: dict | None = None                        # Config.Healthcheck (merged)
+    health_shell: list[str] | None = None                  # the image's SHELL, for CMD-SHELL
+    health: dict | None = None        # State.Health: from health.json (see health.py), not saved
 
     @classmethod
     def from_json(cls, data: dict) -> "ContainerState":
@@ -256,8 +261,10 @@ class Containers:
         container anyway), and three fsyncs would double the cost of `run --rm true`."""
         path = self.path(state.id) / "state.json"
         tmp = path.with_name(f".state.{os.getpid()}.tmp")
+        data = asdict(state)
+        data.pop("health", None)
         with open(tmp, "w") as f:
-            json.dump(asdict(state), f, indent=1, sort_keys=True)
+            json.dump(data, f, indent=1, sort_keys=True)
         os.rename(tmp, path)
 
     def load(self, cid: str) -> ContainerState:
@@ -267,7 +274,12 @@ class Containers:
             raise NoSuchContainer(cid) from None
         except (OSError, ValueError) as e:
             raise RunError(f"container {cid[:12]}: unreadable state.json: {e}") from None
-        return self.refresh(ContainerState.from_json(data))
+        st = ContainerState.from_json(data)
+        if st.healthcheck:
+            from .health import read as read_health
+
+            st.health = read_health(self.path(cid))
+        return self.refresh(st)
 
     def try_load(self, cid: str) -> ContainerState | None:
         """The record, or None when the container is gone or its record unreadable."""
@@ -278,7 +290,7 @@ class Containers:
 
     def refresh(self, st: ContainerState) -> ContainerState:
         """A running record whose owner died without recording an exit is exited."""
-        if st.status == "running" and not alive(st.owner_pid, st.owner_start):
+        if st.status in ("running", "restarting") and not alive(st.owner_pid, st.owner_start):
             st.status = "exited"
             if st.exit_code is None:
                 st.exit_code = 255 if not st.error else st.exit_code

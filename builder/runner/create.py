@@ -212,6 +212,7 @@ def _prepare(store: Store, opts: RunOptions) -> Prepared:
         ports=[str(p) for p in ports], labels=labels,
         limits={k: v for k, v in vars(limits).items() if v is not None},
         log_max_size=opts.log_max_size, log_max_files=opts.log_max_files)
+    _supervision(state, cfg, opts)
     spec = SandboxSpec(root=OverlayRoot([], Path(), Path()), argv=argv,
                        env=tty_env(env, opts.tty), cwd=cwd, user=user, hostname=hostname,
                        limits=limits, network=network,
@@ -236,6 +237,16 @@ def _prepare(store: Store, opts: RunOptions) -> Prepared:
         discard(containers, state)
         raise
     return Prepared(state, cdir, spec, containers, list(opts.ulimits))
+
+
+def _supervision(state: ContainerState, cfg, opts: RunOptions) -> None:
+    """--restart and the health check (the image's, merged with --health-*)."""
+    from .health import merged_config
+
+    if opts.restart is not None:
+        state.restart_policy = opts.restart.inspect()
+    state.healthcheck = merged_config(cfg.Healthcheck, opts.health)
+    state.health_shell = list(cfg.Shell) if cfg.Shell else None
 
 
 def tty_env(env: dict[str, str], tty: bool) -> dict[str, str]:

@@ -12,13 +12,13 @@ from __future__ import annotations
 import os
 import signal
 
-from builder.sandbox import ExecSpec, exec as sandbox_exec
+from builder.sandbox import ExecSpec, Process, exec as sandbox_exec
 
 from .attach import copy_winsize, forwarding, pump_pty, raw_terminal, stdin_from_devnull, terminal_size
-from .containers import Containers, alive
+from .containers import Containers, ContainerState, alive
 from .create import seccomp_cache, tty_env
 from .errors import RunError
-from .lifecycle import is_running
+from .lifecycle import is_active, is_running
 from .options import parse_env
 
 
@@ -27,6 +27,37 @@ def exec_in(containers: Containers, ref: str, argv: list[str], *, interactive: b
             workdir: str | None = None, detach: bool = False) -> int:
     """Run argv in the container; its exit code (0 at once with detach)."""
     st = containers.find(ref)
+    with stdin_from_devnull(not interactive and not use_tty and not detach):
+        proc = start_process(containers, st, argv, use_tty=use_tty, env=env, user=user,
+                             workdir=workdir, detach=detach)
+    if detach:
+        proc.close()
+        return 0
+    try:
+        with forwarding(proc.signal):
+            if proc.master is not None:
+                master = proc.master
+                old = signal.signal(signal.SIGWINCH,
+                                    lambda s, f: copy_winsize(0 if os.isatty(0) else 1, master))
+                try:
+                    with raw_terminal(0) if interactive else _nothing():
+                        pump_pty(master, interactive)
+                finally:
+                    signal.signal(signal.SIGWINCH, old)
+            return proc.wait()
+    finally:
+        proc.close()
+
+
+def start_process(containers: Containers, st: ContainerState, argv: list[str], *,
+                  use_tty: bool = False, env: list[str] | None = None, user: str | None = None,
+                  workdir: str | None = None, detach: bool = False) -> Process:
+    """THE way into a running container (`exec` and the supervisor's health checks):
+    argv started through the sandbox's exec with the container's user, environment,
+    capabilities and seccomp profile, stdio our fds 0-2 (a pty with use_tty). The
+    caller waits for the Process."""
+    if st.status == "restarting" and is_active(st):
+        raise RunError(f"container {st.id[:12]} is restarting, wait until the container is running")
     if not is_running(st):
         raise RunError(f"container {st.id[:12]} is not running")
     if workdir is not None and not workdir.startswith("/"):
@@ -49,27 +80,9 @@ def exec_in(containers: Containers, ref: str, argv: list[str], *, interactive: b
                         stdio="pty" if use_tty else "null" if detach else "inherit",
                         pty_size=terminal_size(0 if os.isatty(0) else 1) if use_tty else None,
                         detach=detach, cache_dir=seccomp_cache(containers.root))
-        with stdin_from_devnull(not interactive and not use_tty and not detach):
-            proc = sandbox_exec(spec, target)
+        return sandbox_exec(spec, target)
     finally:
         os.close(target)
-    if detach:
-        proc.close()
-        return 0
-    try:
-        with forwarding(proc.signal):
-            if proc.master is not None:
-                master = proc.master
-                old = signal.signal(signal.SIGWINCH,
-                                    lambda s, f: copy_winsize(0 if os.isatty(0) else 1, master))
-                try:
-                    with raw_terminal(0) if interactive else _nothing():
-                        pump_pty(master, interactive)
-                finally:
-                    signal.signal(signal.SIGWINCH, old)
-            return proc.wait()
-    finally:
-        proc.close()
 
 
 class _nothing:

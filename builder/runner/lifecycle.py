@@ -106,6 +106,11 @@ def is_running(st: ContainerState) -> bool:
     return st.status == "running" and alive(st.owner_pid, st.owner_start)
 
 
+def is_active(st: ContainerState) -> bool:
+    """Running, or waiting in its supervisor to be restarted (docker counts both as up)."""
+    return st.status in ("running", "restarting") and alive(st.owner_pid, st.owner_start)
+
+
 def _signal(st: ContainerState, sig: int) -> None:
     if not alive(st.pid, st.pid_start):
         return
@@ -120,7 +125,7 @@ def _gone(containers: Containers, st: ContainerState) -> bool:
     if alive(st.pid, st.pid_start):
         return False
     cur = containers.try_load(st.id)
-    return cur is None or cur.status != "running"      # None: removed (--rm)
+    return cur is None or cur.status not in ("running", "restarting")   # None: removed (--rm)
 
 
 def _wait_gone(containers: Containers, st: ContainerState, timeout: float | None) -> bool:
@@ -136,10 +141,12 @@ def _wait_gone(containers: Containers, st: ContainerState, timeout: float | None
 
 def stop(containers: Containers, ref: str, timeout: int | None = None,
          sig: int | None = None) -> ContainerState:
-    """The stop signal, then SIGKILL after the timeout (docker's default 10 s)."""
+    """The stop signal, then SIGKILL after the timeout (docker's default 10 s). No restart
+    policy starts the container again afterwards."""
     st = containers.find(ref)
-    if not is_running(st):
+    if not is_active(st):
         return st
+    st = _no_more_restarts(containers, st)
     _signal(st, sig or st.stop_signal)
     wait_s = st.stop_timeout if timeout is None else timeout
     if not _wait_gone(containers, st, None if wait_s < 0 else wait_s):  # -1: wait for ever
@@ -152,16 +159,29 @@ def kill(containers: Containers, ref: str, sig: int = signal.SIGKILL) -> Contain
     st = containers.find(ref)
     if not is_running(st):
         raise RunError(f"container {st.id[:12]} is not running")
+    if sig in (signal.SIGKILL, st.stop_signal):   # docker's ExitOnNext: no restart after it
+        st = _no_more_restarts(containers, st)
     _signal(st, sig)
     return st
+
+
+def _no_more_restarts(containers: Containers, st: ContainerState) -> ContainerState:
+    """Tell the supervisor not to restart the container; the record as it is now (a
+    restart may have changed the pid since `st` was read)."""
+    from .restart import request_stop
+
+    request_stop(containers.path(st.id))
+    return containers.try_load(st.id) or st
 
 
 def remove(containers: Containers, ref: str, force: bool = False,
            volumes: bool = False) -> ContainerState:
     st = containers.find(ref)
-    if is_running(st):
+    if is_active(st):
         if not force:
-            raise RunError(f"cannot remove running container {st.id[:12]}: stop it first or use -f")
+            raise RunError(f"cannot remove {'running' if is_running(st) else 'restarting'} "
+                           f"container {st.id[:12]}: stop it first or use -f")
+        st = _no_more_restarts(containers, st)
         _signal(st, signal.SIGKILL)
         _wait_gone(containers, st, 30)
         if st.auto_remove:
@@ -190,7 +210,7 @@ def wait(containers: Containers, ref: str) -> int:
 def prune(containers: Containers) -> list[str]:
     gone = []
     for st in containers.all():
-        if not is_running(st):
+        if not is_active(st):
             containers.remove_dir(st.id, st.name)
             gone.append(st.id)
     return gone

@@ -95,6 +95,8 @@ class RunOptions:
     labels: dict[str, str] = field(default_factory=dict)
     log_max_size: int = 10 << 20
     log_max_files: int = 3
+    restart: object = None            # restart.RestartPolicy (None: "no"); see supervision.py
+    health: object = None             # health.HealthFlags from --health-* (None: the image's)
 
 
 def parse_log_opt(text: str, opts: RunOptions) -> None:

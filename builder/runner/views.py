@@ -7,14 +7,19 @@ import shlex
 from layerstore.humanize import ellipsis, quoted, since
 
 from .containers import ContainerState
-from .lifecycle import is_running
+from .lifecycle import is_active, is_running
+
+_HEALTH_WORDS = {"starting": "health: starting", "healthy": "healthy", "unhealthy": "unhealthy"}
 
 
 def status_text(st: ContainerState) -> str:
     if st.status == "created":
         return "Created"
     if is_running(st):
-        return f"Up {since(st.started_at).removesuffix(' ago')}"
+        word = _HEALTH_WORDS.get(str((st.health or {}).get("Status")))
+        return f"Up {since(st.started_at).removesuffix(' ago')}" + (f" ({word})" if word else "")
+    if st.status == "restarting" and is_active(st):
+        return f"Restarting ({st.exit_code if st.exit_code is not None else 0}) {since(st.finished_at)}"
     return f"Exited ({st.exit_code if st.exit_code is not None else 255}) {since(st.finished_at)}"
 
 
@@ -35,36 +40,64 @@ def ps_table(rows: list[ContainerState], quiet: bool, no_trunc: bool = False) ->
 def inspect(st: ContainerState) -> dict:
     """docker inspect's container shape (the fields that mean something here)."""
     running = is_running(st)
+    restarting = st.status == "restarting" and is_active(st)
+    state = {
+        "Status": "running" if running else "restarting" if restarting
+        else st.status if st.status not in ("running", "restarting") else "exited",
+        "Running": running or restarting, "Restarting": restarting,
+    }
+    health = _health(st)
     return {
         "Id": st.id,
         "Created": st.created,
         "Path": st.argv[0] if st.argv else "",
         "Args": st.argv[1:],
         "State": {
-            "Status": "running" if running else st.status if st.status != "running" else "exited",
-            "Running": running,
+            **state,
             "Pid": st.pid if running else 0,
             "ExitCode": st.exit_code if st.exit_code is not None else 0,
             "OOMKilled": st.oom_killed,
             "Error": st.error,
             "StartedAt": st.started_at,
             "FinishedAt": st.finished_at,
+            **({"Health": health} if health is not None else {}),
         },
         "Image": st.image_id,
         "ImageManifest": st.image,
         "Name": "/" + st.name,
+        "RestartCount": st.restart_count,
         "HostConfig": {
             "AutoRemove": st.auto_remove, "Privileged": st.privileged,
             "ReadonlyRootfs": st.read_only, "CapAdd": st.cap_add, "CapDrop": st.cap_drop,
             "SecurityOpt": ([f"seccomp={st.seccomp}"] if st.seccomp else [])
             + (["no-new-privileges"] if st.no_new_privs else []),
             "NetworkMode": st.network, "PortBindings": st.ports, "Resources": st.limits,
+            "RestartPolicy": st.restart_policy,
         },
         "Mounts": st.mounts,
         "Config": {
             "Hostname": st.hostname, "User": st.user, "Env": [f"{k}={v}" for k, v in st.env.items()],
             "Cmd": st.argv, "Image": st.image_name, "WorkingDir": st.cwd, "Labels": st.labels,
             "StopSignal": st.stop_signal, "StopTimeout": st.stop_timeout, "Tty": st.tty,
+            **({"Healthcheck": st.healthcheck} if st.healthcheck else {}),
         },
         "NetworkSettings": {"IPAddress": st.ip or "", "Ports": st.ports},
     }
+
+
+def _health(st: ContainerState) -> dict | None:
+    """docker's State.Health, present when the container has a health check; only the
+    fields docker has, whatever health.json holds."""
+    from .health import probe_argv
+
+    if probe_argv(st.healthcheck, st.health_shell) is None or (st.health is None
+                                                                and not st.detached):
+        return None   # no check, or one nothing ran (only -d containers have a supervisor)
+    h = st.health or {}
+    log = [{"Start": str(e.get("Start", "")), "End": str(e.get("End", "")),
+            "ExitCode": e.get("ExitCode") if isinstance(e.get("ExitCode"), int) else -1,
+            "Output": str(e.get("Output", ""))}
+           for e in (h.get("Log") or [])[-5:] if isinstance(e, dict)]
+    streak = h.get("FailingStreak")
+    return {"Status": str(h.get("Status") or "starting"),
+            "FailingStreak": streak if isinstance(streak, int) else 0, "Log": log}
