@@ -617,6 +617,8 @@ def _containers(settings: Settings):
 @click.option("--stop-signal", default=None, help="Signal that stops the container.")
 @click.option("--stop-timeout", type=int, default=None, help="Seconds before SIGKILL on stop.")
 @click.option("--pull", default="missing", help="missing (default), always or never.")
+@click.option("--platform", default=None, metavar="OS/ARCH[/VARIANT]",
+              help="The image's platform (of an index; a foreign one runs under qemu-user).")
 @click.option("-l", "--label", multiple=True, metavar="K=V", help="Set a label.")
 @click.option("--log-opt", multiple=True, metavar="max-size=S|max-file=N",
               help="Log rotation (default max-size=10m, max-file=3).")
