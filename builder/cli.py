@@ -177,13 +177,17 @@ def images_cmd(settings: Settings, quiet: bool, no_trunc: bool, fmt: str) -> Non
               help="Sizes and dates in human-readable form.")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
 @click.option("-q", "--quiet", is_flag=True, help="Only image IDs.")
+@click.option("--platform", default=None, metavar="OS/ARCH[/VARIANT]",
+              help="Which image of a multi-platform index (default: this host's).")
 @click.pass_obj
 def history_cmd(settings: Settings, image: str, no_trunc: bool, human: bool, fmt: str,
-                quiet: bool) -> None:
+                quiet: bool, platform: str | None) -> None:
     """Show the history of an image."""
     from layerstore.images import format_history, history, history_json
+    from layerstore.platforms import parse_platform, platform_option
 
-    rows = history(settings.store(), image)
+    rows = history(settings.store(), image,
+                   parse_platform(platform_option(platform)) if platform else None)
     if quiet:
         for r in rows:
             click.echo(r.image if no_trunc or r.image == "<missing>" else r.image[7:19])

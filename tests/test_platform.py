@@ -192,3 +192,26 @@ def test_a_handler_without_fix_binary_is_refused(plat: CLI):
         binfmt.ensure("linux/arm64")       # pybuild registers its own, with F
     assert "F" in binfmt.handler("qemu-aarch64").flags
     assert plat("run", "--rm", *NONE, "bbarm", "uname", "-m").stdout.strip() == "aarch64"
+
+
+def test_history_platform_picks_from_an_index(plat: CLI):
+    host = plat("history", "-q", "--no-trunc", "bbmulti").stdout.split()
+    arm = plat("history", "-q", "--no-trunc", "--platform", "linux/arm64", "bbmulti").stdout.split()
+    assert host[0] == json.loads(plat("inspect", "bbamd").stdout)[0]["Id"]
+    assert arm[0] == json.loads(plat("inspect", "bbarm").stdout)[0]["Id"] != host[0]
+    p = plat("history", "--platform", "linux/s390x", "bbmulti", check=False)
+    assert p.returncode == 1 and "no image for platform linux/s390x" in p.stderr
+
+
+def test_save_and_load_keep_every_platform_of_an_index(plat: CLI, tmp_path):
+    archive = tmp_path / "multi.tar"
+    plat("save", "-o", archive, "bbmulti")
+    other = CLI(tmp_path / "other")
+    other("load", "-i", archive)
+    assert other("run", "--rm", *NONE, "--platform", "linux/arm64", "bbmulti",
+                 "uname", "-m").stdout.strip() == "aarch64"
+    assert other("run", "--rm", *NONE, "bbmulti", "uname", "-m").stdout.strip() == "x86_64"
+    raw = subprocess.run(["skopeo", "inspect", "--raw", f"oci-archive:{archive}"],
+                         capture_output=True, text=True, check=True).stdout
+    arches = sorted(m["platform"]["architecture"] for m in json.loads(raw)["manifests"])
+    assert arches == ["amd64", "arm64"]
