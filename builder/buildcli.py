@@ -154,6 +154,10 @@ def run_build(root: Path, open_store, context: str, dockerfile: str | None, *, t
     if jobs < 1:    # as docker refuses a bad number instead of quietly using another
         raise PybuildError(f"--jobs {jobs}: must be at least 1")
     source_date_epoch = check_epoch(source_date_epoch)
+    if platform:
+        from layerstore.platforms import platform_option
+
+        platform = platform_option(platform)
     granted = parse_allow(allow)
     check_network(network, granted, "--network host (every RUN step)")
     from layerstore import reference

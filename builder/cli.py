@@ -177,13 +177,17 @@ def images_cmd(settings: Settings, quiet: bool, no_trunc: bool, fmt: str) -> Non
               help="Sizes and dates in human-readable form.")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
 @click.option("-q", "--quiet", is_flag=True, help="Only image IDs.")
+@click.option("--platform", default=None, metavar="OS/ARCH[/VARIANT]",
+              help="Which image of a multi-platform index (default: this host's).")
 @click.pass_obj
 def history_cmd(settings: Settings, image: str, no_trunc: bool, human: bool, fmt: str,
-                quiet: bool) -> None:
+                quiet: bool, platform: str | None) -> None:
     """Show the history of an image."""
     from layerstore.images import format_history, history, history_json
+    from layerstore.platforms import parse_platform, platform_option
 
-    rows = history(settings.store(), image)
+    rows = history(settings.store(), image,
+                   parse_platform(platform_option(platform)) if platform else None)
     if quiet:
         for r in rows:
             click.echo(r.image if no_trunc or r.image == "<missing>" else r.image[7:19])
@@ -617,6 +621,8 @@ def _containers(settings: Settings):
 @click.option("--stop-signal", default=None, help="Signal that stops the container.")
 @click.option("--stop-timeout", type=int, default=None, help="Seconds before SIGKILL on stop.")
 @click.option("--pull", default="missing", help="missing (default), always or never.")
+@click.option("--platform", default=None, metavar="OS/ARCH[/VARIANT]",
+              help="The image's platform (of an index; a foreign one runs under qemu-user).")
 @click.option("-l", "--label", multiple=True, metavar="K=V", help="Set a label.")
 @click.option("--log-opt", multiple=True, metavar="max-size=S|max-file=N",
               help="Log rotation (default max-size=10m, max-file=3).")

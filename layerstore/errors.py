@@ -18,6 +18,11 @@ class NotFound(PybuildError):
     """A named object (image, blob, ref, snapshot) does not exist."""
 
 
+class PlatformMismatch(NotFound):
+    """A single-platform image is here, but for another platform than the one asked
+    (a pull may still find the right one: it is a kind of "not found")."""
+
+
 class InvalidReference(PybuildError):
     """An image reference that docker would reject."""
 

@@ -67,9 +67,10 @@ class HistoryRow:
     empty_layer: bool
 
 
-def history(store: Store, name: str) -> list[HistoryRow]:
-    """Newest first, as docker prints it; layer sizes are the stored blob sizes."""
-    img = store.resolve(name)
+def history(store: Store, name: str, platform=None) -> list[HistoryRow]:
+    """Newest first, as docker prints it; layer sizes are the stored blob sizes.
+    `platform`: which image of an index (default: this host's)."""
+    img = store.resolve(name, platform)
     layers = iter(img.manifest.layers)
     rows = []
     entries = img.config.history or []

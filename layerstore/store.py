@@ -17,11 +17,11 @@ from layerstore import digest as dg
 from layerstore import mediatypes as mt
 from layerstore import reference
 from layerstore.blobs import BlobStore
-from layerstore.errors import InvalidImage, InvalidReference, NotFound, PybuildError
+from layerstore.errors import InvalidImage, InvalidReference, NotFound, PlatformMismatch, PybuildError
 from layerstore.locking import file_lock
 from layerstore.model import (CONFIG_LIMIT, MANIFEST_LIMIT, Descriptor, ImageConfig, Index,
                               Manifest, Platform, check_image, parse_manifest_or_index)
-from layerstore.platforms import host_platform, matches
+from layerstore.platforms import host_platform, matches, normalize
 from layerstore.refs import RefIndex
 from layerstore.snapshots import SnapshotStore
 
@@ -175,7 +175,19 @@ class Store:
             desc = self.select(obj, platform)
             obj = self.read_manifest(desc)
         check_image(obj, f"manifest {desc.digest}")
-        return Image(descriptor=desc, manifest=obj, config=self.read_config(obj), top=top,
+        config = self.read_config(obj)
+        if platform is not None and depth == 0 and config.architecture:
+            # a single-platform image says its platform only in its config: an amd64
+            # image handed out for an arm64 request is how an amd64 result got cached
+            # and shipped as arm64
+            have = Platform(os=config.os or "linux", architecture=config.architecture,
+                            variant=config.variant)
+            if not matches(platform, have):
+                shown = (names or [top.digest])[0]
+                raise PlatformMismatch(
+                    f"image with reference {shown} was found but does not match the specified "
+                    f"platform: wanted {platform}, actual: {normalize(have.os, have.architecture, have.variant)}")
+        return Image(descriptor=desc, manifest=obj, config=config, top=top,
                      names=list(names or []))
 
     def images(self) -> Iterator[Image]:

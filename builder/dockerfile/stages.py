@@ -10,7 +10,6 @@ the stages the target needs are built.
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -25,13 +24,7 @@ PROXY_ARGS = ("HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "FTP_PRO
               "NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy")
 PLATFORM_ARGS = ("TARGETPLATFORM", "TARGETOS", "TARGETARCH", "TARGETVARIANT",
                  "BUILDPLATFORM", "BUILDOS", "BUILDARCH", "BUILDVARIANT")
-_MACHINE_ARCH = {"x86_64": ("amd64", ""), "amd64": ("amd64", ""), "aarch64": ("arm64", ""),
-                 "arm64": ("arm64", ""), "armv7l": ("arm", "v7"), "armv6l": ("arm", "v6"),
-                 "i386": ("386", ""), "i686": ("386", ""), "ppc64le": ("ppc64le", ""),
-                 "s390x": ("s390x", ""), "riscv64": ("riscv64", "")}
 
-
-_PLATFORM_PART = re.compile(r"[a-z0-9_-]+\Z")
 # docker's own Dockerfile frontend images (any version, channel or digest): pybuild's
 # built-in frontend is what they are
 _KNOWN_FRONTEND = re.compile(r"(?:(?:docker\.io|registry-1\.docker\.io)/)?docker/dockerfile"
@@ -49,16 +42,23 @@ class Platform:
 
     @classmethod
     def parse(cls, text: str) -> Platform:
-        parts = text.strip().lower().split("/")
-        # each part a word, as containerd's platforms.Parse takes it (`../../x` is none)
-        if not 2 <= len(parts) <= 3 or not all(_PLATFORM_PART.match(p) for p in parts):
-            raise DockerfileError(f'invalid platform "{text}": expected os/arch[/variant]', "platform")
-        return cls(parts[0], parts[1], parts[2] if len(parts) == 3 else "")
+        """containerd's parse and normalization, in layerstore.platforms (one of each):
+        `linux/aarch64` and `linux/arm64/v8` are `linux/arm64`; `foo/bar` is an error."""
+        from layerstore.errors import PybuildError
+        from layerstore.platforms import parse_platform
+
+        try:
+            p = parse_platform(text)
+        except PybuildError as exc:
+            raise DockerfileError(str(exc), "platform") from None
+        return cls(p.os, p.architecture, p.variant or "")
 
     @classmethod
     def host(cls) -> Platform:
-        arch, variant = _MACHINE_ARCH.get(os.uname().machine, (os.uname().machine, ""))
-        return cls("linux", arch, variant)
+        from layerstore.platforms import host_platform
+
+        p = host_platform()
+        return cls(p.os, p.architecture, p.variant or "")
 
     def __str__(self) -> str:
         return f"{self.os}/{self.arch}" + (f"/{self.variant}" if self.variant else "")

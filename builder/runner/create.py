@@ -16,6 +16,7 @@ from pathlib import Path, PurePosixPath
 from builder.sandbox import (BindMount, Limits, NetworkConfig, OverlayRoot, PortMapping,
                              SandboxSpec, TmpfsMount)
 from layerstore.errors import NotFound, PybuildError
+from layerstore.platforms import of_config
 from layerstore.store import Image, Store
 
 from .containers import Containers, ContainerState
@@ -41,14 +42,16 @@ class Prepared:
     ulimits: list = field(default_factory=list)
 
 
-def resolve_image(store: Store, name: str, pull: str) -> Image:
-    """Find the image, pulling it per --pull (missing, always, never)."""
+def resolve_image(store: Store, name: str, pull: str, platform: str | None = None) -> Image:
+    """Find the image (for --platform, else this host's), pulling it per --pull."""
+    from layerstore.platforms import parse_platform
     from layerstore.registry import PULL_POLICIES, ensure_image
 
     if pull not in PULL_POLICIES:
         raise RunError(f"invalid --pull {pull!r}: expected missing, always or never")
     try:
-        return ensure_image(store, name, policy=pull)
+        return ensure_image(store, name, policy=pull,
+                            platform=parse_platform(platform) if platform else None)
     except NotFound as e:
         raise RunError(str(e)) from None
 
@@ -176,7 +179,7 @@ def prepare(store: Store, opts: RunOptions) -> Prepared:
 
 
 def _prepare(store: Store, opts: RunOptions) -> Prepared:
-    image = resolve_image(store, opts.image, opts.pull)
+    image = resolve_image(store, opts.image, opts.pull, opts.platform)
     cfg = image.config.config
     argv = compose_argv(cfg, opts.command, opts.entrypoint)
     env = cfg.env_dict()
@@ -218,7 +221,7 @@ def _prepare(store: Store, opts: RunOptions) -> Prepared:
                        limits=limits, network=network,
                        cap_add=cap_add, cap_drop=list(opts.cap_drop), seccomp=seccomp,
                        no_new_privs=nnp, privileged=opts.privileged, init=opts.init, id=cid,
-                       cache_dir=seccomp_cache(store.root))
+                       cache_dir=seccomp_cache(store.root), platform=of_config(image.config))
     _check_security(spec)
     cdir = containers.create(state)
     try:

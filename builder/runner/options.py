@@ -13,6 +13,7 @@ from pathlib import Path
 
 from builder.keyvalues import env_pairs, fields, kv_map
 from layerstore import humanize
+from layerstore.errors import PybuildError
 
 from .errors import RunError
 
@@ -92,6 +93,7 @@ class RunOptions:
     stop_signal: str | None = None
     stop_timeout: int | None = None
     pull: str = "missing"
+    platform: str | None = None           # normalized os/arch[/variant] (--platform)
     labels: dict[str, str] = field(default_factory=dict)
     log_max_size: int = 10 << 20
     log_max_files: int = 3
@@ -391,7 +393,7 @@ def build_options(image: str, command: tuple[str, ...] | list[str], *, rm: bool 
                   privileged: bool = False, ulimit: tuple[str, ...] = (),
                   stop_signal: str | None = None, stop_timeout: int | None = None,
                   pull: str = "missing", label: tuple[str, ...] = (),
-                  log_opt: tuple[str, ...] = ()) -> RunOptions:
+                  log_opt: tuple[str, ...] = (), platform: str | None = None) -> RunOptions:
     """The run command line's raw strings, parsed and checked."""
     net = {"bridge": "private", "default": "private"}.get(network, network)
     if net not in ("none", "host", "private"):
@@ -432,4 +434,11 @@ def build_options(image: str, command: tuple[str, ...] | list[str], *, rm: bool 
     if hostname is not None and not re.match(r"^[a-zA-Z0-9]([a-zA-Z0-9.-]{0,62})\Z", hostname):
         raise RunError(f"invalid --hostname {hostname!r}: not a valid host name")
     opts.labels.update(kv_map(label, "--label", error=RunError))
+    if platform:
+        from layerstore.platforms import platform_option
+
+        try:
+            opts.platform = platform_option(platform)
+        except PybuildError as exc:
+            raise RunError(str(exc)) from None
     return opts

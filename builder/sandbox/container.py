@@ -319,6 +319,10 @@ def start(spec: SandboxSpec) -> Container:
     it is left behind then.
     """
     spec.validate()
+    if spec.platform is not None:
+        from builder.sandbox import binfmt
+
+        binfmt.ensure(spec.platform)
     capset = capmod.resolve(spec.cap_add, spec.cap_drop)
     bpf = seccomp.bpf_for(spec.seccomp, capset, spec.cache_dir)
     hostname = spec.hostname or spec.id[:12]

@@ -145,6 +145,9 @@ class SandboxSpec:
     state_dir: Path | None = None    # where hosts/resolv.conf and the root mount point live
     cache_dir: Path | None = None    # where compiled seccomp filters may be kept (None: memory only)
     id: str = field(default_factory=lambda: secrets.token_hex(16))
+    # the image's os/arch[/variant]; a foreign architecture runs through qemu-user
+    # registered with binfmt_misc (sandbox/binfmt.py), under the same seccomp and caps
+    platform: str | None = None
 
     def validate(self) -> None:
         """Raise SandboxError naming the field at fault."""

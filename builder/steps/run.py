@@ -64,6 +64,7 @@ class RunJob:
     state_dir: Path | None = None
     input: bytes | None = None
     shared_net: BuildNetwork | None = None   # the build's held bridge, for network default
+    platform: str | None = None          # the image's platform (foreign: run under qemu-user)
 
 
 class BuildNetwork:
@@ -117,7 +118,8 @@ def execute(job: RunJob, on_output: Callable[[bytes], None],
                                         work=plan.work, volatile=plan.volatile),
                        argv=job.argv, env=job.env, cwd=job.cwd or "/", user=job.user or "0",
                        mounts=list(job.binds), network=_network(job.network, job.shared_net),
-                       stdio="pipe", input=job.input or b"", state_dir=job.state_dir)
+                       stdio="pipe", input=job.input or b"", state_dir=job.state_dir,
+                       platform=job.platform)
     # named after the step's work dir (containers/build-<hex>): its cgroups show as
     # pybuild-build-<hex>, and when a SIGKILL takes the build and its monitor alike, the
     # next build that reclaims the dead work dir removes them by that name
@@ -308,9 +310,12 @@ class RunOp(Op):
             def out(line: bytes) -> None:
                 tail.add(line)
                 b.progress.output(n, line)
+            from layerstore.platforms import of_config
+
             job = RunJob(ws.plan, self.argv, self.env,
                          cfg.WorkingDir or "/", cfg.User or "0", self.network, binds, locks,
-                         state_dir=ws.dir / "state", shared_net=b.network)
+                         state_dir=ws.dir / "state", shared_net=b.network,
+                         platform=of_config(ctx.state.config))
             if b.failed.is_set():
                 raise DependencyFailed("build cancelled")
             code = execute(job, out, b.running)

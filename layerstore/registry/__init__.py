@@ -47,13 +47,19 @@ def ensure_image(store, name: str, *, policy: str = "missing", platform=None, op
 
     Raises NotFound (local miss, or pull failed: the message says which) and the
     store's own errors for a found but unusable image."""
-    from layerstore.errors import NotFound, PybuildError
+    from layerstore.errors import NotFound, PlatformMismatch, PybuildError
 
     if policy not in PULL_POLICIES:
         raise PybuildError(f"invalid pull policy {policy!r}: expected missing, always or never")
+    mismatch: PlatformMismatch | None = None
     if policy != "always":
         try:
             return store.resolve(name, platform)
+        except PlatformMismatch as exc:
+            # docker then pulls the asked platform; if that fails, the mismatch is the news
+            if policy == "never":
+                raise
+            mismatch = exc
         except NotFound:
             if policy == "never":
                 raise NotFound(f"{name}: no such image in the store (and --pull=never)") from None
@@ -62,6 +68,8 @@ def ensure_image(store, name: str, *, policy: str = "missing", platform=None, op
     try:
         result = pull(store, name, platform=platform, options=options, progress=progress)
     except PybuildError as exc:
+        if mismatch is not None:
+            raise PlatformMismatch(f"{mismatch} (and pulling {platform} failed: {exc})") from None
         if policy == "always" and _present(store, name, platform):
             # the pull is what failed (`--pull` with the registry unreachable): saying the
             # image is missing sent people looking for an image they had

@@ -1,0 +1,217 @@
+"""--platform everywhere: docker's parsing and normalization, the platform in every key,
+index selection, docker's mismatch error, and foreign architectures run through
+qemu-user-static registered with binfmt_misc (fix-binary)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from conftest import CLI, REPO
+from layerstore.errors import PybuildError
+from layerstore.platforms import parse_platform
+
+MKROOTFS = REPO / "sample-images" / "busybox" / "mkrootfs.sh"
+NONE = ("--network", "none")
+
+
+@pytest.mark.parametrize("text,want", [
+    ("linux/amd64", "linux/amd64"), ("linux/x86_64", "linux/amd64"),
+    ("linux/amd64/v1", "linux/amd64"), ("linux/amd64/v3", "linux/amd64/v3"),
+    ("linux/arm64", "linux/arm64"), ("linux/arm64/v8", "linux/arm64"),
+    ("linux/aarch64", "linux/arm64"), ("LINUX/ARM64", "linux/arm64"),
+    ("linux/arm", "linux/arm/v7"), ("linux/arm/7", "linux/arm/v7"),
+    ("linux/armhf", "linux/arm/v7"), ("linux/arm/v6", "linux/arm/v6"),
+    ("linux/i386", "linux/386"), ("arm64", "linux/arm64"), ("linux/riscv64", "linux/riscv64"),
+])
+def test_platforms_are_normalized_as_containerd_does(text, want):
+    assert str(parse_platform(text)) == want
+
+
+@pytest.mark.parametrize("text,needle", [
+    ("foo/bar", "unknown operating system 'foo'"), ("linux/bar", "unknown architecture 'bar'"),
+    ("linux/amd64/v1/x", "expected os/arch[/variant]"), ("linux//amd64", "expected os/arch"),
+    ("../../etc", "expected os/arch"), ("", "expected os/arch"),
+    ("linux/amd64,linux/" + "a" * 100, "expected os/arch"),
+])
+def test_invalid_platforms_are_refused(text, needle):
+    with pytest.raises(PybuildError, match=needle.replace("[", r"\[").replace("/", "/")):
+        parse_platform(text)
+
+
+def _rootfs_tar(dest: Path, arch: str | None) -> Path:
+    root = dest / f"rootfs-{arch or 'host'}"
+    subprocess.run(["sh", str(MKROOTFS), str(root), *([arch] if arch else [])], check=True)
+    tar = dest / f"busybox-{arch or 'host'}.tar"
+    with tarfile.open(tar, "w") as t:
+        t.add(root, arcname=".")
+    return tar
+
+
+def _make_index(root: Path, name: str, members: list[str]) -> None:
+    """`name` := an OCI index of the given single-platform images (docker's multi-arch base)."""
+    from layerstore import mediatypes as mt
+    from layerstore.model import Descriptor, Index, Platform
+    from layerstore.store import Store
+
+    store = Store.open(root)
+    entries = []
+    for m in members:
+        img = store.resolve(m)
+        cfg = img.config
+        entries.append(Descriptor(img.descriptor.media_type, img.descriptor.digest,
+                                  img.descriptor.size,
+                                  platform=Platform(cfg.os, cfg.architecture, cfg.variant)))
+    index = Index(manifests=entries)
+    store.tag(name, store.put_json(index.to_bytes(), mt.OCI_INDEX))
+
+
+@pytest.fixture(scope="module")
+def plat(tmp_path_factory) -> CLI:
+    base = tmp_path_factory.mktemp("platform")
+    cli = CLI(base / "store")
+    cli("import", _rootfs_tar(base, None), "bbamd")
+    cli("import", "--platform", "linux/arm64", _rootfs_tar(base, "arm64"), "bbarm")
+    _make_index(cli.root, "bbmulti", ["bbamd", "bbarm"])
+    yield cli
+    ids = cli("ps", "-aq", "--no-trunc", check=False).stdout.split()
+    if ids:
+        cli("rm", "-f", *ids, check=False)
+
+
+def _ctx(tmp_path: Path, text: str, name: str = "ctx") -> Path:
+    ctx = tmp_path / name
+    ctx.mkdir()
+    (ctx / "Dockerfile").write_text(text)
+    return ctx
+
+
+def _file(cli: CLI, image: str, path: str, *platform: str) -> str:
+    return cli("run", "--rm", *NONE, *platform, image, "cat", path).stdout.strip()
+
+
+def test_bad_platform_is_refused_before_any_step(plat: CLI, tmp_path):
+    ctx = _ctx(tmp_path, "FROM bbamd\nRUN echo step-ran\n")
+    for value, needle in (("foo/bar", "unknown operating system 'foo'"),
+                          ("linux/bar", "unknown architecture 'bar'"),
+                          ("windows/amd64", "linux images only")):
+        p = plat("build", "--progress", "plain", "--platform", value, ctx, check=False)
+        assert p.returncode == 1 and "step-ran" not in p.stderr, p.stderr
+        assert p.stderr.strip().splitlines()[-1].startswith(f"pybuild: error: --platform"), p.stderr
+        assert needle in p.stderr
+    p = plat("run", "--rm", "--platform", "linux/bar", "bbamd", "true", check=False)
+    assert p.returncode == 125 and "unknown architecture 'bar'" in p.stderr
+
+
+def test_a_single_platform_base_of_another_platform_is_docker_s_error(plat: CLI, tmp_path):
+    ctx = _ctx(tmp_path, "FROM bbamd\nRUN echo step-ran > /x\n")
+    p = plat("build", "--progress", "plain", "--platform", "linux/arm64", "-t", "never", ctx,
+             check=False)
+    assert p.returncode == 1, p.stderr
+    assert ("does not match the specified platform: wanted linux/arm64, actual: linux/amd64"
+            in p.stderr), p.stderr
+    assert "step-ran" not in p.stderr and "never" not in plat("images").stdout
+    p = plat("run", "--rm", *NONE, "--platform", "linux/arm64", "bbamd", "true", check=False)
+    assert p.returncode == 125 and "wanted linux/arm64, actual: linux/amd64" in p.stderr
+
+
+def test_each_platform_of_an_index_base_builds_and_never_shares_a_cache_entry(plat: CLI,
+                                                                             tmp_path):
+    ctx = _ctx(tmp_path, "FROM bbmulti\nARG TARGETPLATFORM\n"
+                         "RUN echo $TARGETPLATFORM $(uname -m) > /arch\n")
+    amd = plat("build", "--progress", "plain", "--platform", "linux/amd64", "-t", "out:amd", ctx)
+    arm = plat("build", "--progress", "plain", "--platform", "linux/arm64/v8", "-t", "out:arm",
+               ctx)
+    assert arm.stderr.strip().splitlines()[-1].endswith("(2 steps run, 0 cached)"), arm.stderr
+    assert _file(plat, "out:amd", "/arch") == "linux/amd64 x86_64"
+    assert _file(plat, "out:arm", "/arch", "--platform", "linux/arm64") == "linux/arm64 aarch64"
+    cfg = json.loads(plat("inspect", "out:arm").stdout)[0]
+    assert (cfg["Os"], cfg["Architecture"]) == ("linux", "arm64")
+    # the same request again, spelled another way: cached (one key per platform)
+    again = plat("build", "--progress", "plain", "--platform", "linux/aarch64", "-t", "out:arm",
+                 ctx)
+    assert "(0 steps run" in again.stderr, again.stderr
+
+
+def test_run_platform_selects_from_an_index_and_emulates(plat: CLI):
+    assert plat("run", "--rm", *NONE, "bbmulti", "uname", "-m").stdout.strip() == "x86_64"
+    assert plat("run", "--rm", *NONE, "--platform", "linux/arm64", "bbmulti",
+                "uname", "-m").stdout.strip() == "aarch64"
+    # the binary really is aarch64: the kernel hands it to qemu, and `file` says so
+    out = plat("run", "--rm", *NONE, "bbarm", "sh", "-c", "uname -m; echo ok").stdout.split()
+    assert out == ["aarch64", "ok"]
+
+
+def test_emulated_containers_keep_docker_s_confinement(plat: CLI):
+    """The same capabilities, seccomp mode and no_new_privs under qemu-user as natively."""
+    probe = "grep -E '^(CapEff|CapBnd|Seccomp|NoNewPrivs):' /proc/self/status"
+    native = plat("run", "--rm", *NONE, "bbamd", "sh", "-c", probe).stdout
+    emulated = plat("run", "--rm", *NONE, "bbarm", "sh", "-c", probe).stdout
+    assert "Seccomp:\t2" in native and native == emulated
+
+
+def test_the_emulator_is_the_host_s_never_one_the_image_planted(plat: CLI, tmp_path):
+    """binfmt's F flag: the kernel opened qemu when the handler was registered. An image
+    shipping its own file at the emulator's path must not have it run by the kernel."""
+    from builder.sandbox import binfmt
+
+    h = binfmt.handler("qemu-aarch64")
+    assert h is not None and h.enabled and "F" in h.flags, h
+    planted = h.interpreter.lstrip("/")
+    ctx = _ctx(tmp_path, f"FROM bbarm\nRUN mkdir -p /{os.path.dirname(planted)} && "
+                         f"printf '#!/bin/sh\\necho PLANTED > /planted-ran\\n' > /{planted} && "
+                         f"chmod 755 /{planted}\n")
+    plat("build", "--progress", "plain", "-t", "planted", ctx)
+    out = plat("run", "--rm", *NONE, "planted", "sh", "-c",
+               "uname -m; ls /planted-ran 2>/dev/null || echo none").stdout.split()
+    assert out == ["aarch64", "none"]
+
+
+def test_a_handler_without_fix_binary_is_refused(plat: CLI):
+    """Without F the kernel looks the emulator up inside the container's root: refused
+    with what to do. The host's handler is restored afterwards."""
+    from builder.sandbox import binfmt
+
+    entry = binfmt.BINFMT_DIR / "qemu-aarch64"
+    line = binfmt._conf_line("aarch64")
+    head, _, flags = line.rpartition(":")
+    entry.write_text("-1")
+    try:
+        (binfmt.BINFMT_DIR / "register").write_text(f"{head}:{flags.replace('F', '')}")
+        p = plat("run", "--rm", *NONE, "bbarm", "true", check=False)
+        assert p.returncode == 125 and "lacks the F (fix-binary) flag" in p.stderr, p.stderr
+        assert len(p.stderr.strip().splitlines()) == 1
+    finally:
+        if entry.exists():
+            entry.write_text("-1")
+        binfmt.ensure("linux/arm64")       # pybuild registers its own, with F
+    assert "F" in binfmt.handler("qemu-aarch64").flags
+    assert plat("run", "--rm", *NONE, "bbarm", "uname", "-m").stdout.strip() == "aarch64"
+
+
+def test_history_platform_picks_from_an_index(plat: CLI):
+    host = plat("history", "-q", "--no-trunc", "bbmulti").stdout.split()
+    arm = plat("history", "-q", "--no-trunc", "--platform", "linux/arm64", "bbmulti").stdout.split()
+    assert host[0] == json.loads(plat("inspect", "bbamd").stdout)[0]["Id"]
+    assert arm[0] == json.loads(plat("inspect", "bbarm").stdout)[0]["Id"] != host[0]
+    p = plat("history", "--platform", "linux/s390x", "bbmulti", check=False)
+    assert p.returncode == 1 and "no image for platform linux/s390x" in p.stderr
+
+
+def test_save_and_load_keep_every_platform_of_an_index(plat: CLI, tmp_path):
+    archive = tmp_path / "multi.tar"
+    plat("save", "-o", archive, "bbmulti")
+    other = CLI(tmp_path / "other")
+    other("load", "-i", archive)
+    assert other("run", "--rm", *NONE, "--platform", "linux/arm64", "bbmulti",
+                 "uname", "-m").stdout.strip() == "aarch64"
+    assert other("run", "--rm", *NONE, "bbmulti", "uname", "-m").stdout.strip() == "x86_64"
+    raw = subprocess.run(["skopeo", "inspect", "--raw", f"oci-archive:{archive}"],
+                         capture_output=True, text=True, check=True).stdout
+    arches = sorted(m["platform"]["architecture"] for m in json.loads(raw)["manifests"])
+    assert arches == ["amd64", "arm64"]
