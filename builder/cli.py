@@ -884,3 +884,4 @@ def build_cmd(settings: Settings, context: str, dockerfile: str | None,
     with bounded(settings.root, settings.store, max_storage, _echo_err) as used:
         run_build(settings.root, settings.store, context, dockerfile,
                   registry_options=lambda: _registry_options(tls_verify, 6), used=used, **kw)
+from builder import cli_fs  # noqa: E402,F401
