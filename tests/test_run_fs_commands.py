@@ -262,3 +262,77 @@ def test_one_mount_policy_stops_at_mount_points(openat2, monkeypatch):
             resolver.resolve(root, "proc/self/status", policy=resolver.ONE_MOUNT)
         with pytest.raises(resolver.PathEscape, match="another mount"):
             resolver.resolve(root, "../../proc", policy=resolver.ONE_MOUNT)
+
+
+def test_mounts_refused_hostile_tars_and_a_terminal(run_store, tmp_path):
+    cli = run_store
+    (tmp_path / "f").write_text("f\n")
+    start(cli, "fs-vol", "mkdir -p /work")
+    try:
+        # docker writes through volumes; pybuild says it does not (never into the upper
+        # under the mount point, where the container would not see it)
+        volume = cli("run", "-d", "-v", "/data", "--name", "fs-vol2", "busybox", "sleep", "1000")
+        assert volume.returncode == 0
+        p = cli("cp", tmp_path / "f", "fs-vol2:/data/x", check=False)
+        assert p.returncode == 1 and "mount at /data" in p.stderr
+        # a tar with an entry leaving the destination, or an absolute one: refused
+        for name in ("../../../../escape-fs-test", "/escape-fs-test"):
+            buf = io.BytesIO()
+            with tarfile.open(fileobj=buf, mode="w") as t:
+                info = tarfile.TarInfo(name)
+                info.size = 2
+                t.addfile(info, io.BytesIO(b"x\n"))
+            p = cli("cp", "-", "fs-vol:/work", input=buf.getvalue(), check=False)
+            assert p.returncode == 1 and b"escape-fs-test" in p.stderr, p.stderr
+        assert not Path("/escape-fs-test").exists()
+        assert not (cli.root / "escape-fs-test").exists()
+        # export refuses a terminal, as docker
+        import pty
+
+        master, slave = pty.openpty()
+        try:
+            p = subprocess.run([*_cli_argv(cli), "export", "fs-vol"], stdout=slave,
+                               stderr=subprocess.PIPE, text=True,
+                               env=dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent)))
+        finally:
+            os.close(master)
+            os.close(slave)
+        assert p.returncode == 1 and "cowardly refusing to save to a terminal" in p.stderr
+    finally:
+        rm(cli, "fs-vol", "fs-vol2")
+
+
+LEGACY = """
+import sys
+from layerstore import snapshots
+snapshots.USE_NEW_MOUNT_API = False
+from builder.cli import main
+main(sys.argv[1:], prog_name="pybuild")
+"""
+
+
+def test_stopped_container_through_the_legacy_mount(run_store, tmp_path):
+    """Kernels without the new mount API: the overlay is mounted in a private mount
+    namespace of the cp process, on a work dir under ROOT/tmp, gone with it."""
+    import sys
+
+    cli = run_store
+    (tmp_path / "f").write_text("legacy\n")
+    cli("run", "--name", "fs-legacy", "busybox", "sh", "-c", "ln -s /etc /etclink")
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent))
+    base = [sys.executable, "-c", LEGACY, "--root", str(cli.root)]
+    try:
+        for args in (["cp", str(tmp_path / "f"), "fs-legacy:/etclink/f"],
+                     ["cp", "fs-legacy:/etc/f", str(tmp_path / "back")],
+                     ["export", "-o", str(tmp_path / "e.tar"), "fs-legacy"]):
+            p = subprocess.run(base + args, capture_output=True, text=True, env=env)
+            assert p.returncode == 0, p.stderr
+        assert (tmp_path / "back").read_text() == "legacy\n"
+        assert "etc/f" in tarfile.open(tmp_path / "e.tar").getnames()
+        assert not Path("/etc/f").exists() or Path("/etc/f").read_text() != "legacy\n"
+        assert "A /etc/f" in cli("diff", "fs-legacy").stdout.splitlines()
+        with open("/proc/self/mountinfo") as f:
+            assert str(cli.root) not in f.read()
+        assert not list((cli.root / "tmp").glob("build-cp-*"))
+    finally:
+        rm(cli, "fs-legacy")
