@@ -269,12 +269,28 @@ def test_mounts_refused_hostile_tars_and_a_terminal(run_store, tmp_path):
     (tmp_path / "f").write_text("f\n")
     start(cli, "fs-vol", "mkdir -p /work")
     try:
-        # docker writes through volumes; pybuild says it does not (never into the upper
-        # under the mount point, where the container would not see it)
-        volume = cli("run", "-d", "-v", "/data", "--name", "fs-vol2", "busybox", "sleep", "1000")
-        assert volume.returncode == 0
-        p = cli("cp", tmp_path / "f", "fs-vol2:/data/x", check=False)
-        assert p.returncode == 1 and "mount at /data" in p.stderr
+        # docker writes through volumes and bind mounts: so does cp (into the mount's
+        # source on the host, resolved inside it); read-only ones and tmpfs are refused
+        bind = tmp_path / "bind"
+        bind.mkdir()
+        (bind / "b").write_text("bound\n")
+        cli("run", "-d", "-v", "/data", "-v", f"{bind}:/bind:ro", "--tmpfs", "/scratch",
+            "--name", "fs-vol2", "busybox", "sh", "-c",
+            "ln -s / /data/rootlink; touch /ready; sleep 1000")
+        wait_for(cli, "fs-vol2", "/ready")
+        cli("cp", tmp_path / "f", "fs-vol2:/data/x")
+        assert cli("exec", "fs-vol2", "cat", "/data/x").stdout == "f\n"
+        cli("cp", tmp_path / "f", "fs-vol2:/data/rootlink/y")     # the volume's own root
+        assert cli("exec", "fs-vol2", "cat", "/data/y").stdout == "f\n"
+        cli("cp", "fs-vol2:/bind/b", tmp_path / "b-out")
+        assert (tmp_path / "b-out").read_text() == "bound\n"
+        p = cli("cp", tmp_path / "f", "fs-vol2:/bind/z", check=False)
+        assert p.returncode == 1 and "read-only" in p.stderr and not (bind / "z").exists()
+        p = cli("cp", tmp_path / "f", "fs-vol2:/scratch/z", check=False)
+        assert p.returncode == 1 and "tmpfs mount at /scratch" in p.stderr
+        cli("stop", "-t", "0", "fs-vol2")
+        cli("cp", "fs-vol2:/data/x", tmp_path / "x-out")
+        assert (tmp_path / "x-out").read_text() == "f\n"
         # a tar with an entry leaving the destination, or an absolute one: refused
         for name in ("../../../../escape-fs-test", "/escape-fs-test"):
             buf = io.BytesIO()

@@ -13,9 +13,10 @@ destination, unpacked into the destination directory. Both halves work by fds:
 Container-side paths are resolved from the container's root fd (fsview) with the
 resolver's ONE_MOUNT policy: a symlink the container planted (`/target -> /etc`,
 swapped in while cp runs) resolves inside the container, and nothing crosses into
-the host or the container's /proc, /sys, /dev and mounts (CVE-2018-15664,
-CVE-2019-14271: docker followed such links as root on the host, and ran a library
-of the container).
+the host or the container's /proc, /sys, /dev (CVE-2018-15664, CVE-2019-14271:
+docker followed such links as root on the host, and ran a library of the
+container). A path under a volume or bind mount (by our record) is resolved the
+same way inside the mount's source directory (ContainerFS.route).
 
 Owners: into the container, files are root's (-a: the source's uid/gid); out of it,
 the caller's (-a: the container's), and a plain copy out drops setuid/setgid bits:
@@ -191,12 +192,11 @@ def _base(path: str) -> str:
 
 # --- container -> host -----------------------------------------------------------------
 
-def _container_source(cfs: ContainerFS, path: str, follow: bool, ref: str) -> Source:
-    cfs.check_path(path)
+def _container_source(root: int, inner: str, path: str, follow: bool, ref: str) -> Source:
     contents = path.endswith("/.") or path in (".", "/")
     want_dir = contents or path.endswith("/")
     try:
-        fd = resolver.resolve(cfs.fd, path, policy=_POLICY, follow=follow or want_dir)
+        fd = resolver.resolve(root, inner, policy=_POLICY, follow=follow or want_dir)
     except (FileNotFoundError, NotADirectoryError):
         raise FsError(f"Could not find the file {path} in container {ref}") from None
     st = os.fstat(fd)
@@ -209,7 +209,8 @@ def _container_source(cfs: ContainerFS, path: str, follow: bool, ref: str) -> So
 def copy_out(cfs: ContainerFS, ref: str, path: str, dest: str, *, archive: bool,
              follow: bool, stdout: BinaryIO | None = None) -> None:
     """CONTAINER:path -> dest (a host path, or "-" for a tar on stdout)."""
-    src = _container_source(cfs, path, follow, ref)
+    with cfs.route(path, write=False) as (root, inner):
+        src = _container_source(root, inner, path, follow, ref)
     try:
         base = _base(path).encode()
         if dest == "-":
@@ -271,10 +272,10 @@ def _host_source(path: str, follow: bool) -> Source:
 def copy_in(cfs: ContainerFS, ref: str, src_path: str, path: str, *, archive: bool,
             follow: bool, stdin: BinaryIO | None = None) -> None:
     """src_path (host, or "-" for a tar on stdin) -> CONTAINER:path."""
-    cfs.check_path(path)
     adjust = _keep(False) if archive else _owner(0, 0, False)
     if src_path == "-":
-        target = _container_dir(cfs, path, ref)
+        with cfs.route(path, write=True) as (root, inner):
+            target = _container_dir(root, inner, path, ref)
         try:
             unpack(stdin or sys.stdin.buffer, target, adjust)
         finally:
@@ -282,7 +283,8 @@ def copy_in(cfs: ContainerFS, ref: str, src_path: str, path: str, *, archive: bo
         return
     src = _host_source(src_path, follow)
     try:
-        target, arcname = _container_target(cfs, src, path, ref)
+        with cfs.route(path, write=True) as (root, inner):
+            target, arcname = _container_target(root, inner, src, path, ref)
         try:
             _piped(lambda w: write_tar(src, arcname, w, devices=True, one_fs=False),
                    lambda r: unpack(r, target, adjust))
@@ -292,31 +294,32 @@ def copy_in(cfs: ContainerFS, ref: str, src_path: str, path: str, *, archive: bo
         src.close()
 
 
-def _container_dir(cfs: ContainerFS, path: str, ref: str) -> int:
+def _container_dir(root: int, inner: str, path: str, ref: str) -> int:
     try:
-        return resolver.resolve(cfs.fd, path, policy=_POLICY, flags=_DIR)
+        return resolver.resolve(root, inner, policy=_POLICY, flags=_DIR)
     except FileNotFoundError:
         raise FsError(f"Could not find the file {path} in container {ref}") from None
     except NotADirectoryError:
         raise FsError(f"{path}: destination must be a directory") from None
 
 
-def _container_target(cfs: ContainerFS, src: Source, path: str, ref: str) -> tuple[int, bytes]:
+def _container_target(root: int, inner: str, src: Source, path: str,
+                      ref: str) -> tuple[int, bytes]:
     is_dir = stat.S_ISDIR(src.st.st_mode)
-    dst = resolver.stat_in(cfs.fd, path, policy=_POLICY)
+    dst = resolver.stat_in(root, inner, policy=_POLICY)
     if dst is not None and stat.S_ISDIR(dst.st_mode):
-        return (_container_dir(cfs, path, ref),
+        return (_container_dir(root, inner, path, ref),
                 b"" if src.contents else _base(src.shown).encode())
     if dst is not None:
         if is_dir:
             raise FsError(f"cannot copy a directory to a file: {path}")
     elif path.endswith("/") and not is_dir:
         raise FsError(f"destination directory {path} must exist")
-    names = resolver.components(path)
+    names = resolver.components(inner)
     if not names or names[-1] == "..":
         raise FsError(f"{path}: invalid destination")
     try:
-        dfd, name = resolver.parent(cfs.fd, path, policy=_POLICY)
+        dfd, name = resolver.parent(root, inner, policy=_POLICY)
     except (FileNotFoundError, NotADirectoryError):
         raise FsError(f"Could not find the file {os.path.dirname(path.rstrip('/')) or '/'} "
                       f"in container {ref}") from None

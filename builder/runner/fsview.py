@@ -47,18 +47,44 @@ class ContainerFS:
     fd: int
     state: ContainerState
     running: bool
-    mounts: list[str] = field(default_factory=list)    # volume/bind/tmpfs destinations
+    mounts: list[dict] = field(default_factory=list)    # inspect's Mounts, from our record
 
-    def check_path(self, path: str) -> None:
-        """Refuse a path under one of the container's own mounts (by our record): docker
-        writes through volumes and bind mounts; pybuild does not reach into them yet."""
+    @contextmanager
+    def route(self, path: str, write: bool) -> Iterator[tuple[int, str]]:
+        """(root fd, path below it) for a container path: the container's root, or, for a
+        path under one of its volumes or bind mounts (by our own record, never by what
+        the container shows), the mount's source directory on the host, as docker's cp
+        writes through them. A symlink inside a volume then resolves within the volume
+        (docker: within the container); nothing leads out of it either way. tmpfs
+        mounts exist only inside a running container: refused."""
         names = resolver.components(path)
-        for dest in self.mounts:
-            d = resolver.components(dest)
-            if d and names[:len(d)] == d:
-                raise FsError(f"{path}: is on the container's mount at {dest} (a volume or bind "
-                               "mount): pybuild cp does not copy into or out of a container's "
-                               "mounts; use the volume's or bind source's directory on the host")
+        best: dict | None = None
+        for m in self.mounts:
+            d = resolver.components(m.get("Destination", ""))
+            if d and names[:len(d)] == d and (
+                    best is None or len(d) > len(resolver.components(best["Destination"]))):
+                best = m
+        if best is None:
+            yield self.fd, path
+            return
+        dest = best["Destination"]
+        if best.get("Type") not in ("volume", "bind") or not best.get("Source"):
+            raise FsError(f"{path}: is on the container's {best.get('Type')} mount at {dest}, "
+                          "which the host cannot reach")
+        if write and not best.get("RW", True):
+            raise FsError(f"{path}: mounted volume is marked read-only ({dest})")
+        try:
+            fd = os.open(best["Source"], _ROOT_FLAGS)
+        except NotADirectoryError:
+            raise FsError(f"{path}: is the container's bind mount of a file at {dest}; "
+                          "pybuild cp does not replace bind-mounted files") from None
+        except OSError as e:
+            raise FsError(f"{path}: the source of the container's mount at {dest} is gone: "
+                          f"{e.strerror}") from None
+        try:
+            yield fd, "/" + "/".join(names[len(resolver.components(dest)):])
+        finally:
+            os.close(fd)
 
 
 def container_image(store: Store, st: ContainerState) -> Image:
@@ -87,7 +113,7 @@ def lowers_of(store: Store, containers: Containers, st: ContainerState) -> list[
 @contextmanager
 def opened(store: Store, containers: Containers, ref: str) -> Iterator[ContainerFS]:
     st = containers.find(ref)
-    mounts = [m.get("Destination", "") for m in st.mounts if m.get("Destination")]
+    mounts = [m for m in st.mounts if isinstance(m, dict) and m.get("Destination")]
     if is_running(st):
         fd = _running_root(st)
         try:
