@@ -127,7 +127,9 @@ def test_hostile_symlinks_stay_in_the_container(run_store, tmp_path, canary):
     (src / "evil").write_text("written by cp\n")
     script = (f"ln -s / /rootlink && ln -s /etc /etclink && ln -s {canary} /hostpath && "
               f"mkdir -p {canary.parent} && ln -s /etc/shadow /leak && "
-              "echo container-shadow > /etc/shadow && ln -s ../../../../../../.. /up")
+              "echo container-shadow > /etc/shadow && ln -s ../../../../../../.. /up && "
+              "mkdir /devdir && mknod /devdir/disk b 253 0 && mknod /devnode c 1 3 && "
+              "cp /bin/busybox /devdir/suid && chmod 4755 /devdir/suid")
     start(cli, "fs-evil", script)
     try:
         for state in ("running", "stopped"):
@@ -152,6 +154,15 @@ def test_hostile_symlinks_stay_in_the_container(run_store, tmp_path, canary):
             assert (tmp_path / f"etc-{state}" / "shadow").read_text() == "container-shadow\n"
             p = cli("cp", "fs-evil:/hostpath/secret", tmp_path / f"s-{state}", check=False)
             assert p.returncode == 1 and not (tmp_path / f"s-{state}").exists()
+            # device nodes a container made never reach the host (a block device of the
+            # host's disk, made with CAP_MKNOD); setuid bits only with -a
+            p = cli("cp", "fs-evil:/devnode", tmp_path / f"dev-{state}", check=False)
+            assert p.returncode == 1 and not (tmp_path / f"dev-{state}").exists()
+            cli("cp", "fs-evil:/devdir", tmp_path / f"devdir-{state}")
+            assert sorted(os.listdir(tmp_path / f"devdir-{state}")) == ["suid"]
+            assert (tmp_path / f"devdir-{state}" / "suid").stat().st_mode & 0o7777 == 0o755
+            cli("cp", "-a", "fs-evil:/devdir/suid", tmp_path / f"suid-a-{state}")
+            assert (tmp_path / f"suid-a-{state}").stat().st_mode & 0o7777 == 0o4755
             # the container's /proc is another mount: refused, never read or written
             if state == "running":
                 p = cli("cp", src / "evil", "fs-evil:/proc/sys/kernel/", check=False)
