@@ -939,4 +939,6 @@ def build_cmd(settings: Settings, context: str, dockerfile: str | None,
                   registry_options=lambda: _registry_options(tls_verify, 6), used=used, **kw)
 
 
+# commands registered by their own modules (kept light: heavy imports inside the commands)
 from builder import cli_system  # noqa: E402,F401  (image/builder groups, info, version)
+from builder import cli_fs  # noqa: E402,F401  (cp, diff, commit, export)

@@ -22,7 +22,7 @@ import os
 import stat
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Iterator, Sequence
+from typing import BinaryIO, Callable, Iterator, Sequence
 
 from layerstore import compression as comp
 from layerstore import resolver
@@ -292,6 +292,7 @@ class _Extractor:
     def __init__(self, target: Path, mode: str, lowers: list[Path]) -> None:
         self.tree = _Tree(target)
         self.overlay = mode == OVERLAY
+        self.whiteouts = True       # False: `.wh.*` names are plain entries (docker cp's untar)
         self.written: set[bytes] = set()
         self.dirs: list[tuple[list[bytes], Header]] = []
         self.lowers: list[int] = []  # O_PATH fds of the lower snapshots, top first
@@ -311,7 +312,7 @@ class _Extractor:
             self.dirs.append(([], h))
             return
         base = e.parts[-1]
-        if base.startswith(WHITEOUT_PREFIX):
+        if base.startswith(WHITEOUT_PREFIX) and self.whiteouts:
             self.whiteout(e, base)
             return
         pfd = self.tree.dir_fd(e.parts[:-1], e.name)
@@ -577,7 +578,8 @@ def _entry(h: Header, devices: bool = True) -> _Entry:
 def apply_layer(stream: BinaryIO, target: Path, *, mode: str = OVERLAY,
                 expected_diff_id: str | None = None,
                 lowers: Sequence[Path] = (), devices: bool = True,
-                max_size: int | None = None) -> ApplyStats:
+                max_size: int | None = None, whiteouts: bool = True,
+                adjust: Callable[[Header], None] | None = None) -> ApplyStats:
     """Unpacks a layer (plain, gzip, zstd, bzip2 or xz tar) into `target`.
 
     `lowers` (overlay mode): the snapshots of the layers below this one, BOTTOM
@@ -587,7 +589,9 @@ def apply_layer(stream: BinaryIO, target: Path, *, mode: str = OVERLAY,
     then linked. Flat, a hard link may name any non-directory already in the tree.
 
     devices=False refuses device nodes (flat whiteouts make none); `max_size` bounds
-    the uncompressed stream (BadLayer beyond it).
+    the uncompressed stream (BadLayer beyond it). whiteouts=False (flat) writes `.wh.*`
+    names as they are; `adjust(header)` may change an entry's owner and mode before it
+    is checked and applied (`pybuild cp`: owned by root, or by the caller).
 
     Raises BadLayer naming the entry for hostile or corrupt input, and
     DigestMismatch when the uncompressed stream does not hash to
@@ -599,6 +603,7 @@ def apply_layer(stream: BinaryIO, target: Path, *, mode: str = OVERLAY,
         ex = _Extractor(target, mode, list(lowers) if mode == OVERLAY else [])
     except OSError as exc:
         raise NotFound(f"{target}: cannot apply a layer here: {exc.strerror}") from None
+    ex.whiteouts = whiteouts or mode == OVERLAY
     pump = None
     state = _Progress()
     count = 0
@@ -610,6 +615,8 @@ def apply_layer(stream: BinaryIO, target: Path, *, mode: str = OVERLAY,
         try:
             for h in read_entries(ts):
                 state.last = h.name
+                if adjust is not None:
+                    adjust(h)
                 entry = _entry(h, devices)
                 try:
                     ex.apply(entry, ts)

@@ -145,8 +145,14 @@ class _Differ:
     longer is what was listed is an error."""
 
     def __init__(self, sink: _TarSink, clamp: int | None, overlay: bool,
-                 devices: bool = True, root: bytes = b"") -> None:
+                 devices: bool = True, root: bytes = b"", one_fs: bool = False,
+                 exclude: frozenset[bytes] = frozenset()) -> None:
         self.sink = sink
+        # one_fs: a directory on another device (a mount point: /proc of a running
+        # container) is written as an empty directory, never entered
+        self.one_fs = one_fs
+        self.dev = -1
+        self.exclude = exclude      # names (as in the tar) left out with all below them
         self.clamp = clamp
         self.overlay = overlay
         self.devices = devices
@@ -160,15 +166,17 @@ class _Differ:
     def shown(self, name: bytes) -> str:
         return os.fsdecode(os.path.join(self.root, name) if name != b"." else self.root)
 
-    def walk(self, root_fd: int, root_entry: bool = False) -> None:
+    def walk(self, root_fd: int, root_entry: bool = False, prefix: bytes = b"") -> None:
         """Every entry below the directory `root_fd` (and, with root_entry, that
         directory itself as `./`), each directory's children right after it. A stack,
         not recursion: a RUN step can nest directories far deeper than Python's stack;
-        it holds one fd per level (MAX_DEPTH at most), as the applier does."""
+        it holds one fd per level (MAX_DEPTH at most), as the applier does. `prefix`:
+        the name the root directory has in the tar (its entries go below it)."""
         top = os.dup(root_fd)
+        self.dev = os.fstat(top).st_dev
         if root_entry:
-            self.directory(top, b".", os.fstat(top))
-        stack = [(iter(self.listing(top, b"")), b"", top)]
+            self.directory(top, prefix or b".", os.fstat(top))
+        stack = [(iter(self.listing(top, b"")), prefix + b"/" if prefix else b"", top)]
         try:
             while stack:
                 entries, prefix, dfd = stack[-1]
@@ -182,6 +190,8 @@ class _Differ:
                     raise LayerSourceError(f"{self.shown(prefix[:200])}...: nested deeper than "
                                            f"{MAX_DEPTH} levels, more than a layer may hold")
                 name = prefix + base
+                if name in self.exclude:
+                    continue
                 try:
                     child = self.entry(dfd, base, name, st)
                 except FileNotFoundError:
@@ -252,6 +262,9 @@ class _Differ:
             except BaseException:
                 os.close(fd)
                 raise
+            if self.one_fs and st.st_dev != self.dev:
+                os.close(fd)
+                return None
             return fd
         if self.is_whiteout(st):
             head, _, leaf = name.rpartition(b"/")
@@ -312,14 +325,15 @@ class _Differ:
 
 def write_layer(src: Path, out: BinaryIO, *, compression: str = "gzip", source_date_epoch: int | None = None,
                 overlay: bool = True, level: int | None = None, root_entry: bool = False,
-                devices: bool = True) -> LayerStats:
+                devices: bool = True, exclude: frozenset[bytes] = frozenset()) -> LayerStats:
     """Streams the tar of directory `src` compressed into `out`; returns its diff ID.
 
     With overlay=True `src` is an overlay upper dir: 0/0 char devices become
     `.wh.NAME` whiteouts and opaque dirs get a `.wh..wh..opq` marker.  The root
     itself is not an entry, unless `root_entry` (a `./` entry first: a directory
     archived for itself, such as a cache mount, keeps its own owner and mode).
-    devices=False leaves device nodes out.  `out` stays open (the caller owns it).
+    devices=False leaves device nodes out; `exclude`: names left out (with all below
+    them).  `out` stays open (the caller owns it).
     """
     media = comp.media_type(compression)
     root = os.fsencode(src)
@@ -331,7 +345,8 @@ def write_layer(src: Path, out: BinaryIO, *, compression: str = "gzip", source_d
         writer = comp.open_writer(out, compression, level)
         sink = _TarSink(writer)
         try:
-            _Differ(sink, source_date_epoch, overlay, devices, root).walk(root_fd, root_entry)
+            _Differ(sink, source_date_epoch, overlay, devices, root,
+                    exclude=exclude).walk(root_fd, root_entry)
             sink.add(ZERO_BLOCK * 2)
             sink.finish()
         except BaseException:

@@ -19,7 +19,11 @@ Three policies, one per kind of tree:
 * BENEATH: symlinks are followed while they stay below the root; an absolute
   one or a `..` that climbs out is an error (the build context);
 * NO_SYMLINKS: no symlink anywhere on the path (upper dirs and snapshots,
-  where an entry is taken literally: stub removal, layer application).
+  where an entry is taken literally: stub removal, layer application);
+* ONE_MOUNT: IN_ROOT, and the path may not cross into another mount below the
+  root (`pybuild cp` in a container's filesystem: its /proc, /sys, /dev, volumes
+  and bind mounts are not the container's rootfs; a host-side write through the
+  container's /proc/sys would reach the host's sysctls).
 
 Errors: PathEscape (a PybuildError) when the policy forbids the path, else
 OSError with the kernel's errno (ENOENT, ENOTDIR, ELOOP, ...).
@@ -42,6 +46,7 @@ from layerstore.errors import PybuildError
 IN_ROOT = "in-root"
 BENEATH = "beneath"
 NO_SYMLINKS = "no-symlinks"
+ONE_MOUNT = "in-root-one-mount"
 
 MAX_HOPS = 40          # the kernel's own symlink limit (MAXSYMLINKS)
 
@@ -52,6 +57,7 @@ _RESOLVE = {
     IN_ROOT: syscalls.RESOLVE_IN_ROOT | syscalls.RESOLVE_NO_MAGICLINKS,
     BENEATH: syscalls.RESOLVE_BENEATH | syscalls.RESOLVE_NO_MAGICLINKS,
     NO_SYMLINKS: syscalls.RESOLVE_BENEATH | syscalls.RESOLVE_NO_SYMLINKS,
+    ONE_MOUNT: syscalls.RESOLVE_IN_ROOT | syscalls.RESOLVE_NO_MAGICLINKS | syscalls.RESOLVE_NO_XDEV,
 }
 _PATH = os.O_PATH | os.O_CLOEXEC
 _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
@@ -133,6 +139,8 @@ def _has_link(root_fd: int, names: list[str], follow: bool) -> bool:
 def _escape_message(path: str | bytes, policy: str) -> str:
     if policy == NO_SYMLINKS:
         return f"{_show(path)}: goes through a symbolic link"
+    if policy == ONE_MOUNT:
+        return f"{_show(path)}: is on another mount (/proc, /sys, /dev, a volume or a bind mount)"
     return f"{_show(path)}: leaves its root directory"
 
 
@@ -144,12 +152,16 @@ def _walk(root_fd: int, names: list[str], path: str | bytes, policy: str, follow
     where: list[str] = []               # the names of stack[1:], from the root down
     todo = deque(names)
     hops = 0
+    # ONE_MOUNT: a directory on another device is another mount (the walk's stand-in for
+    # RESOLVE_NO_XDEV; non-directories are not compared: overlayfs may report the
+    # underlying file system's device for them)
+    root_dev = os.fstat(root_fd).st_dev if policy == ONE_MOUNT else None
     try:
         while todo:
             name = todo.popleft()
             if name == "..":
                 if len(stack) == 1:
-                    if policy != IN_ROOT:
+                    if policy not in (IN_ROOT, ONE_MOUNT):
                         raise PathEscape(_escape_message(path, policy))
                     continue                # IN_ROOT: ".." of the root is the root
                 os.close(stack.pop())
@@ -161,6 +173,9 @@ def _walk(root_fd: int, names: list[str], path: str | bytes, policy: str, follow
             except OSError as e:
                 raise OSError(e.errno, os.strerror(e.errno), _show(path)) from None
             st = os.fstat(fd)
+            if root_dev is not None and stat.S_ISDIR(st.st_mode) and st.st_dev != root_dev:
+                os.close(fd)
+                raise PathEscape(_escape_message(path, policy))
             if stat.S_ISLNK(st.st_mode) and (follow or not last):
                 try:
                     target = os.readlink("", dir_fd=fd)

@@ -285,15 +285,16 @@ class Store:
 
     def commit_layer(self, src: Path, *, compression: str = "gzip", overlay: bool = True,
                      source_date_epoch: int | None = None, root_entry: bool = False,
-                     devices: bool = True) -> tuple[Descriptor, str]:
+                     devices: bool = True,
+                     exclude: frozenset[bytes] = frozenset()) -> tuple[Descriptor, str]:
         """Tar + compress the directory `src` into a blob: (descriptor, diff ID).
-        root_entry, devices: as layer_diff.write_layer (a plain tar of a directory)."""
+        root_entry, devices, exclude: as layer_diff.write_layer."""
         from layerstore.layer_diff import write_layer
 
         with self.blobs.writer() as w:
             stats = write_layer(Path(src), w, compression=compression, overlay=overlay,
                                 source_date_epoch=source_date_epoch, root_entry=root_entry,
-                                devices=devices)
+                                devices=devices, exclude=exclude)
             info = w.commit()
         return Descriptor(stats.media_type, info.digest, info.size), stats.diff_id
 
