@@ -75,8 +75,9 @@ def test_unreachable_and_bad_platform(tmp_path, registry, config_env):
     assert out.returncode == 1
     assert out.stderr.strip() == "pybuild: error: 127.0.0.1:1: registry unreachable " \
                                  "(connection refused)"
-    out = cli("pull", "--platform", "linux", f"{registry.host}/x:1", check=False)
+    out = cli("pull", "--platform", "linux/bar", f"{registry.host}/x:1", check=False)
     assert out.returncode == 1 and "invalid platform" in out.stderr
+    assert "unknown architecture 'bar'" in out.stderr
 
 
 def test_help_does_not_import_the_registry_client():

@@ -237,7 +237,7 @@ class RegistryClient:
                 else:
                     continue
             if isinstance(last, requests.exceptions.SSLError):
-                raise TLSFailure(f"{self.host}: TLS failure: {_tls_reason(last)}")
+                raise TLSFailure(f"{self.host}: TLS failure: {_reason(last)}")
             raise Unreachable(f"{self.host}: registry unreachable ({_reason(last)})")
 
     def request(self, method: str, path: str, *, scopes: frozenset[str], what: str,
@@ -268,7 +268,7 @@ class RegistryClient:
                 resp = self._send(method, url, hdrs, body.body() if body else None,
                                   verify=None if transport.origin(url) == home else True)
             except requests.exceptions.SSLError as exc:
-                raise TLSFailure(f"{self.host}: TLS failure on {what}: {_tls_reason(exc)}") from None
+                raise TLSFailure(f"{self.host}: TLS failure on {what}: {_reason(exc)}") from None
             except (requests.ConnectionError, requests.Timeout) as exc:
                 self._check_cancelled()       # the socket was shut down by cancel()
                 if attempt >= retries:
@@ -734,30 +734,5 @@ def _range_end(value: str | None) -> int | None:
 
 
 def _reason(exc: BaseException | None) -> str:
-    """A short human cause from the bottom of a requests/urllib3 exception chain."""
-    if exc is None:
-        return "no answer"
-    text = str(exc)
-    for needle, reason in (("Connection refused", "connection refused"),
-                           ("Name or service not known", "unknown host"),
-                           ("Temporary failure in name resolution", "unknown host"),
-                           ("timed out", "timed out"), ("No route to host", "no route to host"),
-                           ("Connection reset", "connection reset"),
-                           ("RemoteDisconnected", "connection closed by the server")):
-        if needle in text:
-            return reason
-    return type(exc).__name__
-
-
-def _tls_reason(exc: BaseException) -> str:
-    """`certificate verify failed: unable to get local issuer certificate`, not the whole chain."""
-    text = str(exc)
-    marker = "certificate verify failed"
-    if marker in text:
-        rest = text.split(marker, 1)[1]
-        detail = rest[1:].split(")")[0].strip() if rest.startswith(":") else ""
-        return marker + (f": {detail}" if detail else "")
-    for needle in ("WRONG_VERSION_NUMBER", "wrong version number"):
-        if needle in text:
-            return "the server does not speak TLS on this port"
-    return text.splitlines()[0][:200] if text else "handshake failed"
+    """The cause of a failed request in words (the one lookup: transport.failure_reason)."""
+    return "no answer" if exc is None else transport.failure_reason(exc)
