@@ -998,8 +998,7 @@ class _Exec:
         if isinstance(first, Ident):
             return self.call(cmd, first.name, cmd.args[1:], dot, final, piped)
         if len(cmd.args) > 1 or piped:
-            if isinstance(first, (Field, Var, Chain)) and (first.names if not isinstance(first, Var)
-                                                          else first.names):
+            if isinstance(first, (Field, Var, Chain)) and first.names:
                 raise self.error(first, f"{first.names[-1]} has arguments but cannot be invoked "
                                         "as a function")
             raise self.error(first, f"can't give argument to non-function "
@@ -1053,9 +1052,8 @@ class _Exec:
         nargs = len(args) + (1 if piped else 0)
         want = _ARITY.get(name)
         if (want is not None and nargs != want) or nargs < _MIN_ARGS.get(name, 0):
-            raise self.error(cmd, f"wrong number of args for {name}: want "
-                                  f"{want if want is not None else 'at least ' + str(_MIN_ARGS[name])}"
-                                  f" got {nargs}")
+            need = want if want is not None else f"at least {_MIN_ARGS[name]}"
+            raise self.error(cmd, f"wrong number of args for {name}: want {need} got {nargs}")
         if name in ("and", "or"):
             nodes = list(args)
             val: Any = None

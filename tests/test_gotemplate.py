@@ -5,10 +5,13 @@ same template and data."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from builder import gotemplate
 from builder.gotemplate import Struct, Template, TemplateError, render
+from layerstore.errors import PybuildError
 
 DATA = {
     "Id": "sha256:abc",
@@ -195,3 +198,44 @@ def test_deeply_nested_data_is_an_error_not_a_traceback() -> None:
         deep = [deep]
     with pytest.raises(TemplateError):
         render("{{.}}", deep)
+
+
+# --- docker's formatter on top (builder.formatting) -------------------------------------
+
+def test_tabwriter_as_go_with_dockers_settings() -> None:
+    from builder.formatting import tabwrite
+
+    # min width 10, padding 3; the last cell of a line is not a column
+    assert tabwrite("a\tbbb\tc\nxxxxxxxxxxxx\ty\tz\n") == \
+        "a              bbb       c\nxxxxxxxxxxxx   y         z\n"
+    # a column block ends at the first line without that cell
+    assert tabwrite("a\tb\nc\nlonger-than-ten\td\n") == \
+        "a         b\nc\nlonger-than-ten   d\n"
+
+
+def test_render_rows_table_json_and_escapes() -> None:
+    from builder.formatting import IMAGE_HEADERS, render_rows
+
+    rows = [Struct("*formatter.imageContext", {"ID": "abc", "Tag": "<none>"}, escape_html=True)]
+    # `\t` typed literally, table header from docker's titles; functions pass titles through
+    assert render_rows(r"table {{json .ID}}\t{{upper .Tag}}", rows, IMAGE_HEADERS) == \
+        'IMAGE ID   TAG\n"abc"      <NONE>\n'
+    assert render_rows("table {{.ID}}", [], IMAGE_HEADERS) == "IMAGE ID\n"
+    assert render_rows("json", rows, IMAGE_HEADERS) == '{"ID":"abc","Tag":"\\u003cnone\\u003e"}\n'
+    assert render_rows(r"{{.ID}}\n{{.Tag}}", rows, IMAGE_HEADERS) == "abc\n<none>\n"
+    with pytest.raises(PybuildError, match=r"^template: :1:2: executing"):
+        render_rows("{{.Nope}}", rows, IMAGE_HEADERS)
+
+
+def test_render_inspect_is_one_line_per_object_and_json_is_the_array() -> None:
+    from builder.formatting import render_inspect
+
+    objs = [{"Name": "/a", "State": {"Status": "running"}}, {"Name": "/b", "State": {}}]
+    assert render_inspect("{{.Name}}", objs) == "/a\n/b\n"
+    assert render_inspect(r"{{.Name}}\t", objs) == "/a\\t\n/b\\t\n"     # no escapes, as docker
+    assert json.loads(render_inspect("json", objs)) == objs
+    with pytest.raises(PybuildError, match=r'^template parsing error: template: :1:11: executing'
+                                           r' "" at <\.State\.Status>: map has no entry'):
+        render_inspect("{{.Name}}{{.State.Status}}", objs)
+    with pytest.raises(PybuildError, match=r"^template parsing error: template: :1:7: unexpected"):
+        render_inspect("{{.Name}{{.State.Status}}", objs)
