@@ -15,6 +15,8 @@ a missing key is an error), one output line per object.
 from __future__ import annotations
 
 import json
+import re
+import sys
 from typing import Iterable
 
 from builder.gotemplate import Struct, Template, TemplateError
@@ -55,14 +57,30 @@ def _prepare(fmt: str) -> tuple[bool, str]:
     return table, text.replace("\\t", "\t").replace("\\n", "\n")
 
 
-def render_rows(fmt: str, rows: Iterable[Struct], headers: dict[str, str]) -> str:
+# C0 and C1 controls but tab and newline: what a label or a Cmd could use to retitle, clear
+# or rewrite the user's terminal
+_CONTROLS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def terminal_safe(text: str, tty: bool | None = None) -> str:
+    """`text` as is for a pipe (scripts get docker's bytes); on a terminal, control
+    characters from image and container data are shown escaped (\\x1b), never sent raw."""
+    if tty is None:
+        tty = sys.stdout.isatty()
+    if not tty:
+        return text
+    return _CONTROLS.sub(lambda m: f"\\x{ord(m.group(0)):02x}", text)
+
+
+def render_rows(fmt: str, rows: Iterable[Struct], headers: dict[str, str],
+                tty: bool | None = None) -> str:
     """The output of `--format fmt` over rows (each line ends with a newline)."""
     table, text = _prepare(fmt)
     try:
         tmpl = Template(text, missing_key="error")
         out = [tmpl.execute(r) + "\n" for r in rows]
         if not table:
-            return "".join(out)
+            return terminal_safe("".join(out), tty)
         try:
             head = Template(text, funcs=_header_funcs(), missing_key="default")
             title = head.execute(headers).replace("<no value>", "")
@@ -70,16 +88,16 @@ def render_rows(fmt: str, rows: Iterable[Struct], headers: dict[str, str]) -> st
             title = ""
     except TemplateError as e:
         raise PybuildError(str(e)) from None
-    return tabwrite(title + "\n" + "".join(out))
+    return terminal_safe(tabwrite(title + "\n" + "".join(out)), tty)
 
 
-def render_inspect(fmt: str, objects: list[dict]) -> str:
+def render_inspect(fmt: str, objects: list[dict], tty: bool | None = None) -> str:
     """`inspect -f fmt`: one line per object; "json" is the default indented array."""
     if fmt.strip() == "json":
         return json.dumps(objects, indent=4) + "\n"
     try:
         tmpl = Template(fmt, missing_key="error")
-        return "".join(tmpl.execute(o) + "\n" for o in objects)
+        return terminal_safe("".join(tmpl.execute(o) + "\n" for o in objects), tty)
     except TemplateError as e:
         raise PybuildError(f"template parsing error: {e}") from None
 

@@ -239,3 +239,15 @@ def test_render_inspect_is_one_line_per_object_and_json_is_the_array() -> None:
         render_inspect("{{.Name}}{{.State.Status}}", objs)
     with pytest.raises(PybuildError, match=r"^template parsing error: template: :1:7: unexpected"):
         render_inspect("{{.Name}{{.State.Status}}", objs)
+
+
+def test_control_characters_reach_a_terminal_escaped_and_a_pipe_raw() -> None:
+    from builder.formatting import IMAGE_HEADERS, render_inspect, render_rows
+
+    evil = {"Config": {"Labels": {"x": "\x1b]0;owned\x07\x9b2J"}}}
+    assert render_inspect('{{index .Config.Labels "x"}}', [evil], tty=True) == \
+        "\\x1b]0;owned\\x07\\x9b2J\n"
+    assert render_inspect('{{index .Config.Labels "x"}}', [evil], tty=False) == \
+        "\x1b]0;owned\x07\x9b2J\n"
+    rows = [Struct("*formatter.imageContext", {"Tag": "a\x1bb\tc"})]
+    assert render_rows("{{.Tag}}", rows, IMAGE_HEADERS, tty=True) == "a\\x1bb\tc\n"
