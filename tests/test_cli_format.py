@@ -146,7 +146,8 @@ def test_container_formats(cli) -> None:
                "{{.Name}}", "fmt1").stdout == "exited 3 false /fmt1\n"
     assert cli("inspect", "-f", "{{json .Config.Cmd}}", "fmt1").stdout == \
         '["sh","-c","exit 3"]\n'
-    assert cli("inspect", "-f", "{{json .NetworkSettings.Ports}}", "fmt1").stdout == "{}\n"
+    assert cli("inspect", "-f", "{{json .NetworkSettings.Ports}} "
+               "{{json .NetworkSettings.Networks}}", "fmt1").stdout == '{} {"none":{"IPAddress":""}}\n'
     out = cli("ps", "-a", "--format", r"table {{.Names}}\t{{.Image}}\t{{.Status}}").stdout
     lines = out.splitlines()
     assert lines[0] == "NAMES     IMAGE     STATUS"
@@ -175,6 +176,11 @@ def test_published_ports_as_docker_map(cli, netns) -> None:
         assert ports["Ports"] == {"80/tcp": [{"HostIp": "0.0.0.0", "HostPort": "18093"}]}
         assert in_ns(netns, *pb, "inspect", "-f", "{{.State.Status}} {{.State.Running}}",
                      "web").stdout == "running true\n"
+        # docker's inspect docs: the address, whatever the network's name
+        ip = in_ns(netns, *pb, "inspect", "-f", "{{range .NetworkSettings.Networks}}"
+                   "{{.IPAddress}}{{end}}", "web").stdout
+        assert re.fullmatch(r"\d+\.\d+\.\d+\.\d+\n", ip)
+        assert ip.strip() == ports["IPAddress"] and list(ports["Networks"]) == ["bridge"]
         assert in_ns(netns, *pb, "ps", "--format", "{{.Names}}: {{.Ports}}").stdout == \
             "web: 0.0.0.0:18093->80/tcp\n"
     finally:

@@ -83,5 +83,12 @@ def inspect(st: ContainerState) -> dict:
         },
         "Platform": "linux",
         "RestartCount": 0,
-        "NetworkSettings": {"IPAddress": st.ip or "", "Ports": port_map(st.ports)},
+        "NetworkSettings": {
+            "IPAddress": st.ip or "", "Ports": port_map(st.ports),
+            # docker's per-network map, which CI scripts range over for the address
+            # (`{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}`); the private
+            # network has docker's default network's name
+            "Networks": {{"private": "bridge"}.get(st.network, st.network): {
+                "IPAddress": st.ip or ""}},
+        },
     }
