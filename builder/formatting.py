@@ -19,7 +19,7 @@ import re
 import sys
 from typing import Iterable
 
-from builder.gotemplate import Struct, Template, TemplateError
+from builder.gotemplate import NilList, NilMap, Struct, Template, TemplateError
 from layerstore.errors import PybuildError
 from layerstore.humanize import ellipsis, human_size, parse_time, quoted, since
 
@@ -97,9 +97,26 @@ def render_inspect(fmt: str, objects: list[dict], tty: bool | None = None) -> st
         return json.dumps(objects, indent=4) + "\n"
     try:
         tmpl = Template(fmt, missing_key="error")
-        return terminal_safe("".join(tmpl.execute(o) + "\n" for o in objects), tty)
+        typed = [_typed_nils(o) for o in objects]
+        return terminal_safe("".join(tmpl.execute(o) + "\n" for o in typed), tty)
     except TemplateError as e:
         raise PybuildError(f"template parsing error: {e}") from None
+
+
+# inspect keys that are slices / maps in docker's Go types: their null prints as [] / map[]
+_SLICES = {"Cmd", "Entrypoint", "Env", "OnBuild", "Shell", "RepoTags", "RepoDigests", "Layers",
+           "CapAdd", "CapDrop", "Mounts", "Args", "SecurityOpt"}
+_MAPS = {"Labels", "ExposedPorts", "Volumes", "Ports", "PortBindings", "Options", "Networks"}
+
+
+def _typed_nils(v: object, key: str | None = None) -> object:
+    if v is None:
+        return NilList() if key in _SLICES else NilMap() if key in _MAPS else None
+    if isinstance(v, dict):
+        return {k: _typed_nils(x, k) for k, x in v.items()}
+    if isinstance(v, list):
+        return [_typed_nils(x) for x in v]
+    return v
 
 
 def tabwrite(text: str, minwidth: int = 10, padding: int = 3) -> str:

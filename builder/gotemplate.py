@@ -50,6 +50,25 @@ class Struct(dict):
         self.escape_html = escape_html
 
 
+class NilList(list):
+    """A Go nil slice in a typed struct: prints "[]", ranges over nothing, encodes as null
+    (docker's typed inspect prints `{{.Config.Entrypoint}}` of an image without one so)."""
+
+
+class NilMap(dict):
+    """A Go nil map in a typed struct: prints "map[]", encodes as null."""
+
+
+def _denil(v: Any) -> Any:
+    if isinstance(v, (NilList, NilMap)):
+        return None
+    if isinstance(v, dict):
+        return {k: _denil(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_denil(x) for x in v]
+    return v
+
+
 # --- lexer -------------------------------------------------------------------
 
 @dataclass
@@ -625,8 +644,10 @@ def truth(v: Any) -> bool:
 
 def to_json(v: Any) -> str:
     escape = isinstance(v, Struct) and v.escape_html
+    keep_order = isinstance(v, Struct)
+    v = _denil(v)
     text = json.dumps(v, ensure_ascii=False, separators=(",", ":"),
-                      sort_keys=not isinstance(v, Struct) and isinstance(v, dict),
+                      sort_keys=not keep_order,
                       default=str)
     text = text.replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
     if escape:

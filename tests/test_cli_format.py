@@ -93,7 +93,9 @@ def test_inspect_format_on_an_image(cli) -> None:
     assert f('{{index .Config.Labels "team"}} {{json .Config.ExposedPorts}}') == \
         'core {"80/tcp":{}}\n'
     assert f('{{join .RepoTags ","}}') == "busybox:1.36,busybox:latest\n"
-    assert f("{{.Config.Entrypoint}} {{json .Config.Entrypoint}}") == "<nil> null\n"
+    # null slices and maps print as docker's typed inspect prints them
+    assert f("{{.Config.Entrypoint}} {{json .Config.Entrypoint}} {{.Config.Volumes}} "
+             "{{len .Config.OnBuild}}") == "[] null map[] 0\n"
     assert f("{{range .Config.Env}}{{println .}}{{else}}no env{{end}}") == "no env\n"
     assert f("{{.Id}}", "busybox:latest", "busybox:1.36").splitlines()[0] == \
         f("{{.Id}}", "busybox:1.36").strip()

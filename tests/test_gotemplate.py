@@ -241,6 +241,15 @@ def test_render_inspect_is_one_line_per_object_and_json_is_the_array() -> None:
         render_inspect("{{.Name}{{.State.Status}}", objs)
 
 
+def test_null_slices_and_maps_of_inspect_print_as_docker() -> None:
+    from builder.formatting import render_inspect
+
+    obj = {"Config": {"Entrypoint": None, "Labels": None, "User": None}, "Args": None}
+    assert render_inspect("{{.Config.Entrypoint}} {{.Config.Labels}} {{.Config.User}} "
+                          "{{json .Config}} {{range .Args}}x{{else}}none{{end}}", [obj]) == \
+        '[] map[] <nil> {"Entrypoint":null,"Labels":null,"User":null} none\n'
+
+
 def test_control_characters_reach_a_terminal_escaped_and_a_pipe_raw() -> None:
     from builder.formatting import IMAGE_HEADERS, render_inspect, render_rows
 
