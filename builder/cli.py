@@ -148,7 +148,8 @@ def is_custom(fmt: str | None) -> bool:
 @click.option("-q", "--quiet", is_flag=True, help="Only image IDs.")
 @click.option("--no-trunc", is_flag=True, help="Full image IDs.")
 @click.option("--format", "fmt", default="table",
-              help="table, json, or a Go template: 'table {{.Repository}}\\t{{.Tag}}', '{{json .}}'.")
+              help="table, json, or a Go template: 'table {{.Repository}}\\t{{.Tag}}', "
+                   "'{{json .}}'.")
 @click.pass_obj
 def images_cmd(settings: Settings, quiet: bool, no_trunc: bool, fmt: str) -> None:
     """List images in the store."""
@@ -658,7 +659,7 @@ def ps_cmd(settings: Settings, show_all: bool, quiet: bool, no_trunc: bool, fmt:
     from builder.runner.views import ps_table
 
     rows = [c for c in _containers(settings).all() if show_all or is_running(c)]
-    if fmt.strip() != "table" and not quiet:
+    if fmt.strip() not in ("", "table") and not quiet:
         from builder.formatting import PS_HEADERS, ps_rows, render_rows
 
         click.echo(render_rows(fmt, ps_rows(rows, no_trunc), PS_HEADERS), nl=False)
@@ -808,7 +809,7 @@ def volume_ls_cmd(settings: Settings, quiet: bool, fmt: str) -> None:
     from builder.runner.volumes import Volumes
 
     vols = Volumes(settings.root).list()
-    if fmt.strip() != "table" and not quiet:
+    if fmt.strip() not in ("", "table") and not quiet:
         from builder.formatting import VOLUME_HEADERS, render_rows, volume_rows
 
         click.echo(render_rows(fmt, volume_rows(vols), VOLUME_HEADERS), nl=False)
