@@ -147,19 +147,40 @@ def _print_json(obj) -> None:
     click.echo(json.dumps(obj, indent=4))
 
 
+def _print_inspect(objects: list, fmt: str | None) -> None:
+    if not fmt:
+        _print_json(objects)
+        return
+    from builder.formatting import render_inspect
+
+    click.echo(render_inspect(fmt, objects), nl=False)
+
+
+def is_custom(fmt: str | None) -> bool:
+    """--format asks for a template (not the command's own table or json)."""
+    return bool(fmt) and fmt.strip() not in ("table", "json")
+
+
 # --- layer store ---------------------------------------------------------
 
 
 @main.command("images")
 @click.option("-q", "--quiet", is_flag=True, help="Only image IDs.")
 @click.option("--no-trunc", is_flag=True, help="Full image IDs.")
-@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
+@click.option("--format", "fmt", default="table",
+              help="table, json, or a Go template: 'table {{.Repository}}\\t{{.Tag}}', "
+                   "'{{json .}}'.")
 @click.pass_obj
 def images_cmd(settings: Settings, quiet: bool, no_trunc: bool, fmt: str) -> None:
     """List images in the store."""
     from layerstore.images import format_images, list_images
 
     rows = list_images(settings.store())
+    if is_custom(fmt) and not quiet:
+        from builder.formatting import IMAGE_HEADERS, image_rows, render_rows
+
+        click.echo(render_rows(fmt, image_rows(rows, no_trunc), IMAGE_HEADERS), nl=False)
+        return
     if fmt == "json":
         for r in rows:
             click.echo(json.dumps({"Repository": r.repository, "Tag": r.tag, "ID": r.image_id,
@@ -175,7 +196,8 @@ def images_cmd(settings: Settings, quiet: bool, no_trunc: bool, fmt: str) -> Non
 @click.option("--no-trunc", is_flag=True, help="Do not truncate output.")
 @click.option("-H", "--human", type=bool, default=True, show_default=True,
               help="Sizes and dates in human-readable form.")
-@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
+@click.option("--format", "fmt", default="table",
+              help="table, json, or a Go template: '{{.ID}}\\t{{.CreatedBy}}'.")
 @click.option("-q", "--quiet", is_flag=True, help="Only image IDs.")
 @click.option("--platform", default=None, metavar="OS/ARCH[/VARIANT]",
               help="Which image of a multi-platform index (default: this host's).")
@@ -191,6 +213,11 @@ def history_cmd(settings: Settings, image: str, no_trunc: bool, human: bool, fmt
     if quiet:
         for r in rows:
             click.echo(r.image if no_trunc or r.image == "<missing>" else r.image[7:19])
+    elif is_custom(fmt):
+        from builder.formatting import HISTORY_HEADERS, history_rows, render_rows
+
+        click.echo(render_rows(fmt, history_rows(rows, no_trunc, human), HISTORY_HEADERS),
+                   nl=False)
     elif fmt == "json":
         for obj in history_json(rows):
             click.echo(json.dumps(obj))
@@ -200,8 +227,10 @@ def history_cmd(settings: Settings, image: str, no_trunc: bool, human: bool, fmt
 
 @main.command("inspect")
 @click.argument("names", nargs=-1, required=True)
+@click.option("-f", "--format", "fmt", default=None,
+              help="A Go template over the JSON: '{{.State.Status}}', '{{json .Config.Cmd}}'.")
 @click.pass_obj
-def inspect_cmd(settings: Settings, names: tuple[str, ...]) -> None:
+def inspect_cmd(settings: Settings, names: tuple[str, ...], fmt: str | None) -> None:
     """Show image or container details as JSON."""
     from layerstore.errors import NotFound
     from layerstore.images import inspect
@@ -218,7 +247,7 @@ def inspect_cmd(settings: Settings, names: tuple[str, ...]) -> None:
                 out.append(inspect_container(_containers(settings).find(n)))
             except NotFound:
                 raise NotFound(f"{n}: no such image or container") from image_error
-    _print_json(out)
+    _print_inspect(out, fmt)
 
 
 @main.command("tag")
@@ -394,13 +423,19 @@ def system_group() -> None:
 @system_group.command("df")
 @click.option("-v", "--verbose", is_flag=True, help="Show every image, container, volume, "
                                                      "cache record and cache mount.")
-@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
+@click.option("--format", "fmt", default="table",
+              help="table, json, or a Go template: '{{.Type}}: {{.Size}}'.")
 @click.pass_obj
 def system_df_cmd(settings: Settings, verbose: bool, fmt: str) -> None:
     """Show what uses the store's disk space, and what a prune could reclaim."""
     from builder.storage import disk_usage, format_table, format_verbose, verbose_json
 
     du = disk_usage(settings.store())
+    if is_custom(fmt):
+        from builder.formatting import DF_HEADERS, df_rows, render_rows
+
+        click.echo(render_rows(fmt, df_rows(du.rows), DF_HEADERS), nl=False)
+        return
     if fmt == "json":
         if verbose:
             click.echo(json.dumps(verbose_json(du)))
@@ -661,13 +696,20 @@ def run_cmd(settings: Settings, image: str, command: tuple[str, ...], **flags) -
 @click.option("-a", "--all", "show_all", is_flag=True, help="Show stopped containers too.")
 @click.option("-q", "--quiet", is_flag=True, help="Only IDs.")
 @click.option("--no-trunc", is_flag=True, help="Do not truncate.")
+@click.option("--format", "fmt", default="table",
+              help="table, json, or a Go template: 'table {{.ID}}\\t{{.Names}}\\t{{.Status}}'.")
 @click.pass_obj
-def ps_cmd(settings: Settings, show_all: bool, quiet: bool, no_trunc: bool) -> None:
+def ps_cmd(settings: Settings, show_all: bool, quiet: bool, no_trunc: bool, fmt: str) -> None:
     """List containers."""
     from builder.runner.lifecycle import is_active
     from builder.runner.views import ps_table
 
     rows = [c for c in _containers(settings).all() if show_all or is_active(c)]
+    if fmt.strip() not in ("", "table") and not quiet:
+        from builder.formatting import PS_HEADERS, ps_rows, render_rows
+
+        click.echo(render_rows(fmt, ps_rows(rows, no_trunc), PS_HEADERS), nl=False)
+        return
     out = ps_table(rows, quiet, no_trunc)
     if out:
         click.echo(out)
@@ -812,12 +854,19 @@ def volume_create_cmd(settings: Settings, name: str | None, label: tuple[str, ..
 
 @volume_group.command("ls")
 @click.option("-q", "--quiet", is_flag=True)
+@click.option("--format", "fmt", default="table",
+              help="table, json, or a Go template: '{{.Name}}\\t{{.Mountpoint}}'.")
 @click.pass_obj
-def volume_ls_cmd(settings: Settings, quiet: bool) -> None:
+def volume_ls_cmd(settings: Settings, quiet: bool, fmt: str) -> None:
     """List volumes."""
     from builder.runner.volumes import Volumes
 
     vols = Volumes(settings.root).list()
+    if fmt.strip() not in ("", "table") and not quiet:
+        from builder.formatting import VOLUME_HEADERS, render_rows, volume_rows
+
+        click.echo(render_rows(fmt, volume_rows(vols), VOLUME_HEADERS), nl=False)
+        return
     if quiet:
         lines = [v.name for v in vols]
     else:
@@ -828,12 +877,13 @@ def volume_ls_cmd(settings: Settings, quiet: bool) -> None:
 
 @volume_group.command("inspect")
 @click.argument("names", nargs=-1, required=True)
+@click.option("-f", "--format", "fmt", default=None, help="A Go template: '{{.Mountpoint}}'.")
 @click.pass_obj
-def volume_inspect_cmd(settings: Settings, names: tuple[str, ...]) -> None:
+def volume_inspect_cmd(settings: Settings, names: tuple[str, ...], fmt: str | None) -> None:
     """Show volumes as JSON."""
     from builder.runner.volumes import Volumes
 
-    _print_json([Volumes(settings.root).get(n).inspect() for n in names])
+    _print_inspect([Volumes(settings.root).get(n).inspect() for n in names], fmt)
 
 
 @volume_group.command("rm")

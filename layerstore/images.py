@@ -108,6 +108,21 @@ def history_json(rows: list[HistoryRow]) -> list[dict]:
              "EmptyLayer": r.empty_layer} for r in rows]
 
 
+# the keys docker's image inspect always prints, so that `inspect -f '{{.Config.Entrypoint}}'`
+# on an image without one prints <nil> instead of failing on a missing key
+_CONFIG_DEFAULTS: dict = {"Hostname": "", "Domainname": "", "User": "", "AttachStdin": False,
+                          "AttachStdout": False, "AttachStderr": False, "ExposedPorts": None,
+                          "Tty": False, "OpenStdin": False, "StdinOnce": False, "Env": None,
+                          "Cmd": None, "Image": "", "Volumes": None, "WorkingDir": "",
+                          "Entrypoint": None, "OnBuild": None, "Labels": None}
+
+
+def docker_config(config: dict) -> dict:
+    out = {k: config.get(k, v) for k, v in _CONFIG_DEFAULTS.items()}
+    out.update(config)
+    return out
+
+
 def inspect(store: Store, name: str) -> dict:
     """docker image inspect's shape, from our manifest and config."""
     img = store.resolve(name)
@@ -126,7 +141,8 @@ def inspect(store: Store, name: str) -> dict:
         "Comment": next((h.comment for h in reversed(cfg.history) if h.comment), ""),
         "Created": cfg.created or "",
         "Author": cfg.author or "",
-        "Config": cfg.config.to_json(),
+        "DockerVersion": "",
+        "Config": docker_config(cfg.config.to_json()),
         "Architecture": cfg.architecture,
         **({"Variant": cfg.variant} if cfg.variant else {}),
         "Os": cfg.os,

@@ -73,7 +73,7 @@ def test_published_port_answers_from_host(run_store, netns, tmp_path):
                      "--entrypoint", "busybox", "bbcfg", *httpd[1:]).stdout.strip()
         started.append(cid2)
         port = json.loads(in_ns(netns, *pb, "inspect", cid2).stdout)[0]["NetworkSettings"]["Ports"]
-        host_port = int(port[0].split(":")[1].split("->")[0])
+        host_port = int(port["80/tcp"][0]["HostPort"])     # docker's map
         assert fetch(netns, host_port) == "hello from the container\n"
     finally:
         if started:

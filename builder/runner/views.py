@@ -37,6 +37,16 @@ def ps_table(rows: list[ContainerState], quiet: bool, no_trunc: bool = False) ->
     return "\n".join("   ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in table)
 
 
+def port_map(ports: list[str]) -> dict[str, list[dict[str, str]]]:
+    """"0.0.0.0:8080->80/tcp" records as docker's map: {"80/tcp": [{"HostIp", "HostPort"}]}."""
+    out: dict[str, list[dict[str, str]]] = {}
+    for p in ports:
+        host, _, inside = p.rpartition("->")
+        ip, _, port = host.rpartition(":")
+        out.setdefault(inside, []).append({"HostIp": ip, "HostPort": port})
+    return out
+
+
 def inspect(st: ContainerState) -> dict:
     """docker inspect's container shape (the fields that mean something here)."""
     running = is_running(st)
@@ -56,7 +66,9 @@ def inspect(st: ContainerState) -> dict:
             **state,
             "Pid": st.pid if running else 0,
             "ExitCode": st.exit_code if st.exit_code is not None else 0,
+            "Paused": False,
             "OOMKilled": st.oom_killed,
+            "Dead": False,
             "Error": st.error,
             "StartedAt": st.started_at,
             "FinishedAt": st.finished_at,
@@ -71,8 +83,8 @@ def inspect(st: ContainerState) -> dict:
             "ReadonlyRootfs": st.read_only, "CapAdd": st.cap_add, "CapDrop": st.cap_drop,
             "SecurityOpt": ([f"seccomp={st.seccomp}"] if st.seccomp else [])
             + (["no-new-privileges"] if st.no_new_privs else []),
-            "NetworkMode": st.network, "PortBindings": st.ports, "Resources": st.limits,
-            "RestartPolicy": st.restart_policy,
+            "NetworkMode": st.network, "PortBindings": port_map(st.ports),
+            "Resources": st.limits, "RestartPolicy": st.restart_policy,
         },
         "Mounts": st.mounts,
         "Config": {
@@ -80,8 +92,17 @@ def inspect(st: ContainerState) -> dict:
             "Cmd": st.argv, "Image": st.image_name, "WorkingDir": st.cwd, "Labels": st.labels,
             "StopSignal": st.stop_signal, "StopTimeout": st.stop_timeout, "Tty": st.tty,
             **({"Healthcheck": st.healthcheck} if st.healthcheck else {}),
+            "Entrypoint": None, "Volumes": None, "OnBuild": None,
         },
-        "NetworkSettings": {"IPAddress": st.ip or "", "Ports": st.ports},
+        "Platform": "linux",
+        "NetworkSettings": {
+            "IPAddress": st.ip or "", "Ports": port_map(st.ports),
+            # docker's per-network map, which CI scripts range over for the address
+            # (`{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}`); the private
+            # network has docker's default network's name
+            "Networks": {{"private": "bridge"}.get(st.network, st.network): {
+                "IPAddress": st.ip or ""}},
+        },
     }
 
 
