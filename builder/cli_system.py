@@ -263,18 +263,14 @@ def format_info(d: dict) -> str:
 
 
 def _render(data: dict, fmt: str | None, text) -> str:
-    """--format: json / {{json .}} here; a Go template through builder.gotemplate when
-    the template module is present."""
+    """--format: `json` (docker's one line), or a Go template as inspect's -f takes it."""
     if fmt is None:
         return text(data)
-    if fmt in ("json", "{{json .}}"):
+    if fmt.strip() in ("json", "{{json .}}"):
         return json.dumps(data)
-    try:
-        from builder import gotemplate
-    except ImportError:
-        from layerstore.errors import PybuildError
-        raise PybuildError(f"--format {fmt!r}: only json is supported") from None
-    return gotemplate.render(fmt, data)
+    from builder.formatting import render_inspect
+
+    return render_inspect(fmt, [data]).removesuffix("\n")
 
 
 @system_group.command("info")

@@ -34,4 +34,8 @@ CASES = [
          source=DOCS + "version/"),
     Case("docker version --format '{{json .}}'", out=r'^\{"Client": \{"Version": "\d',
          source=DOCS + "version/"),
+    Case("docker version --format '{{.Server.Version}}'", out=r"^\d+\.\d+\.\d+$", lines=1,
+         source=DOCS + "version/"),
+    Case("docker info --format '{{.OSType}}/{{.Architecture}}'", out=r"^linux/x86_64$",
+         source=DOCS + "system/info/"),
 ]
