@@ -192,6 +192,10 @@ def _prepare(store: Store, opts: RunOptions) -> Prepared:
     containers = Containers(store.root)
     cid = containers.new_id()
     hostname = opts.hostname or cid[:12]
+    if opts.uts == "host":    # docker: the host's name, which the container cannot set
+        import socket
+
+        hostname = socket.gethostname()
     limits = Limits(memory=opts.memory, memory_swap=opts.memory_swap, pids=opts.pids_limit,
                     cpus=opts.cpus)
     cap_add, seccomp, nnp = list(opts.cap_add), opts.seccomp, opts.no_new_privs
@@ -218,6 +222,7 @@ def _prepare(store: Store, opts: RunOptions) -> Prepared:
                        cap_add=cap_add, cap_drop=list(opts.cap_drop), seccomp=seccomp,
                        no_new_privs=nnp, privileged=opts.privileged, init=opts.init, id=cid,
                        cache_dir=seccomp_cache(store.root))
+    host_options(spec, opts)
     _check_security(spec)
     cdir = containers.create(state)
     try:
@@ -236,6 +241,20 @@ def _prepare(store: Store, opts: RunOptions) -> Prepared:
         discard(containers, state)
         raise
     return Prepared(state, cdir, spec, containers, list(opts.ulimits))
+
+
+def host_options(spec: SandboxSpec, opts: RunOptions) -> None:
+    """--add-host, --dns*, --device, --ipc/--pid/--uts, --sysctl, --shm-size, --group-add."""
+    spec.extra_hosts = list(opts.add_hosts)
+    spec.dns, spec.dns_search = list(opts.dns), list(opts.dns_search)
+    spec.dns_options = list(opts.dns_options)
+    spec.devices = list(opts.devices)
+    spec.ipc, spec.pid, spec.uts = opts.ipc, opts.pid, opts.uts
+    if spec.uts == "host":
+        spec.hostname = None
+    spec.sysctls = dict(opts.sysctls)
+    spec.shm_size = opts.shm_size
+    spec.group_add = list(opts.group_add)
 
 
 def tty_env(env: dict[str, str], tty: bool) -> dict[str, str]:
