@@ -268,6 +268,25 @@ def test_sysctl_checks_in_the_sandbox_itself():
         build_options("busybox", [], sysctl=("fs.mqueue.msg_max=10",), ipc="host")
 
 
+def test_sandbox_spec_refuses_bad_host_options(busybox_rootfs):
+    from builder.sandbox import DeviceNode, DirRoot, SandboxSpec, UserNamespace
+
+    def spec(**kw):
+        return SandboxSpec(root=DirRoot(busybox_rootfs), argv=["true"], **kw)
+    for kw, why in ((dict(ipc="shareable"), "ipc mode"), (dict(pid="none"), "pid mode"),
+                    (dict(uts="host", hostname="x"), "hostname"),
+                    (dict(pid="host", userns=UserNamespace()), "user-namespaced"),
+                    (dict(devices=[DeviceNode("/dev/x", "c", 1, 3, access="rwx")]), "device"),
+                    (dict(devices=[DeviceNode("rel", "c", 1, 3)]), "device"),
+                    (dict(extra_hosts=[("a b", "1.2.3.4")]), "extra host"),
+                    (dict(dns=["1.1.1.1 x"]), "DNS"),
+                    (dict(sysctls={"kernel.core_pattern": "x"}), "separate kernel namespace"),
+                    (dict(shm_size=0), "shm size")):
+        with pytest.raises(SandboxError, match=why):
+            spec(**kw).validate()
+    spec(ipc="none", pid="host", uts="host", sysctls={"net.ipv4.ip_forward": "1"}).validate()
+
+
 # --- /dev/shm and groups ----------------------------------------------------------------------
 
 def test_shm_size(run_store):

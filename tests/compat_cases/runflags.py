@@ -22,8 +22,6 @@ CASES = [
          out=r"^\d+\.\d+\.\d+\.\d+\s+host\.docker\.internal$", source=RUN + "#add-host"),
     Case("docker run --rm --dns=10.0.0.1 busybox cat /etc/resolv.conf",
          out=r"^nameserver 10\.0\.0\.1$", source=RUNNING + "#network-settings"),
-    Case("docker run --rm --dns-search=example.com busybox cat /etc/resolv.conf",
-         out=r"^search example\.com$", source=RUNNING + "#network-settings"),
     Case("docker run --rm --sysctl net.ipv4.ip_forward=1 busybox sysctl net.ipv4.ip_forward",
          out=r"^net\.ipv4\.ip_forward = 1$", source=RUN + "#sysctl"),
     Case("docker run --rm --sysctl vm.swappiness=10 busybox true", code=125,
@@ -41,6 +39,8 @@ CASES = [
          source=RUN + "#cidfile"),
     Case('docker run --cidfile docker_test.cid --rm busybox echo "test"', code=125,
          err=r"ID file found", source=RUN + "#cidfile"),
-    Case("docker run --rm --label-file ./labels --name labelled busybox true",
+    Case("docker run --label-file ./labels --name labelled busybox true", source=RUN + "#label"),
+    Case("docker inspect labelled", out=r'"com\.example\.label1": "a label"',
          source=RUN + "#label"),
+    Case("docker rm labelled", out=r"^labelled$", source=RUN + "#label"),
 ]
