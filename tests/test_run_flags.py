@@ -305,6 +305,14 @@ def test_group_add(run_store):
     p = run_store("run", "--rm", *NONE, "--group-add", "nosuchgroup", "busybox", "true",
                   check=False)
     _one_line_error(p, "nosuchgroup")
+    # as docker's, an exec'd process has the container's extra groups too
+    run_store("run", "-d", "--name", "groupadd-exec", *NONE, "--group-add", "29", "busybox",
+              "sleep", "60")
+    try:
+        p = run_store("exec", "groupadd-exec", "id", "-G")
+        assert sorted(map(int, p.stdout.split())) == [0, 29]
+    finally:
+        run_store("rm", "-f", "groupadd-exec")
 
 
 # --- build --add-host / --shm-size ---------------------------------------------------------

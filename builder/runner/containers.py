@@ -77,6 +77,7 @@ class ContainerState:
     limits: dict = field(default_factory=dict)
     log_max_size: int = 10 << 20
     log_max_files: int = 3
+    group_add: list[str] = field(default_factory=list)     # --group-add: exec's processes too
 
     @classmethod
     def from_json(cls, data: dict) -> "ContainerState":

@@ -215,7 +215,8 @@ def _prepare(store: Store, opts: RunOptions) -> Prepared:
         privileged=opts.privileged, read_only=opts.read_only, network=opts.network,
         ports=[str(p) for p in ports], labels=labels,
         limits={k: v for k, v in vars(limits).items() if v is not None},
-        log_max_size=opts.log_max_size, log_max_files=opts.log_max_files)
+        log_max_size=opts.log_max_size, log_max_files=opts.log_max_files,
+        group_add=list(opts.group_add))
     spec = SandboxSpec(root=OverlayRoot([], Path(), Path()), argv=argv,
                        env=tty_env(env, opts.tty), cwd=cwd, user=user, hostname=hostname,
                        limits=limits, network=network,

@@ -282,7 +282,7 @@ class _Joiner:
         """In J, inside the container's mount namespace, still privileged: the user's ids,
         the working directory (J's, inherited by I) and the executable's path."""
         spec = self.spec
-        ids = users.resolve(spec.user)
+        ids = users.resolve(spec.user, extra_groups=spec.group_add)
         env = dict(spec.env)
         env.setdefault("PATH", DEFAULT_PATH)
         env.setdefault("HOSTNAME", spec.hostname)

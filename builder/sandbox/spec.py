@@ -266,6 +266,7 @@ class ExecSpec:
     cwd: str = "/"
     user: str = "0"                  # resolved against the container's /etc/passwd
     hostname: str = ""               # HOSTNAME's default
+    group_add: list[str] = field(default_factory=list)   # the container's --group-add
     cap_add: list[str] = field(default_factory=list)
     cap_drop: list[str] = field(default_factory=list)
     seccomp: str | Path | None = None
