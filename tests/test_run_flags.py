@@ -219,6 +219,22 @@ def test_label_file_labels_in_inspect(run_store, tmp_path):
                               "true", check=False), "--label-file")
 
 
+def test_inspect_host_config(run_store):
+    run_store("run", "--name", "hostconfig-test", *NONE, "--add-host", "a:[::1]", "--dns",
+              "10.0.0.1", "--device", "/dev/zero:/dev/z:r", "--ipc", "none", "--sysctl",
+              "kernel.shmmax=1048576", "--shm-size", "1g", "--group-add", "29", "busybox", "true")
+    try:
+        hc = json.loads(run_store("inspect", "hostconfig-test").stdout)[0]["HostConfig"]
+    finally:
+        run_store("rm", "-f", "hostconfig-test")
+    assert hc["ExtraHosts"] == ["a:::1"] and hc["Dns"] == ["10.0.0.1"]
+    assert hc["Devices"] == [{"PathOnHost": "/dev/zero", "PathInContainer": "/dev/z",
+                              "CgroupPermissions": "r"}]
+    assert (hc["IpcMode"], hc["PidMode"], hc["UTSMode"]) == ("none", "", "")
+    assert hc["Sysctls"] == {"kernel.shmmax": "1048576"} and hc["ShmSize"] == 1 << 30
+    assert hc["GroupAdd"] == ["29"] and hc["NetworkMode"] == "none"
+
+
 # --- sysctl -----------------------------------------------------------------------------------
 
 def test_sysctl_values_read_back(run_store):

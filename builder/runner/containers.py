@@ -77,7 +77,9 @@ class ContainerState:
     limits: dict = field(default_factory=dict)
     log_max_size: int = 10 << 20
     log_max_files: int = 3
-    group_add: list[str] = field(default_factory=list)     # --group-add: exec's processes too
+    # inspect's HostConfig entries of --add-host, --dns*, --device, --ipc/--pid/--uts,
+    # --sysctl, --shm-size, --group-add, in docker's names (GroupAdd: exec's processes too)
+    host_config: dict = field(default_factory=dict)
 
     @classmethod
     def from_json(cls, data: dict) -> "ContainerState":

@@ -216,7 +216,7 @@ def _prepare(store: Store, opts: RunOptions) -> Prepared:
         ports=[str(p) for p in ports], labels=labels,
         limits={k: v for k, v in vars(limits).items() if v is not None},
         log_max_size=opts.log_max_size, log_max_files=opts.log_max_files,
-        group_add=list(opts.group_add))
+        host_config=host_config(opts))
     spec = SandboxSpec(root=OverlayRoot([], Path(), Path()), argv=argv,
                        env=tty_env(env, opts.tty), cwd=cwd, user=user, hostname=hostname,
                        limits=limits, network=network,
@@ -256,6 +256,22 @@ def host_options(spec: SandboxSpec, opts: RunOptions) -> None:
     spec.sysctls = dict(opts.sysctls)
     spec.shm_size = opts.shm_size
     spec.group_add = list(opts.group_add)
+
+
+def host_config(opts: RunOptions) -> dict:
+    """What inspect shows of the host options, in docker's HostConfig names and shapes."""
+    return {
+        "ExtraHosts": [f"{name}:{addr}" for name, addr in opts.add_hosts],
+        "Dns": list(opts.dns), "DnsSearch": list(opts.dns_search),
+        "DnsOptions": list(opts.dns_options),
+        "Devices": [{"PathOnHost": d.host_path, "PathInContainer": d.path,
+                     "CgroupPermissions": d.access} for d in opts.devices],
+        "IpcMode": "private" if opts.ipc == "private" else opts.ipc,
+        "PidMode": "" if opts.pid == "private" else opts.pid,
+        "UTSMode": "" if opts.uts == "private" else opts.uts,
+        "Sysctls": dict(opts.sysctls), "ShmSize": opts.shm_size or 64 << 20,
+        "GroupAdd": list(opts.group_add),
+    }
 
 
 def tty_env(env: dict[str, str], tty: bool) -> dict[str, str]:

@@ -464,8 +464,8 @@ def parse_device(text: str):
         raise RunError(f"error gathering device information while adding custom device "
                        f"{src!r}: {what}")
     return DeviceNode(os.path.normpath(dst), kind, os.major(st.st_rdev), os.minor(st.st_rdev),
-                      stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, "".join(sorted(set(perms),
-                      key="rwm".index)))
+                      stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid,
+                      "".join(sorted(set(perms), key="rwm".index)), host_path=src)
 
 
 def parse_namespace_mode(flag: str, text: str) -> str:

@@ -59,6 +59,7 @@ def inspect(st: ContainerState) -> dict:
             "SecurityOpt": ([f"seccomp={st.seccomp}"] if st.seccomp else [])
             + (["no-new-privileges"] if st.no_new_privs else []),
             "NetworkMode": st.network, "PortBindings": st.ports, "Resources": st.limits,
+            **st.host_config,
         },
         "Mounts": st.mounts,
         "Config": {

@@ -111,6 +111,7 @@ class DeviceNode:
     uid: int = 0
     gid: int = 0
     access: str = "rwm"
+    host_path: str = ""       # what the user named, for inspect; the sandbox never opens it
 
 
 @dataclass
