@@ -115,6 +115,14 @@ def named_context(name: str, value: str) -> Path:
     return Path(value).absolute()     # checked when a step uses it (an unused one may be absent)
 
 
+def _sandbox_options(opts, add_host, shm_size) -> None:
+    """build --add-host NAME:IP and --shm-size SIZE, parsed as run's (one parser each)."""
+    from builder.runner.options import parse_add_host, parse_size
+
+    opts.add_hosts = [parse_add_host(h) for h in add_host]
+    opts.shm_size = parse_size(shm_size, "--shm-size") if shm_size is not None else None
+
+
 _MAX_EPOCH = 253402300799     # 9999-12-31T23:59:59Z: the last time an RFC 3339 date can say
 
 
@@ -142,7 +150,8 @@ def run_build(root: Path, open_store, context: str, dockerfile: str | None, *, t
               build_arg_files, target, no_cache, pull, network, platform, labels, annotations,
               secrets, build_contexts, compression, source_date_epoch, squash, iidfile,
               metadata_file, output, progress_mode, quiet, jobs, allow=(), push=False,
-              registry_options=None, cache_to=(), cache_from=(), used=None) -> None:
+              registry_options=None, cache_to=(), cache_from=(), used=None, add_host=(),
+              shm_size=None) -> None:
     """Build per the command line; a rebuild the memo can vouch for skips the solver.
     `registry_options`: a callable giving the registry client's Options (--tls-verify),
     asked only when the build pushes. `used` (a layerstore.budget.InUse) learns what the
@@ -192,6 +201,7 @@ def run_build(root: Path, open_store, context: str, dockerfile: str | None, *, t
                         compression=compression, source_date_epoch=source_date_epoch,
                         squash=squash, jobs=jobs, cache_to=exports,
                         cache_from=sources)
+    _sandbox_options(opts, add_host, shm_size)
     if registry_options and any(s.type == "registry" for s in exports + sources):
         opts.registry_options = push_options or registry_options()
     if context == "-" or dockerfile == "-":

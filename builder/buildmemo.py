@@ -197,6 +197,8 @@ class BuildMemo:
             "epoch": opts.source_date_epoch, "squash": opts.squash, "tags": opts.tags,
             # a secret's value is never part of a key; its relative src is, with the cwd
             "secrets": [secrets, os.getcwd() if secrets else None],
+            **({"sandbox": [opts.add_hosts, opts.shm_size]} if opts.add_hosts or opts.shm_size
+               else {}),
         }
         return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
 

@@ -46,6 +46,9 @@ class BuildOptions:
     cache_to: list = field(default_factory=list)      # [remotecache.spec.CacheSpec]
     cache_from: list = field(default_factory=list)    # [remotecache.spec.CacheSpec]
     registry_options: object = None
+    # every RUN step's sandbox, as docker build's --add-host and --shm-size (in the keys)
+    add_hosts: list[tuple[str, str]] = field(default_factory=list)
+    shm_size: int | None = None
 
 
 ENTITLEMENTS = ("network.host",)

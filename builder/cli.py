@@ -677,6 +677,19 @@ def _containers(settings: Settings):
 @click.option("--health-start-interval", default=None, metavar="DURATION",
               help="Time between checks during the start period (default 5s).")
 @click.option("--no-healthcheck", is_flag=True, help="Disable any container-specified HEALTHCHECK.")
+@click.option("--add-host", multiple=True, metavar="NAME:IP", help="Add a line to /etc/hosts (IP may be host-gateway).")
+@click.option("--dns", multiple=True, metavar="IP", help="Set a DNS server.")
+@click.option("--dns-search", multiple=True, metavar="DOMAIN", help="Set a DNS search domain.")
+@click.option("--dns-option", multiple=True, metavar="OPT", help="Set a resolv.conf option.")
+@click.option("--device", multiple=True, metavar="HOST[:CTR][:rwm]", help="Give the container a host device.")
+@click.option("--ipc", default="", help="IPC namespace: private (default), host or none.")
+@click.option("--pid", default="", help="PID namespace: private (default) or host.")
+@click.option("--uts", default="", help="UTS namespace: private (default) or host.")
+@click.option("--cidfile", default=None, help="Write the container ID to this file.")
+@click.option("--label-file", multiple=True, help="Read K=V label lines from a file.")
+@click.option("--sysctl", multiple=True, metavar="KEY=VALUE", help="Set a namespaced kernel parameter.")
+@click.option("--shm-size", default=None, help="Size of /dev/shm (default 64m).")
+@click.option("--group-add", multiple=True, help="Add a supplementary group (name or id).")
 @click.pass_obj
 def run_cmd(settings: Settings, image: str, command: tuple[str, ...], **flags) -> None:
     """Run a command in a new container."""
@@ -976,6 +989,9 @@ def bundle_cmd(settings: Settings, image: str, directory: Path, command: tuple[s
               type=click.Choice(["auto", "tty", "plain", "rawjson", "quiet"]))
 @click.option("-q", "--quiet", is_flag=True, help="Print only the image ID.")
 @click.option("--jobs", default=4, show_default=True, help="Stages built at the same time.")
+@click.option("--add-host", "add_host", multiple=True, metavar="NAME:IP",
+              help="Add a line to RUN steps' /etc/hosts (IP may be host-gateway).")
+@click.option("--shm-size", default=None, help="Size of RUN steps' /dev/shm (default 64m).")
 @_max_storage_option
 @click.pass_obj
 def build_cmd(settings: Settings, context: str, dockerfile: str | None,

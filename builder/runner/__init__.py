@@ -22,7 +22,19 @@ def run(root: Path, opts: RunOptions) -> tuple[int, str | None]:
         from .options import check_container_name
 
         opts.name = check_container_name(opts.name)
+    if opts.cidfile:
+        from . import cidfile
+
+        cidfile.check(opts.cidfile)
     p = prepare(Store.open(root), opts)
+    if opts.cidfile:
+        try:
+            cidfile.write(opts.cidfile, p.state.id)
+        except RunError:
+            from .create import discard
+
+            discard(p.containers, p.state)
+            raise
     if opts.detach:
         from .supervisor import launch_detached
 

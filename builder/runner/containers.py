@@ -82,6 +82,9 @@ class ContainerState:
     healthcheck: dict | None = None                        # Config.Healthcheck (merged)
     health_shell: list[str] | None = None                  # the image's SHELL, for CMD-SHELL
     health: dict | None = None        # State.Health: from health.json (see health.py), not saved
+    # inspect's HostConfig entries of --add-host, --dns*, --device, --ipc/--pid/--uts,
+    # --sysctl, --shm-size, --group-add, in docker's names (GroupAdd: exec's processes too)
+    host_config: dict = field(default_factory=dict)
 
     @classmethod
     def from_json(cls, data: dict) -> "ContainerState":

@@ -195,6 +195,10 @@ def _prepare(store: Store, opts: RunOptions) -> Prepared:
     containers = Containers(store.root)
     cid = containers.new_id()
     hostname = opts.hostname or cid[:12]
+    if opts.uts == "host":    # docker: the host's name, which the container cannot set
+        import socket
+
+        hostname = socket.gethostname()
     limits = Limits(memory=opts.memory, memory_swap=opts.memory_swap, pids=opts.pids_limit,
                     cpus=opts.cpus)
     cap_add, seccomp, nnp = list(opts.cap_add), opts.seccomp, opts.no_new_privs
@@ -214,7 +218,8 @@ def _prepare(store: Store, opts: RunOptions) -> Prepared:
         privileged=opts.privileged, read_only=opts.read_only, network=opts.network,
         ports=[str(p) for p in ports], labels=labels,
         limits={k: v for k, v in vars(limits).items() if v is not None},
-        log_max_size=opts.log_max_size, log_max_files=opts.log_max_files)
+        log_max_size=opts.log_max_size, log_max_files=opts.log_max_files,
+        host_config=host_config(opts))
     _supervision(state, cfg, opts)
     spec = SandboxSpec(root=OverlayRoot([], Path(), Path()), argv=argv,
                        env=tty_env(env, opts.tty), cwd=cwd, user=user, hostname=hostname,
@@ -222,6 +227,7 @@ def _prepare(store: Store, opts: RunOptions) -> Prepared:
                        cap_add=cap_add, cap_drop=list(opts.cap_drop), seccomp=seccomp,
                        no_new_privs=nnp, privileged=opts.privileged, init=opts.init, id=cid,
                        cache_dir=seccomp_cache(store.root), platform=of_config(image.config))
+    host_options(spec, opts)
     _check_security(spec)
     cdir = containers.create(state)
     try:
@@ -250,6 +256,34 @@ def _supervision(state: ContainerState, cfg, opts: RunOptions) -> None:
         state.restart_policy = opts.restart.inspect()
     state.healthcheck = merged_config(cfg.Healthcheck, opts.health)
     state.health_shell = list(cfg.Shell) if cfg.Shell else None
+def host_options(spec: SandboxSpec, opts: RunOptions) -> None:
+    """--add-host, --dns*, --device, --ipc/--pid/--uts, --sysctl, --shm-size, --group-add."""
+    spec.extra_hosts = list(opts.add_hosts)
+    spec.dns, spec.dns_search = list(opts.dns), list(opts.dns_search)
+    spec.dns_options = list(opts.dns_options)
+    spec.devices = list(opts.devices)
+    spec.ipc, spec.pid, spec.uts = opts.ipc, opts.pid, opts.uts
+    if spec.uts == "host":
+        spec.hostname = None
+    spec.sysctls = dict(opts.sysctls)
+    spec.shm_size = opts.shm_size
+    spec.group_add = list(opts.group_add)
+
+
+def host_config(opts: RunOptions) -> dict:
+    """What inspect shows of the host options, in docker's HostConfig names and shapes."""
+    return {
+        "ExtraHosts": [f"{name}:{addr}" for name, addr in opts.add_hosts],
+        "Dns": list(opts.dns), "DnsSearch": list(opts.dns_search),
+        "DnsOptions": list(opts.dns_options),
+        "Devices": [{"PathOnHost": d.host_path, "PathInContainer": d.path,
+                     "CgroupPermissions": d.access} for d in opts.devices],
+        "IpcMode": "private" if opts.ipc == "private" else opts.ipc,
+        "PidMode": "" if opts.pid == "private" else opts.pid,
+        "UTSMode": "" if opts.uts == "private" else opts.uts,
+        "Sysctls": dict(opts.sysctls), "ShmSize": opts.shm_size or 64 << 20,
+        "GroupAdd": list(opts.group_add),
+    }
 
 
 def tty_env(env: dict[str, str], tty: bool) -> dict[str, str]:

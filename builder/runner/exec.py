@@ -75,6 +75,7 @@ def start_process(containers: Containers, st: ContainerState, argv: list[str], *
         full_env.update(parse_env(env or [], dict(os.environ)))
         spec = ExecSpec(container_id=st.id, argv=argv, env=tty_env(full_env, use_tty),
                         cwd=workdir or st.cwd, user=user or st.user, hostname=st.hostname,
+                        group_add=list(st.host_config.get("GroupAdd") or []),
                         cap_add=st.cap_add,
                         cap_drop=st.cap_drop, seccomp=st.seccomp, no_new_privs=st.no_new_privs,
                         stdio="pty" if use_tty else "null" if detach else "inherit",

@@ -99,6 +99,18 @@ class RunOptions:
     log_max_files: int = 3
     restart: object = None            # restart.RestartPolicy (None: "no"); see supervision.py
     health: object = None             # health.HealthFlags from --health-* (None: the image's)
+    add_hosts: list[tuple[str, str]] = field(default_factory=list)   # (name, address)
+    dns: list[str] = field(default_factory=list)
+    dns_search: list[str] = field(default_factory=list)
+    dns_options: list[str] = field(default_factory=list)
+    devices: list = field(default_factory=list)           # builder.sandbox.DeviceNode
+    ipc: str = "private"                                  # private | host | none
+    pid: str = "private"                                  # private | host
+    uts: str = "private"                                  # private | host
+    cidfile: str | None = None
+    sysctls: dict[str, str] = field(default_factory=dict)
+    shm_size: int | None = None
+    group_add: list[str] = field(default_factory=list)
 
 
 def parse_log_opt(text: str, opts: RunOptions) -> None:
@@ -378,6 +390,162 @@ def parse_caps(names: tuple[str, ...] | list[str]) -> list[str]:
     return list(names)
 
 
+def parse_add_host(text: str, flag: str = "--add-host") -> tuple[str, str]:
+    """NAME:IP or NAME=IP (docker 25+); IPv6 as [::1] or bare; IP `host-gateway`."""
+    name, eq, addr = text.partition("=")
+    if not eq:
+        name, _, addr = text.partition(":")
+    if addr.startswith("[") and addr.endswith("]"):
+        addr = addr[1:-1]
+    if not name or any(c.isspace() or c in "#\0" for c in name):
+        raise RunError(f"invalid argument {text!r} for {flag}: expected NAME:IP")
+    if addr != "host-gateway":
+        import ipaddress
+
+        try:
+            addr = str(ipaddress.ip_address(addr))
+        except ValueError:
+            raise RunError(f"invalid argument {text!r} for {flag}: invalid IP address {addr!r} "
+                           "(expected NAME:IP, NAME:[IPv6] or NAME:host-gateway)") from None
+    return name, addr
+
+
+def parse_dns(text: str) -> str:
+    import ipaddress
+
+    try:
+        return str(ipaddress.ip_address(text.strip("[]")))
+    except ValueError:
+        raise RunError(f"invalid argument {text!r} for --dns: not an IP address") from None
+
+
+def parse_dns_search(text: str) -> str:
+    if text != "." and not re.match(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,252}\Z", text):
+        raise RunError(f"invalid argument {text!r} for --dns-search: not a domain name")
+    return text
+
+
+def parse_dns_option(text: str) -> str:
+    if not re.match(r"^[A-Za-z0-9_.:+-]{1,255}\Z", text):
+        raise RunError(f"invalid argument {text!r} for --dns-option: expected e.g. ndots:2")
+    return text
+
+
+def parse_device(text: str):
+    """--device HOST[:CONTAINER][:rwm]: the host path must be a device node itself (a
+    symlink or regular file is refused); the container gets the same type and numbers."""
+    import os
+    import stat
+
+    from builder.sandbox import DeviceNode
+
+    parts = text.split(":")
+    if len(parts) > 3 or not parts[0]:
+        raise RunError(f"invalid argument {text!r} for --device: expected "
+                       "HOST[:CONTAINER][:PERMISSIONS]")
+    src, dst, perms = parts[0], parts[0], "rwm"
+    if len(parts) == 3:
+        dst, perms = parts[1], parts[2]
+    elif len(parts) == 2:
+        if parts[1] and set(parts[1]) <= set("rwm"):
+            perms = parts[1]
+        else:
+            dst = parts[1]
+    if not perms or set(perms) - set("rwm") or not dst.startswith("/") or "\0" in dst:
+        raise RunError(f"invalid argument {text!r} for --device: the container path must be "
+                       "absolute and the permissions a combination of r, w and m")
+    try:
+        st = os.lstat(src)
+    except OSError as e:
+        raise RunError(f"error gathering device information while adding custom device "
+                       f"{src!r}: {e.strerror}") from None
+    if stat.S_ISCHR(st.st_mode):
+        kind = "c"
+    elif stat.S_ISBLK(st.st_mode):
+        kind = "b"
+    else:
+        what = "a symbolic link" if stat.S_ISLNK(st.st_mode) else "not a device node"
+        raise RunError(f"error gathering device information while adding custom device "
+                       f"{src!r}: {what}")
+    return DeviceNode(os.path.normpath(dst), kind, os.major(st.st_rdev), os.minor(st.st_rdev),
+                      stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid,
+                      "".join(sorted(set(perms), key="rwm".index)), host_path=src)
+
+
+def parse_namespace_mode(flag: str, text: str) -> str:
+    """--ipc host|private|shareable|none, --pid host, --uts host ("" or private: our own)."""
+    modes = {"": "private", "private": "private", "host": "host"}
+    if flag == "--ipc":
+        modes.update(shareable="private", none="none")
+    mode = modes.get(text)
+    if mode is None:
+        raise RunError(f"invalid {flag} {text!r}: expected " + ", ".join(m for m in modes if m))
+    return mode
+
+
+def parse_sysctl(text: str) -> tuple[str, str]:
+    key, eq, value = text.partition("=")
+    if not eq or not key:
+        raise RunError(f"invalid argument {text!r} for --sysctl: expected KEY=VALUE")
+    return key, value
+
+
+def parse_label_file(path: str | Path) -> list[str]:
+    """docker's --label-file: KEY=VALUE lines, '#' comments and blank lines skipped."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read((1 << 20) + 1)
+    except OSError as e:
+        raise RunError(f"--label-file {path}: {e.strerror}") from None
+    if len(data) > 1 << 20:
+        raise RunError(f"--label-file {path}: larger than 1 MiB")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise RunError(f"--label-file {path}: not UTF-8 at byte {e.start}") from None
+    out = []
+    for line in text.splitlines():
+        s = line.strip()
+        if s and not s.startswith("#"):
+            out.append(s)
+    return out
+
+
+def parse_group_add(text: str) -> str:
+    if not re.match(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,255}\$?\Z", text):
+        raise RunError(f"invalid argument {text!r} for --group-add: expected a group name or id")
+    return text
+
+
+def _host_options(opts: RunOptions, add_host, dns, dns_search, dns_option, device, ipc, pid,
+                  uts, cidfile, label_file, sysctl, shm_size, group_add) -> None:
+    """The flags that reach the host's resources: hosts/DNS, devices, namespaces, sysctls."""
+    from builder.sandbox import SandboxError, sysctls
+
+    opts.add_hosts = [parse_add_host(h) for h in add_host]
+    opts.dns = [parse_dns(d) for d in dns]
+    opts.dns_search = [parse_dns_search(d) for d in dns_search]
+    opts.dns_options = [parse_dns_option(o) for o in dns_option]
+    opts.devices = [parse_device(d) for d in device]
+    opts.ipc = parse_namespace_mode("--ipc", ipc)
+    opts.pid = parse_namespace_mode("--pid", pid)
+    opts.uts = parse_namespace_mode("--uts", uts)
+    if opts.uts == "host" and opts.hostname is not None:
+        raise RunError("conflicting options: --hostname and --uts host")
+    opts.cidfile = cidfile
+    opts.sysctls = dict(parse_sysctl(s) for s in sysctl)
+    for key, value in opts.sysctls.items():
+        try:
+            sysctls.check(key, value, opts.network, opts.ipc, opts.uts)
+        except SandboxError as e:
+            raise RunError(str(e)) from None
+    if shm_size is not None:
+        opts.shm_size = parse_size(shm_size, "--shm-size")
+    opts.group_add = [parse_group_add(g) for g in group_add]
+    from_files = [item for f in label_file for item in parse_label_file(f)]
+    opts.labels.update(kv_map(from_files, "--label-file", error=RunError))
+
+
 def build_options(image: str, command: tuple[str, ...] | list[str], *, rm: bool = False,
                   detach: bool = False, name: str | None = None, interactive: bool = False,
                   tty: bool = False, env: tuple[str, ...] = (), env_file: tuple[str, ...] = (),
@@ -393,7 +561,13 @@ def build_options(image: str, command: tuple[str, ...] | list[str], *, rm: bool 
                   privileged: bool = False, ulimit: tuple[str, ...] = (),
                   stop_signal: str | None = None, stop_timeout: int | None = None,
                   pull: str = "missing", label: tuple[str, ...] = (),
-                  log_opt: tuple[str, ...] = (), platform: str | None = None) -> RunOptions:
+                  log_opt: tuple[str, ...] = (), platform: str | None = None,
+                  add_host: tuple[str, ...] = (),
+                  dns: tuple[str, ...] = (), dns_search: tuple[str, ...] = (),
+                  dns_option: tuple[str, ...] = (), device: tuple[str, ...] = (),
+                  ipc: str = "", pid: str = "", uts: str = "", cidfile: str | None = None,
+                  label_file: tuple[str, ...] = (), sysctl: tuple[str, ...] = (),
+                  shm_size: str | None = None, group_add: tuple[str, ...] = ()) -> RunOptions:
     """The run command line's raw strings, parsed and checked."""
     net = {"bridge": "private", "default": "private"}.get(network, network)
     if net not in ("none", "host", "private"):
@@ -433,7 +607,9 @@ def build_options(image: str, command: tuple[str, ...] | list[str], *, rm: bool 
         raise RunError(f"invalid --stop-timeout {stop_timeout}: must be -1 or more")
     if hostname is not None and not re.match(r"^[a-zA-Z0-9]([a-zA-Z0-9.-]{0,62})\Z", hostname):
         raise RunError(f"invalid --hostname {hostname!r}: not a valid host name")
-    opts.labels.update(kv_map(label, "--label", error=RunError))
+    _host_options(opts, add_host, dns, dns_search, dns_option, device, ipc, pid, uts, cidfile,
+                  label_file, sysctl, shm_size, group_add)
+    opts.labels.update(kv_map(label, "--label", error=RunError))   # wins over --label-file
     if platform:
         from layerstore.platforms import platform_option
 

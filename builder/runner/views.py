@@ -85,6 +85,7 @@ def inspect(st: ContainerState) -> dict:
             + (["no-new-privileges"] if st.no_new_privs else []),
             "NetworkMode": st.network, "PortBindings": port_map(st.ports),
             "Resources": st.limits, "RestartPolicy": st.restart_policy,
+            **st.host_config,
         },
         "Mounts": st.mounts,
         "Config": {

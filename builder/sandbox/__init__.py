@@ -10,11 +10,12 @@ process inside a running container. Nothing here knows about images.
 from .container import Container, run, start
 from .join import Process, exec  # noqa: A004 (the sandbox's second entry point)
 from .netconfig import NetworkConfig, PortMapping
-from .spec import (DEFAULT_CAPS, BindMount, DirRoot, ExecSpec, Limits, OverlayRoot, Result,
-                   SandboxError, SandboxSpec, SecretMount, TmpfsMount, UserNamespace)
+from .spec import (DEFAULT_CAPS, BindMount, DeviceNode, DirRoot, ExecSpec, Limits, OverlayRoot,
+                   Result, SandboxError, SandboxSpec, SecretMount, TmpfsMount, UserNamespace)
 
 __all__ = [
-    "BindMount", "Container", "DEFAULT_CAPS", "DirRoot", "ExecSpec", "Limits", "NetworkConfig",
+    "BindMount", "Container", "DEFAULT_CAPS", "DeviceNode", "DirRoot", "ExecSpec", "Limits",
+    "NetworkConfig",
     "OverlayRoot", "PortMapping", "Process", "Result", "SandboxError", "SandboxSpec",
     "SecretMount", "TmpfsMount", "UserNamespace", "exec", "run", "start",
 ]

@@ -177,6 +177,7 @@ class Cgroups:
     limits: Limits
     privileged: bool = False     # all devices allowed; else devices.DEFAULT_RULES
     userns: bool = False         # in a user namespace mknod is impossible: no device rules
+    devices: tuple = ()          # devices.DeviceRule of each --device, beside the defaults
     dirs: dict[str, str] = field(default_factory=dict)      # controller -> directory
     created: list[str] = field(default_factory=list)
 
@@ -225,6 +226,8 @@ class Cgroups:
         if self.userns:
             return
         rules = devmod.rules_for(self.privileged)
+        if not self.privileged:
+            rules += tuple(self.devices)
         try:
             if h is None:
                 raise OSError(errno.ENOENT, "neither a v1 devices controller nor cgroup v2 "

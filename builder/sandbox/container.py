@@ -24,6 +24,7 @@ import gc
 import os
 import selectors
 import signal
+import socket
 import struct
 import tempfile
 import termios
@@ -36,7 +37,7 @@ from typing import TYPE_CHECKING
 from layerstore.resolver import remove_tree
 
 from . import caps as capmod
-from . import libc, native, rootfs, seccomp, users
+from . import libc, native, rootfs, seccomp, sysctls, users
 from .cgroups import Cgroups
 from .finalize import close_all_but as _close_all_but
 from .finalize import finalize, nondumpable
@@ -104,6 +105,7 @@ def _etc_files(spec: SandboxSpec, state: Path, hostname: str, ip: str | None = N
             hosts = Path("/etc/hosts").read_text()
         except OSError:
             pass
+    hosts += "".join(f"{_host_address(spec, addr)}\t{name}\n" for name, addr in spec.extra_hosts)
     if ip:
         hosts += f"{ip}\t{hostname}\n"
     try:
@@ -117,6 +119,7 @@ def _etc_files(spec: SandboxSpec, state: Path, hostname: str, ip: str | None = N
         if not any(ln.startswith("nameserver") for ln in lines):
             lines += ["nameserver 8.8.8.8", "nameserver 8.8.4.4"]
         resolv = "\n".join(lines) + "\n"
+    resolv = _resolv_overrides(spec, resolv)
     for name, text in (("hosts", hosts), ("resolv.conf", resolv), ("hostname", hostname + "\n")):
         path = state / name
         # rewrite in place: the child may already hold this inode as a bind source
@@ -124,6 +127,35 @@ def _etc_files(spec: SandboxSpec, state: Path, hostname: str, ip: str | None = N
             f.write(text)
             f.truncate()
         os.chmod(path, 0o644)
+
+
+def _host_address(spec: SandboxSpec, addr: str) -> str:
+    """--add-host NAME:host-gateway is the bridge's address, as docker's is docker0's (the
+    default bridge's also when the container itself is on another network)."""
+    if addr != "host-gateway":
+        return addr
+    from .netconfig import NetworkConfig
+
+    net = spec.network if spec.network.mode == "private" else NetworkConfig(mode="private")
+    return str(net.gateway())
+
+
+def _resolv_overrides(spec: SandboxSpec, resolv: str) -> str:
+    """docker's --dns, --dns-search and --dns-option each replace the lines of their kind
+    (`--dns-search .` leaves no search line)."""
+    if not (spec.dns or spec.dns_search or spec.dns_options):
+        return resolv
+    kinds = {"nameserver": spec.dns, "search": spec.dns_search, "options": spec.dns_options}
+    lines = [ln for ln in resolv.splitlines()
+             if not (ln.split()[:1] and ln.split()[0] in kinds and kinds[ln.split()[0]])
+             and not (spec.dns_search and ln.split()[:1] == ["domain"])]
+    lines += [f"nameserver {ip}" for ip in spec.dns]
+    search = [d for d in spec.dns_search if d != "."]
+    if search:
+        lines.append("search " + " ".join(search))
+    if spec.dns_options:
+        lines.append("options " + " ".join(spec.dns_options))
+    return "\n".join(lines) + "\n"
 
 
 @dataclass
@@ -325,7 +357,8 @@ def start(spec: SandboxSpec) -> Container:
         binfmt.ensure(spec.platform)
     capset = capmod.resolve(spec.cap_add, spec.cap_drop)
     bpf = seccomp.bpf_for(spec.seccomp, capset, spec.cache_dir)
-    hostname = spec.hostname or spec.id[:12]
+    # in the host's UTS namespace the name is the host's (and never set from inside)
+    hostname = socket.gethostname() if spec.uts == "host" else spec.hostname or spec.id[:12]
     own_state = spec.state_dir is None
     state = Path(spec.state_dir) if spec.state_dir else Path(
         tempfile.mkdtemp(prefix=f"pybuild-{spec.id[:12]}-"))
@@ -333,7 +366,8 @@ def start(spec: SandboxSpec) -> Container:
     os.chmod(state, 0o711)
     (state / "rootfs").mkdir(exist_ok=True)
     _etc_files(spec, state, hostname)
-    cg = Cgroups(spec.id, spec.limits, spec.privileged, spec.userns is not None)
+    cg = Cgroups(spec.id, spec.limits, spec.privileged, spec.userns is not None,
+                 devices=_device_rules(spec))
     net = None
     if spec.network.mode == "private":
         from .network import PrivateNetwork
@@ -403,6 +437,13 @@ def start(spec: SandboxSpec) -> Container:
         raise
     finally:
         _close(pipes.exec_r, pipes.go_a_w, pipes.go_b_w)
+
+
+def _device_rules(spec: SandboxSpec) -> tuple:
+    """--device: each given node allowed with its access, beside docker's defaults."""
+    from .devices import DeviceRule
+
+    return tuple(DeviceRule(d.type, d.major, d.minor, d.access) for d in spec.devices)
 
 
 def _go(fd: int) -> None:
@@ -508,7 +549,10 @@ def _monitor_main(spec: SandboxSpec, p: _Pipes, stdio: list[int], capset: frozen
         except OSError as e:
             _send(p.exec_w, f"E 125 root filesystem: {e}")
             os._exit(1)
-        libc.unshare(libc.CLONE_NEWPID | (libc.CLONE_NEWUSER if userns else 0))
+        # --pid host: B is an ordinary host process (its strays die with the cgroup)
+        new_pid = libc.CLONE_NEWPID if spec.pid != "host" else 0
+        if new_pid or userns:
+            libc.unshare(new_pid | (libc.CLONE_NEWUSER if userns else 0))
         nondumpable()   # a new user namespace means new credentials
         if userns:
             _send(p.ctl_w, "U")
@@ -520,7 +564,8 @@ def _monitor_main(spec: SandboxSpec, p: _Pipes, stdio: list[int], capset: frozen
         _send(p.ctl_w, f"P {pid}")
         _close(p.exec_w, p.go_b_r, *stdio)
         _close(root_fd, *[fd for fd, *_ in detached.binds], *[fd for fd, _ in detached.etc],
-               *[fd for fd, _ in detached.devices], detached.sys_fd, detached.console)
+               *[fd for fd, _ in detached.devices], detached.sys_fd, detached.console,
+               detached.shm if detached.shm is not None else -1)
         try:
             os.read(p.go_a_r, 1)   # P holds B's pidfd now (or gave up: EOF)
             _close(p.go_a_r)
@@ -584,7 +629,11 @@ def _container_main(spec: SandboxSpec, p: _Pipes, stdio: list[int], capset: froz
             os.setresuid(0, 0, 0)
             nondumpable()   # new credentials reset it
         os.setsid()
-        flags = libc.CLONE_NEWNS | libc.CLONE_NEWUTS | libc.CLONE_NEWIPC
+        flags = libc.CLONE_NEWNS
+        if spec.uts != "host":
+            flags |= libc.CLONE_NEWUTS
+        if spec.ipc != "host":
+            flags |= libc.CLONE_NEWIPC
         if spec.network.mode != "host":
             flags |= libc.CLONE_NEWNET
         libc.unshare(flags)
@@ -598,6 +647,8 @@ def _container_main(spec: SandboxSpec, p: _Pipes, stdio: list[int], capset: froz
         target = str(state / "rootfs")
         rootfs.mount_root(spec, root_fd, target, str(state))
         rootfs.mount_kernel_fs(target, detached)
+        # kept open past the read-only remount of /proc/sys, for --sysctl below
+        sys_fd = sysctls.open_proc_sys(target + "/proc") if spec.sysctls else -1
         rootfs.pivot(target)
         rootfs.populate(spec, detached)
         for stub in rootfs.STUBS:
@@ -605,9 +656,13 @@ def _container_main(spec: SandboxSpec, p: _Pipes, stdio: list[int], capset: froz
         if os.read(p.go_b_r, 1) != b"g":
             os._exit(1)
         _close(p.go_b_r)
+        if sys_fd >= 0:   # now that the network is attached: net.ipv4.conf.eth0.* exist
+            sysctls.apply(sys_fd, spec.sysctls)
+            _close(sys_fd)
         libc.unshare(libc.CLONE_NEWCGROUP)
-        libc.sethostname(hostname)
-        ids = users.resolve(spec.user)
+        if spec.uts != "host":
+            libc.sethostname(hostname)
+        ids = users.resolve(spec.user, extra_groups=spec.group_add)
         env = dict(spec.env)
         env.setdefault("PATH", DEFAULT_PATH)
         env.setdefault("HOSTNAME", hostname)

@@ -249,9 +249,10 @@ class _Joiner:
             path, env, ids = self._resolve()
             exec_fd = native.memfd(native.EXEC_CODE, "pybuild-exec")
             drop_privileges(ids, self.keep, self.bpf, spec.no_new_privs)
+            joiner = os.getpid()
             pid = os.fork()
             if pid == 0:
-                self._command(exec_fd, path, env, slave)
+                self._command(exec_fd, path, env, slave, joiner)
             os.close(exec_fd)
             # I is our unreaped child: its PID cannot be reused before this pidfd exists
             pidfd = os.pidfd_open(pid)
@@ -281,7 +282,7 @@ class _Joiner:
         """In J, inside the container's mount namespace, still privileged: the user's ids,
         the working directory (J's, inherited by I) and the executable's path."""
         spec = self.spec
-        ids = users.resolve(spec.user)
+        ids = users.resolve(spec.user, extra_groups=spec.group_add)
         env = dict(spec.env)
         env.setdefault("PATH", DEFAULT_PATH)
         env.setdefault("HOSTNAME", spec.hostname)
@@ -321,13 +322,16 @@ class _Joiner:
             raise SandboxError(f"exec -t: the container's pty: {e.strerror}") from None
         return master, slave
 
-    def _command(self, exec_fd: int, path: str, env: dict[str, str], slave: int) -> None:
+    def _command(self, exec_fd: int, path: str, env: dict[str, str], slave: int,
+                 joiner: int = 0) -> None:
         """I: in the container's PID namespace, as unprivileged as the command will be
         (J dropped everything before forking it); never returns."""
         spec = self.spec
         try:
             libc.prctl(libc.PR_SET_PDEATHSIG, signal.SIGKILL)
-            if os.getppid() != 0:   # J (outside our PID namespace: 0) died before that
+            # J died before that: our parent is not J (outside our PID namespace, 0; in a
+            # container that shares the host's, --pid host, J's own pid)
+            if os.getppid() not in (0, joiner):
                 os._exit(125)
             for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGPIPE):
                 signal.signal(s, signal.SIG_DFL)

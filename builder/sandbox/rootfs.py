@@ -43,6 +43,7 @@ class Detached:
     console: int | None = None      # the pty slave, bound on /dev/console as docker does
     host_devices: list[tuple[str, int, int, int, int]] = field(default_factory=list)
     writable_sys: bool = False      # privileged: sysfs read-write
+    shm: int | None = None          # --ipc host: the host's /dev/shm, bound on the container's
 
 
 def _clone_tree(path: str, recursive: bool = True) -> int:
@@ -94,6 +95,8 @@ def detach_sources(spec: SandboxSpec, state_dir: str, userns: bool, net_host: bo
             if "/etc/" + name in taken:
                 continue
             d.etc.append((_clone_tree(os.path.join(state_dir, name), False), "/etc/" + name))
+    if spec.ipc == "host":
+        d.shm = _clone_tree("/dev/shm")
     if spec.privileged:
         d.writable_sys = True
         if not userns:
@@ -252,7 +255,10 @@ def _remount_ro(path: str) -> None:
     libc.mount(None, path, None, libc.MS_BIND | libc.MS_REMOUNT | libc.MS_RDONLY | flags)
 
 
-def _mount_dev(d: Detached) -> None:
+DEFAULT_SHM_SIZE = 64 << 20    # docker's
+
+
+def _mount_dev(spec: SandboxSpec, d: Detached) -> None:
     _mkdirs("/dev")
     libc.mount("tmpfs", "/dev", "tmpfs", libc.MS_NOSUID | libc.MS_STRICTATIME,
                "mode=755,size=65536k")
@@ -271,11 +277,18 @@ def _mount_dev(d: Detached) -> None:
         os.mknod(path, mode, rdev)
         os.chown(path, uid, gid)
         os.chmod(path, stat.S_IMODE(mode))
-    for sub in ("pts", "shm", "mqueue"):
+    # --ipc none: an IPC namespace of its own and no /dev/shm at all, as docker's
+    for sub in ("pts", "mqueue") if spec.ipc == "none" else ("pts", "shm", "mqueue"):
         os.mkdir("/dev/" + sub, 0o755)
     libc.mount("devpts", "/dev/pts", "devpts", libc.MS_NOSUID | libc.MS_NOEXEC,
                "newinstance,ptmxmode=0666,mode=0620,gid=5")
-    libc.mount("shm", "/dev/shm", "tmpfs", _NOSUID_NODEV_NOEXEC, "mode=1777,size=65536k")
+    if d.shm is not None:
+        libc.move_mount_fd(d.shm, "/dev/shm")
+        os.close(d.shm)
+        d.shm = None
+    elif spec.ipc != "none":
+        libc.mount("shm", "/dev/shm", "tmpfs", _NOSUID_NODEV_NOEXEC,
+                   f"mode=1777,size={spec.shm_size or DEFAULT_SHM_SIZE}")
     libc.mount("mqueue", "/dev/mqueue", "mqueue", _NOSUID_NODEV_NOEXEC)
     for name, dest in _DEV_LINKS:
         os.symlink(dest, "/dev/" + name)
@@ -333,9 +346,33 @@ def _mount_secrets(secrets: list[SecretMount]) -> None:
         os.rmdir(scratch)
 
 
+def _make_devices(spec: SandboxSpec) -> None:
+    """--device: a node of our own with the host device's type and numbers (the caller
+    stat'ed it; the device cgroup allows just these). We are past pivot_root: the path
+    resolves inside the container, and an existing entry there is not replaced."""
+    for dev in spec.devices:
+        path = _target(dev.path)
+        _mkdirs(os.path.dirname(path))
+        kind = stat.S_IFCHR if dev.type == "c" else stat.S_IFBLK
+        try:
+            os.mknod(path, kind | 0o600, os.makedev(dev.major, dev.minor))
+        except FileExistsError:
+            st = os.lstat(path)   # the same node already (--privileged made every one)
+            if stat.S_IFMT(st.st_mode) != kind or st.st_rdev != os.makedev(dev.major, dev.minor):
+                raise SandboxError(f"device {quoted(dev.path)}: something else already exists "
+                                   "there in the container") from None
+        fd = os.open(path, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            os.chown(f"/proc/self/fd/{fd}", dev.uid, dev.gid)
+            os.chmod(f"/proc/self/fd/{fd}", dev.mode & 0o7777)
+        finally:
+            os.close(fd)
+
+
 def populate(spec: SandboxSpec, d: Detached) -> None:
     """Everything mounted after pivot_root: /dev, user mounts, /etc files, masks."""
-    _mount_dev(d)
+    _mount_dev(spec, d)
+    _make_devices(spec)
     for fd, m, is_dir in d.binds:
         _attach(fd, m.dst, is_dir)
     secrets = [m for m in spec.mounts if isinstance(m, SecretMount)]

@@ -98,6 +98,23 @@ class SecretMount:
 
 
 @dataclass
+class DeviceNode:
+    """A host device given to the container (docker's --device): the caller stats the host
+    node, the container gets a node of its own with the same type and numbers, and the
+    device cgroup allows exactly this one with `access`."""
+
+    path: str                 # in the container
+    type: str                 # "c" (character) or "b" (block)
+    major: int
+    minor: int
+    mode: int = 0o666         # permission bits of the node
+    uid: int = 0
+    gid: int = 0
+    access: str = "rwm"
+    host_path: str = ""       # what the user named, for inspect; the sandbox never opens it
+
+
+@dataclass
 class Limits:
     """cgroup limits; None means unlimited (no file written)."""
 
@@ -144,6 +161,19 @@ class SandboxSpec:
     etc_files: bool = True           # bind generated /etc/hosts, resolv.conf, hostname
     state_dir: Path | None = None    # where hosts/resolv.conf and the root mount point live
     cache_dir: Path | None = None    # where compiled seccomp filters may be kept (None: memory only)
+    # docker's --add-host, --dns, --dns-search, --dns-option: lines of the generated
+    # /etc/hosts ("host-gateway" is the bridge's address) and resolv.conf
+    extra_hosts: list[tuple[str, str]] = field(default_factory=list)
+    dns: list[str] = field(default_factory=list)
+    dns_search: list[str] = field(default_factory=list)
+    dns_options: list[str] = field(default_factory=list)
+    devices: list[DeviceNode] = field(default_factory=list)
+    ipc: str = "private"             # private | host (no IPC namespace, the host's /dev/shm) | none
+    pid: str = "private"             # private | host (no PID namespace: the host's processes)
+    uts: str = "private"             # private | host (the host's name; never set from inside)
+    sysctls: dict[str, str] = field(default_factory=dict)   # namespaced ones only (sysctls.py)
+    shm_size: int | None = None      # bytes of /dev/shm; None: docker's 64 MiB
+    group_add: list[str] = field(default_factory=list)      # supplementary groups, ids or names
     id: str = field(default_factory=lambda: secrets.token_hex(16))
     # the image's os/arch[/variant]; a foreign architecture runs through qemu-user
     # registered with binfmt_misc (sandbox/binfmt.py), under the same seccomp and caps
@@ -196,6 +226,36 @@ class SandboxSpec:
             raise SandboxError("sandbox spec: memory_swap must be -1 or at least memory")
         if self.timeout is not None and self.timeout <= 0:
             raise SandboxError(f"sandbox spec: timeout {self.timeout} must be positive")
+        self._validate_host_options()
+
+    def _validate_host_options(self) -> None:
+        from . import sysctls
+
+        for kind in ("ipc", "pid", "uts"):
+            allowed = ("private", "host", "none") if kind == "ipc" else ("private", "host")
+            if getattr(self, kind) not in allowed:
+                raise SandboxError(f"sandbox spec: {kind} mode {getattr(self, kind)!r} is not "
+                                   + " or ".join(allowed))
+        if self.userns is not None and (self.pid == "host" or self.devices):
+            raise SandboxError("sandbox spec: the host's PID namespace and devices cannot be "
+                               "given to a user-namespaced container")
+        if self.uts == "host" and self.hostname is not None:
+            raise SandboxError("sandbox spec: a hostname cannot be set in the host's UTS namespace")
+        for name, addr in self.extra_hosts:
+            if not name or any(c.isspace() or c == "\0" for c in name + addr) or not addr:
+                raise SandboxError(f"sandbox spec: extra host {name!r} {addr!r} is not valid")
+        for text in (*self.dns, *self.dns_search, *self.dns_options, *self.group_add):
+            if not text or any(c.isspace() or c == "\0" for c in text):
+                raise SandboxError(f"sandbox spec: {text!r} is not a valid DNS or group setting")
+        for d in self.devices:
+            if not d.path.startswith("/") or "\0" in d.path or d.type not in ("c", "b") \
+                    or not d.access or set(d.access) - set("rwm") \
+                    or not 0 <= d.major < 1 << 12 or not 0 <= d.minor < 1 << 20:
+                raise SandboxError(f"sandbox spec: device {d.path!r} is not valid")
+        for key, value in self.sysctls.items():
+            sysctls.check(key, value, self.network.mode, self.ipc, self.uts)
+        if self.shm_size is not None and self.shm_size <= 0:
+            raise SandboxError(f"sandbox spec: shm size {self.shm_size} must be positive")
 
 
 @dataclass
@@ -210,6 +270,7 @@ class ExecSpec:
     cwd: str = "/"
     user: str = "0"                  # resolved against the container's /etc/passwd
     hostname: str = ""               # HOSTNAME's default
+    group_add: list[str] = field(default_factory=list)   # the container's --group-add
     cap_add: list[str] = field(default_factory=list)
     cap_drop: list[str] = field(default_factory=list)
     seccomp: str | Path | None = None

@@ -58,7 +58,9 @@ def _int(s: str) -> int | None:
     return int(s) if s.isdigit() and len(s) <= 10 else None
 
 
-def resolve(user: str, passwd: str = "/etc/passwd", group: str = "/etc/group") -> Ids:
+def resolve(user: str, passwd: str = "/etc/passwd", group: str = "/etc/group",
+            extra_groups: list[str] | tuple[str, ...] = ()) -> Ids:
+    """`extra_groups` (docker's --group-add): ids, or names looked up in the same file."""
     name, _, grp = user.partition(":")
     if not name:
         raise SandboxError(f"user {user!r}: empty user name")
@@ -85,6 +87,15 @@ def resolve(user: str, passwd: str = "/etc/passwd", group: str = "/etc/group") -
     else:
         supp = [gid] + [int(g[2]) for g in groups_db
                         if uname is not None and uname in g[3].split(",")]
+    for extra in extra_groups:
+        ge = next((g for g in groups_db if g[0] == extra), None)
+        if ge is not None:
+            supp.append(int(ge[2]))
+        elif _int(extra) is not None:
+            supp.append(int(extra))
+        else:
+            raise SandboxError(f"--group-add {extra!r}: no such group in the container's {group}",
+                               125)
     groups = sorted(set(supp))
     if max([uid, gid, *groups]) >= (1 << 32) - 1:
         raise SandboxError(f"user {user!r}: id out of range")

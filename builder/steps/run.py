@@ -65,6 +65,8 @@ class RunJob:
     input: bytes | None = None
     shared_net: BuildNetwork | None = None   # the build's held bridge, for network default
     platform: str | None = None          # the image's platform (foreign: run under qemu-user)
+    extra_hosts: list[tuple[str, str]] = field(default_factory=list)   # build --add-host
+    shm_size: int | None = None                                         # build --shm-size
 
 
 class BuildNetwork:
@@ -119,7 +121,8 @@ def execute(job: RunJob, on_output: Callable[[bytes], None],
                        argv=job.argv, env=job.env, cwd=job.cwd or "/", user=job.user or "0",
                        mounts=list(job.binds), network=_network(job.network, job.shared_net),
                        stdio="pipe", input=job.input or b"", state_dir=job.state_dir,
-                       platform=job.platform)
+                       platform=job.platform, extra_hosts=list(job.extra_hosts),
+                       shm_size=job.shm_size)
     # named after the step's work dir (containers/build-<hex>): its cgroups show as
     # pybuild-build-<hex>, and when a SIGKILL takes the build and its monitor alike, the
     # next build that reclaims the dead work dir removes them by that name
@@ -271,8 +274,14 @@ class RunOp(Op):
         # keyed by what the step ran on: a result made on the host's network (before the
         # default became a private namespace) is not reused as a sandboxed one
         net_key = "private" if network == "default" else network
-        key = step_key(ctx.state.key, json.dumps([argv, mounts_key, net_key, pipes]), used_args,
-                       inputs)
+        # build --add-host/--shm-size are the step's as BuildKit's (its ExecOp carries the
+        # extra hosts and a /dev/shm tmpfs mount): keyed, but only when given, so the keys
+        # of every other build stay what they were
+        sandbox = {k: v for k, v in (("hosts", [list(h) for h in b.opts.add_hosts]),
+                                     ("shm", b.opts.shm_size)) if v}
+        key = step_key(ctx.state.key, json.dumps([argv, mounts_key, net_key, pipes]
+                                                 + ([sandbox] if sandbox else [])),
+                       used_args, inputs)
         self.cache_ids = mountstep.cache_ids(i.mounts, cfg.WorkingDir or "/")
         self.platform = str(ctx.state.config.platform)
         if self.cache_ids:    # used by the build, hit or not: --cache-to ...,cache-mounts=true
@@ -315,7 +324,8 @@ class RunOp(Op):
             job = RunJob(ws.plan, self.argv, self.env,
                          cfg.WorkingDir or "/", cfg.User or "0", self.network, binds, locks,
                          state_dir=ws.dir / "state", shared_net=b.network,
-                         platform=of_config(ctx.state.config))
+                         platform=of_config(ctx.state.config),
+                         extra_hosts=list(b.opts.add_hosts), shm_size=b.opts.shm_size)
             if b.failed.is_set():
                 raise DependencyFailed("build cancelled")
             code = execute(job, out, b.running)
