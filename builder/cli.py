@@ -629,7 +629,8 @@ def ps_cmd(settings: Settings, show_all: bool, quiet: bool, no_trunc: bool) -> N
 
 @main.command("stop")
 @click.argument("containers", nargs=-1, required=True)
-@click.option("-t", "--time", "timeout", type=int, default=None, help="Seconds before SIGKILL.")
+@click.option("-t", "--time", "--timeout", "timeout", type=int, default=None,
+              help="Seconds before SIGKILL.")
 @click.option("-s", "--signal", "sig", default=None, help="Signal to send first.")
 @click.pass_obj
 def stop_cmd(settings: Settings, containers: tuple[str, ...], timeout: int | None,
@@ -678,12 +679,16 @@ def rm_cmd(settings: Settings, containers: tuple[str, ...], force: bool, volumes
 @click.option("-f", "--follow", is_flag=True, help="Keep printing new output.")
 @click.option("--tail", default="all", help="Number of lines from the end (default all).")
 @click.option("-t", "--timestamps", is_flag=True, help="Prefix each line with its time.")
+@click.option("--since", default=None, help="Only lines since a time (RFC 3339, Unix time or a "
+              "duration such as 10m).")
+@click.option("--until", default=None, help="Only lines before a time (as --since).")
 @click.pass_obj
-def logs_cmd(settings: Settings, container: str, follow: bool, tail: str, timestamps: bool) -> None:
+def logs_cmd(settings: Settings, container: str, follow: bool, tail: str, timestamps: bool,
+             since: str | None, until: str | None) -> None:
     """Print a detached container's output."""
     from builder.runner.logs import show
 
-    show(_containers(settings), container, follow, tail, timestamps)
+    show(_containers(settings), container, follow, tail, timestamps, since, until)
 
 
 @main.command("wait")
@@ -884,3 +889,4 @@ def build_cmd(settings: Settings, context: str, dockerfile: str | None,
     with bounded(settings.root, settings.store, max_storage, _echo_err) as used:
         run_build(settings.root, settings.store, context, dockerfile,
                   registry_options=lambda: _registry_options(tls_verify, 6), used=used, **kw)
+from builder import cli_containers  # noqa: E402,F401

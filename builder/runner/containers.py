@@ -77,6 +77,7 @@ class ContainerState:
     limits: dict = field(default_factory=dict)
     log_max_size: int = 10 << 20
     log_max_files: int = 3
+    awaits_start: bool = False        # made by `create`: waits for `start`, owned by nobody
 
     @classmethod
     def from_json(cls, data: dict) -> "ContainerState":
@@ -182,6 +183,31 @@ class Containers:
             raise
         self._owned[cid] = fd
 
+    def try_own(self, cid: str) -> bool:
+        """Become the owner of a container, to start it; False while another process
+        owns it (it runs, is being started, or its last owner is still closing)."""
+        try:
+            self._own(cid)
+        except BlockingIOError:
+            return False
+        return True
+
+    def rename(self, st: ContainerState, new: str) -> None:
+        """Claim `new` (as a run claims its name), record it, then free the old name."""
+        if new == st.name:
+            raise RunError(f"renaming container {st.name!r} with the same name as its "
+                           "current name")
+        with self.locked(st.id):
+            self._claim(new, st.id)
+            old, st.name = st.name, new
+            try:
+                self.save(st)
+            except BaseException:
+                st.name = old
+                self._release(new, st.id)
+                raise
+            self._release(old, st.id)
+
     def disown(self, cid: str) -> None:
         """Let go of a container whose end is recorded (or that is removed)."""
         fd = self._owned.pop(cid, -1)
@@ -194,6 +220,8 @@ class Containers:
 
     def orphaned(self, st: ContainerState) -> bool:
         """A record nobody will finish: never started or --rm, and its owner is gone."""
+        if st.status == "created" and st.awaits_start:
+            return False
         return ((st.auto_remove or st.status == "created") and not self.owned(st.id)
                 and not alive(st.owner_pid, st.owner_start))   # (records of older versions)
 

@@ -23,6 +23,7 @@ from .errors import RunError
 from .options import (MountSpec, PortSpec, RunOptions, parse_env, parse_env_file,
                       parse_signal)
 from .volumes import Volumes, copy_up
+from . import specfile
 
 
 def seccomp_cache(root: Path) -> Path:
@@ -163,10 +164,11 @@ def create_bind_source(source: str, target: str) -> None:
                        f"{source}: {why}") from None
 
 
-def prepare(store: Store, opts: RunOptions) -> Prepared:
-    """Create the container (directory, record, volumes) and its spec; nothing runs yet."""
+def prepare(store: Store, opts: RunOptions, awaits_start: bool = False) -> Prepared:
+    """Create the container (directory, record, volumes) and its spec, kept for `start`;
+    nothing runs yet. `awaits_start`: made by `create`, it waits with no owner."""
     try:
-        return _prepare(store, opts)
+        return _prepare(store, opts, awaits_start)
     except RunError:
         raise
     except PybuildError as e:
@@ -175,7 +177,7 @@ def prepare(store: Store, opts: RunOptions) -> Prepared:
         raise
 
 
-def _prepare(store: Store, opts: RunOptions) -> Prepared:
+def _prepare(store: Store, opts: RunOptions, awaits_start: bool) -> Prepared:
     image = resolve_image(store, opts.image, opts.pull)
     cfg = image.config.config
     argv = compose_argv(cfg, opts.command, opts.entrypoint)
@@ -211,7 +213,8 @@ def _prepare(store: Store, opts: RunOptions) -> Prepared:
         privileged=opts.privileged, read_only=opts.read_only, network=opts.network,
         ports=[str(p) for p in ports], labels=labels,
         limits={k: v for k, v in vars(limits).items() if v is not None},
-        log_max_size=opts.log_max_size, log_max_files=opts.log_max_files)
+        log_max_size=opts.log_max_size, log_max_files=opts.log_max_files,
+        awaits_start=awaits_start)
     spec = SandboxSpec(root=OverlayRoot([], Path(), Path()), argv=argv,
                        env=tty_env(env, opts.tty), cwd=cwd, user=user, hostname=hostname,
                        limits=limits, network=network,
@@ -230,12 +233,28 @@ def _prepare(store: Store, opts: RunOptions) -> Prepared:
                                 volatile=opts.rm)
         spec.state_dir = cdir / "sandbox"
         spec.mounts = _mounts(opts, cfg, lowers, Volumes(store.root), state)
-        containers.save(state)
         spec.validate()
+        specfile.save(cdir, spec, list(opts.ulimits))
+        containers.save(state)
     except BaseException:
         discard(containers, state)
         raise
     return Prepared(state, cdir, spec, containers, list(opts.ulimits))
+
+
+def load_prepared(containers: Containers, state: ContainerState) -> Prepared:
+    """A created (or exited) container, ready to start again as it was prepared."""
+    cdir = containers.path(state.id)
+    spec, ulimits = specfile.load(cdir)
+    if not all(Path(d).is_dir() for d in spec.root.lowers):
+        # a prune removed the unpacked layers since: unpack them again
+        try:
+            store = Store.open(containers.root)
+            spec.root.lowers = store.snapshot_chain(store.resolve(state.image))
+        except PybuildError as e:
+            raise RunError(f"container {state.id[:12]}: its image's layers are gone ({e})") from None
+    spec.validate()
+    return Prepared(state, cdir, spec, containers, ulimits)
 
 
 def tty_env(env: dict[str, str], tty: bool) -> dict[str, str]:

@@ -14,7 +14,10 @@ def status_text(st: ContainerState) -> str:
     if st.status == "created":
         return "Created"
     if is_running(st):
-        return f"Up {since(st.started_at).removesuffix(' ago')}"
+        from .pause import is_paused
+
+        up = f"Up {since(st.started_at).removesuffix(' ago')}"
+        return up + " (Paused)" if is_paused(st) else up
     return f"Exited ({st.exit_code if st.exit_code is not None else 255}) {since(st.finished_at)}"
 
 
@@ -34,15 +37,20 @@ def ps_table(rows: list[ContainerState], quiet: bool, no_trunc: bool = False) ->
 
 def inspect(st: ContainerState) -> dict:
     """docker inspect's container shape (the fields that mean something here)."""
+    from .pause import is_paused
+
     running = is_running(st)
+    paused = running and is_paused(st)
     return {
         "Id": st.id,
         "Created": st.created,
         "Path": st.argv[0] if st.argv else "",
         "Args": st.argv[1:],
         "State": {
-            "Status": "running" if running else st.status if st.status != "running" else "exited",
+            "Status": ("paused" if paused else "running") if running
+            else st.status if st.status != "running" else "exited",
             "Running": running,
+            "Paused": paused,
             "Pid": st.pid if running else 0,
             "ExitCode": st.exit_code if st.exit_code is not None else 0,
             "OOMKilled": st.oom_killed,
@@ -68,3 +76,28 @@ def inspect(st: ContainerState) -> dict:
         },
         "NetworkSettings": {"IPAddress": st.ip or "", "Ports": st.ports},
     }
+
+
+def port_lines(st: ContainerState, private: str | None = None) -> list[str]:
+    """docker port: `80/tcp -> 0.0.0.0:8080` per published port, or with PRIVATE[/PROTO]
+    only the host addresses of that port."""
+    import re
+
+    from .errors import RunError
+
+    maps = []   # the record's "HOST_IP:HOST_PORT->PORT/PROTO" (PortMapping's str)
+    for text in st.ports:
+        m = re.fullmatch(r"(.*):(\d+)->(\d+)/(\w+)", text)
+        if m:
+            maps.append((m[1], int(m[2]), int(m[3]), m[4]))
+    if private is None:
+        return [f"{cport}/{proto} -> {ip}:{hport}" for ip, hport, cport, proto in maps]
+    port, _, proto = private.partition("/")
+    proto = proto or "tcp"
+    if not port.isdigit() or proto not in ("tcp", "udp", "sctp"):
+        raise RunError(f"invalid port {private!r}: expected PORT[/PROTO]")
+    found = [f"{ip}:{hport}" for ip, hport, cport, proto_ in maps
+             if cport == int(port) and proto_ == proto]
+    if not found:
+        raise RunError(f"no public port '{port}/{proto}' published for {st.name}")
+    return found
