@@ -220,6 +220,7 @@ def _prepare(store: Store, opts: RunOptions, awaits_start: bool) -> Prepared:
                        limits=limits, network=network,
                        cap_add=cap_add, cap_drop=list(opts.cap_drop), seccomp=seccomp,
                        no_new_privs=nnp, privileged=opts.privileged, init=opts.init, id=cid,
+                       freezer=True,
                        cache_dir=seccomp_cache(store.root))
     _check_security(spec)
     cdir = containers.create(state)

@@ -176,6 +176,9 @@ def remove(containers: Containers, ref: str, force: bool = False,
     if is_running(st):
         if not force:
             raise RunError(f"cannot remove running container {st.id[:12]}: stop it first or use -f")
+        from .pause import thaw
+
+        thaw(st)     # v1's freezer holds even SIGKILLed tasks until thawed
         _signal(st, signal.SIGKILL)
         _wait_gone(containers, st, 30)
         if st.auto_remove:

@@ -63,7 +63,7 @@ def _decode(value: Any, classes: dict[str, type]) -> Any:
         return {k: _decode(v, classes) for k, v in value.items()}
     cls = classes.get(kind)
     if cls is None:
-        raise RunError(f"container spec: unknown record type {kind!r}")
+        raise ValueError(f"unknown record type {kind!r}")
     known = {f.name for f in dataclasses.fields(cls) if f.init}
     return cls(**{k: _decode(v, classes) for k, v in value.items() if k in known})
 
@@ -95,8 +95,9 @@ def load(cdir: Path):
         classes = _classes()
         spec = _decode(data["spec"], classes)
         ulimits = _decode(data.get("ulimits", []), classes)
-    except (ValueError, KeyError, TypeError) as e:
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as e:
         raise RunError(f"container {cdir.name[:12]}: unreadable {SPEC_NAME}: {e}") from None
-    if type(spec).__name__ != "SandboxSpec":
-        raise RunError(f"container {cdir.name[:12]}: {SPEC_NAME} holds no sandbox spec")
+    if (type(spec).__name__ != "SandboxSpec" or type(spec.root).__name__ != "OverlayRoot"
+            or not isinstance(spec.root.lowers, list)):
+        raise RunError(f"container {cdir.name[:12]}: unreadable {SPEC_NAME}: no sandbox spec")
     return spec, ulimits

@@ -188,12 +188,13 @@ class Cgroups:
     limits: Limits
     privileged: bool = False     # all devices allowed; else devices.DEFAULT_RULES
     userns: bool = False         # in a user namespace mknod is impossible: no device rules
+    freezer: bool = False        # also a freezer cgroup (pause/unpause)
     dirs: dict[str, str] = field(default_factory=dict)      # controller -> directory
     created: list[str] = field(default_factory=list)
 
     def create(self) -> None:
         lim = self.limits
-        wanted = {"memory", "pids", "freezer"}
+        wanted = {"memory", "pids"} | ({"freezer"} if self.freezer else set())
         if lim.cpus is not None or lim.cpu_weight is not None:
             wanted.add("cpu")
         hs = hierarchies(DEVICES_VERSION)

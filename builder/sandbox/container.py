@@ -329,7 +329,8 @@ def start(spec: SandboxSpec) -> Container:
     os.chmod(state, 0o711)
     (state / "rootfs").mkdir(exist_ok=True)
     _etc_files(spec, state, hostname)
-    cg = Cgroups(spec.id, spec.limits, spec.privileged, spec.userns is not None)
+    cg = Cgroups(spec.id, spec.limits, spec.privileged, spec.userns is not None,
+                 freezer=spec.freezer)
     net = None
     if spec.network.mode == "private":
         from .network import PrivateNetwork
