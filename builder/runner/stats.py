@@ -135,7 +135,9 @@ def sample(st: ContainerState) -> Sample | None:
     s.mem, s.limit = _memory(found)
     s.net = _net(st)
     s.block = _block(found)
-    s.pids = _int(read(found["pids"], "pids.current")) if "pids" in found else len(members)
+    pd = found.get("pids") or found.get("unified")
+    current = read(pd, "pids.current") if pd else ""
+    s.pids = _int(current) if current.strip().isdigit() else len(members)
     if not alive(st.pid, st.pid_start):   # what we read may belong to a reused pid
         return None
     return s
