@@ -198,15 +198,16 @@ class Containers:
             raise RunError(f"renaming container {st.name!r} with the same name as its "
                            "current name")
         with self.locked(st.id):
+            cur = self.load(st.id)        # as recorded now (an exit may have been recorded)
             self._claim(new, st.id)
-            old, st.name = st.name, new
+            old, cur.name = cur.name, new
             try:
-                self.save(st)
+                self.save(cur)
             except BaseException:
-                st.name = old
                 self._release(new, st.id)
                 raise
             self._release(old, st.id)
+            st.name = new
 
     def disown(self, cid: str) -> None:
         """Let go of a container whose end is recorded (or that is removed)."""
