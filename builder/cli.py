@@ -622,6 +622,15 @@ def _containers(settings: Settings):
     return Containers(settings.root)
 
 
+def run_options(image: str, command: tuple[str, ...], flags: dict):
+    """run's (and create's) command line as RunOptions, --restart/--health-* included."""
+    from builder.runner import supervision
+    from builder.runner.options import build_options
+
+    given = supervision.take(flags)
+    return supervision.apply(build_options(image, command, **flags), given)
+
+
 @main.command("run", context_settings={"allow_interspersed_args": False})
 @click.argument("image")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
@@ -694,12 +703,8 @@ def _containers(settings: Settings):
 def run_cmd(settings: Settings, image: str, command: tuple[str, ...], **flags) -> None:
     """Run a command in a new container."""
     from builder import runner
-    from builder.runner import supervision
-    from builder.runner.options import build_options
 
-    given = supervision.take(flags)
-    opts = supervision.apply(build_options(image, command, **flags), given)
-    code, cid = runner.run(settings.root, opts)
+    code, cid = runner.run(settings.root, run_options(image, command, flags))
     if cid:
         click.echo(cid)
     sys.exit(code)
@@ -730,7 +735,8 @@ def ps_cmd(settings: Settings, show_all: bool, quiet: bool, no_trunc: bool, fmt:
 
 @main.command("stop")
 @click.argument("containers", nargs=-1, required=True)
-@click.option("-t", "--time", "timeout", type=int, default=None, help="Seconds before SIGKILL.")
+@click.option("-t", "--time", "--timeout", "timeout", type=int, default=None,
+              help="Seconds before SIGKILL.")
 @click.option("-s", "--signal", "sig", default=None, help="Signal to send first.")
 @click.pass_obj
 def stop_cmd(settings: Settings, containers: tuple[str, ...], timeout: int | None,
@@ -779,12 +785,16 @@ def rm_cmd(settings: Settings, containers: tuple[str, ...], force: bool, volumes
 @click.option("-f", "--follow", is_flag=True, help="Keep printing new output.")
 @click.option("--tail", default="all", help="Number of lines from the end (default all).")
 @click.option("-t", "--timestamps", is_flag=True, help="Prefix each line with its time.")
+@click.option("--since", default=None, help="Only lines since a time (RFC 3339, Unix time or a "
+              "duration such as 10m).")
+@click.option("--until", default=None, help="Only lines before a time (as --since).")
 @click.pass_obj
-def logs_cmd(settings: Settings, container: str, follow: bool, tail: str, timestamps: bool) -> None:
+def logs_cmd(settings: Settings, container: str, follow: bool, tail: str, timestamps: bool,
+             since: str | None, until: str | None) -> None:
     """Print a detached container's output."""
     from builder.runner.logs import show
 
-    show(_containers(settings), container, follow, tail, timestamps)
+    show(_containers(settings), container, follow, tail, timestamps, since, until)
 
 
 @main.command("wait")
@@ -1008,3 +1018,4 @@ def build_cmd(settings: Settings, context: str, dockerfile: str | None,
 # commands registered by their own modules (kept light: heavy imports inside the commands)
 from builder import cli_system  # noqa: E402,F401  (image/builder groups, info, version)
 from builder import cli_fs  # noqa: E402,F401  (cp, diff, commit, export)
+from builder import cli_containers  # noqa: E402,F401  (create, start, pause, top, stats, ...)

@@ -7,43 +7,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from layerstore.store import Store
-
 from .containers import Containers, ContainerState
 from .errors import NoSuchContainer, RunError
 from .options import RunOptions
 
 
 def run(root: Path, opts: RunOptions) -> tuple[int, str | None]:
-    """Create and run a container: (exit code, id to print for -d)."""
-    from .create import prepare
+    """Create and start a container: (exit code, id to print for -d)."""
+    from .start import create, start_prepared
 
-    if opts.name:
-        from .options import check_container_name
-
-        opts.name = check_container_name(opts.name)
-    if opts.cidfile:
-        from . import cidfile
-
-        cidfile.check(opts.cidfile)
-    p = prepare(Store.open(root), opts)
-    if opts.cidfile:
-        try:
-            cidfile.write(opts.cidfile, p.state.id)
-        except RunError:
-            from .create import discard
-
-            discard(p.containers, p.state)
-            raise
-    if opts.detach:
-        from .supervisor import launch_detached
-
-        launch_detached(p)
-        return 0, p.state.id
-    from .attach import run_foreground
-    from .lifecycle import report
-
-    return report(run_foreground(p, opts.interactive, opts.tty)), None
+    p = create(root, opts)
+    code = start_prepared(p, detach=opts.detach, interactive=opts.interactive)
+    return code, p.state.id if opts.detach else None
 
 
 __all__ = ["Containers", "ContainerState", "NoSuchContainer", "RunError", "RunOptions", "run"]

@@ -168,3 +168,30 @@ def _attached_tty(c: Container, interactive: bool, log: LogWriter | None) -> Res
 @contextmanager
 def _nothing() -> Iterator[None]:
     yield
+
+
+def attach_running(containers, ref: str) -> int:
+    """`pybuild attach`: the output a detached container writes from now on (read from its
+    log as the supervisor records it), until it exits; its exit code. Signals we get go
+    to the container, as docker's --sig-proxy does."""
+    from .errors import RunError
+    from .lifecycle import _signal, is_running
+    from .logs import follow_log, render
+
+    st = containers.find(ref)
+    if not is_running(st):
+        raise RunError(f"cannot attach to stopped container {st.name}: start it first")
+    cdir = containers.path(st.id)
+    try:
+        offset = os.stat(cdir / LOG_NAME).st_size   # records are appended whole
+    except FileNotFoundError:
+        offset = 0
+
+    def running() -> bool:
+        cur = containers.try_load(st.id)
+        return cur is not None and is_running(cur)
+    with forwarding(lambda sig: _signal(st, sig)):
+        for e in follow_log(cdir, running, offset):
+            render(e, False)
+    cur = containers.try_load(st.id)
+    return cur.exit_code or 0 if cur is not None and cur.exit_code is not None else 0

@@ -85,6 +85,7 @@ class ContainerState:
     # inspect's HostConfig entries of --add-host, --dns*, --device, --ipc/--pid/--uts,
     # --sysctl, --shm-size, --group-add, in docker's names (GroupAdd: exec's processes too)
     host_config: dict = field(default_factory=dict)
+    awaits_start: bool = False        # made by `create`: waits for `start`, owned by nobody
 
     @classmethod
     def from_json(cls, data: dict) -> "ContainerState":
@@ -190,6 +191,32 @@ class Containers:
             raise
         self._owned[cid] = fd
 
+    def try_own(self, cid: str) -> bool:
+        """Become the owner of a container, to start it; False while another process
+        owns it (it runs, is being started, or its last owner is still closing)."""
+        try:
+            self._own(cid)
+        except BlockingIOError:
+            return False
+        return True
+
+    def rename(self, st: ContainerState, new: str) -> None:
+        """Claim `new` (as a run claims its name), record it, then free the old name."""
+        if new == st.name:
+            raise RunError(f"renaming container {st.name!r} with the same name as its "
+                           "current name")
+        with self.locked(st.id):
+            cur = self.load(st.id)        # as recorded now (an exit may have been recorded)
+            self._claim(new, st.id)
+            old, cur.name = cur.name, new
+            try:
+                self.save(cur)
+            except BaseException:
+                self._release(new, st.id)
+                raise
+            self._release(old, st.id)
+            st.name = new
+
     def disown(self, cid: str) -> None:
         """Let go of a container whose end is recorded (or that is removed)."""
         fd = self._owned.pop(cid, -1)
@@ -202,6 +229,8 @@ class Containers:
 
     def orphaned(self, st: ContainerState) -> bool:
         """A record nobody will finish: never started or --rm, and its owner is gone."""
+        if st.status == "created" and st.awaits_start:
+            return False
         return ((st.auto_remove or st.status == "created") and not self.owned(st.id)
                 and not alive(st.owner_pid, st.owner_start))   # (records of older versions)
 

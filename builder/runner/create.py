@@ -24,6 +24,7 @@ from .errors import RunError
 from .options import (MountSpec, PortSpec, RunOptions, parse_env, parse_env_file,
                       parse_signal)
 from .volumes import Volumes, copy_up
+from . import specfile
 
 
 def seccomp_cache(root: Path) -> Path:
@@ -166,10 +167,11 @@ def create_bind_source(source: str, target: str) -> None:
                        f"{source}: {why}") from None
 
 
-def prepare(store: Store, opts: RunOptions) -> Prepared:
-    """Create the container (directory, record, volumes) and its spec; nothing runs yet."""
+def prepare(store: Store, opts: RunOptions, awaits_start: bool = False) -> Prepared:
+    """Create the container (directory, record, volumes) and its spec, kept for `start`;
+    nothing runs yet. `awaits_start`: made by `create`, it waits with no owner."""
     try:
-        return _prepare(store, opts)
+        return _prepare(store, opts, awaits_start)
     except RunError:
         raise
     except PybuildError as e:
@@ -178,7 +180,7 @@ def prepare(store: Store, opts: RunOptions) -> Prepared:
         raise
 
 
-def _prepare(store: Store, opts: RunOptions) -> Prepared:
+def _prepare(store: Store, opts: RunOptions, awaits_start: bool) -> Prepared:
     image = resolve_image(store, opts.image, opts.pull, opts.platform)
     cfg = image.config.config
     argv = compose_argv(cfg, opts.command, opts.entrypoint)
@@ -219,13 +221,14 @@ def _prepare(store: Store, opts: RunOptions) -> Prepared:
         ports=[str(p) for p in ports], labels=labels,
         limits={k: v for k, v in vars(limits).items() if v is not None},
         log_max_size=opts.log_max_size, log_max_files=opts.log_max_files,
-        host_config=host_config(opts))
+        host_config=host_config(opts), awaits_start=awaits_start)
     _supervision(state, cfg, opts)
     spec = SandboxSpec(root=OverlayRoot([], Path(), Path()), argv=argv,
                        env=tty_env(env, opts.tty), cwd=cwd, user=user, hostname=hostname,
                        limits=limits, network=network,
                        cap_add=cap_add, cap_drop=list(opts.cap_drop), seccomp=seccomp,
                        no_new_privs=nnp, privileged=opts.privileged, init=opts.init, id=cid,
+                       freezer=True,
                        cache_dir=seccomp_cache(store.root), platform=of_config(image.config))
     host_options(spec, opts)
     _check_security(spec)
@@ -240,8 +243,9 @@ def _prepare(store: Store, opts: RunOptions) -> Prepared:
                                 volatile=opts.rm)
         spec.state_dir = cdir / "sandbox"
         spec.mounts = _mounts(opts, cfg, lowers, Volumes(store.root), state)
-        containers.save(state)
         spec.validate()
+        specfile.save(cdir, spec, list(opts.ulimits))
+        containers.save(state)
     except BaseException:
         discard(containers, state)
         raise
@@ -256,6 +260,8 @@ def _supervision(state: ContainerState, cfg, opts: RunOptions) -> None:
         state.restart_policy = opts.restart.inspect()
     state.healthcheck = merged_config(cfg.Healthcheck, opts.health)
     state.health_shell = list(cfg.Shell) if cfg.Shell else None
+
+
 def host_options(spec: SandboxSpec, opts: RunOptions) -> None:
     """--add-host, --dns*, --device, --ipc/--pid/--uts, --sysctl, --shm-size, --group-add."""
     spec.extra_hosts = list(opts.add_hosts)
@@ -284,6 +290,21 @@ def host_config(opts: RunOptions) -> dict:
         "Sysctls": dict(opts.sysctls), "ShmSize": opts.shm_size or 64 << 20,
         "GroupAdd": list(opts.group_add),
     }
+
+
+def load_prepared(containers: Containers, state: ContainerState) -> Prepared:
+    """A created (or exited) container, ready to start again as it was prepared."""
+    cdir = containers.path(state.id)
+    spec, ulimits = specfile.load(cdir)
+    if not all(Path(d).is_dir() for d in spec.root.lowers):
+        # a prune removed the unpacked layers since: unpack them again
+        try:
+            store = Store.open(containers.root)
+            spec.root.lowers = store.snapshot_chain(store.resolve(state.image))
+        except PybuildError as e:
+            raise RunError(f"container {state.id[:12]}: its image's layers are gone ({e})") from None
+    spec.validate()
+    return Prepared(state, cdir, spec, containers, ulimits)
 
 
 def tty_env(env: dict[str, str], tty: bool) -> dict[str, str]:

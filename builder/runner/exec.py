@@ -60,6 +60,10 @@ def start_process(containers: Containers, st: ContainerState, argv: list[str], *
         raise RunError(f"container {st.id[:12]} is restarting, wait until the container is running")
     if not is_running(st):
         raise RunError(f"container {st.id[:12]} is not running")
+    from .pause import is_paused
+
+    if is_paused(st):   # its new process would join the frozen cgroup and hang there
+        raise RunError(f"container {st.id[:12]} is paused, unpause the container before exec")
     if workdir is not None and not workdir.startswith("/"):
         raise RunError(f"the working directory {workdir!r} is invalid: it must be an absolute path")
     # the pidfd first, then the check that the PID is still the container's PID 1:

@@ -71,7 +71,9 @@ def launch(p: Prepared) -> Container:
         finish(p.containers, st, None, error=str(e) or type(e).__name__, code=125)
         raise
     with p.containers.locked(st.id):
+        _renamed(p.containers, st)
         st.status = "running"
+        st.exit_code, st.error, st.oom_killed = None, "", False
         st.pid, st.pid_start = c.pid, proc_start_time(c.pid)
         st.owner_pid, st.owner_start = os.getpid(), proc_start_time(os.getpid())
         st.started_at = p.containers.now()
@@ -86,11 +88,13 @@ def finish(containers: Containers, st: ContainerState, result: Result | None,
     container is no longer ours afterwards (see Containers.owned)."""
     try:
         if st.auto_remove:
+            _renamed(containers, st)
             discard(containers, st)
             return
         if not containers.path(st.id).is_dir():
             return  # removed meanwhile (rm -f)
         with containers.locked(st.id):
+            _renamed(containers, st)
             st.status = "exited"
             st.exit_code = result.exit_code if result is not None else code
             st.oom_killed = bool(result and result.oom_killed)
@@ -100,6 +104,13 @@ def finish(containers: Containers, st: ContainerState, result: Result | None,
             containers.save(st)
     finally:
         containers.disown(st.id)
+
+
+def _renamed(containers: Containers, st: ContainerState) -> None:
+    """Take a `rename` done while we held the record in memory (we write it whole)."""
+    cur = containers.try_load(st.id)
+    if cur is not None:
+        st.name = cur.name
 
 
 def is_running(st: ContainerState) -> bool:
@@ -143,10 +154,13 @@ def stop(containers: Containers, ref: str, timeout: int | None = None,
          sig: int | None = None) -> ContainerState:
     """The stop signal, then SIGKILL after the timeout (docker's default 10 s). No restart
     policy starts the container again afterwards."""
+    from .pause import thaw
+
     st = containers.find(ref)
     if not is_active(st):
         return st
     st = _no_more_restarts(containers, st)
+    thaw(st)     # as docker: a paused container is unfrozen, then gets the signal
     _signal(st, sig or st.stop_signal)
     wait_s = st.stop_timeout if timeout is None else timeout
     if not _wait_gone(containers, st, None if wait_s < 0 else wait_s):  # -1: wait for ever
@@ -182,6 +196,9 @@ def remove(containers: Containers, ref: str, force: bool = False,
             raise RunError(f"cannot remove {'running' if is_running(st) else 'restarting'} "
                            f"container {st.id[:12]}: stop it first or use -f")
         st = _no_more_restarts(containers, st)
+        from .pause import thaw
+
+        thaw(st)     # v1's freezer holds even SIGKILLed tasks until thawed
         _signal(st, signal.SIGKILL)
         _wait_gone(containers, st, 30)
         if st.auto_remove:

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import selectors
 import sys
 import time
 from collections import deque
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -231,13 +233,53 @@ def follow_log(cdir: Path, running: Callable[[], bool], offset: int = 0) -> Iter
 
 def render(entry: Entry, timestamps: bool) -> None:
     out = sys.stdout.buffer if entry.stream == "stdout" else sys.stderr.buffer
-    if timestamps:
-        out.write(entry.time.encode() + b" ")
+    if timestamps:   # docker prints RFC 3339 with nanoseconds; we record microseconds
+        stamp = entry.time
+        if len(stamp) == 27 and stamp[19] == "." and stamp.endswith("Z"):
+            stamp = stamp[:-1] + "000Z"
+        out.write(stamp.encode() + b" ")
     out.write(entry.data)
     out.flush()
 
 
-def show(containers, ref: str, follow: bool, tail: str, timestamps: bool) -> None:
+_DURATION = re.compile(r"(?:(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h))+")
+_UNIT = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1, "m": 60, "h": 3600}
+
+
+def parse_log_time(text: str, what: str, now: datetime | None = None) -> datetime:
+    """docker's --since/--until: RFC 3339 (date, date and time, with or without zone),
+    a Unix timestamp (seconds[.fraction]), or a Go duration (10m, 1h30m) before now."""
+    from layerstore.humanize import parse_time
+
+    from .errors import RunError
+
+    now = now or datetime.now(timezone.utc)
+    t = text.strip()
+    if _DURATION.fullmatch(t):
+        secs = sum(float(n) * _UNIT[u] for n, u in re.findall(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)", t))
+        return now - timedelta(seconds=secs)
+    if re.fullmatch(r"\d+(\.\d{1,9})?", t):
+        return datetime.fromtimestamp(float(t), timezone.utc)
+    dt = parse_time(t + "T00:00:00Z" if re.fullmatch(r"\d{4}-\d\d-\d\d", t) else t)
+    if dt is None:
+        raise RunError(f"invalid {what} {text!r}: expected an RFC 3339 time, a Unix timestamp "
+                       "or a duration such as 10m")
+    return dt
+
+
+def _within(entry: Entry, since: datetime | None, until: datetime | None) -> bool:
+    from layerstore.humanize import parse_time
+
+    if since is None and until is None:
+        return True
+    t = parse_time(entry.time)
+    if t is None:
+        return False
+    return (since is None or t >= since) and (until is None or t <= until)
+
+
+def show(containers, ref: str, follow: bool, tail: str, timestamps: bool,
+         since: str | None = None, until: str | None = None) -> None:
     """`pybuild logs`: the recorded output, then (with -f) new output until the end."""
     from .errors import RunError
     from .lifecycle import is_running
@@ -249,15 +291,23 @@ def show(containers, ref: str, follow: bool, tail: str, timestamps: bool) -> Non
         n = int(tail)
     else:
         raise RunError(f"invalid --tail {tail!r}: expected a number or all")
+    t_since = parse_log_time(since, "--since") if since else None
+    t_until = parse_log_time(until, "--until") if until else None
     cdir = containers.path(st.id)
-    entries, offset = read_entries(cdir, n)
+    entries, offset = read_entries(cdir, None if t_since or t_until else n)
+    entries = [e for e in entries if _within(e, t_since, t_until)]
+    if n is not None:
+        entries = entries[len(entries) - n:] if n else []
     for e in entries:
         render(e, timestamps)
-    if not follow:
+    if not follow or (t_until is not None and t_until <= datetime.now(timezone.utc)):
         return
 
     def running() -> bool:
         cur = containers.try_load(st.id)
         return cur is not None and is_running(cur)
     for e in follow_log(cdir, running, offset):
-        render(e, timestamps)
+        if t_until is not None and datetime.now(timezone.utc) > t_until:
+            return
+        if _within(e, t_since, t_until):
+            render(e, timestamps)

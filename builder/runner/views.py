@@ -16,8 +16,13 @@ def status_text(st: ContainerState) -> str:
     if st.status == "created":
         return "Created"
     if is_running(st):
+        from .pause import is_paused
+
+        up = f"Up {since(st.started_at).removesuffix(' ago')}"
+        if is_paused(st):
+            return up + " (Paused)"
         word = _HEALTH_WORDS.get(str((st.health or {}).get("Status")))
-        return f"Up {since(st.started_at).removesuffix(' ago')}" + (f" ({word})" if word else "")
+        return up + (f" ({word})" if word else "")
     if st.status == "restarting" and is_active(st):
         return f"Restarting ({st.exit_code if st.exit_code is not None else 0}) {since(st.finished_at)}"
     return f"Exited ({st.exit_code if st.exit_code is not None else 255}) {since(st.finished_at)}"
@@ -49,12 +54,16 @@ def port_map(ports: list[str]) -> dict[str, list[dict[str, str]]]:
 
 def inspect(st: ContainerState) -> dict:
     """docker inspect's container shape (the fields that mean something here)."""
+    from .pause import is_paused
+
     running = is_running(st)
     restarting = st.status == "restarting" and is_active(st)
+    paused = running and is_paused(st)
     state = {
-        "Status": "running" if running else "restarting" if restarting
+        "Status": ("paused" if paused else "running") if running
+        else "restarting" if restarting
         else st.status if st.status not in ("running", "restarting") else "exited",
-        "Running": running or restarting, "Restarting": restarting,
+        "Running": running or restarting, "Paused": paused, "Restarting": restarting,
     }
     health = _health(st)
     return {
@@ -66,7 +75,6 @@ def inspect(st: ContainerState) -> dict:
             **state,
             "Pid": st.pid if running else 0,
             "ExitCode": st.exit_code if st.exit_code is not None else 0,
-            "Paused": False,
             "OOMKilled": st.oom_killed,
             "Dead": False,
             "Error": st.error,
@@ -123,3 +131,26 @@ def _health(st: ContainerState) -> dict | None:
     streak = h.get("FailingStreak")
     return {"Status": str(h.get("Status") or "starting"),
             "FailingStreak": streak if isinstance(streak, int) else 0, "Log": log}
+def port_lines(st: ContainerState, private: str | None = None) -> list[str]:
+    """docker port: `80/tcp -> 0.0.0.0:8080` per published port, or with PRIVATE[/PROTO]
+    only the host addresses of that port."""
+    import re
+
+    from .errors import RunError
+
+    maps = []   # the record's "HOST_IP:HOST_PORT->PORT/PROTO" (PortMapping's str)
+    for text in st.ports:
+        m = re.fullmatch(r"(.*):(\d+)->(\d+)/(\w+)", text)
+        if m:
+            maps.append((m[1], int(m[2]), int(m[3]), m[4]))
+    if private is None:
+        return [f"{cport}/{proto} -> {ip}:{hport}" for ip, hport, cport, proto in maps]
+    port, _, proto = private.partition("/")
+    proto = proto or "tcp"
+    if not port.isdigit() or proto not in ("tcp", "udp", "sctp"):
+        raise RunError(f"invalid port {private!r}: expected PORT[/PROTO]")
+    found = [f"{ip}:{hport}" for ip, hport, cport, proto_ in maps
+             if cport == int(port) and proto_ == proto]
+    if not found:
+        raise RunError(f"no public port '{port}/{proto}' published for {st.name}")
+    return found

@@ -98,6 +98,12 @@ def hierarchies(devices_version: int | None = None) -> dict[str, Hierarchy]:
             out[c] = Hierarchy(2, v2_dir)
         elif c in v1 and c in own_v1:
             out[c] = Hierarchy(1, _join(v1[c], own_v1[c]))
+    # the freezer (pause): v2's cgroup.freeze is in every non-root cgroup without any
+    # controller, and lets SIGKILL through to frozen tasks; v1's freezer does not
+    if v2_dir:
+        out["freezer"] = Hierarchy(2, v2_dir)
+    elif "freezer" in v1 and "freezer" in own_v1:
+        out["freezer"] = Hierarchy(1, _join(v1["freezer"], own_v1["freezer"]))
     if devices_version != 2 and "devices" in v1 and "devices" in own_v1:
         out["devices"] = Hierarchy(1, _join(v1["devices"], own_v1["devices"]))
     elif devices_version != 1 and v2_dir:
@@ -109,15 +115,20 @@ def hierarchies(devices_version: int | None = None) -> dict[str, Hierarchy]:
 
 def of_container(pid: int, container_id: str) -> list[str]:
     """The cgroup directories of a running container, for `exec` (which may run beneath
-    another cgroup than the process that started it): read from its PID 1's
-    /proc/<pid>/cgroup, the kernel's own record, keeping each path only up to the
-    component named for the container (pybuild-<id>), so a sub-cgroup that a privileged
-    container made for itself is not where we go."""
+    another cgroup than the process that started it); see by_controller."""
+    return list(dict.fromkeys(by_controller(pid, container_id).values()))
+
+
+def by_controller(pid: int, container_id: str) -> dict[str, str]:
+    """{v1 controller or "unified": directory} of a running container: read from its
+    PID 1's /proc/<pid>/cgroup, the kernel's own record, keeping each path only up to
+    the component named for the container (pybuild-<id>), so a sub-cgroup that a
+    privileged container made for itself is not where we go."""
     v1, v2 = _mounts()
     name = PREFIX + container_id
     with open(f"/proc/{pid}/cgroup") as f:
         text = f.read(1 << 16)
-    out: list[str] = []
+    out: dict[str, str] = {}
     for line in text.splitlines():
         hid, _, rest = line.partition(":")
         ctrls, _, path = rest.partition(":")
@@ -126,12 +137,12 @@ def of_container(pid: int, container_id: str) -> list[str]:
             continue
         path = "/".join(parts[:parts.index(name) + 1])
         if hid == "0" and not ctrls:
-            out.append(_join(v2, path) if v2 else DETACHED + path)
+            out["unified"] = _join(v2, path) if v2 else DETACHED + path
             continue
-        mount = next((v1[c] for c in ctrls.split(",") if c in v1), None)
-        if mount is not None:
-            out.append(_join(mount, path))
-    return list(dict.fromkeys(out))
+        for c in ctrls.split(","):
+            if c in v1:
+                out[c] = _join(v1[c], path)
+    return out
 
 
 @contextmanager
@@ -178,12 +189,13 @@ class Cgroups:
     privileged: bool = False     # all devices allowed; else devices.DEFAULT_RULES
     userns: bool = False         # in a user namespace mknod is impossible: no device rules
     devices: tuple = ()          # devices.DeviceRule of each --device, beside the defaults
+    freezer: bool = False        # also a freezer cgroup (pause/unpause)
     dirs: dict[str, str] = field(default_factory=dict)      # controller -> directory
     created: list[str] = field(default_factory=list)
 
     def create(self) -> None:
         lim = self.limits
-        wanted = {"memory", "pids"}
+        wanted = {"memory", "pids"} | ({"freezer"} if self.freezer else set())
         if lim.cpus is not None or lim.cpu_weight is not None:
             wanted.add("cpu")
         hs = hierarchies(DEVICES_VERSION)
@@ -199,7 +211,7 @@ class Cgroups:
                 h = hs[c]
                 d = os.path.join(h.base, PREFIX + self.container_id)
                 try:
-                    if h.version == 2:
+                    if h.version == 2 and c != "freezer":
                         self._enable_v2(h.base, c)
                     if d not in self.created:
                         os.mkdir(d, 0o755)
@@ -368,6 +380,41 @@ class Cgroups:
                 os.kill(int(pid), 9)
             except ProcessLookupError:
                 pass
+        thaw(d)   # a paused container's tasks die only once thawed (v1 freezer)
+
+
+def thaw(d: str) -> None:
+    """Unfreeze cgroup `d` (v2 or v1 freezer); nothing when it has no freezer file."""
+    for name, value in (("cgroup.freeze", "0"), ("freezer.state", "THAWED")):
+        try:
+            _write(os.path.join(d, name), value)
+        except OSError:
+            pass
+
+
+def freeze(d: str, on: bool, timeout: float = 5.0) -> None:
+    """Freeze (pause) or thaw every task of cgroup `d` and wait until the kernel says so."""
+    with _real(d) as real:
+        v2 = os.path.exists(os.path.join(real, "cgroup.freeze"))
+        if v2:
+            _write(os.path.join(real, "cgroup.freeze"), "1" if on else "0")
+        else:
+            _write(os.path.join(real, "freezer.state"), "FROZEN" if on else "THAWED")
+        deadline = time.monotonic() + timeout
+        while frozen(real) != on:
+            if time.monotonic() > deadline:
+                raise SandboxError(f"cgroup {d}: the freezer did not "
+                                   f"{'freeze' if on else 'thaw'} within {timeout:g}s")
+            time.sleep(0.005)
+
+
+def frozen(d: str) -> bool:
+    """Whether the kernel reports cgroup `d` frozen (v2 cgroup.events, v1 freezer.state)."""
+    with _real(d) as real:
+        events = _read(os.path.join(real, "cgroup.events"))
+        if events:
+            return "frozen 1" in events.splitlines()
+        return _read(os.path.join(real, "freezer.state")).strip() == "FROZEN"
 
 
 def remove_left(container_id: str) -> None:

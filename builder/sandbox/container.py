@@ -367,7 +367,7 @@ def start(spec: SandboxSpec) -> Container:
     (state / "rootfs").mkdir(exist_ok=True)
     _etc_files(spec, state, hostname)
     cg = Cgroups(spec.id, spec.limits, spec.privileged, spec.userns is not None,
-                 devices=_device_rules(spec))
+                 devices=_device_rules(spec), freezer=spec.freezer)
     net = None
     if spec.network.mode == "private":
         from .network import PrivateNetwork

@@ -153,6 +153,7 @@ class SandboxSpec:
     # /sys writable, the host's devices in /dev
     privileged: bool = False
     init: bool = False               # run a tiny reaping init as PID 1
+    freezer: bool = False            # in a freezer cgroup too, so it can be paused
     userns: UserNamespace | None = None
     stdio: str = "inherit"           # inherit | pipe | pty
     pty_size: tuple[int, int] | None = None   # (rows, cols) of a pty before the command starts
