@@ -46,6 +46,8 @@ class BuildOptions:
     cache_to: list = field(default_factory=list)      # [remotecache.spec.CacheSpec]
     cache_from: list = field(default_factory=list)    # [remotecache.spec.CacheSpec]
     registry_options: object = None
+    ulimits: list = field(default_factory=list)       # [runner.options.Ulimit]: RUN steps'
+    no_cache_filter: list[str] = field(default_factory=list)   # stages never taken from cache
 
 
 ENTITLEMENTS = ("network.host",)
@@ -92,6 +94,43 @@ def check_security(mode: str | None, what: str) -> None:
     if mode == "insecure":
         raise EntitlementError(f"security.insecure is not allowed: {what} asks to run "
                                "outside the sandbox, and pybuild runs every RUN step sandboxed")
+
+
+def parse_ulimits(items: Iterable[str]) -> list:
+    """`--ulimit NAME=SOFT[:HARD]`, as `run --ulimit` reads it (one parser); a name given
+    twice: the last wins, as docker's."""
+    from builder.runner.options import parse_ulimit
+
+    out = {}
+    for item in items:
+        u = parse_ulimit(item)
+        out[u.name] = u
+    return list(out.values())
+
+
+def rlimit_values(ulimits: Iterable) -> list[tuple[int, int, int]]:
+    """Ulimits as the sandbox spec's (RLIMIT_*, soft, hard); -1 is unlimited."""
+    import resource
+
+    from builder.runner.options import ULIMITS
+
+    def value(n: int) -> int:
+        return resource.RLIM_INFINITY if n == -1 else n
+    return [(getattr(resource, ULIMITS[u.name]), value(u.soft), value(u.hard)) for u in ulimits]
+
+
+def parse_no_cache_filter(items: Iterable[str]) -> list[str]:
+    """`--no-cache-filter a,b` (repeatable): stage names or indexes, lowercased as stage
+    names are; checked against the Dockerfile's stages by the solver."""
+    out: list[str] = []
+    for item in items:
+        for word in item.split(","):
+            word = word.strip().lower()
+            if not word:
+                raise PybuildError(f"--no-cache-filter {item!r}: empty stage name")
+            if word not in out:
+                out.append(word)
+    return out
 
 
 def parse_build_args(items: Iterable[str]) -> dict[str, str]:

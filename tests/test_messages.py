@@ -188,8 +188,6 @@ def test_known_capability_spellings_pass_validation():
 # --- docker habits instead of click's guesses --------------------------------------------
 
 @pytest.mark.parametrize("args,usage,error", [
-    (("build", "--check", "."), "pybuild build",
-     "Error: No such option '--check'. (docker's 'build --check' is 'pybuild check')"),
     (("system", "prune"), "pybuild system",
      "Error: No such command 'prune'. (docker's 'system prune' is 'pybuild prune')"),
     (("system", "prune", "-af"), "pybuild system",

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from builder.buildopts import check_network, check_security
+from builder.buildopts import check_network, check_security, rlimit_values
 from builder.cache import step_key
 from builder.context import Context
 from builder.dockerfile import instructions as ins
@@ -64,6 +64,7 @@ class RunJob:
     state_dir: Path | None = None
     input: bytes | None = None
     shared_net: BuildNetwork | None = None   # the build's held bridge, for network default
+    rlimits: list = field(default_factory=list)   # (RLIMIT_*, soft, hard): build --ulimit
 
 
 class BuildNetwork:
@@ -117,7 +118,8 @@ def execute(job: RunJob, on_output: Callable[[bytes], None],
                                         work=plan.work, volatile=plan.volatile),
                        argv=job.argv, env=job.env, cwd=job.cwd or "/", user=job.user or "0",
                        mounts=list(job.binds), network=_network(job.network, job.shared_net),
-                       stdio="pipe", input=job.input or b"", state_dir=job.state_dir)
+                       stdio="pipe", input=job.input or b"", state_dir=job.state_dir,
+                       rlimits=list(job.rlimits))
     # named after the step's work dir (containers/build-<hex>): its cgroups show as
     # pybuild-build-<hex>, and when a SIGKILL takes the build and its monitor alike, the
     # next build that reclaims the dead work dir removes them by that name
@@ -269,7 +271,11 @@ class RunOp(Op):
         # keyed by what the step ran on: a result made on the host's network (before the
         # default became a private namespace) is not reused as a sandboxed one
         net_key = "private" if network == "default" else network
-        key = step_key(ctx.state.key, json.dumps([argv, mounts_key, net_key, pipes]), used_args,
+        # --ulimit is part of what the step ran under (BuildKit keys it too); absent, the
+        # key stays what it was before the option existed
+        limits = [[u.name, u.soft, u.hard] for u in b.opts.ulimits]
+        key = step_key(ctx.state.key, json.dumps([argv, mounts_key, net_key, pipes]
+                                                 + ([limits] if limits else [])), used_args,
                        inputs)
         self.cache_ids = mountstep.cache_ids(i.mounts, cfg.WorkingDir or "/")
         self.platform = str(ctx.state.config.platform)
@@ -310,7 +316,8 @@ class RunOp(Op):
                 b.progress.output(n, line)
             job = RunJob(ws.plan, self.argv, self.env,
                          cfg.WorkingDir or "/", cfg.User or "0", self.network, binds, locks,
-                         state_dir=ws.dir / "state", shared_net=b.network)
+                         state_dir=ws.dir / "state", shared_net=b.network,
+                         rlimits=rlimit_values(b.opts.ulimits))
             if b.failed.is_set():
                 raise DependencyFailed("build cancelled")
             code = execute(job, out, b.running)
