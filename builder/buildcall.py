@@ -154,7 +154,8 @@ def _outline(df, graph, build_args: dict[str, str]) -> dict:
     def add(decl, line: int) -> None:
         if decl.name in args or decl.name in PLATFORM_ARGS or decl.name in PROXY_ARGS:
             return
-        value = build_args.get(decl.name, decl.default if decl.default is not None else "")
+        value = build_args.get(decl.name, decl.default if decl.default is not None
+                               else graph.meta_args.get(decl.name) or "")
         a = {"name": decl.name, "value": value,
              "description": description(df, line, decl.name)}
         args[decl.name] = {k: v for k, v in a.items() if v != "" or k == "name"}
