@@ -12,6 +12,7 @@ apk in Go's final stage) are marked in those Dockerfiles; every other line is do
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import subprocess
@@ -68,12 +69,49 @@ TAGS = {"slim": "debian:bookworm-slim", "python": "python:3.11-slim", "node": "n
         "golang": "golang:1.19"}
 
 
+def _cache_dir() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "pybuild"
+
+
+def _bases_key(certs: list[Path]) -> str:
+    """What the bases are made of: their Dockerfile, the CA files, the debootstrap tarball."""
+    h = hashlib.sha256(BASES.encode())
+    for crt in certs:
+        h.update(crt.name.encode() + b"\0" + crt.read_bytes())
+    tarball = _cache_dir() / "debian-bookworm-minbase.tar"
+    if tarball.exists():
+        st = tarball.stat()
+        h.update(f"{st.st_size}:{st.st_mtime_ns}".encode())
+    return h.hexdigest()[:16]
+
+
 @pytest.fixture(scope="session")
 def init_store(tmp_path_factory) -> CLI:
-    """A store holding the four bases, built once per session."""
+    """A store holding the four bases. Building them takes minutes (apt-get), so, as
+    make-base.sh keeps debootstrap's tarball, their archive is kept in ~/.cache/pybuild
+    and loaded next time (rebuilt when what they are made of changed or it is unreadable)."""
     require_tool("debootstrap")
     base = tmp_path_factory.mktemp("docker-init")
     cli = CLI(base / "store")
+    extra = Path("/usr/local/share/ca-certificates")
+    certs = sorted(extra.glob("*.crt")) if extra.is_dir() else []
+    archive = _cache_dir() / f"docker-init-bases-{_bases_key(certs)}.tar"
+    if archive.exists():
+        if cli("load", "-i", archive, check=False).returncode == 0:
+            return cli
+        archive.unlink()
+        shutil.rmtree(cli.root, ignore_errors=True)
+    _build_bases(cli, base, certs)
+    archive.parent.mkdir(parents=True, exist_ok=True)
+    for old in archive.parent.glob("docker-init-bases-*.tar"):
+        old.unlink()
+    tmp = archive.with_suffix(".tmp")
+    cli("save", "-o", tmp, *TAGS.values())
+    tmp.rename(archive)
+    return cli
+
+
+def _build_bases(cli: CLI, base: Path, certs: list[Path]) -> None:
     subprocess.run(["sh", str(SAMPLES / "debian-python" / "make-base.sh")], check=True,
                    env={"PYBUILD_ROOT": str(cli.root), "PATH": os.environ["PATH"],
                         "HOME": str(Path.home()), "TMPDIR": str(base)},
@@ -81,8 +119,7 @@ def init_store(tmp_path_factory) -> CLI:
     ctx = base / "bases"
     (ctx / "certs").mkdir(parents=True)
     (ctx / "Dockerfile").write_text(BASES)
-    extra = Path("/usr/local/share/ca-certificates")
-    for crt in sorted(extra.glob("*.crt")) if extra.is_dir() else []:
+    for crt in certs:
         shutil.copy(crt, ctx / "certs" / crt.name)
     # the first build makes the shared package lists; the other three reuse them, together
     cli("build", "--progress", "quiet", "--target", "slim", "-t", TAGS["slim"], ctx, timeout=900)
@@ -95,7 +132,6 @@ def init_store(tmp_path_factory) -> CLI:
     for t, p in procs.items():
         out, _ = p.communicate(timeout=900)
         assert p.returncode == 0, f"base {TAGS[t]}:\n{out[-3000:]}"
-    return cli
 
 
 @pytest.mark.parametrize("lang,expected", [
