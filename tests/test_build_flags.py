@@ -268,3 +268,16 @@ def test_buildkit_progress_env_sets_the_default(bb, tmp_path):
     assert p.stderr == ""
     bad = bb("build", ctx, env={"BUILDKIT_PROGRESS": "fancy"}, check=False)
     assert bad.returncode == 2 and "'fancy' is not one of" in bad.stderr
+
+
+def test_ulimit_the_kernel_refuses_fails_the_step_in_one_line(bb, tmp_path):
+    """Above fs.nr_open no process may hold the limit (root neither): the step fails with
+    the limit named, nothing is tagged and the next build runs normally."""
+    ctx = _ctx(tmp_path, "FROM busybox\nRUN echo should-not-run\n")
+    p = bb("build", "--ulimit", "nofile=2000000", "-t", "huge", ctx, check=False)
+    assert p.returncode != 0 and "Traceback" not in p.stderr
+    assert "cannot set --ulimit nofile=2000000:2000000" in p.stderr.splitlines()[-1]
+    assert "should-not-run\n" not in p.stderr.replace("RUN echo should-not-run", "")
+    assert not any("huge" in n for n in _stored(bb.root))
+    containers = bb.root / "containers"
+    assert not containers.exists() or not list(containers.glob("build-*"))

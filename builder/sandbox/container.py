@@ -617,8 +617,11 @@ def _container_main(spec: SandboxSpec, p: _Pipes, stdio: list[int], capset: froz
             try:
                 resource.setrlimit(res, (soft, hard))
             except (ValueError, OSError) as e:
-                raise SandboxError(f"cannot set resource limit {res} to {soft}:{hard}: {e}") \
-                    from None
+                name = next((n[7:].lower() for n in dir(resource)
+                             if n.startswith("RLIMIT_") and getattr(resource, n) == res), res)
+                shown = ":".join("unlimited" if v == resource.RLIM_INFINITY else str(v)
+                                 for v in (soft, hard))
+                raise SandboxError(f"cannot set --ulimit {name}={shown}: {e}") from None
         if stdio:
             for i, fd in enumerate(stdio):
                 os.dup2(fd, i, inheritable=True)
