@@ -256,6 +256,17 @@ def lint_rules(df) -> list[Finding]:
     return found
 
 
+def skipped_rules(df) -> set[str]:
+    """`# check=skip=RULE[,RULE]|all[;error=true]`: the rules the Dockerfile opts out of."""
+    d = df.directives.get("check")
+    skip: set[str] = set()
+    for part in (d.value if d else "").split(";"):
+        key, _, value = part.strip().partition("=")
+        if key.strip() == "skip":
+            skip.update(v.strip() for v in value.split(",") if v.strip())
+    return skip
+
+
 def _rule_url(rule: str) -> str:
     slug = {"FromAsCasing": "from-as-casing", "JSONArgsRecommended": "json-args-recommended",
             "MaintainerDeprecated": "maintainer-deprecated"}[rule]
@@ -267,7 +278,8 @@ def _check(call: Call, data: bytes, filename: str, build_args: dict[str, str],
     from builder.dockerfile import check
 
     result = check.check_dockerfile(data, build_args, target, platform, filename=filename)
-    findings = lint_rules(result.dockerfile)
+    skip = skipped_rules(result.dockerfile)
+    findings = [f for f in lint_rules(result.dockerfile) if "all" not in skip and f.rule not in skip]
     for w in result.warnings:
         m = re.match(re.escape(filename) + r":(\d+): (.*)\Z", w, re.S)
         findings.append(Finding(m.group(2), int(m.group(1))) if m else Finding(w))

@@ -281,3 +281,12 @@ def test_ulimit_the_kernel_refuses_fails_the_step_in_one_line(bb, tmp_path):
     assert not any("huge" in n for n in _stored(bb.root))
     containers = bb.root / "containers"
     assert not containers.exists() or not list(containers.glob("build-*"))
+
+
+def test_check_directive_skips_rules(pybuild, tmp_path):
+    ctx = _ctx(tmp_path, "# check=skip=JSONArgsRecommended\nFROM busybox as b\nCMD echo hi\n")
+    p = pybuild("build", "--check", ctx, check=False)
+    assert p.returncode == 1 and p.stdout.startswith("Check complete, 1 warning has been found!")
+    assert "WARNING: FromAsCasing" in p.stdout and "WARNING: JSONArgsRecommended" not in p.stdout
+    (ctx / "Dockerfile").write_text("# check=skip=all\nFROM busybox as b\nCMD echo hi\n")
+    assert pybuild("build", "--check", ctx).stdout == "Check complete, no warnings found.\n"
