@@ -108,17 +108,6 @@ def parse_ulimits(items: Iterable[str]) -> list:
     return list(out.values())
 
 
-def rlimit_values(ulimits: Iterable) -> list[tuple[int, int, int]]:
-    """Ulimits as the sandbox spec's (RLIMIT_*, soft, hard); -1 is unlimited."""
-    import resource
-
-    from builder.runner.options import ULIMITS
-
-    def value(n: int) -> int:
-        return resource.RLIM_INFINITY if n == -1 else n
-    return [(getattr(resource, ULIMITS[u.name]), value(u.soft), value(u.hard)) for u in ulimits]
-
-
 def parse_no_cache_filter(items: Iterable[str]) -> list[str]:
     """`--no-cache-filter a,b` (repeatable): stage names or indexes, lowercased as stage
     names are; checked against the Dockerfile's stages by the solver."""

@@ -26,10 +26,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from builder.buildopts import check_network, check_security, rlimit_values
+from builder.buildopts import check_network, check_security
 from builder.cache import step_key
 from builder.context import Context
 from builder.dockerfile import instructions as ins
+from builder.runner.options import rlimit_values
 from builder.steps import copy as copystep
 from builder.steps import meta
 from builder.steps import mounts as mountstep
