@@ -426,9 +426,10 @@ class Builder:
         self.cache.put(key, cfg, new.layers, None)
         return new
 
-    def cached(self, key: str, parent: State | None = None) -> State | None:
+    def cached(self, key: str, parent: State | None = None, use: bool = True) -> State | None:
+        """`use`: False for a stage --no-cache-filter names (its steps run again)."""
         self.keys_used.append(key)  # every step asks here first, hit or not
-        if self.opts.no_cache:
+        if self.opts.no_cache or not use:
             return None
         e = self.cache.get(key, self.store, None if parent is None else
                            (parent.layers, parent.config.diff_ids))
@@ -734,6 +735,8 @@ class _StageRunner:
         # what the stage's ops see: its state, args in scope and flags, and the build's
         # services (the Builder); never this runner
         self.step_ctx = StepContext(state, b, ctx, df.filename, df.escape, self._source_state)
+        skip = b.opts.no_cache_filter
+        self.use_cache = not (stage.name in skip or str(stage.index) in skip) if skip else True
 
     @property
     def state(self) -> State:
@@ -805,7 +808,7 @@ class _StageRunner:
         self.step_ctx.n = n
         try:
             key = op.cache_key(self.step_ctx)
-            hit = self.b.cached(key, self.state)
+            hit = self.b.cached(key, self.state, self.use_cache)
             if hit is not None:
                 self.state = hit
                 self.b.steps_cached += 1

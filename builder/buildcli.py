@@ -146,20 +146,43 @@ def check_epoch(value: int | None) -> int | None:
     return value
 
 
+def collect_build_args(build_arg_files, build_args) -> dict[str, str]:
+    """--build-arg-file lines, then --build-arg (which wins)."""
+    from builder.buildopts import parse_build_args
+
+    args: dict[str, str] = {}
+    for f in build_arg_files:
+        try:
+            lines = read_bounded(f, "--build-arg-file").splitlines()
+        except OSError as exc:
+            raise PybuildError(f"--build-arg-file {f}: {exc.strerror}") from None
+        args.update(parse_build_args(l for l in lines if l.strip() and not l.lstrip().startswith("#")))
+    args.update(parse_build_args(build_args))
+    return args
+
+
 def run_build(root: Path, open_store, context: str, dockerfile: str | None, *, tags, build_args,
               build_arg_files, target, no_cache, pull, network, platform, labels, annotations,
               secrets, build_contexts, compression, source_date_epoch, squash, iidfile,
               metadata_file, output, progress_mode, quiet, jobs, allow=(), push=False,
               registry_options=None, cache_to=(), cache_from=(), used=None, add_host=(),
-              shm_size=None) -> None:
+              shm_size=None, ulimit=(), no_cache_filter=(), call=None, check=False) -> None:
     """Build per the command line; a rebuild the memo can vouch for skips the solver.
     `registry_options`: a callable giving the registry client's Options (--tls-verify),
     asked only when the build pushes. `used` (a layerstore.budget.InUse) learns what the
     build used, for the --max-storage prune after it."""
+    from builder.buildcall import parse_call, run_call
     from builder.buildmemo import BuildMemo, MemoMiss, MemoRecord, may_answer, may_record
-    from builder.buildopts import BuildOptions, check_network, parse_allow, parse_build_args
+    from builder.buildopts import (BuildOptions, check_network, parse_allow, parse_build_args,
+                                   parse_no_cache_filter, parse_ulimits)
     from builder.progress import Progress
 
+    what = parse_call(call, check)
+    ulimits = parse_ulimits(ulimit)
+    skip_cache = parse_no_cache_filter(no_cache_filter)
+    if what is not None:    # BuildKit's subrequests: the Dockerfile read and planned, no build
+        args = collect_build_args(build_arg_files, build_args)
+        raise click.exceptions.Exit(run_call(what, context, dockerfile, args, target, platform))
     if jobs < 1:    # as docker refuses a bad number instead of quietly using another
         raise PybuildError(f"--jobs {jobs}: must be at least 1")
     source_date_epoch = check_epoch(source_date_epoch)
@@ -185,14 +208,7 @@ def run_build(root: Path, open_store, context: str, dockerfile: str | None, *, t
 
     # --cache-to/--cache-from: every value checked before any step runs
     exports, sources = parse_specs(cache_to, cache_from, compression)
-    args: dict[str, str] = {}
-    for f in build_arg_files:
-        try:
-            lines = read_bounded(f, "--build-arg-file").splitlines()
-        except OSError as exc:
-            raise PybuildError(f"--build-arg-file {f}: {exc.strerror}") from None
-        args.update(parse_build_args(l for l in lines if l.strip() and not l.lstrip().startswith("#")))
-    args.update(parse_build_args(build_args))
+    args = collect_build_args(build_arg_files, build_args)
     opts = BuildOptions(context=None if context == "-" else Path(context).absolute(),
                         tags=list(tags), build_args=args, target=target, no_cache=no_cache,
                         pull=pull, network=network, allow=granted, platform=platform,
@@ -200,7 +216,7 @@ def run_build(root: Path, open_store, context: str, dockerfile: str | None, *, t
                         annotations=kv_map(annotations, "--annotation", bare=None),
                         compression=compression, source_date_epoch=source_date_epoch,
                         squash=squash, jobs=jobs, cache_to=exports,
-                        cache_from=sources)
+                        cache_from=sources, ulimits=ulimits, no_cache_filter=skip_cache)
     _sandbox_options(opts, add_host, shm_size)
     if registry_options and any(s.type == "registry" for s in exports + sources):
         opts.registry_options = push_options or registry_options()

@@ -111,7 +111,8 @@ class Answer:
 def may_answer(opts: BuildOptions) -> bool:
     """--no-cache and --pull ask for work the memo would skip, and so does --cache-to:
     its export happens only when the solver runs."""
-    return not opts.no_cache and not opts.pull and not opts.cache_to
+    return not opts.no_cache and not opts.pull and not opts.cache_to \
+        and not opts.no_cache_filter
 
 
 def may_record(output_type: str) -> bool:
@@ -200,6 +201,8 @@ class BuildMemo:
             **({"sandbox": [opts.add_hosts, opts.shm_size]} if opts.add_hosts or opts.shm_size
                else {}),
         }
+        if opts.ulimits:     # absent: the key of a build from before --ulimit existed
+            doc["ulimits"] = [[u.name, u.soft, u.hard] for u in opts.ulimits]
         return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
 
     def _path(self, key: str) -> Path:

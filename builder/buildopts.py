@@ -49,6 +49,8 @@ class BuildOptions:
     # every RUN step's sandbox, as docker build's --add-host and --shm-size (in the keys)
     add_hosts: list[tuple[str, str]] = field(default_factory=list)
     shm_size: int | None = None
+    ulimits: list = field(default_factory=list)       # [runner.options.Ulimit]: RUN steps'
+    no_cache_filter: list[str] = field(default_factory=list)   # stages never taken from cache
 
 
 ENTITLEMENTS = ("network.host",)
@@ -95,6 +97,32 @@ def check_security(mode: str | None, what: str) -> None:
     if mode == "insecure":
         raise EntitlementError(f"security.insecure is not allowed: {what} asks to run "
                                "outside the sandbox, and pybuild runs every RUN step sandboxed")
+
+
+def parse_ulimits(items: Iterable[str]) -> list:
+    """`--ulimit NAME=SOFT[:HARD]`, as `run --ulimit` reads it (one parser); a name given
+    twice: the last wins, as docker's."""
+    from builder.runner.options import parse_ulimit
+
+    out = {}
+    for item in items:
+        u = parse_ulimit(item)
+        out[u.name] = u
+    return list(out.values())
+
+
+def parse_no_cache_filter(items: Iterable[str]) -> list[str]:
+    """`--no-cache-filter a,b` (repeatable): stage names or indexes, lowercased as stage
+    names are; checked against the Dockerfile's stages by the solver."""
+    out: list[str] = []
+    for item in items:
+        for word in item.split(","):
+            word = word.strip().lower()
+            if not word:
+                raise PybuildError(f"--no-cache-filter {item!r}: empty stage name")
+            if word not in out:
+                out.append(word)
+    return out
 
 
 def parse_build_args(items: Iterable[str]) -> dict[str, str]:

@@ -43,7 +43,6 @@ class Settings:
 # docker command lines whose pybuild spelling click's spelling guesses cannot find
 # ("Did you mean '--help'?" for `build --check`): the words typed -> what to type instead
 _DOCKER_HABITS = {
-    ("build", "--check"): "pybuild check",
     ("compose",): "pybuild run -d, one per service: pybuild has no compose",
 }
 
@@ -963,6 +962,14 @@ def bundle_cmd(settings: Settings, image: str, directory: Path, command: tuple[s
 @click.option("--build-arg-file", "build_arg_files", multiple=True, help="File of K=V lines.")
 @click.option("--target", default=None, help="Build up to this stage.")
 @click.option("--no-cache", is_flag=True, help="Do not use the build cache.")
+@click.option("--no-cache-filter", "no_cache_filter", multiple=True, metavar="STAGE[,STAGE]",
+              help="Do not take these stages' steps from the cache.")
+@click.option("--ulimit", "ulimit", multiple=True, metavar="NAME=SOFT[:HARD]",
+              help="Resource limit of RUN steps, e.g. nofile=1024:2048.")
+@click.option("--call", "call", default=None, metavar="check|outline|targets[,format=json]",
+              help="Do not build: check the Dockerfile, outline its build args and secrets, "
+                   "or list its targets (--call build builds).")
+@click.option("--check", "check", is_flag=True, help="Shorthand for --call check.")
 @click.option("--pull", is_flag=True, help="Pull base images even if present.")
 @click.option("--network", default="default", type=click.Choice(["default", "none", "host"]),
               help="RUN steps' network: default (a private namespace, NAT to the outside), "
@@ -995,8 +1002,9 @@ def bundle_cmd(settings: Settings, image: str, directory: Path, command: tuple[s
 @click.option("--cache-from", "cache_from", multiple=True, metavar="SPEC",
               help="Import a build cache: type=registry,ref=REF, type=local,src=DIR, or an "
                    "image REF built with --cache-to type=inline (repeatable).")
-@click.option("--progress", "progress_mode", default="auto",
-              type=click.Choice(["auto", "tty", "plain", "rawjson", "quiet"]))
+@click.option("--progress", "progress_mode", default="auto", envvar="BUILDKIT_PROGRESS",
+              type=click.Choice(["auto", "tty", "plain", "rawjson", "quiet"]),
+              help="Progress output (env BUILDKIT_PROGRESS).")
 @click.option("-q", "--quiet", is_flag=True, help="Print only the image ID.")
 @click.option("--jobs", default=4, show_default=True, help="Stages built at the same time.")
 @click.option("--add-host", "add_host", multiple=True, metavar="NAME:IP",

@@ -188,8 +188,6 @@ def test_known_capability_spellings_pass_validation():
 # --- docker habits instead of click's guesses --------------------------------------------
 
 @pytest.mark.parametrize("args,usage,error", [
-    (("build", "--check", "."), "pybuild build",
-     "Error: No such option '--check'. (docker's 'build --check' is 'pybuild check')"),
     (("compose", "up"), "pybuild",
      "Error: No such command 'compose'. (docker's 'compose' is 'pybuild run -d, one per "
      "service: pybuild has no compose')"),

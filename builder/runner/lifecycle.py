@@ -9,12 +9,9 @@ Other commands only send signals to the container's PID 1 and read records.
 from __future__ import annotations
 
 import os
-import resource
 import signal
 import sys
 import time
-from contextlib import contextmanager
-from typing import Iterator
 
 from builder.sandbox import Container, Result, SandboxError, start
 from layerstore.errors import PybuildError
@@ -22,34 +19,7 @@ from layerstore.errors import PybuildError
 from .containers import Containers, ContainerState, alive, proc_start_time
 from .create import Prepared, discard
 from .errors import RunError
-from .options import ULIMITS, Ulimit
-
-
-@contextmanager
-def rlimits(ulimits: list[Ulimit]) -> Iterator[None]:
-    """Set --ulimit values on ourselves while the container is forked, then restore them.
-
-    The sandbox spec has no rlimits yet; limits are inherited across fork and exec.
-    Only the container's owner calls this, and it does nothing but wait afterwards,
-    so a hard limit that cannot be raised again (no CAP_SYS_RESOURCE) does no harm."""
-    saved = []
-    try:
-        for u in ulimits:
-            res = getattr(resource, ULIMITS[u.name])
-            saved.append((res, resource.getrlimit(res)))
-            soft = resource.RLIM_INFINITY if u.soft == -1 else u.soft
-            hard = resource.RLIM_INFINITY if u.hard == -1 else u.hard
-            try:
-                resource.setrlimit(res, (soft, hard))
-            except (ValueError, OSError) as e:
-                raise RunError(f"invalid --ulimit {u.name}={u.soft}:{u.hard}: {e}") from None
-        yield
-    finally:
-        for res, old in reversed(saved):
-            try:
-                resource.setrlimit(res, old)
-            except (ValueError, OSError):
-                pass  # raising a hard limit again needs CAP_SYS_RESOURCE; we only wait now
+from .options import rlimit_values
 
 
 def launch(p: Prepared) -> Container:
@@ -59,8 +29,8 @@ def launch(p: Prepared) -> Container:
     (125/126/127) -- or removed with --rm -- and the error is raised."""
     st = p.state
     try:
-        with rlimits(p.ulimits):
-            c = start(p.spec)
+        p.spec.rlimits = rlimit_values(p.ulimits)    # set in the container, before exec
+        c = start(p.spec)
     except SandboxError as e:
         finish(p.containers, st, None, error=str(e), code=e.exit_code)
         raise

@@ -57,6 +57,15 @@ class Ulimit:
     hard: int
 
 
+def rlimit_values(ulimits) -> list[tuple[int, int, int]]:
+    """Ulimits as the sandbox spec's rlimits: (RLIMIT_*, soft, hard), -1 unlimited."""
+    import resource
+
+    def value(n: int) -> int:
+        return resource.RLIM_INFINITY if n == -1 else n
+    return [(getattr(resource, ULIMITS[u.name]), value(u.soft), value(u.hard)) for u in ulimits]
+
+
 @dataclass
 class RunOptions:
     """Everything `pybuild run` was told, as parsed values."""

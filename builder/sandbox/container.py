@@ -22,6 +22,7 @@ from __future__ import annotations
 import fcntl
 import gc
 import os
+import resource
 import selectors
 import signal
 import socket
@@ -671,6 +672,15 @@ def _container_main(spec: SandboxSpec, p: _Pipes, stdio: list[int], capset: froz
             os.makedirs(spec.cwd, 0o755, exist_ok=True)  # kept, as docker keeps WORKDIR
         os.chdir(spec.cwd)
         path = rootfs.find_executable(spec.argv[0], env["PATH"])
+        for res, soft, hard in spec.rlimits:
+            try:
+                resource.setrlimit(res, (soft, hard))
+            except (ValueError, OSError) as e:
+                name = next((n[7:].lower() for n in dir(resource)
+                             if n.startswith("RLIMIT_") and getattr(resource, n) == res), res)
+                shown = ":".join("unlimited" if v == resource.RLIM_INFINITY else str(v)
+                                 for v in (soft, hard))
+                raise SandboxError(f"cannot set --ulimit {name}={shown}: {e}") from None
         if stdio:
             for i, fd in enumerate(stdio):
                 os.dup2(fd, i, inheritable=True)

@@ -154,6 +154,10 @@ class SandboxSpec:
     privileged: bool = False
     init: bool = False               # run a tiny reaping init as PID 1
     freezer: bool = False            # in a freezer cgroup too, so it can be paused
+    # (RLIMIT_* number, soft, hard) set in the container just before exec (RLIM_INFINITY
+    # for unlimited): per container, never on the builder process, whose other threads
+    # start other steps' containers meanwhile
+    rlimits: list[tuple[int, int, int]] = field(default_factory=list)
     userns: UserNamespace | None = None
     stdio: str = "inherit"           # inherit | pipe | pty
     pty_size: tuple[int, int] | None = None   # (rows, cols) of a pty before the command starts

@@ -30,6 +30,7 @@ from builder.buildopts import check_network, check_security
 from builder.cache import step_key
 from builder.context import Context
 from builder.dockerfile import instructions as ins
+from builder.runner.options import rlimit_values
 from builder.steps import copy as copystep
 from builder.steps import meta
 from builder.steps import mounts as mountstep
@@ -67,6 +68,7 @@ class RunJob:
     platform: str | None = None          # the image's platform (foreign: run under qemu-user)
     extra_hosts: list[tuple[str, str]] = field(default_factory=list)   # build --add-host
     shm_size: int | None = None                                         # build --shm-size
+    rlimits: list = field(default_factory=list)   # (RLIMIT_*, soft, hard): build --ulimit
 
 
 class BuildNetwork:
@@ -122,7 +124,7 @@ def execute(job: RunJob, on_output: Callable[[bytes], None],
                        mounts=list(job.binds), network=_network(job.network, job.shared_net),
                        stdio="pipe", input=job.input or b"", state_dir=job.state_dir,
                        platform=job.platform, extra_hosts=list(job.extra_hosts),
-                       shm_size=job.shm_size)
+                       shm_size=job.shm_size, rlimits=list(job.rlimits))
     # named after the step's work dir (containers/build-<hex>): its cgroups show as
     # pybuild-build-<hex>, and when a SIGKILL takes the build and its monitor alike, the
     # next build that reclaims the dead work dir removes them by that name
@@ -275,12 +277,15 @@ class RunOp(Op):
         # default became a private namespace) is not reused as a sandboxed one
         net_key = "private" if network == "default" else network
         # build --add-host/--shm-size are the step's as BuildKit's (its ExecOp carries the
-        # extra hosts and a /dev/shm tmpfs mount): keyed, but only when given, so the keys
-        # of every other build stay what they were
+        # extra hosts and a /dev/shm tmpfs mount), and --ulimit is part of what the step ran
+        # under (BuildKit keys it too): keyed, but only when given, so the keys of every
+        # other build stay what they were
         sandbox = {k: v for k, v in (("hosts", [list(h) for h in b.opts.add_hosts]),
                                      ("shm", b.opts.shm_size)) if v}
+        limits = [[u.name, u.soft, u.hard] for u in b.opts.ulimits]
         key = step_key(ctx.state.key, json.dumps([argv, mounts_key, net_key, pipes]
-                                                 + ([sandbox] if sandbox else [])),
+                                                 + ([sandbox] if sandbox else [])
+                                                 + ([limits] if limits else [])),
                        used_args, inputs)
         self.cache_ids = mountstep.cache_ids(i.mounts, cfg.WorkingDir or "/")
         self.platform = str(ctx.state.config.platform)
@@ -325,7 +330,8 @@ class RunOp(Op):
                          cfg.WorkingDir or "/", cfg.User or "0", self.network, binds, locks,
                          state_dir=ws.dir / "state", shared_net=b.network,
                          platform=of_config(ctx.state.config),
-                         extra_hosts=list(b.opts.add_hosts), shm_size=b.opts.shm_size)
+                         extra_hosts=list(b.opts.add_hosts), shm_size=b.opts.shm_size,
+                         rlimits=rlimit_values(b.opts.ulimits))
             if b.failed.is_set():
                 raise DependencyFailed("build cancelled")
             code = execute(job, out, b.running)

@@ -1,0 +1,3 @@
+module example.com/docker-init-go
+
+go 1.19
