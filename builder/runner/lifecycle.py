@@ -14,7 +14,7 @@ import signal
 import sys
 import time
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Callable, Iterator
 
 from builder.sandbox import Container, Result, SandboxError, start
 from layerstore.errors import PybuildError
@@ -187,10 +187,12 @@ def wait(containers: Containers, ref: str) -> int:
     return cur.exit_code or 0 if cur is not None else 0
 
 
-def prune(containers: Containers) -> list[str]:
+def prune(containers: Containers,
+          select: Callable[[ContainerState], bool] | None = None) -> list[str]:
+    """Remove stopped containers (those `select` accepts, when given)."""
     gone = []
     for st in containers.all():
-        if not is_running(st):
+        if not is_running(st) and (select is None or select(st)):
             containers.remove_dir(st.id, st.name)
             gone.append(st.id)
     return gone
