@@ -341,7 +341,7 @@ def select_images(store, rows: list, items: Iterable[str], repository: str | Non
     filter, as docker's CLI makes it."""
     filters = parse(items, IMAGES)
     if repository:
-        filters.add("reference", repository)
+        filters.add("reference", _familiar(repository))
     labels: dict[str, dict] = {}
 
     def labels_of(image_id: str) -> dict:
@@ -349,6 +349,19 @@ def select_images(store, rows: list, items: Iterable[str], repository: str | Non
             labels[image_id] = store.resolve(image_id).config.config.Labels or {}
         return labels[image_id]
     return filter_images(store, rows, filters, labels_of)
+
+
+def _familiar(name: str) -> str:
+    """`docker.io/library/busybox:1` -> `busybox:1`: rows show familiar names. A pattern
+    (or what does not parse) is kept as typed."""
+    from layerstore import reference
+
+    if any(c in name for c in "*?[\\"):
+        return name
+    try:
+        return reference.parse(name, default_tag=False).familiar
+    except PybuildError:
+        return name
 
 
 def select_containers(open_store: Callable, rows: list, items: Iterable[str], show_all: bool,

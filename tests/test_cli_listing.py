@@ -83,6 +83,8 @@ def test_images_positional_and_reference_glob(pybuild, store):
     assert _repos(pybuild("images", "myapp").stdout) == [("myapp", "1.0")]
     assert _repos(pybuild("images", "myapp:1.0").stdout) == [("myapp", "1.0")]
     assert _repos(pybuild("images", "myapp:2").stdout) == []
+    assert _repos(pybuild("images", "docker.io/library/busybox").stdout) == \
+        [("busybox", "latest")]
     assert _repos(pybuild("images", "--filter", "reference=busy*").stdout) == \
         [("busybox", "latest")]
     assert sorted(_repos(pybuild("images", "-f", "reference=*:*").stdout)) == \
@@ -325,3 +327,24 @@ def test_container_and_volume_prune_filters(pybuild, store):
     out = pybuild("volume", "prune", "-f", "--filter", "all=true", "--filter", "label=tmp").stdout
     assert out.startswith("Deleted Volumes:\nscratch\n")
     assert pybuild("volume", "ls", "-q").stdout.split() == ["kept"]
+
+
+def test_content_measure_counts_file_bytes_once(tmp_path):
+    """ps -s's rw figure: file and symlink lengths, a hard-linked inode once, no
+    directories, no symlink followed."""
+    import os
+
+    from layerstore import resolver
+
+    top = tmp_path / "upper"
+    (top / "d" / "e").mkdir(parents=True)
+    (top / "d" / "f").write_bytes(b"x" * 12)
+    os.link(top / "d" / "f", top / "g")
+    (top / "d" / "e" / "big").write_bytes(b"y" * 5000)
+    os.symlink("/etc/passwd", top / "link")          # 11 bytes of target, not the file
+    fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        assert resolver.tree_usage_at(fd, "upper", measure=resolver.content) == 12 + 5000 + 11
+        assert resolver.tree_usage_at(fd, "upper") >= 3 * 4096     # allocated, as du
+    finally:
+        os.close(fd)
