@@ -173,7 +173,7 @@ def run_build(root: Path, open_store, context: str, dockerfile: str | None, *, t
     build used, for the --max-storage prune after it."""
     from builder.buildcall import parse_call, run_call
     from builder.buildmemo import BuildMemo, MemoMiss, MemoRecord, may_answer, may_record
-    from builder.buildopts import (BuildOptions, check_network, parse_allow, parse_build_args,
+    from builder.buildopts import (BuildOptions, check_network, parse_allow,
                                    parse_no_cache_filter, parse_ulimits)
     from builder.progress import Progress
 

@@ -248,19 +248,32 @@ def parse_until(text: str, now: float | None = None) -> float:
 
 
 def prune_store(store, *, all_unused: bool = False, until: float | None = None,
-                keep_bytes: int | None = None, cache_mounts: bool = False) -> PruneSummary:
+                keep_bytes: int | None = None, cache_mounts: bool = False,
+                filters=None) -> PruneSummary:
     """`pybuild prune`: first the build cache policy (entries older than `until`,
     or beyond `keep_bytes`; every entry with all_unused), then the store's gc,
-    which frees the blobs the forgotten entries alone kept."""
+    which frees the blobs the forgotten entries alone kept. `filters`
+    (builder.filters.Filters) with label / label! keys: only the dangling images
+    whose labels pass are dropped (docker's `image prune --filter label=`).
+    The report's `reclaimed` is the store's disk usage before less after
+    (layerstore.usage.Freed): snapshots, partial writes and cache included."""
     from layerstore.gc import prune
+    from layerstore.usage import Freed
 
     cache = BuildCache(store.root)
     summary = PruneSummary(store=None)
     if all_unused:
         until = time.time() + 1
-    if until is not None or keep_bytes is not None:
-        summary.cache_entries = cache.prune(until=until, keep_bytes=keep_bytes, store=store)
-    if cache_mounts:
-        summary.cache_mounts = cache.clear_mounts()
-    summary.store = prune(store, all_unused=all_unused)
+    untagged = None
+    if filters is not None and ("label" in filters or "label!" in filters):
+        from builder.filters import dangling_images
+
+        untagged = dangling_images(store, filters)
+    with Freed(store.root) as freed:
+        if until is not None or keep_bytes is not None:
+            summary.cache_entries = cache.prune(until=until, keep_bytes=keep_bytes, store=store)
+        if cache_mounts:
+            summary.cache_mounts = cache.clear_mounts()
+        summary.store = prune(store, all_unused=all_unused, untagged=untagged)
+    summary.store.reclaimed = freed.bytes
     return summary

@@ -164,17 +164,27 @@ def is_custom(fmt: str | None) -> bool:
 
 
 @main.command("images")
+@click.argument("repository", required=False)
 @click.option("-q", "--quiet", is_flag=True, help="Only image IDs.")
 @click.option("--no-trunc", is_flag=True, help="Full image IDs.")
+@click.option("-a", "--all", "show_all", is_flag=True,
+              help="Show all images (pybuild keeps no intermediate images: the same list).")
+@click.option("--digests", is_flag=True, help="Show digests.")
+@click.option("-f", "--filter", "filters", multiple=True, metavar="KEY=VALUE",
+              help="dangling=true|false, reference=PATTERN, label=KEY[=VALUE], before=IMAGE, "
+                   "since=IMAGE.")
 @click.option("--format", "fmt", default="table",
               help="table, json, or a Go template: 'table {{.Repository}}\\t{{.Tag}}', "
                    "'{{json .}}'.")
 @click.pass_obj
-def images_cmd(settings: Settings, quiet: bool, no_trunc: bool, fmt: str) -> None:
-    """List images in the store."""
+def images_cmd(settings: Settings, repository: str | None, quiet: bool, no_trunc: bool,
+               show_all: bool, digests: bool, filters: tuple[str, ...], fmt: str) -> None:
+    """List images in the store (REPOSITORY[:TAG] limits the list to it)."""
+    from builder.filters import select_images
     from layerstore.images import format_images, list_images
 
-    rows = list_images(settings.store())
+    store = settings.store()
+    rows = select_images(store, list_images(store), filters, repository)
     if is_custom(fmt) and not quiet:
         from builder.formatting import IMAGE_HEADERS, image_rows, render_rows
 
@@ -185,7 +195,7 @@ def images_cmd(settings: Settings, quiet: bool, no_trunc: bool, fmt: str) -> Non
             click.echo(json.dumps({"Repository": r.repository, "Tag": r.tag, "ID": r.image_id,
                                    "CreatedAt": r.created, "Size": r.size, "Digest": r.digest}))
         return
-    out = format_images(rows, no_trunc=no_trunc, quiet=quiet)
+    out = format_images(rows, no_trunc=no_trunc, quiet=quiet, digests=digests)
     if out:
         click.echo(out)
 
@@ -266,13 +276,16 @@ def tag_cmd(settings: Settings, source: str, target: str) -> None:
 @click.pass_obj
 def rmi_cmd(settings: Settings, names: tuple[str, ...], force: bool) -> None:
     """Remove image names (prune then frees the space)."""
+    from builder.filters import each
     from layerstore.images import rmi
     from layerstore.reference import parse
 
     store = settings.store()
-    for name in names:
+
+    def one(name: str) -> None:
         for removed in rmi(store, name, force=force):
             click.echo(f"Untagged: {parse(removed).familiar}")
+    each(names, one, _echo_err)
 
 
 @main.command("import")
@@ -354,29 +367,32 @@ def load_cmd(settings: Settings, source: Path | None, quiet: bool) -> None:
               help="Also drop the whole build cache and snapshots no container uses.")
 @click.option("--keep-storage", default=None, metavar="SIZE",
               help="Keep at most this much build cache (least recently used goes first).")
-@click.option("--filter", "filters", multiple=True, metavar="until=WHEN",
-              help="Drop build cache entries unused since WHEN (24h, timestamp, RFC 3339).")
+@click.option("--filter", "filters", multiple=True, metavar="KEY=VALUE",
+              help="until=WHEN: drop build cache entries unused since WHEN (24h, timestamp, "
+                   "RFC 3339); label=KEY[=VALUE] / label!=KEY[=VALUE]: only dangling images "
+                   "with (without) that label.")
 @click.option("--cache-mounts", is_flag=True, help="Also empty RUN --mount=type=cache dirs.")
 @click.option("-f", "--force", is_flag=True, help="Do not ask (there is no prompt anyway).")
 @click.pass_obj
 def prune_cmd(settings: Settings, all_unused: bool, keep_storage: str | None,
               filters: tuple[str, ...], cache_mounts: bool, force: bool) -> None:
     """Remove unreachable blobs, snapshots, dangling images and leftovers."""
+    from builder import filters as flt
     from builder.cache import parse_until, prune_store
     from layerstore.humanize import human_size, parse_size
 
+    parsed = flt.parse(filters, flt.PRUNE)
     until = None
-    for f in filters:
-        key, _, value = f.partition("=")
-        if key != "until" or not value:
-            raise PybuildError(f"invalid filter {f!r}: only until=WHEN is supported")
+    for value in parsed.get("until"):
+        if not value:
+            raise flt.InvalidFilter("until=")
         until = parse_until(value)
     try:
         keep = parse_size(keep_storage) if keep_storage is not None else None
     except ValueError as exc:
         raise PybuildError(f"--keep-storage: {exc}") from None
     s = prune_store(settings.store(), all_unused=all_unused, until=until, keep_bytes=keep,
-                    cache_mounts=cache_mounts)
+                    cache_mounts=cache_mounts, filters=parsed)
     r = s.store
     click.echo(f"Deleted: {r.untagged_images} untagged images, {r.blobs} blobs, "
                f"{r.snapshots} snapshots, {r.partial_files} partial writes, "
@@ -713,21 +729,35 @@ def run_cmd(settings: Settings, image: str, command: tuple[str, ...], **flags) -
 @click.option("-a", "--all", "show_all", is_flag=True, help="Show stopped containers too.")
 @click.option("-q", "--quiet", is_flag=True, help="Only IDs.")
 @click.option("--no-trunc", is_flag=True, help="Do not truncate.")
+@click.option("-f", "--filter", "filters", multiple=True, metavar="KEY=VALUE",
+              help="status=STATUS, name=NAME, id=ID, label=KEY[=VALUE], ancestor=IMAGE, "
+                   "exited=CODE.")
+@click.option("-n", "--last", type=int, default=-1, help="Show the N last created containers "
+                                                           "(all states).")
+@click.option("-l", "--latest", is_flag=True, help="Show the latest created container.")
+@click.option("-s", "--size", is_flag=True, help="Show the containers' sizes.")
 @click.option("--format", "fmt", default="table",
               help="table, json, or a Go template: 'table {{.ID}}\\t{{.Names}}\\t{{.Status}}'.")
 @click.pass_obj
-def ps_cmd(settings: Settings, show_all: bool, quiet: bool, no_trunc: bool, fmt: str) -> None:
+def ps_cmd(settings: Settings, show_all: bool, quiet: bool, no_trunc: bool,
+           filters: tuple[str, ...], last: int, latest: bool, size: bool, fmt: str) -> None:
     """List containers."""
-    from builder.runner.lifecycle import is_active
+    from builder.filters import select_containers
     from builder.runner.views import ps_table
 
-    rows = [c for c in _containers(settings).all() if show_all or is_active(c)]
+    rows = select_containers(settings.store, _containers(settings).all(), filters, show_all,
+                             1 if latest else last)
     if fmt.strip() not in ("", "table") and not quiet:
         from builder.formatting import PS_HEADERS, ps_rows, render_rows
 
         click.echo(render_rows(fmt, ps_rows(rows, no_trunc), PS_HEADERS), nl=False)
         return
-    out = ps_table(rows, quiet, no_trunc)
+    sizes = None
+    if size and not quiet:
+        from builder.filters import container_sizes
+
+        sizes = container_sizes(settings.store(), rows)
+    out = ps_table(rows, quiet, no_trunc, sizes=sizes)
     if out:
         click.echo(out)
 
@@ -772,11 +802,13 @@ def kill_cmd(settings: Settings, containers: tuple[str, ...], sig: str) -> None:
 @click.pass_obj
 def rm_cmd(settings: Settings, containers: tuple[str, ...], force: bool, volumes: bool) -> None:
     """Remove containers."""
+    from builder.filters import each
     from builder.runner.lifecycle import remove
 
-    for ref in containers:
+    def one(ref: str) -> None:
         remove(_containers(settings), ref, force, volumes)
         click.echo(ref)
+    each(containers, one, _echo_err)
 
 
 @main.command("logs")
@@ -841,14 +873,18 @@ def container_group() -> None:
 
 @container_group.command("prune")
 @click.option("-f", "--force", is_flag=True, help="Do not ask (there is no prompt anyway).")
+@click.option("--filter", "filters", multiple=True, metavar="KEY=VALUE",
+              help="until=WHEN, label=KEY[=VALUE], label!=KEY[=VALUE].")
 @click.pass_obj
-def container_prune_cmd(settings: Settings, force: bool) -> None:
+def container_prune_cmd(settings: Settings, force: bool, filters: tuple[str, ...]) -> None:
     """Remove every stopped container."""
-    from builder.runner.lifecycle import prune
+    from builder.filters import prune_containers
+    from layerstore.humanize import human_size
 
-    gone = prune(_containers(settings))
+    gone, freed = prune_containers(settings.root, _containers(settings), filters)
     if gone:
-        click.echo("Deleted Containers:\n" + "\n".join(gone))
+        click.echo("Deleted Containers:\n" + "\n".join(gone) + "\n")
+    click.echo(f"Total reclaimed space: {human_size(freed)}")
 
 
 @main.group("volume")
@@ -876,14 +912,18 @@ def volume_create_cmd(settings: Settings, name: str | None, label: tuple[str, ..
 
 @volume_group.command("ls")
 @click.option("-q", "--quiet", is_flag=True)
+@click.option("-f", "--filter", "filters", multiple=True, metavar="KEY=VALUE",
+              help="dangling=true|false, name=NAME, label=KEY[=VALUE], driver=local.")
 @click.option("--format", "fmt", default="table",
               help="table, json, or a Go template: '{{.Name}}\\t{{.Mountpoint}}'.")
 @click.pass_obj
-def volume_ls_cmd(settings: Settings, quiet: bool, fmt: str) -> None:
+def volume_ls_cmd(settings: Settings, quiet: bool, filters: tuple[str, ...], fmt: str) -> None:
     """List volumes."""
+    from builder import filters as flt
     from builder.runner.volumes import Volumes
 
-    vols = Volumes(settings.root).list()
+    vols = flt.filter_volumes(Volumes(settings.root).list(), flt.parse(filters, flt.VOLUMES),
+                              _volumes_in_use(settings) if filters else set())
     if fmt.strip() not in ("", "table") and not quiet:
         from builder.formatting import VOLUME_HEADERS, render_rows, volume_rows
 
@@ -913,25 +953,33 @@ def volume_inspect_cmd(settings: Settings, names: tuple[str, ...], fmt: str | No
 @click.pass_obj
 def volume_rm_cmd(settings: Settings, names: tuple[str, ...]) -> None:
     """Remove volumes not used by any container."""
+    from builder.filters import each
     from builder.runner.volumes import Volumes
 
     in_use = _volumes_in_use(settings)
-    for n in names:
+
+    def one(n: str) -> None:
         Volumes(settings.root).remove(n, in_use)
         click.echo(n)
+    each(names, one, _echo_err)
 
 
 @volume_group.command("prune")
 @click.option("-a", "--all", "all_volumes", is_flag=True, help="Named volumes too.")
 @click.option("-f", "--force", is_flag=True, help="Do not ask (there is no prompt anyway).")
+@click.option("--filter", "filters", multiple=True, metavar="KEY=VALUE",
+              help="label=KEY[=VALUE], label!=KEY[=VALUE], all=true.")
 @click.pass_obj
-def volume_prune_cmd(settings: Settings, all_volumes: bool, force: bool) -> None:
+def volume_prune_cmd(settings: Settings, all_volumes: bool, force: bool,
+                     filters: tuple[str, ...]) -> None:
     """Remove unused anonymous (with -a: all unused) volumes."""
-    from builder.runner.volumes import Volumes
+    from builder.filters import prune_volumes
+    from layerstore.humanize import human_size
 
-    gone = Volumes(settings.root).prune(_volumes_in_use(settings), all_volumes)
+    gone, freed = prune_volumes(settings.root, _volumes_in_use(settings), all_volumes, filters)
     if gone:
-        click.echo("Deleted Volumes:\n" + "\n".join(gone))
+        click.echo("Deleted Volumes:\n" + "\n".join(gone) + "\n")
+    click.echo(f"Total reclaimed space: {human_size(freed)}")
 
 
 @main.command("bundle", context_settings={"allow_interspersed_args": False})

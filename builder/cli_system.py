@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import sys
 import time
 
 import click
@@ -232,7 +231,7 @@ def format_info(d: dict) -> str:
     lines = [
         "Client:",
         f" Version:    {VERSION}",
-        f" Context:    default (daemonless: this process is the engine)",
+        " Context:    default (daemonless: this process is the engine)",
         "",
         "Server:",
         f" Containers: {d['Containers']}",
@@ -308,7 +307,7 @@ def format_version(d: dict) -> str:
         f" Version:           {c['Version']}",
         f" Python version:    {c['PythonVersion']}",
         f" OS/Arch:           {c['Os']}/{c['Arch']}",
-        f" Context:           default",
+        " Context:           default",
         "",
         f"Server: {s['Platform']['Name']}",
         " Engine:",

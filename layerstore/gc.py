@@ -23,12 +23,14 @@ class PruneReport:
     reclaimed: int = 0
 
 
-def prune(store: Store, all_unused: bool = False) -> PruneReport:
+def prune(store: Store, all_unused: bool = False,
+          untagged: Iterable[str] | None = None) -> PruneReport:
     """Unreachable blobs and snapshots, leftovers of interrupted writes and of killed
     builds, and dangling (untagged) images, as `docker image prune`. With all_unused,
-    also snapshots that no container uses (they are re-made from blobs)."""
+    also snapshots that no container uses (they are re-made from blobs). `untagged`:
+    the dangling images (digests) to drop, None for all."""
     with store.collecting():
-        return collect(store, all_unused=all_unused)
+        return collect(store, all_unused=all_unused, untagged=untagged)
 
 
 def collect(store: Store, *, all_unused: bool = False, untagged: Iterable[str] | None = None,

@@ -21,21 +21,29 @@ class ImageRow:
 
 
 def list_images(store: Store) -> list[ImageRow]:
+    """One row per name (and one per untagged image); SIZE is the uncompressed content,
+    as docker's (layerstore.layersizes)."""
+    from layerstore.layersizes import LayerSizes
+
+    sizes = LayerSizes(store)
     rows = []
     for img in store.images():
+        size = sizes.image(img)
         for name in img.names:
             ref = reference.parse(name, default_tag=False)
             rows.append(ImageRow(repository=ref.familiar_repository, tag=ref.tag or "<none>",
-                                 image_id=img.id, created=img.config.created, size=img.size,
+                                 image_id=img.id, created=img.config.created, size=size,
                                  digest=img.top.digest))
         if not img.names:  # dangling, as docker lists them
-            rows.append(ImageRow("<none>", "<none>", img.id, img.config.created, img.size,
+            rows.append(ImageRow("<none>", "<none>", img.id, img.config.created, size,
                                  img.top.digest))
+    sizes.save()
     rows.sort(key=lambda r: (r.created or ""), reverse=True)
     return rows
 
 
-def format_images(rows: list[ImageRow], no_trunc: bool = False, quiet: bool = False) -> str:
+def format_images(rows: list[ImageRow], no_trunc: bool = False, quiet: bool = False,
+                  digests: bool = False) -> str:
     def ident(r: ImageRow) -> str:
         return r.image_id if no_trunc else r.image_id[7:19]
 
@@ -45,6 +53,11 @@ def format_images(rows: list[ImageRow], no_trunc: bool = False, quiet: bool = Fa
             if ident(r) not in seen:
                 seen.append(ident(r))
         return "\n".join(seen)
+    if digests:  # docker's `images --digests`: DIGEST after TAG
+        table = [("REPOSITORY", "TAG", "DIGEST", "IMAGE ID", "CREATED", "SIZE")]
+        table += [(r.repository, r.tag, r.digest or "<none>", ident(r), since(r.created),
+                   human_size(r.size)) for r in rows]
+        return columns(table)
     table = [("REPOSITORY", "TAG", "IMAGE ID", "CREATED", "SIZE")]
     table += [(r.repository, r.tag, ident(r), since(r.created), human_size(r.size)) for r in rows]
     return columns(table)
@@ -125,6 +138,8 @@ def docker_config(config: dict) -> dict:
 
 def inspect(store: Store, name: str) -> dict:
     """docker image inspect's shape, from our manifest and config."""
+    from layerstore.layersizes import image_size
+
     img = store.resolve(name)
     cfg = img.config
     tags, digests = [], []
@@ -146,7 +161,7 @@ def inspect(store: Store, name: str) -> dict:
         "Architecture": cfg.architecture,
         **({"Variant": cfg.variant} if cfg.variant else {}),
         "Os": cfg.os,
-        "Size": img.size,
+        "Size": image_size(store, img),
         "RootFS": {"Type": "layers", "Layers": list(cfg.diff_ids)},
         "Descriptor": img.descriptor.to_json(),
         "Manifest": img.manifest.to_json(),

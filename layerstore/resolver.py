@@ -38,7 +38,7 @@ from collections import deque
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from layerstore import syscalls
 from layerstore.errors import PybuildError
@@ -500,7 +500,8 @@ def _make_writable(dfd: int, name: str) -> None:
             os.close(fd)
 
 
-def tree_usage_at(dfd: int, name: str, seen: set[tuple[int, int]] | None = None) -> int:
+def tree_usage_at(dfd: int, name: str, seen: set[tuple[int, int]] | None = None,
+                  measure: Callable[[os.stat_result, set], int] | None = None) -> int:
     """Bytes the entry `name` of directory `dfd` and everything below it take on disk, as
     `du -sx -B1` counts them: allocated blocks, directories included, an inode with
     several hard links once (per `seen`, shared across calls to count a store once), no
@@ -509,9 +510,11 @@ def tree_usage_at(dfd: int, name: str, seen: set[tuple[int, int]] | None = None)
     A loop, not recursion (a RUN step may nest thousands of directories), holding at most
     _HELD directory fds: the frames above the window are closed and reopened through
     `..` of their child on the way back up, checked by inode; a tree moved meanwhile (a
-    running container renaming its own dirs) ends the walk early, never leaves it."""
+    running container renaming its own dirs) ends the walk early, never leaves it.
+    `measure` replaces `allocated` (e.g. `content`: docker's file-size sum)."""
     if seen is None:
         seen = set()
+    allocated = measure or _allocated
     try:
         st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
     except FileNotFoundError:
@@ -587,6 +590,23 @@ def tree_usage_at(dfd: int, name: str, seen: set[tuple[int, int]] | None = None)
 
 def allocated(st: os.stat_result, seen: set[tuple[int, int]]) -> int:
     """st's blocks in bytes, or 0 for an inode with several links already in `seen`."""
+    return _allocated(st, seen)
+
+
+def content(st: os.stat_result, seen: set[tuple[int, int]]) -> int:
+    """st's length for what is not a directory (docker's SizeRw: the bytes of the files,
+    symlinks' targets), each inode with several links once."""
+    if stat.S_ISDIR(st.st_mode):
+        return 0
+    if st.st_nlink > 1:
+        ident = (st.st_dev, st.st_ino)
+        if ident in seen:
+            return 0
+        seen.add(ident)
+    return st.st_size
+
+
+def _allocated(st: os.stat_result, seen: set[tuple[int, int]]) -> int:
     if st.st_nlink > 1 and not stat.S_ISDIR(st.st_mode):
         ident = (st.st_dev, st.st_ino)
         if ident in seen:

@@ -226,3 +226,33 @@ def _write_sizes(root: Path, sizes: dict[str, list[int]]) -> None:
                      0o600)
     except OSError:
         pass
+
+
+STORE_AREAS = ("blobs", "snapshots", "cache", "cache_mounts", "scratch")
+
+
+class Freed:
+    """What a prune really took off the disk: the named parts of the store (StoreUsage
+    field names) measured before and after, as du sees them -- snapshots, partial writes
+    and build cache included, each hard-linked inode once. Only the parts the prune
+    touches are compared, so a build writing elsewhere meanwhile does not count."""
+
+    def __init__(self, root: str | os.PathLike, areas: tuple[str, ...] = STORE_AREAS) -> None:
+        self.root = Path(root)
+        self.areas = areas
+        self.bytes = 0
+        self._before = 0
+
+    def _measure(self) -> int:
+        class _At:
+            root = self.root
+        u = measure(_At)
+        return sum(sum(getattr(u, a).values()) for a in self.areas)
+
+    def __enter__(self) -> "Freed":
+        self._before = self._measure()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if exc[0] is None:
+            self.bytes = max(0, self._before - self._measure())

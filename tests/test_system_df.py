@@ -155,15 +155,16 @@ def test_df_figures_match_du_and_the_manifests(populated):
     from layerstore.store import Store
 
     _check_against_the_files(root, disk_usage(Store(root)), running=0)
-    # `images` and `df -v` agree: the layers `images` sums, plus config, manifest and
-    # the snapshots of the image's chain
+    # `df -v` of an image: its stored layers, config, manifest and the snapshots of its
+    # chain (`images` SIZE is the uncompressed content, layerstore.layersizes)
     rows = [json.loads(l) for l in pybuild("images", "--format", "json").stdout.splitlines()]
     a = next(r for r in rows if r["Repository"] == "a")
     verbose = json.loads(pybuild("system", "df", "-v", "--format", "json").stdout)
     va = next(i for i in verbose["Images"] if "docker.io/library/a:latest" in i["Names"])
     manifest = _read(root, a["Digest"])
     chains = _items(root, a["Digest"])[1]
-    assert va["Size"] == a["Size"] + manifest["config"]["size"] + \
+    layers = sum(layer["size"] for layer in manifest["layers"])
+    assert va["Size"] == layers + manifest["config"]["size"] + \
         os.lstat(root / "blobs" / "sha256" / a["Digest"].split(":")[1]).st_size + \
         du(*[root / "snapshots" / c.split(":")[1] for c in chains])
 

@@ -15,4 +15,4 @@ class NoSuchContainer(NotFound):
     exit_code = 125
 
     def __init__(self, name: str) -> None:
-        super().__init__(f"{name}: no such container")
+        super().__init__(f"no such container: {name}")

@@ -12,6 +12,7 @@ import os
 import signal
 import sys
 import time
+from typing import Callable
 
 from builder.sandbox import Container, Result, SandboxError, start
 from layerstore.errors import PybuildError
@@ -194,10 +195,12 @@ def wait(containers: Containers, ref: str) -> int:
     return cur.exit_code or 0 if cur is not None else 0
 
 
-def prune(containers: Containers) -> list[str]:
+def prune(containers: Containers,
+          select: Callable[[ContainerState], bool] | None = None) -> list[str]:
+    """Remove stopped containers (those `select` accepts, when given)."""
     gone = []
     for st in containers.all():
-        if not is_active(st):
+        if not is_active(st) and (select is None or select(st)):
             containers.remove_dir(st.id, st.name)
             gone.append(st.id)
     return gone

@@ -28,16 +28,21 @@ def status_text(st: ContainerState) -> str:
     return f"Exited ({st.exit_code if st.exit_code is not None else 255}) {since(st.finished_at)}"
 
 
-def ps_table(rows: list[ContainerState], quiet: bool, no_trunc: bool = False) -> str:
+def ps_table(rows: list[ContainerState], quiet: bool, no_trunc: bool = False,
+             sizes: dict[str, str] | None = None) -> str:
+    """docker's ps table; `sizes` (id -> "12B (virtual 4.26MB)") adds the SIZE column."""
     if quiet:
         return "\n".join(r.id if no_trunc else r.id[:12] for r in rows)
     head = ("CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "PORTS", "NAMES")
+    if sizes is not None:
+        head += ("SIZE",)
     table = [head]
     for r in rows:
         cmd = shlex.join(r.argv)
         table.append((r.id if no_trunc else r.id[:12], quoted(r.image_name, False),
                       quoted(cmd if no_trunc else ellipsis(cmd, 20)), since(r.created),
-                      status_text(r), ", ".join(r.ports), r.name))
+                      status_text(r), ", ".join(r.ports), r.name)
+                     + ((sizes.get(r.id, "0B"),) if sizes is not None else ()))
     widths = [max(len(row[i]) for row in table) for i in range(len(head))]
     return "\n".join("   ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in table)
 

@@ -14,6 +14,7 @@ import secrets
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from layerstore.atomic import atomic_write
 from layerstore.resolver import remove_tree
@@ -90,11 +91,14 @@ class Volumes:
             raise RunError(f"volume {name} is in use by a container")
         remove_tree(vol.path)     # the container's tree: deep, read-only dirs, links
 
-    def prune(self, in_use: set[str], all_volumes: bool = False) -> list[str]:
-        """Remove unused anonymous volumes (all unused with all_volumes), as docker does."""
+    def prune(self, in_use: set[str], all_volumes: bool = False,
+              select: Callable[[Volume], bool] | None = None) -> list[str]:
+        """Remove unused anonymous volumes (all unused with all_volumes), as docker does;
+        only those `select` accepts, when given."""
         gone = []
         for vol in self.list():
-            if vol.name not in in_use and (vol.anonymous or all_volumes):
+            if vol.name not in in_use and (vol.anonymous or all_volumes) and \
+                    (select is None or select(vol)):
                 remove_tree(vol.path)
                 gone.append(vol.name)
         return gone
