@@ -774,10 +774,15 @@ def stop_cmd(settings: Settings, containers: tuple[str, ...], timeout: int | Non
     from builder.runner.lifecycle import stop
     from builder.runner.options import parse_signal
 
+    from builder.filters import each
+
     signum = parse_signal(sig) if sig else None
-    for ref in containers:
+
+    def one(ref: str) -> None:
         stop(_containers(settings), ref, timeout, signum)
         click.echo(ref)
+
+    each(containers, one, _echo_err)     # docker: each missing one reported, the rest done
 
 
 @main.command("kill")
@@ -789,10 +794,15 @@ def kill_cmd(settings: Settings, containers: tuple[str, ...], sig: str) -> None:
     from builder.runner.lifecycle import kill
     from builder.runner.options import parse_signal
 
+    from builder.filters import each
+
     signum = parse_signal(sig)
-    for ref in containers:
+
+    def one(ref: str) -> None:
         kill(_containers(settings), ref, signum)
         click.echo(ref)
+
+    each(containers, one, _echo_err)
 
 
 @main.command("rm")

@@ -12,20 +12,15 @@ from builder.cli import Settings, _containers, main, run_cmd, run_options
 
 
 def _each(settings: Settings, refs: tuple[str, ...], action) -> None:
-    """docker's habit for several names: report each failure, go on, exit 1 at the end."""
-    from layerstore.errors import PybuildError
+    """docker's habit for several names: report each failure, go on, exit 1 at the end
+    (the one mechanism, builder.filters.each); each name done is echoed."""
+    from builder.filters import each
 
-    failed = False
-    for ref in refs:
-        try:
-            action(_containers(settings), ref)
-        except PybuildError as e:
-            click.echo(f"pybuild: error: {e}", err=True)
-            failed = True
-            continue
+    def one(ref: str) -> None:
+        action(_containers(settings), ref)
         click.echo(ref)
-    if failed:
-        sys.exit(1)
+
+    each(refs, one, lambda line: click.echo(line, err=True))
 
 
 @main.command("create", context_settings={"allow_interspersed_args": False})
