@@ -27,7 +27,7 @@ import requests
 from layerstore import digest as dg
 from layerstore import mediatypes as mt
 from layerstore.blobs import BlobStore, SizeMismatch
-from layerstore.errors import DigestMismatch
+from layerstore.errors import DigestMismatch, LocalIOError
 from layerstore.model import Descriptor
 from layerstore.registry import credentials, tls, transport
 from layerstore.registry.auth import Authenticator, scope
@@ -90,7 +90,11 @@ class _Replayable:
     def body(self):
         if self.data is not None:
             return self.data
-        return _FileRange(self.opener(), self.start, self.length, self.progress)
+        try:
+            f = self.opener()
+        except OSError as exc:
+            raise LocalIOError(exc, exc.filename or "the blob to upload") from None
+        return _FileRange(f, self.start, self.length, self.progress)
 
 
 class _FileRange:
@@ -114,7 +118,12 @@ class _FileRange:
         if self.left <= 0:
             self.f.close()
             return b""
-        data = self.f.read(min(max(n, CHUNK), self.left))
+        try:
+            data = self.f.read(min(max(n, CHUNK), self.left))
+        except OSError as exc:
+            # a local disk's error, which urllib3 would take for the socket's (both are
+            # OSError) and the client retry as "registry unreachable" six times
+            raise LocalIOError(exc, getattr(self.f, "name", "the blob to upload")) from None
         if not data:
             raise RegistryError("blob file shrank while it was being uploaded")
         self.left -= len(data)
