@@ -601,6 +601,9 @@ class Builder:
                         f.cancel()
                     for c in list(self.running.values()):
                         c.kill()
+                    from layerstore.registry.client import cancel_all
+
+                    cancel_all()     # a pull under way (FROM, --cache-from) stops too
                     raise
             if errors:
                 real = [e for e in errors if not isinstance(e, DependencyFailed) and not (

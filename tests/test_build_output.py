@@ -296,6 +296,29 @@ def test_ctrl_c_while_the_steps_container_starts(bb, tmp_path, delay):
     _no_leftovers(bb.root)
 
 
+def test_ctrl_c_during_a_base_image_pull_stops_it(bb, tmp_path, registry, config_env):  # noqa: F811
+    """The FROM's pull runs in a step's thread: Ctrl-C waited for the whole transfer."""
+    from layerstore.registry.push import push
+    from layerstore.store import Store
+
+    src = Store.open(tmp_path / "src")
+    make_image(src, "big:1", [random_files(1, 3_000_000, 9)])
+    push(src, "big:1", f"{registry.host}/space/big:1")
+    layer = src.resolve("big:1").manifest.layers[0]
+    proxy = Proxy(registry.port)
+    proxy.add(lambda m, p: m == "GET" and p.endswith(layer.digest), ("slow", 50_000), times=5)
+    try:
+        ctx = _ctx(tmp_path, f"FROM 127.0.0.1:{proxy.port}/space/big:1\nRUN true\n")
+        code, err = _interrupt(bb, ctx, "#1 [1/2] FROM", delay=1.0)
+    finally:
+        proxy.stop()
+    assert code == 130 and "pybuild: interrupted" in err, err
+    assert not bb.root.joinpath("blobs", "sha256", layer.digest[7:]).exists()
+    assert bb("inspect", "interrupted", check=False).returncode == 1
+    _no_leftovers(bb.root)
+    _fsck_clean(bb)
+
+
 # --- no space left on device -------------------------------------------------------------
 
 @pytest.fixture

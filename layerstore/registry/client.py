@@ -18,6 +18,7 @@ import json
 import queue
 import random
 import threading
+import weakref
 from dataclasses import dataclass, field
 from typing import BinaryIO, Callable
 from urllib.parse import urljoin, urlsplit, urlencode
@@ -132,6 +133,17 @@ class _FileRange:
         return data
 
 
+# every client alive in this process, for `cancel_all`
+_LIVE: "weakref.WeakSet[RegistryClient]" = weakref.WeakSet()
+
+
+def cancel_all() -> None:
+    """Ctrl-C in a build: the pulls its steps' threads run (a FROM, a --cache-from)
+    stop now, instead of the build waiting for them to finish."""
+    for client in list(_LIVE):
+        client.cancel()
+
+
 class RegistryClient:
     """One registry host (`name[:port]`), shared by a pull or push's threads."""
 
@@ -162,6 +174,7 @@ class RegistryClient:
         self.base: str | None = None
         self._ping_lock = threading.Lock()
         self.cancelled = threading.Event()
+        _LIVE.add(self)
 
     def cancel(self) -> None:
         """Stop transfers in other threads now (Ctrl-C, a failed sibling): they see
