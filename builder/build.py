@@ -532,8 +532,13 @@ class Builder:
         self.progress.start(n, first, text)
         self.shown.append((n, first, text, True))
         fut = results.get(base.stage) if (base := stage.base).kind == "stage" else None
-        with self.waiting_for(n, fut):
-            state, triggers = self.base_state(stage, results)
+        try:
+            with self.waiting_for(n, fut):
+                state, triggers = self.base_state(stage, results)
+        except BaseException:
+            if self.interrupted.is_set():
+                self.progress.cancel(n)     # its pull stopped by Ctrl-C
+            raise
         # layers that came from an image (not built here): --squash keeps them as they are
         self.base_counts[stage.index] = (self.base_counts.get(base.stage, 0) if base.kind == "stage"
                                          else len(state.layers))

@@ -313,6 +313,7 @@ def test_ctrl_c_during_a_base_image_pull_stops_it(bb, tmp_path, registry, config
     finally:
         proxy.stop()
     assert code == 130 and "pybuild: interrupted" in err, err
+    assert "#1 CANCELED" in err.splitlines(), err
     assert not bb.root.joinpath("blobs", "sha256", layer.digest[7:]).exists()
     assert bb("inspect", "interrupted", check=False).returncode == 1
     _no_leftovers(bb.root)
