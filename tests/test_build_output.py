@@ -275,6 +275,24 @@ def test_ctrl_c_shows_canceled_exits_130_and_leaves_nothing(bb, tmp_path):
     _fsck_clean(bb)
 
 
+def test_ctrl_c_in_the_tty_view_shows_canceled(bb, tmp_path):
+    ctx = _ctx(tmp_path, INTERRUPTED)
+    sent = []
+
+    def interrupt(p, out: bytes) -> None:
+        if not sent and b"# started" in out:
+            sent.append(True)
+            p.send_signal(signal.SIGINT)
+    code, out = _pty_run(["--root", str(bb.root), "build", "--progress", "tty", str(ctx)],
+                         timeout=60, on_output=interrupt)
+    assert sent and code == 130, out[-3000:]
+    final = out[out.rindex("[+] Building"):]
+    assert re.search(r"^ => CANCELED \[2/2\] RUN echo started; sleep 40; echo finished > "
+                     r"/finished\s+\d+\.\ds$", final, re.M), final
+    assert "137" not in out and "pybuild: interrupted" in final
+    _no_leftovers(bb.root)
+
+
 @pytest.mark.parametrize("delay", [0.0, 0.03, 0.06, 0.1])
 def test_ctrl_c_while_the_steps_container_starts(bb, tmp_path, delay):
     """SIGINT as the step's line is out and its container is starting: the kill found
