@@ -19,6 +19,7 @@ Nothing is tagged until every stage succeeded.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 import dataclasses
 import hashlib
 import threading
@@ -33,7 +34,7 @@ from builder.dockerfile.document import parse_dockerfile
 from builder.dockerfile.errors import DockerfileError, ExpansionError
 from builder.dockerfile.expand import ShellLex
 from builder.dockerfile.stages import Stage, StageGraph, plan_stages, replay_onbuild
-from builder.progress import Progress
+from builder.progress import Progress, source_excerpt
 from builder.rootview import in_overlay
 from builder.steps import copy as copystep
 from builder.steps import download
@@ -115,6 +116,10 @@ class Builder:
         self.hashes = copystep.FileHashes(store.root / "cache" / "context-hashes.json")
         self.hash_lock = threading.Lock()
         self.failed = threading.Event()
+        # Ctrl-C: the running steps' containers are killed, and one whose container is
+        # still starting kills it as soon as it has one (see RunOp.execute)
+        self.interrupted = threading.Event()
+        self.source_text = ""     # the Dockerfile, for the failing step's excerpt
         self.running: dict = {}   # containers of RUN steps in progress, by id()
         self.new_roots = False    # a step made a layer: ROOT/cache/roots must be rewritten
         self.base_counts: dict[int, int] = {}
@@ -164,6 +169,7 @@ class Builder:
             assert df_path is not None
             text = read_dockerfile(o.context, df_path)
             name = Path(df_path).name
+        self.source_text = text.decode("utf-8", "replace") if isinstance(text, bytes) else text
         df = parse_dockerfile(text, name)
         graph = plan_stages(df, o.build_args, o.target, o.platform)
         ctx = Context.open(o.context, df_path)
@@ -518,14 +524,23 @@ class Builder:
     def build_stage(self, stage: Stage, graph: StageGraph, df, ctx: Context,
                     results: dict[int, cf.Future]) -> State:
         total = 1 + len(stage.instructions)
-        label = stage.name or f"stage-{stage.index}"
+        # BuildKit's labels: `[2/7]`, the stage's name first only when there are several
+        # (`[builder 2/7]`, `[stage-1 2/7]`), numbers padded to the total's width
+        label = (stage.name or f"stage-{stage.index}") if len(graph.stages) > 1 else ""
         n = self.next_step()
         text = f"FROM {stage.from_.image}" + (f" AS {stage.name}" if stage.name else "")
-        self.progress.start(n, f"{label} 1/{total}", text)
-        self.shown.append((n, f"{label} 1/{total}", text, True))
-        state, triggers = self.base_state(stage, results)
+        first = _position(label, 1, total)
+        self.progress.start(n, first, text)
+        self.shown.append((n, first, text, True))
+        fut = results.get(base.stage) if (base := stage.base).kind == "stage" else None
+        try:
+            with self.waiting_for(n, fut):
+                state, triggers = self.base_state(stage, results)
+        except BaseException:
+            if self.interrupted.is_set():
+                self.progress.cancel(n)     # its pull stopped by Ctrl-C
+            raise
         # layers that came from an image (not built here): --squash keeps them as they are
-        base = stage.base
         self.base_counts[stage.index] = (self.base_counts.get(base.stage, 0) if base.kind == "stage"
                                          else len(state.layers))
         self.progress.done(n)
@@ -550,12 +565,25 @@ class Builder:
             runner.step(planned, raw=raw, position=k + 2)
         return runner.state
 
+    @contextlib.contextmanager
+    def waiting_for(self, n: int, fut: cf.Future | None):
+        """Step `n` waits for another stage's result: shown as waiting, not running."""
+        waits = fut is not None and not fut.done()
+        if waits:
+            self.progress.waiting(n)
+        try:
+            yield
+        finally:
+            if waits:
+                self.progress.waiting(n, False)
+
     # --- whole build --------------------------------------------------------
 
     def run(self) -> BuildResult:
         graph, df, ctx = self.load()
         self.raw_bodies = _raw_bodies(df)
         needed = graph.needed()
+        self.progress.expect(sum(1 + len(s.triggers) + len(s.instructions) for s in needed))
         _check_entitlements(needed, self.opts, df.filename)   # before any step runs
         results: dict[int, cf.Future] = {}
         with self.store.writing():
@@ -573,11 +601,15 @@ class Builder:
                 except KeyboardInterrupt:
                     # Ctrl-C: stop queued steps, kill running containers; their threads
                     # tear down what they made before the pool lets us go
+                    self.interrupted.set()
                     self.failed.set()
                     for f in results.values():
                         f.cancel()
                     for c in list(self.running.values()):
                         c.kill()
+                    from layerstore.registry.client import cancel_all
+
+                    cancel_all()     # a pull under way (FROM, --cache-from) stops too
                     raise
             if errors:
                 real = [e for e in errors if not isinstance(e, DependencyFailed) and not (
@@ -685,6 +717,11 @@ class Builder:
         return cfg, layers[:base_count] + [layer]
 
 
+def _position(label: str, position: int, total: int) -> str:
+    number = f"{position:>{len(str(total))}}/{total}"
+    return f"{label} {number}" if label else number
+
+
 def _apply_blobs(points: list[str], blobs: list[tuple[str, str]]) -> None:
     """(In the overlay child) apply layer blobs onto the merged view, as a flat tree."""
     from layerstore.layer_apply import apply_layer
@@ -787,18 +824,35 @@ class _StageRunner:
             i = self.expand(raw)
         b = self.b
         n = b.next_step()
-        where = f"{self.label} {position}/{self.total}" if position else f"{self.label} ONBUILD"
+        where = _position(self.label, position, self.total) if position else \
+            f"{self.label} ONBUILD".lstrip()
         text = download.redact_text(" ".join(i.original.split()) if i.original else i.keyword)
         b.progress.start(n, where, text)
         b.shown.append((n, where, text, False))
         try:
             self._dispatch(i, n)
-        except PybuildError as exc:
-            b.progress.error(n, str(exc).splitlines()[0])
-            loc = f"{self.df.filename}:{raw.line}" if raw.line else self.df.filename
-            if isinstance(exc, (runstep.StepFailed, DockerfileError, RemoteCacheFailed)):
+        except BaseException as exc:
+            if b.interrupted.is_set():
+                b.progress.cancel(n)     # killed by Ctrl-C: not a failure of its own
                 raise
-            raise BuildError(f"{loc}: {i.keyword}: {exc}") from None
+            loc = f"{self.df.filename}:{raw.line}" if raw.line else self.df.filename
+            if isinstance(exc, OSError) and not isinstance(exc, PybuildError):
+                # the host's disk (ENOSPC, EROFS, EACCES): one line that says where
+                where = exc.filename or f"the store at {b.store.root}"
+                exc = BuildError(f"{exc.strerror or exc}: {where}")
+            if not isinstance(exc, PybuildError) or isinstance(exc, DependencyFailed):
+                raise
+            b.progress.error(n, str(exc).splitlines()[0])
+            if isinstance(exc, (DockerfileError, RemoteCacheFailed)):
+                raise
+            if not isinstance(exc, runstep.StepFailed):
+                exc = BuildError(f"{loc}: {i.keyword}: {exc}")
+            # BuildKit's report, printed once the progress view is gone: the step's
+            # framed log, then the Dockerfile excerpt with the step's lines marked
+            last = raw.end_line if position and raw.end_line >= raw.line else raw.line
+            exc.step_report = b.progress.frame(n) + (source_excerpt(
+                self.df.filename, b.source_text, raw.line, last) if raw.line else "")
+            raise exc from None
 
     def _dispatch(self, i: ins.Instruction, n: int) -> None:
         """The step's op gives its key; a hit (the local cache, then each --cache-from
@@ -833,7 +887,9 @@ class _StageRunner:
                     idx = s.index
                     break
         if idx is not None:
-            return _wait(self.results[self._orderable(ref, idx)])
+            fut = self.results[self._orderable(ref, idx)]
+            with self.b.waiting_for(self.step_ctx.n, fut):
+                return _wait(fut)
         if ref in self.b.opts.build_contexts:
             raise BuildError(f"--from={ref}: a named build context is a directory; "
                              "use it with COPY --from or RUN --mount=from=")

@@ -266,6 +266,16 @@ def run_build(root: Path, open_store, context: str, dockerfile: str | None, *, t
     progress = Progress(mode)
     try:
         result = build(store, opts, progress)
+    except PybuildError as exc:
+        # BuildKit's order: the live view ends, then the failing step's framed log and
+        # Dockerfile excerpt, then the error line (the CLI's, last; never cut to the
+        # terminal's width: written as is, not through the live view)
+        progress.close()
+        report = getattr(exc, "step_report", "")
+        if report and mode != "rawjson":
+            sys.stderr.write(report)
+            sys.stderr.flush()
+        raise
     finally:
         progress.close()
     if used is not None:

@@ -118,7 +118,8 @@ class PybuildGroup(HabitGroup):
         except PybuildError as exc:
             if ctx.obj is not None and ctx.obj.debug:
                 raise
-            click.echo(f"pybuild: error: {exc}", err=True)
+            # a failed build step ends as BuildKit's does (`ERROR: failed to solve: ...`)
+            click.echo(getattr(exc, "docker_line", None) or f"pybuild: error: {exc}", err=True)
             sys.exit(exc.exit_code)
         except KeyboardInterrupt:
             click.echo("pybuild: interrupted", err=True)

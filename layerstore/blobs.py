@@ -20,7 +20,7 @@ from typing import BinaryIO, Iterator
 
 from layerstore import digest as dg
 from layerstore.atomic import fsync_dir
-from layerstore.errors import DigestMismatch, NotFound, PybuildError
+from layerstore.errors import DigestMismatch, LocalIOError, NotFound, PybuildError
 
 CHUNK = 1 << 20
 
@@ -87,7 +87,13 @@ class BlobWriter:
 
     def write(self, data: bytes | bytearray | memoryview) -> int:
         self._hash.update(data)
-        self._file.write(data)
+        try:
+            self._file.write(data)
+        except OSError as exc:
+            # the disk, not the data: say where (ENOSPC had no path and a pull retried
+            # it as a broken transfer), and keep no partial that holds the space
+            self._keep_partial = False
+            raise LocalIOError(exc, self.path) from None
         self.offset += len(data)
         if self.expected_size is not None and self.offset > self.expected_size:
             name = self.expected or "being ingested"
@@ -114,12 +120,15 @@ class BlobWriter:
                                    f"expected {self.expected_size}")
             if self.expected and actual != self.expected:
                 raise DigestMismatch(self.expected, actual)
-            self._file.flush()
-            os.fsync(self._file.fileno())
-            self._file.close()
-            final = self._store.path(actual)
-            os.rename(self.path, final)
-            fsync_dir(final.parent)
+            try:
+                self._file.flush()
+                os.fsync(self._file.fileno())
+                self._file.close()
+                final = self._store.path(actual)
+                os.rename(self.path, final)
+                fsync_dir(final.parent)
+            except OSError as exc:
+                raise LocalIOError(exc, exc.filename or self.path) from None
         except BaseException:
             self._keep_partial = False
             self.abort()

@@ -42,3 +42,13 @@ class BadLayer(PybuildError):
 
 class InvalidImage(PybuildError):
     """A manifest, index or config that does not parse or is inconsistent."""
+
+
+class LocalIOError(PybuildError):
+    """Writing to local disk failed (the store full, read-only, not permitted): a cause
+    here, not the remote's, so never retried as a network fault, and the message names
+    the path."""
+
+    def __init__(self, exc: OSError, path: object) -> None:
+        self.errno = exc.errno
+        super().__init__(f"{exc.strerror or exc}: {path}")

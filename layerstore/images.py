@@ -107,11 +107,19 @@ def format_history(rows: list[HistoryRow], no_trunc: bool = False, human: bool =
     table = [("IMAGE", "CREATED", "CREATED BY", "SIZE", "COMMENT")]
     for r in rows:
         image = r.image if (no_trunc or r.image == "<missing>") else r.image[7:19]
-        created_by = r.created_by if no_trunc else ellipsis(r.created_by.replace("\t", " "), 45)
+        created_by = table_created_by(r.created_by, no_trunc)
         created = since(r.created) if human else (r.created or "")
         size = human_size(r.size) if human else str(r.size)
         table.append((image, created, created_by, size, r.comment))
     return columns(table)
+
+
+def table_created_by(text: str, no_trunc: bool = False) -> str:
+    """CREATED BY in docker's table: one line per entry (a heredoc RUN's newlines shown
+    as `\\n`, a tab as a space, as docker's table does); cut to 45 characters with an
+    ellipsis unless --no-trunc."""
+    one = text.replace("\r", "\\r").replace("\n", "\\n").replace("\t", " ")
+    return one if no_trunc else ellipsis(one, 45)
 
 
 def history_json(rows: list[HistoryRow]) -> list[dict]:

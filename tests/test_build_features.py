@@ -244,5 +244,5 @@ def test_progress_modes(bb, tmp_path):
         e for e in events if e["event"] == "output").items()
     plain = bb("build", "--progress", "plain", ctx)
     lines = plain.stderr.splitlines()
-    assert any(l.startswith("#2 [stage-0 2/2] RUN echo visible-output") for l in lines)
+    assert any(l.startswith("#2 [2/2] RUN echo visible-output") for l in lines)
     assert "#2 CACHED" in lines

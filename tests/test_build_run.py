@@ -89,7 +89,7 @@ def test_failing_run_reports_and_leaves_nothing(bb, tmp_path, store_root):
     assert p.returncode == 1
     last = p.stderr.strip().splitlines()
     err = p.stderr
-    assert "Dockerfile:3" in err and "exit code 7" in err, err
+    assert "Dockerfile:3" in err and "exit code: 7" in err, err
     assert "oops-on-stderr" in err and "step-output-line" in err
     assert not any("never" in l and "DONE" in l for l in last)
     assert _images(bb) == images_before

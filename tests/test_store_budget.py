@@ -222,7 +222,7 @@ def test_a_failed_build_prunes_too(base, tmp_path):
     _new_data(ctx, 2)
     (ctx / "Dockerfile").write_text("FROM busybox\nCOPY data /data\nRUN exit 3\n")
     p = pybuild("build", "--max-storage", str(before - 512 * 1024), ctx, check=False)
-    assert p.returncode == 1 and "exit code 3" in p.stderr
+    assert p.returncode == 1 and "exit code: 3" in p.stderr
     assert any(l.startswith("pruned ") for l in p.stderr.splitlines()), p.stderr
     assert du(root) <= before - 512 * 1024
     pybuild("inspect", "busybox")

@@ -14,7 +14,6 @@ and the upper committed.
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import fcntl
 import hashlib
@@ -45,11 +44,12 @@ STUBS = ("/etc/hosts", "/etc/resolv.conf", "/etc/hostname", "/proc", "/sys", "/d
 
 
 class StepFailed(PybuildError):
-    """A RUN step's command failed; carries its exit code and output tail."""
+    """A RUN step's command failed; carries its exit code."""
 
     def __init__(self, message: str, exit_code: int) -> None:
         super().__init__(message)
         self.command_exit = exit_code
+        self.docker_line = f"ERROR: failed to solve: {message}"
 
 
 @dataclass
@@ -111,9 +111,10 @@ def _network(mode: str, shared: BuildNetwork | None = None):
 
 
 def execute(job: RunJob, on_output: Callable[[bytes], None],
-            running: dict | None = None) -> int:
+            running: dict | None = None, cancelled: threading.Event | None = None) -> int:
     """Run the job, streaming output lines to `on_output`; returns the exit code. The
-    mount targets and stubs the image did not have are gone from the upper dir then."""
+    mount targets and stubs the image did not have are gone from the upper dir then.
+    `cancelled` (with `running`): set by a Ctrl-C that kills what `running` holds."""
     from builder.sandbox import OverlayRoot, SandboxSpec, start
 
     plan = job.plan
@@ -141,6 +142,12 @@ def execute(job: RunJob, on_output: Callable[[bytes], None],
         try:
             if running is not None:
                 running[id(c)] = c   # so an interrupted build can kill it
+            # a Ctrl-C while the container was starting found nothing to kill (the step's
+            # line was out, its container not yet in `running`), and the step then ran its
+            # whole course with the build waiting for it: registered first, checked after,
+            # so one of the two sides always sees the other
+            if cancelled is not None and cancelled.is_set():
+                c.kill()
             _pump(c, on_output)
             result = c.wait()
         finally:
@@ -196,19 +203,6 @@ def _pump(c, on_output: Callable[[bytes], None]) -> None:
                     on_output(bytes(buf[start:start + MAX_OUTPUT_LINE]) + b"\n")
                     start += MAX_OUTPUT_LINE
                 del buf[:start]
-
-
-class Tail:
-    """The last lines of a step's output, for the error message."""
-
-    def __init__(self, n: int = 10) -> None:
-        self.lines: collections.deque[str] = collections.deque(maxlen=n)
-
-    def add(self, line: bytes) -> None:
-        self.lines.append(line.decode("utf-8", "replace").rstrip("\n"))
-
-    def text(self) -> str:
-        return "\n".join(self.lines)
 
 
 def check_entitlements(steps: list, opts, filename: str) -> None:
@@ -318,12 +312,10 @@ class RunOp(Op):
                 from builder.sandbox import BindMount
 
                 binds.append(BindMount(pd, "/dev/pipes", readonly=True))
-            tail = Tail(12)
             n = ctx.n
 
             def out(line: bytes) -> None:
-                tail.add(line)
-                b.progress.output(n, line)
+                b.progress.output(n, line)    # which keeps the tail the failure report shows
             from layerstore.platforms import of_config
 
             job = RunJob(ws.plan, self.argv, self.env,
@@ -334,14 +326,13 @@ class RunOp(Op):
                          rlimits=rlimit_values(b.opts.ulimits))
             if b.failed.is_set():
                 raise DependencyFailed("build cancelled")
-            code = execute(job, out, b.running)
+            code = execute(job, out, b.running, b.interrupted)
             if code != 0:
-                shown = " ".join(i.original.split())
-                msg = (f"{ctx.filename}:{i.line}: {shown}: process did not complete "
-                       f"successfully: exit code {code}")
-                if tail.lines:
-                    msg += "\n" + tail.text()
-                raise StepFailed(msg, code)
+                # BuildKit's words (the command quoted as Go's %q would); where it failed
+                # and its last lines are the solver's report (build.py, progress.frame)
+                process = json.dumps(" ".join(self.argv), ensure_ascii=False)
+                raise StepFailed(f"process {process} did not complete successfully: "
+                                 f"exit code: {code}", code)
             created_by = meta.run_created_by(self.argv, self.used_args)
             return b.commit_upper(ctx.state, ws.upper, created_by, key)
         finally:

@@ -39,7 +39,9 @@ class WorkdirOp(Op):
                 in_overlay([ws.plan], copystep.copy_into, job, scratch=ws.dir)
             if any(os.scandir(ws.upper)):
                 tmp_state = State(cfg, state.layers, state.key)
-                return b.commit_upper(tmp_state, ws.upper, meta.created_by(self.i), key)
+                # it made a layer: BuildKit's text (`WORKDIR /app`), not a `#(nop)` that
+                # says the step did nothing to the tree
+                return b.commit_upper(tmp_state, ws.upper, f"WORKDIR {path}", key)
             return b.meta_state(state, cfg, meta.created_by(self.i), key)
         finally:
             ws.release()

@@ -18,6 +18,7 @@ import json
 import queue
 import random
 import threading
+import weakref
 from dataclasses import dataclass, field
 from typing import BinaryIO, Callable
 from urllib.parse import urljoin, urlsplit, urlencode
@@ -27,7 +28,7 @@ import requests
 from layerstore import digest as dg
 from layerstore import mediatypes as mt
 from layerstore.blobs import BlobStore, SizeMismatch
-from layerstore.errors import DigestMismatch
+from layerstore.errors import DigestMismatch, LocalIOError
 from layerstore.model import Descriptor
 from layerstore.registry import credentials, tls, transport
 from layerstore.registry.auth import Authenticator, scope
@@ -90,7 +91,11 @@ class _Replayable:
     def body(self):
         if self.data is not None:
             return self.data
-        return _FileRange(self.opener(), self.start, self.length, self.progress)
+        try:
+            f = self.opener()
+        except OSError as exc:
+            raise LocalIOError(exc, exc.filename or "the blob to upload") from None
+        return _FileRange(f, self.start, self.length, self.progress)
 
 
 class _FileRange:
@@ -114,13 +119,29 @@ class _FileRange:
         if self.left <= 0:
             self.f.close()
             return b""
-        data = self.f.read(min(max(n, CHUNK), self.left))
+        try:
+            data = self.f.read(min(max(n, CHUNK), self.left))
+        except OSError as exc:
+            # a local disk's error, which urllib3 would take for the socket's (both are
+            # OSError) and the client retry as "registry unreachable" six times
+            raise LocalIOError(exc, getattr(self.f, "name", "the blob to upload")) from None
         if not data:
             raise RegistryError("blob file shrank while it was being uploaded")
         self.left -= len(data)
         if self.progress:
             self.progress(len(data))
         return data
+
+
+# every client alive in this process, for `cancel_all`
+_LIVE: "weakref.WeakSet[RegistryClient]" = weakref.WeakSet()
+
+
+def cancel_all() -> None:
+    """Ctrl-C in a build: the pulls its steps' threads run (a FROM, a --cache-from)
+    stop now, instead of the build waiting for them to finish."""
+    for client in list(_LIVE):
+        client.cancel()
 
 
 class RegistryClient:
@@ -153,6 +174,7 @@ class RegistryClient:
         self.base: str | None = None
         self._ping_lock = threading.Lock()
         self.cancelled = threading.Event()
+        _LIVE.add(self)
 
     def cancel(self) -> None:
         """Stop transfers in other threads now (Ctrl-C, a failed sibling): they see
