@@ -186,10 +186,12 @@ def run_build(root: Path, open_store, context: str, dockerfile: str | None, *, t
     if jobs < 1:    # as docker refuses a bad number instead of quietly using another
         raise PybuildError(f"--jobs {jobs}: must be at least 1")
     source_date_epoch = check_epoch(source_date_epoch)
+    platforms: list[str] = []
     if platform:
-        from layerstore.platforms import platform_option
+        from layerstore.platforms import platform_list
 
-        platform = platform_option(platform)
+        platforms = platform_list(platform)
+        platform = platforms[0] if len(platforms) == 1 else None
     granted = parse_allow(allow)
     check_network(network, granted, "--network host (every RUN step)")
     from layerstore import reference
@@ -197,6 +199,10 @@ def run_build(root: Path, open_store, context: str, dockerfile: str | None, *, t
     for t in tags:    # before any step runs, as docker does, not after the whole build
         reference.parse(t)
     out = parse_output(output, push)
+    if len(platforms) > 1:
+        from builder.buildmulti import check_output
+
+        check_output(out)
     targets = push_targets(out, tags)
     named = {str(reference.parse(t)) for t in tags}
     for n in output_names(out):     # the image exporter's names are the image's names too
@@ -235,6 +241,10 @@ def run_build(root: Path, open_store, context: str, dockerfile: str | None, *, t
         sec.check()
         opts.secrets[sec.id] = sec
     mode = "quiet" if quiet else progress_mode
+    if len(platforms) > 1:
+        _build_platforms(open_store(), opts, platforms, out, targets, push_options, mode, used,
+                         iidfile, metadata_file)
+        return
     memo, key, answer = BuildMemo(root), None, None
     if may_record(out["type"]):
         try:
@@ -293,6 +303,31 @@ def run_build(root: Path, open_store, context: str, dockerfile: str | None, *, t
     _report(mode, result.image_id, result.manifest.digest, result.names, result.steps,
             result.cached, result.warnings, iidfile, metadata_file,
             stdout=out.get("dest") != "-")
+
+
+def _build_platforms(store, opts, platforms: list[str], out: dict[str, str],
+                     targets: list[str], push_options, mode: str, used, iidfile,
+                     metadata_file) -> None:
+    """Several platforms: a build each, one index (builder/buildmulti.py); no memo (each
+    platform's steps still come from the cache)."""
+    from builder.buildmulti import build_platforms, plain_header
+    from builder.progress import Progress
+
+    def progress_for(p: str):
+        plain_header(p, mode)
+        return Progress(mode)
+
+    res = build_platforms(store, opts, platforms, progress_for, used)
+    if out["type"] == "oci":
+        from layerstore.archive import save
+
+        name = res.names[0] if res.names else res.index.digest
+        save(store, [name], None if out["dest"] == "-" else Path(out["dest"]), "oci",
+             **({"stdout": sys.stdout.buffer} if out["dest"] == "-" else {}))
+    if targets:
+        push_image(store, res.index.digest, targets, {}, push_options, mode)
+    _report(mode, res.index.digest, res.index.digest, res.names, res.steps, res.cached,
+            res.warnings, iidfile, metadata_file, stdout=out.get("dest") != "-")
 
 
 def push_image(store, manifest_digest: str, targets: list[str], origins: dict[str, str],

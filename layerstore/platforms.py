@@ -112,3 +112,18 @@ def of_config(config) -> str | None:
     if not getattr(config, "architecture", None):
         return None
     return str(normalize(config.os or "linux", config.architecture, config.variant))
+
+
+def platform_list(text: str, what: str = "--platform") -> list[str]:
+    """`--platform linux/amd64,linux/arm64`: each checked and normalized, in the order
+    given, a platform named twice (`linux/arm64,linux/aarch64`) built once."""
+    out: list[str] = []
+    for part in text.split(","):
+        if not part.strip():
+            raise PybuildError(f"{what} {text!r}: an empty platform in the list")
+        p = platform_option(part.strip(), what)
+        if p not in out:
+            out.append(p)
+    if len(out) > 32:
+        raise PybuildError(f"{what}: {len(out)} platforms; at most 32 in one build")
+    return out

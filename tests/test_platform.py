@@ -215,3 +215,78 @@ def test_save_and_load_keep_every_platform_of_an_index(plat: CLI, tmp_path):
                          capture_output=True, text=True, check=True).stdout
     arches = sorted(m["platform"]["architecture"] for m in json.loads(raw)["manifests"])
     assert arches == ["amd64", "arm64"]
+
+
+# --- several platforms in one build ---------------------------------------------------
+
+from test_registry_helpers import registry  # noqa: E402,F401  (fixture)
+
+MULTI = ("FROM bbmulti\nARG TARGETPLATFORM\n"
+         "RUN echo $TARGETPLATFORM $(uname -m) > /arch\n")
+
+
+def _index(root: Path, name: str) -> dict:
+    from layerstore.store import Store
+
+    store = Store.open(root)
+    desc = store.refs.get(name)
+    return json.loads(store.blobs.read(desc.digest, limit=1 << 20))
+
+
+def test_several_platforms_make_one_index(plat: CLI, tmp_path):
+    ctx = _ctx(tmp_path, MULTI)
+    p = plat("build", "--progress", "plain", "--platform", "linux/amd64,linux/arm64",
+             "-t", "multi:1", ctx)
+    assert "#0 building for linux/amd64" in p.stderr and "#0 building for linux/arm64" in p.stderr
+    index = _index(plat.root, "docker.io/library/multi:1")
+    plats = [(m["platform"]["os"], m["platform"]["architecture"]) for m in index["manifests"]]
+    assert plats == [("linux", "amd64"), ("linux", "arm64")]
+    assert _file(plat, "multi:1", "/arch") == "linux/amd64 x86_64"
+    assert _file(plat, "multi:1", "/arch", "--platform", "linux/arm64") == "linux/arm64 aarch64"
+    # skopeo reads the store (an OCI layout) and picks each platform
+    ref = f"oci:{plat.root}:docker.io/library/multi:1"
+    raw = json.loads(subprocess.run(["skopeo", "inspect", "--raw", ref], check=True,
+                                    capture_output=True, text=True).stdout)
+    assert raw["mediaType"] == "application/vnd.oci.image.index.v1+json"
+    arm = json.loads(subprocess.run(["skopeo", "--override-arch", "arm64", "inspect", ref],
+                                    check=True, capture_output=True, text=True).stdout)
+    assert arm["Architecture"] == "arm64"
+    # no per-platform leftovers among the images: the index holds them
+    assert "<none>" not in plat("images").stdout
+    # the same build again: every step of both platforms cached
+    again = plat("build", "--progress", "plain", "--platform", "linux/arm64,linux/amd64",
+                 "-t", "multi:1", ctx)
+    assert again.stderr.strip().splitlines()[-1].endswith("(0 steps run, 4 cached)"), again.stderr
+
+
+def test_build_platform_stages_run_natively_once_per_target(plat: CLI, tmp_path):
+    ctx = _ctx(tmp_path, "FROM --platform=$BUILDPLATFORM bbamd AS build\nARG TARGETARCH\n"
+                         "RUN echo built-on-$(uname -m)-for-$TARGETARCH > /out\n"
+                         "FROM bbmulti\nCOPY --from=build /out /out\n")
+    plat("build", "--progress", "plain", "--platform", "linux/amd64,linux/arm64",
+         "-t", "cross:1", ctx)
+    assert _file(plat, "cross:1", "/out") == "built-on-x86_64-for-amd64"
+    assert _file(plat, "cross:1", "/out", "--platform", "linux/arm64") == \
+        "built-on-x86_64-for-arm64"
+
+
+def test_several_platforms_refuse_single_platform_outputs(plat: CLI, tmp_path):
+    ctx = _ctx(tmp_path, "FROM bbmulti\nRUN echo step-ran\n")
+    for out in ("type=docker,dest=x.tar", "type=local,dest=outdir", "type=tar,dest=x.tar"):
+        p = plat("build", "--progress", "plain", "--platform", "linux/amd64,linux/arm64",
+                 "-o", out, ctx, check=False)
+        assert p.returncode == 1 and "holds one platform" in p.stderr, p.stderr
+        assert "step-ran" not in p.stderr
+    p = plat("build", "--platform", "linux/amd64,,linux/arm64", ctx, check=False)
+    assert p.returncode == 1 and "empty platform" in p.stderr
+
+
+def test_a_pushed_index_pulls_back_for_one_platform(plat: CLI, tmp_path, registry):
+    ctx = _ctx(tmp_path, MULTI)
+    target = f"{registry.host}/team/multi:1"
+    plat("build", "--progress", "plain", "--platform", "linux/amd64,linux/arm64",
+         "-t", target, "--push", ctx)
+    fresh = CLI(tmp_path / "fresh")
+    fresh("pull", "--platform", "linux/arm64", target)
+    assert fresh("run", "--rm", *NONE, "--platform", "linux/arm64", target,
+                 "cat", "/arch").stdout.strip() == "linux/arm64 aarch64"
