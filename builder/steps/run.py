@@ -291,7 +291,7 @@ class RunOp(Op):
         return key
 
     def execute(self, ctx: StepContext, key: str) -> State:
-        i, b = self.i, ctx.services
+        b = ctx.services
         cfg = ctx.state.config.config
         b.restore_mounts(self.cache_ids, self.platform)    # --cache-from: warm what is cold here
         # volatile: the upper is committed through the store's fsynced ingest, so the
