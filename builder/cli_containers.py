@@ -20,7 +20,7 @@ def _each(settings: Settings, refs: tuple[str, ...], action) -> None:
         action(_containers(settings), ref)
         click.echo(ref)
 
-    each(refs, one, lambda line: click.echo(line, err=True))
+    each(refs, one, lambda line: click.echo(line, err=True), own_status=False)
 
 
 @main.command("create", context_settings={"allow_interspersed_args": False})

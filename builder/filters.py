@@ -320,12 +320,13 @@ def dangling_images(store, filters: Filters) -> list[str]:
 # --- what the commands call ----------------------------------------------------------
 
 def each(names: Iterable[str], action: Callable[[str], None],
-         warn: Callable[[str], None]) -> None:
+         warn: Callable[[str], None], own_status: bool = True) -> None:
     """`rm a missing b`: act on every name; one error line per failure, and exit 1 at the
     end when any failed (docker's rm, rmi and volume rm). One name alone fails as the
-    command always did (its error's own exit status)."""
+    command always did (its error's own exit status) with `own_status`, else exits 1 too
+    (docker's pause, start, restart: the daemon's error is exit 1)."""
     names = list(names)
-    if len(names) == 1:
+    if len(names) == 1 and own_status:
         action(names[0])
         return
     failed = False

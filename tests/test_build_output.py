@@ -182,17 +182,18 @@ def test_tty_failure_report_after_the_view_and_never_cut(bb, tmp_path):
 # --- the tty view ------------------------------------------------------------------------
 
 def test_tty_header_counts_and_single_stage_labels(bb, tmp_path):
-    ctx = _ctx(tmp_path, "FROM busybox\nRUN echo one > /one\nENV A=b\n")
+    # the step lasts long enough for the view to draw a frame while it runs
+    ctx = _ctx(tmp_path, "FROM busybox\nRUN sleep 1 && echo one > /one\nENV A=b\n")
     code, out = _pty_run(["--root", str(bb.root), "build", "--progress", "tty", "--no-cache",
                           str(ctx)])
     assert code == 0, out
     assert re.search(r"^\[\+\] Building \d+\.\ds \(3/3\) FINISHED\s*$", out, re.M), out
     assert re.search(r"^\[\+\] Building \d+\.\ds \([0-2]/3\)\s*$", out, re.M), out  # while running
     assert re.search(r"^ => \[1/3\] FROM busybox\s+\d+\.\ds$", out, re.M), out
-    assert re.search(r"^ => \[2/3\] RUN echo one > /one\s+\d+\.\ds$", out, re.M), out
+    assert re.search(r"^ => \[2/3\] RUN sleep 1 && echo one > /one\s+\d+\.\ds$", out, re.M), out
     assert "stage-0" not in out
     code, out = _pty_run(["--root", str(bb.root), "build", "--progress", "tty", str(ctx)])
-    assert re.search(r"^ => CACHED \[2/3\] RUN echo one > /one\s+0\.0s$", out, re.M), out
+    assert re.search(r"^ => CACHED \[2/3\] RUN sleep 1 && echo one > /one\s+0\.0s$", out, re.M), out
 
 
 def test_a_step_waiting_for_another_stage_is_shown_waiting(bb, tmp_path):

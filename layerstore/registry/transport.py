@@ -296,7 +296,15 @@ def failure_reason(exc: BaseException) -> str:
 
     import urllib3
 
-    for e in reversed(_chain(exc)):
+    chain = _chain(exc)
+    # a timeout anywhere in the chain is what failed: what it interrupted (a reset, a
+    # close the stalled peer did later) is only the context it was raised in
+    for e in chain:
+        if isinstance(e, (TimeoutError, socket.timeout)) or (
+                isinstance(e, urllib3.exceptions.TimeoutError)
+                and not isinstance(e, urllib3.exceptions.NewConnectionError)):
+            return "timed out"
+    for e in reversed(chain):
         if isinstance(e, ssl.SSLCertVerificationError):
             return f"TLS verification failed: {printable(e.verify_message or e.reason or 'bad certificate')}"
         if isinstance(e, ssl.SSLError):
