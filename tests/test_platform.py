@@ -290,3 +290,35 @@ def test_a_pushed_index_pulls_back_for_one_platform(plat: CLI, tmp_path, registr
     fresh("pull", "--platform", "linux/arm64", target)
     assert fresh("run", "--rm", *NONE, "--platform", "linux/arm64", target,
                  "cat", "/arch").stdout.strip() == "linux/arm64 aarch64"
+
+
+def test_several_platforms_as_buildah_builds_them(plat: CLI, tmp_path):
+    """buildah bud --platform A,B --manifest: the same platforms, the same files."""
+    from buildpeer import Buildah
+
+    ctx = _ctx(tmp_path, f"FROM oci:{plat.root}:docker.io/library/bbmulti:latest\n"
+                         "ARG TARGETPLATFORM\nRUN echo $TARGETPLATFORM $(uname -m) > /arch\n")
+    (tmp_path / "pyctx").mkdir()
+    (tmp_path / "pyctx" / "Dockerfile").write_text(MULTI)
+    bud = Buildah(tmp_path / "buildah")
+    try:
+        bud("bud", "--runtime", "runc", "--network", "none", "--platform",
+            "linux/amd64,linux/arm64", "--manifest", "peer", str(ctx))
+        peer = json.loads(bud("manifest", "inspect", "peer").stdout)
+        peer_plats = sorted((m["platform"]["os"], m["platform"]["architecture"])
+                            for m in peer["manifests"])
+        peer_files = {}
+        for arch in ("amd64", "arm64"):
+            c = bud("from", "--arch", arch, "peer").stdout.strip()
+            peer_files[arch] = bud("run", "--runtime", "runc", c, "cat", "/arch").stdout.strip()
+            bud("rm", c)
+    finally:
+        bud.cleanup()
+    plat("build", "--progress", "plain", "--platform", "linux/amd64,linux/arm64", "-t", "ours",
+         tmp_path / "pyctx")
+    ours = _index(plat.root, "docker.io/library/ours:latest")
+    assert sorted((m["platform"]["os"], m["platform"]["architecture"])
+                  for m in ours["manifests"]) == peer_plats == [("linux", "amd64"),
+                                                                ("linux", "arm64")]
+    for arch in ("amd64", "arm64"):
+        assert _file(plat, "ours", "/arch", "--platform", f"linux/{arch}") == peer_files[arch]
