@@ -283,7 +283,8 @@ class Builder:
                               opener=lambda d: self.store.blobs.open(d.digest),
                               origins=origins, options=self.opts.registry_options,
                               created=created, mounts=mounts, mount_blobs=self.mount_blobs,
-                              read_local=lambda d: self.store.blobs.read(d.digest))
+                              read_local=lambda d: self.store.blobs.read(d.digest),
+                              platform=self._platform_text())
             except RemoteCacheFailed:
                 raise
             except (PybuildError, OSError) as exc:
@@ -303,6 +304,13 @@ class Builder:
                 for layer in done.layers:
                     origins.setdefault(layer.digest, spec.origin)
                     result.origins.setdefault(layer.digest, spec.origin)
+
+    def _platform_text(self) -> str:
+        """The normalized platform this build's target was built for."""
+        from layerstore.platforms import host_platform, parse_platform
+
+        return str(parse_platform(self.opts.platform) if self.opts.platform
+                   else host_platform())
 
     def mount_entries(self) -> list[dict]:
         """The cache-mount artifacts of the mounts this build's RUN steps used

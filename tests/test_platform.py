@@ -322,3 +322,42 @@ def test_several_platforms_as_buildah_builds_them(plat: CLI, tmp_path):
                                                                 ("linux", "arm64")]
     for arch in ("amd64", "arm64"):
         assert _file(plat, "ours", "/arch", "--platform", f"linux/{arch}") == peer_files[arch]
+
+
+def _fresh_with_bases(plat: CLI, tmp_path, name: str) -> CLI:
+    archive = tmp_path / f"{name}-bases.tar"
+    plat("save", "-o", archive, "bbmulti")
+    fresh = CLI(tmp_path / name)
+    fresh("load", "-i", archive)
+    return fresh
+
+
+def test_one_cache_ref_serves_every_platform(plat: CLI, tmp_path, registry):
+    """--cache-to of a multi-platform build keeps every platform's records in one ref;
+    --cache-from of it serves each platform (buildx keeps one: docker/buildx#1044)."""
+    ctx = _ctx(tmp_path, MULTI)
+    ref = f"{registry.host}/team/cache:multi"
+    plat("build", "--progress", "plain", "--platform", "linux/amd64,linux/arm64",
+         "--cache-to", f"type=registry,ref={ref},mode=max", "-t", "cached:1", ctx)
+    for p, arch in (("linux/arm64", "aarch64"), ("linux/amd64", "x86_64")):
+        fresh = _fresh_with_bases(plat, tmp_path, f"fresh-{p.replace('/', '-')}")
+        out = fresh("build", "--progress", "plain", "--platform", p,
+                    "--cache-from", f"type=registry,ref={ref}", "-t", "again", ctx)
+        assert out.stderr.strip().splitlines()[-1].endswith("(0 steps run, 2 cached)"), out.stderr
+        assert _file(fresh, "again", "/arch", "--platform", p) == f"{p} {arch}"
+
+
+def test_per_platform_exports_to_one_ref_keep_each_other(plat: CLI, tmp_path, registry):
+    """Two CI jobs, one per platform, exporting to the same ref: the second export keeps
+    the first one's platform."""
+    ctx = _ctx(tmp_path, MULTI)
+    ref = f"{registry.host}/team/cache:jobs"
+    for p in ("linux/arm64", "linux/amd64"):
+        plat("build", "--progress", "plain", "--no-cache", "--platform", p,
+             "--cache-to", f"type=registry,ref={ref}", "-t", f"job:{p.split('/')[1]}", ctx)
+    fresh = _fresh_with_bases(plat, tmp_path, "fresh-jobs")
+    for p in ("linux/arm64", "linux/amd64"):
+        out = fresh("build", "--progress", "plain", "--platform", p,
+                    "--cache-from", f"type=registry,ref={ref}", "-t", "again", ctx)
+        assert out.stderr.strip().splitlines()[-1].endswith("(0 steps run, 2 cached)"), \
+            (p, out.stderr)

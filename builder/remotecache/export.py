@@ -32,15 +32,24 @@ class Exported:
 def export(spec: CacheSpec, records: list[rec.Record], *, provide: Provide, opener: Opener,
            origins: dict[str, str], options=None, created: str | None = None,
            mounts: list[dict] = (), mount_blobs: Callable[[Descriptor], list[Descriptor]]
-           | None = None, read_local: Callable[[Descriptor], bytes] | None = None) -> Exported:
+           | None = None, read_local: Callable[[Descriptor], bytes] | None = None,
+           platform: str | None = None) -> Exported:
     """Write `records` (and the cache-mount artifacts `mounts`, packed in the store:
     `mount_blobs(manifest)` lists each one's blobs, `read_local` reads its manifest)
-    to `spec`'s location."""
+    to `spec`'s location. With `platform` (the platform these records were built for),
+    the records and mounts of OTHER platforms already at the location are kept: one ref
+    serves every platform of a multi-platform build, or of per-platform CI jobs (buildx
+    keeps only the last one: docker/buildx#1044)."""
     from layerstore import digest as dg
 
-    data, layers = rec.encode(records, list(mounts))
     backend = open_backend(spec, options)
     try:
+        if platform is not None:
+            kept, kept_mounts = _other_platforms(spec, backend, platform)
+            mine = {r.key for r in records}
+            records = list(records) + [r for r in kept if r.key not in mine]
+            mounts = list(mounts) + kept_mounts
+        data, layers = rec.encode(records, list(mounts))
         sent = backend.put_blobs(layers, provide, opener, origins)
         for m in mounts:
             desc = Descriptor.from_json(m["manifest"])
@@ -56,3 +65,39 @@ def export(spec: CacheSpec, records: list[rec.Record], *, provide: Provide, open
     finally:
         backend.close()
     return Exported(spec, dg.of_bytes(manifest), len({r.key for r in records}), layers, sent)
+
+
+def _other_platforms(spec: CacheSpec, backend, platform: str) -> tuple[list[rec.Record],
+                                                                        list[dict]]:
+    """The records and cache-mount entries at the export location that were built for
+    another platform than `platform`. Nothing when there is no export yet, or when it
+    cannot be read (it is replaced then, as before). Each kept record passed the same
+    checks an import makes, and names only layers its manifest lists (already there)."""
+    from builder.remotecache.importer import _load
+    from layerstore.errors import PybuildError
+    from layerstore.platforms import normalize, of_config, parse_platform
+
+    try:
+        src = _load(spec, backend, None, lambda index, want: index.manifests[0])
+    except PybuildError:
+        return [], []
+    if src.inline:
+        return [], []
+    kept = []
+    for r in src.records.values():
+        try:
+            theirs = of_config(rec.check(r))
+        except PybuildError:
+            continue
+        if theirs is not None and theirs != platform:
+            kept.append(r)
+    want = parse_platform(platform)
+    mounts = []
+    for m in src.mounts:
+        try:
+            p = parse_platform(str(m.get("platform", "")))
+        except PybuildError:
+            continue
+        if normalize(p.os, p.architecture, p.variant) != want:
+            mounts.append(m)
+    return kept, mounts
