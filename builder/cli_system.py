@@ -16,6 +16,7 @@ import click
 
 from builder import VERSION
 from builder.cli import ManagementGroup, Settings, _containers, _volumes_in_use, main, system_group
+from layerstore.errors import PybuildError
 
 IMAGE_ALIASES = {w: w for w in ("build", "history", "import", "inspect", "load", "pull", "push",
                                 "save", "tag")} | {"ls": "images", "list": "images", "rm": "rmi"}
@@ -36,62 +37,94 @@ def buildx_group() -> None:
     """docker buildx's spellings: `buildx build` = `pybuild build`."""
 
 
-def _untag_unused(settings: Settings, store) -> list[str]:
-    """docker's `-a`: every image no container (in any state) was made from loses its names."""
-    from layerstore.images import list_images
+def _created_before(store, desc, until: float | None) -> bool:
+    """docker's until=: the image was created before WHEN (no date: kept)."""
+    if until is None:
+        return True
+    from layerstore.errors import InvalidImage, NotFound
+    from layerstore.humanize import parse_time
 
+    try:
+        created = parse_time(store.load_image(desc).config.created)
+    except (NotFound, InvalidImage, ValueError):
+        return False
+    return created is not None and created.timestamp() < until
+
+
+def _prune_filters(filters: tuple[str, ...]):
+    """The prune filters (until=, label=, label!=) parsed once; (filters, until)."""
+    from builder import filters as flt
+    from builder.cache import parse_until
+
+    parsed = flt.parse(filters, flt.PRUNE)
+    until = None
+    for value in parsed.get("until"):
+        if not value:
+            raise flt.InvalidFilter("until=")
+        until = parse_until(value)
+    return parsed, until
+
+
+def _untag_unused(settings: Settings, store, parsed, until: float | None) -> list[str]:
+    """docker's `-a`: every image no container (in any state) was made from, and that
+    passes the filters, loses its names."""
     used = {c.image_id for c in _containers(settings).all()}
     gone = []
-    for row in list_images(store):
-        if row.image_id in used or row.repository == "<none>":
+    for name, desc in store.refs.entries():
+        if not name:
             continue
-        name = f"{row.repository}:{row.tag}" if row.tag != "<none>" else row.repository
-        if store.refs.find(_full(name)) is not None:
-            store.refs.delete(_full(name))
-            gone.append(name)
+        try:
+            img = store.load_image(desc, [name])
+        except PybuildError:
+            continue
+        if img.id in used or not parsed.labels_match(img.config.config.Labels) or \
+                not _created_before(store, desc, until):
+            continue
+        store.refs.delete(name)
+        gone.append(_familiar(name))
     return gone
 
 
-def _full(name: str) -> str:
-    from layerstore.reference import normalize
+def _familiar(name: str) -> str:
+    from layerstore.reference import parse
 
-    return normalize(name)
+    ref = parse(name)
+    return f"{ref.familiar_repository}:{ref.tag}" if ref.tag else ref.familiar_repository
 
 
-def _prune_filters(filters: tuple[str, ...]) -> float | None:
-    from builder.cache import parse_until
-    from layerstore.errors import PybuildError
+def _dangling(store, parsed, until: float | None) -> list[str]:
+    """The untagged images the filters let go (labels, and created before until=)."""
+    from builder.filters import dangling_images
 
-    until = None
-    for f in filters:
-        key, _, value = f.partition("=")
-        if key != "until" or not value:
-            raise PybuildError(f"invalid filter {f!r}: only until=WHEN is supported")
-        until = parse_until(value)
-    return until
+    untagged = {desc.digest: desc for name, desc in store.refs.entries() if not name}
+    return [d for d in dangling_images(store, parsed)
+            if d in untagged and _created_before(store, untagged[d], until)]
 
 
 @image_group.command("prune")
 @click.option("-a", "--all", "all_unused", is_flag=True,
               help="Remove every image no container uses, not just dangling ones.")
 @click.option("-f", "--force", is_flag=True, help="Do not ask (there is no prompt anyway).")
-@click.option("--filter", "filters", multiple=True, metavar="until=WHEN")
+@click.option("--filter", "filters", multiple=True, metavar="KEY=VALUE",
+              help="until=WHEN (created before), label=KEY[=VALUE], label!=KEY[=VALUE].")
 @click.pass_obj
 def image_prune_cmd(settings: Settings, all_unused: bool, force: bool,
                     filters: tuple[str, ...]) -> None:
     """Remove dangling images (with -a: unused ones), and the space only they held."""
     from layerstore.gc import prune
     from layerstore.humanize import human_size
+    from layerstore.usage import Freed
 
-    _prune_filters(filters)
+    parsed, until = _prune_filters(filters)
     store = settings.store()
-    untagged = _untag_unused(settings, store) if all_unused else []
-    report = prune(store)
+    untagged = _untag_unused(settings, store, parsed, until) if all_unused else []
+    with Freed(store.root) as freed:
+        report = prune(store, untagged=_dangling(store, parsed, until))
     if untagged or report.untagged_images:
         click.echo("Deleted Images:")
         for name in untagged:
             click.echo(f"untagged: {name}")
-    click.echo(f"Total reclaimed space: {human_size(report.reclaimed)}")
+    click.echo(f"Total reclaimed space: {human_size(freed.bytes)}")
 
 
 @system_group.command("prune")
@@ -99,7 +132,8 @@ def image_prune_cmd(settings: Settings, all_unused: bool, force: bool,
               help="Remove every unused image, not just dangling ones.")
 @click.option("--volumes", is_flag=True, help="Prune anonymous volumes too.")
 @click.option("-f", "--force", is_flag=True, help="Do not ask (there is no prompt anyway).")
-@click.option("--filter", "filters", multiple=True, metavar="until=WHEN")
+@click.option("--filter", "filters", multiple=True, metavar="KEY=VALUE",
+              help="until=WHEN, label=KEY[=VALUE], label!=KEY[=VALUE].")
 @click.pass_obj
 def system_prune_cmd(settings: Settings, all_unused: bool, volumes: bool, force: bool,
                      filters: tuple[str, ...]) -> None:
@@ -110,7 +144,7 @@ def system_prune_cmd(settings: Settings, all_unused: bool, volumes: bool, force:
     from builder.runner.volumes import Volumes
     from layerstore.humanize import human_size
 
-    until = _prune_filters(filters)
+    parsed, until = _prune_filters(filters)
     containers = prune_containers(_containers(settings))
     if containers:
         click.echo("Deleted Containers:\n" + "\n".join(containers) + "\n")
@@ -119,12 +153,12 @@ def system_prune_cmd(settings: Settings, all_unused: bool, volumes: bool, force:
         if gone:
             click.echo("Deleted Volumes:\n" + "\n".join(gone) + "\n")
     store = settings.store()
-    untagged = _untag_unused(settings, store) if all_unused else []
+    untagged = _untag_unused(settings, store, parsed, until) if all_unused else []
     if untagged:
         click.echo("Deleted Images:\n" + "\n".join(f"untagged: {n}" for n in untagged) + "\n")
     # docker's system prune drops all unused build cache (not only the dangling records)
     s = prune_store(store, all_unused=all_unused,
-                    until=until if until is not None else time.time() + 1)
+                    until=until if until is not None else time.time() + 1, filters=parsed)
     if s.cache_entries:
         click.echo(f"Deleted build cache objects: {s.cache_entries}\n")
     click.echo(f"Total reclaimed space: {human_size(s.store.reclaimed)}")

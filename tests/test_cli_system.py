@@ -114,3 +114,25 @@ def test_an_empty_store_names_itself_in_not_found(pybuild: CLI, tmp_path):
     p = pybuild("history", "nosuch", check=False)
     assert p.returncode != 0 and str(pybuild.root) in p.stderr and "holds no images" in p.stderr
     assert "PYBUILD_ROOT" in p.stderr and len(p.stderr.strip().splitlines()) == 1
+
+
+def test_image_prune_filters(store: CLI, tmp_path):
+    """until= keeps what is newer; label= / label!= pick the dangling images that go;
+    -a with the filters untags only the matching unused images."""
+    _build(store, tmp_path, None, "FROM busybox\nLABEL keep=yes\nRUN echo 1 > /k\n")
+    _build(store, tmp_path, None, "FROM busybox\nLABEL drop=yes\nRUN echo 2 > /d\n")
+    assert len(store("images", "-q", "-f", "dangling=true").stdout.split()) == 2
+    store("image", "prune", "-f", "--filter", "until=2000-01-01T00:00:00Z")
+    assert len(store("images", "-q", "-f", "dangling=true").stdout.split()) == 2
+    store("image", "prune", "-f", "--filter", "label=drop")
+    left = store("images", "-q", "-f", "dangling=true").stdout.split()
+    assert len(left) == 1
+    assert json.loads(store("inspect", left[0]).stdout)[0]["Config"]["Labels"] == {"keep": "yes"}
+    store("image", "prune", "-f", "--filter", "label!=keep")
+    assert len(store("images", "-q", "-f", "dangling=true").stdout.split()) == 1
+    p = store("image", "prune", "-f", "--filter", "colour=red", check=False)
+    assert p.returncode == 1 and p.stderr.strip() == "pybuild: error: invalid filter 'colour'"
+    # -a: busybox is unused, but newer than until=: kept
+    out = store("image", "prune", "-a", "-f", "--filter", "until=2000-01-01T00:00:00Z").stdout
+    assert "untagged" not in out and "busybox" in store("images").stdout
+    assert "untagged: busybox:latest" in store("image", "prune", "-a", "-f").stdout
