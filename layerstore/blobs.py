@@ -88,7 +88,14 @@ class BlobWriter:
     def write(self, data: bytes | bytearray | memoryview) -> int:
         self._hash.update(data)
         try:
-            self._file.write(data)
+            # an unbuffered write may write less than asked (a disk filling up takes part
+            # of the chunk): what was hashed must be exactly what is on disk
+            view = memoryview(data).cast("B")
+            while view:
+                n = self._file.write(view)
+                if not n:
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+                view = view[n:]
         except OSError as exc:
             # the disk, not the data: say where (ENOSPC had no path and a pull retried
             # it as a broken transfer), and keep no partial that holds the space
@@ -230,6 +237,22 @@ class BlobStore:
     def writer(self, expected: str | None = None, size: int | None = None,
                resume: bool = False) -> BlobWriter:
         return BlobWriter(self, expected, size, resume)
+
+    def drop_partial(self, digest: str) -> None:
+        """Remove the resumable partial of `digest`, unless a writer holds it (another
+        pull resuming it now)."""
+        path = self.ingest_dir / f"{dg.hex_of(dg.validate(digest))}.partial"
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except (FileNotFoundError, OSError):
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            os.unlink(path)
+        except (BlockingIOError, FileNotFoundError):
+            pass
+        finally:
+            os.close(fd)
 
     def ingest(self, stream: BinaryIO, expected: str | None = None,
                size: int | None = None) -> BlobInfo:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import json
+import hashlib
 import os
 import pty
 import re
@@ -400,7 +401,7 @@ def test_no_space_in_a_pull_says_so_at_once(tmp_path, small_fs, registry, config
     assert "attempts" not in errors[0] and "retr" not in p.stderr
     assert len(gets) == 1, gets               # fetched once: a local error is not retried
     _fsck_clean(cli)
-    assert not any((cli.root / "ingest").iterdir())
+    assert not any((cli.root / "ingest").iterdir()), sorted(p.name for p in (cli.root / "ingest").iterdir())
 
 
 # --- history -------------------------------------------------------------------------------
@@ -474,3 +475,21 @@ def test_a_local_read_error_during_an_upload_is_not_retried(registry, config_env
     finally:
         proxy.stop()
     assert len(posts) == 1 and len(sends) <= 1, proxy.seen     # one session, not six
+
+
+def test_a_short_write_on_a_filling_disk_never_commits_a_truncated_blob(small_fs):
+    """A write larger than the space left is taken in part by the kernel (a short write,
+    no error): the blob writer hashed all of it, so it must write all of it or fail --
+    committing would publish a blob shorter than its digest says."""
+    from layerstore.errors import LocalIOError
+    from layerstore.store import Store
+
+    store = Store.open(small_fs(1) / "store")
+    data = os.urandom(3 << 20)
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    with pytest.raises(LocalIOError, match="No space left on device"):
+        with store.blobs.writer(expected=digest, size=len(data)) as w:
+            w.write(data)
+            w.commit()
+    assert not store.blobs.has(digest)
+    assert not any((store.root / "ingest").iterdir())

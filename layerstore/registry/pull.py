@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from layerstore import mediatypes as mt
 from layerstore import reference
-from layerstore.errors import DigestMismatch, InvalidImage, NotFound
+from layerstore.errors import DigestMismatch, InvalidImage, LocalIOError, NotFound
 from layerstore.model import (Descriptor, Index, Manifest, NotAnImage, Platform, check_image,
                               parse_manifest_or_index)
 from layerstore.registry import open_client
@@ -170,15 +170,23 @@ def _download(client: RegistryClient, repo: str, blobs: list[Descriptor], store:
     workers = max(1, min(options.max_concurrent, len(order)))
     if workers == 1:
         return sum(one(d) for d in order)
-    with ThreadPoolExecutor(workers, thread_name_prefix="pull") as pool:
-        futures = [pool.submit(one, d) for d in order]
-        total = 0
-        try:
-            for f in futures:
-                total += f.result()
-        except BaseException:
-            client.cancel()
-            for f in futures:
-                f.cancel()
-            raise
-        return total
+    try:
+        with ThreadPoolExecutor(workers, thread_name_prefix="pull") as pool:
+            futures = [pool.submit(one, d) for d in order]
+            total = 0
+            try:
+                for f in futures:
+                    total += f.result()
+            except BaseException:
+                client.cancel()
+                for f in futures:
+                    f.cancel()
+                raise
+            return total
+    except LocalIOError:
+        # the disk is full (or read-only): the transfers cancelled beside the one that
+        # hit it keep their resumable partials, which hold the very space that is
+        # missing. Once every worker is done, drop them.
+        for d in order:
+            store.blobs.drop_partial(d.digest)
+        raise
