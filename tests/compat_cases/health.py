@@ -27,7 +27,7 @@ CASES = [
          out=r'"Health": \{\s*"Status": "(starting|healthy)",\s*"FailingStreak": 0,\s*"Log": \[',
          source=RUN + "#healthcheck"),
     Case("docker exec test rm /etc/passwd", source=RUN + "#healthcheck"),
-    Case("docker stop r2", out=r"^r2$", lines=1, source=AUTO + "#restart-policy-details"),
+    Case("docker stop -t 1 r2", out=r"^r2$", lines=1, source=AUTO + "#restart-policy-details"),
     Case("docker inspect r2", out=r'"Status": "exited",', source=AUTO + "#restart-policy-details"),
     Case("docker run --rm --restart always busybox true", code=125,
          err=r"Conflicting options: --restart and --rm", source=RUN + "#restart"),
