@@ -378,16 +378,11 @@ def load_cmd(settings: Settings, source: Path | None, quiet: bool) -> None:
 def prune_cmd(settings: Settings, all_unused: bool, keep_storage: str | None,
               filters: tuple[str, ...], cache_mounts: bool, force: bool) -> None:
     """Remove unreachable blobs, snapshots, dangling images and leftovers."""
-    from builder import filters as flt
-    from builder.cache import parse_until, prune_store
+    from builder.cache import prune_store
+    from builder.filters import prune_filters
     from layerstore.humanize import human_size, parse_size
 
-    parsed = flt.parse(filters, flt.PRUNE)
-    until = None
-    for value in parsed.get("until"):
-        if not value:
-            raise flt.InvalidFilter("until=")
-        until = parse_until(value)
+    parsed, until = prune_filters(filters)
     try:
         keep = parse_size(keep_storage) if keep_storage is not None else None
     except ValueError as exc:

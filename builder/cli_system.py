@@ -51,20 +51,6 @@ def _created_before(store, desc, until: float | None) -> bool:
     return created is not None and created.timestamp() < until
 
 
-def _prune_filters(filters: tuple[str, ...]):
-    """The prune filters (until=, label=, label!=) parsed once; (filters, until)."""
-    from builder import filters as flt
-    from builder.cache import parse_until
-
-    parsed = flt.parse(filters, flt.PRUNE)
-    until = None
-    for value in parsed.get("until"):
-        if not value:
-            raise flt.InvalidFilter("until=")
-        until = parse_until(value)
-    return parsed, until
-
-
 def _untag_unused(settings: Settings, store, parsed, until: float | None) -> list[str]:
     """docker's `-a`: every image no container (in any state) was made from, and that
     passes the filters, loses its names."""
@@ -115,7 +101,9 @@ def image_prune_cmd(settings: Settings, all_unused: bool, force: bool,
     from layerstore.humanize import human_size
     from layerstore.usage import Freed
 
-    parsed, until = _prune_filters(filters)
+    from builder.filters import prune_filters
+
+    parsed, until = prune_filters(filters)
     store = settings.store()
     untagged = _untag_unused(settings, store, parsed, until) if all_unused else []
     with Freed(store.root) as freed:
@@ -144,7 +132,9 @@ def system_prune_cmd(settings: Settings, all_unused: bool, volumes: bool, force:
     from builder.runner.volumes import Volumes
     from layerstore.humanize import human_size
 
-    parsed, until = _prune_filters(filters)
+    from builder.filters import prune_filters
+
+    parsed, until = prune_filters(filters)
     containers = prune_containers(_containers(settings))
     if containers:
         click.echo("Deleted Containers:\n" + "\n".join(containers) + "\n")

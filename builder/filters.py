@@ -319,6 +319,19 @@ def dangling_images(store, filters: Filters) -> list[str]:
 
 # --- what the commands call ----------------------------------------------------------
 
+def prune_filters(items: Iterable[str]) -> tuple[Filters, float | None]:
+    """A prune's --filter values (until=, label=, label!=) and the until= time."""
+    from builder.cache import parse_until
+
+    parsed = parse(items, PRUNE)
+    until = None
+    for value in parsed.get("until"):
+        if not value:
+            raise InvalidFilter("until=")
+        until = parse_until(value)
+    return parsed, until
+
+
 def each(names: Iterable[str], action: Callable[[str], None],
          warn: Callable[[str], None], own_status: bool = True) -> None:
     """`rm a missing b`: act on every name; one error line per failure, and exit 1 at the
