@@ -138,24 +138,18 @@ def _health(st: ContainerState) -> dict | None:
             "FailingStreak": streak if isinstance(streak, int) else 0, "Log": log}
 def port_lines(st: ContainerState, private: str | None = None) -> list[str]:
     """docker port: `80/tcp -> 0.0.0.0:8080` per published port, or with PRIVATE[/PROTO]
-    only the host addresses of that port."""
-    import re
-
+    only the host addresses of that port (the records read once, by port_map)."""
     from .errors import RunError
 
-    maps = []   # the record's "HOST_IP:HOST_PORT->PORT/PROTO" (PortMapping's str)
-    for text in st.ports:
-        m = re.fullmatch(r"(.*):(\d+)->(\d+)/(\w+)", text)
-        if m:
-            maps.append((m[1], int(m[2]), int(m[3]), m[4]))
+    ports = port_map(st.ports)
     if private is None:
-        return [f"{cport}/{proto} -> {ip}:{hport}" for ip, hport, cport, proto in maps]
+        return [f"{inside} -> {b['HostIp']}:{b['HostPort']}" for inside, binds in ports.items()
+                for b in binds]
     port, _, proto = private.partition("/")
     proto = proto or "tcp"
     if not port.isdigit() or proto not in ("tcp", "udp", "sctp"):
         raise RunError(f"invalid port {private!r}: expected PORT[/PROTO]")
-    found = [f"{ip}:{hport}" for ip, hport, cport, proto_ in maps
-             if cport == int(port) and proto_ == proto]
+    found = [f"{b['HostIp']}:{b['HostPort']}" for b in ports.get(f"{int(port)}/{proto}", [])]
     if not found:
         raise RunError(f"no public port '{port}/{proto}' published for {st.name}")
     return found
