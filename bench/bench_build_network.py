@@ -24,22 +24,12 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
+
+from benchlib import timed, unmount_under
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLES = REPO / "sample-images"
-
-
-def timed(argv: list[str], env: dict[str, str]) -> float:
-    t = time.perf_counter()
-    p = subprocess.run(argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                       stderr=subprocess.PIPE)
-    took = time.perf_counter() - t
-    if p.returncode != 0:
-        sys.exit(f"{' '.join(argv)} failed ({p.returncode}):\n"
-                 f"{p.stderr.decode(errors='replace')[-2000:]}")
-    return took
 
 
 class Tree:
@@ -116,10 +106,7 @@ def main() -> None:
             per = (med - host) / args.steps * 1000
             print(f"{label:24} {fmt(times[label]):>22} {med / first:6.2f} {per:+7.1f}ms")
     finally:
-        with open("/proc/self/mountinfo") as f:
-            points = [l.split()[4] for l in f if l.split()[4].startswith(str(work))]
-        for p in sorted(points, key=len, reverse=True):
-            subprocess.run(["umount", "-l", p], capture_output=True)
+        unmount_under(work)
         shutil.rmtree(work, ignore_errors=True)
 
 

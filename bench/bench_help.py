@@ -15,22 +15,12 @@ import argparse
 import os
 import shutil
 import statistics
-import subprocess
 import sys
-import time
 from pathlib import Path
 
+from benchlib import timed
+
 REPO = Path(__file__).resolve().parent.parent
-
-
-def timed(argv: list[str], env: dict[str, str]) -> float:
-    t = time.perf_counter()
-    p = subprocess.run(argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                       stderr=subprocess.PIPE)
-    took = time.perf_counter() - t
-    if p.returncode != 0:
-        sys.exit(f"{' '.join(argv)} failed ({p.returncode}): {p.stderr.decode()[-500:]}")
-    return took
 
 
 def main() -> None:

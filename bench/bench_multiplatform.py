@@ -23,25 +23,15 @@ import subprocess
 import sys
 import tarfile
 import tempfile
-import time
 from pathlib import Path
+
+from benchlib import timed, unmount_under
 
 REPO = Path(__file__).resolve().parent.parent
 MKROOTFS = REPO / "sample-images" / "busybox" / "mkrootfs.sh"
 STEPS = ("RUN for i in $(seq 1 3000); do echo $i; done > /numbers && wc -l /numbers\n"
          "RUN uname -m > /arch && sha256sum /bin/busybox > /sum\n"
          "RUN mkdir -p /data && for i in $(seq 1 200); do echo $i > /data/f$i; done\n")
-
-
-def timed(argv: list[str], env: dict[str, str] | None = None) -> float:
-    t = time.perf_counter()
-    p = subprocess.run(argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                       stderr=subprocess.PIPE)
-    took = time.perf_counter() - t
-    if p.returncode != 0:
-        sys.exit(f"{' '.join(argv)} failed ({p.returncode}):\n"
-                 f"{p.stderr.decode(errors='replace')[-2000:]}")
-    return took
 
 
 def make_base(work: Path, pybuild: list[str], env: dict[str, str]) -> None:
@@ -121,10 +111,7 @@ def main() -> None:
     finally:
         subprocess.run([*buildah, "rm", "-a"], capture_output=True)
         subprocess.run([*buildah, "rmi", "-a", "-f"], capture_output=True)
-        with open("/proc/self/mountinfo") as f:
-            points = [l.split()[4] for l in f if l.split()[4].startswith(str(work))]
-        for p in sorted(points, key=len, reverse=True):
-            subprocess.run(["umount", "-l", p], capture_output=True)
+        unmount_under(work)
         shutil.rmtree(work, ignore_errors=True)
 
 

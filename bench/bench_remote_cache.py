@@ -37,6 +37,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchlib import unmount_under
+
 REPO = Path(__file__).resolve().parent.parent
 SAMPLES = REPO / "sample-images"
 sys.path.insert(0, str(REPO / "tests"))
@@ -51,13 +53,6 @@ def run(cmd: list[str], env: dict | None = None, check: bool = True) -> float:
     if check and p.returncode != 0:
         sys.exit(f"{' '.join(cmd)} failed:\n{p.stderr.decode()[-3000:]}")
     return took
-
-
-def unmount_under(base: Path) -> None:
-    with open("/proc/self/mountinfo") as f:
-        points = [l.split()[4] for l in f if l.split()[4].startswith(str(base))]
-    for p in sorted(points, key=len, reverse=True):
-        subprocess.run(["umount", "-l", p], capture_output=True)
 
 
 class Bench:
