@@ -18,7 +18,9 @@ from conftest import REPO
 from test_run_support import host_resources, run_store  # noqa: F401  (fixture)
 
 NONE = ("--network", "none")
-COUNTER = 'i=0; while :; do i=$((i+1)); echo $i > /n; sleep 0.05; done'
+# written to a temp file and renamed: a freeze between `>`'s truncate and the write must
+# not leave an empty /n for the test to read
+COUNTER = 'i=0; while :; do i=$((i+1)); echo $i > /n.tmp; mv /n.tmp /n; sleep 0.05; done'
 
 
 def _cgroups_of(ids: set[str]) -> list[str]:
