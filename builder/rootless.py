@@ -27,6 +27,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from builder.procinfo import start_time
 from layerstore.errors import PybuildError
 
 CLONE_NEWUSER = 0x10000000
@@ -102,16 +103,6 @@ def _private_dir(path: Path) -> None:
         os.chmod(path, 0o700)
 
 
-def _start_time(pid: int) -> str | None:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read(4096)
-    except OSError:
-        return None
-    # the command name may hold spaces and parentheses: fields count from the last ')'
-    return data[data.rfind(b")") + 2:].split()[19].decode()
-
-
 def _namespace_of(pid: int, start: str) -> int | None:
     """An fd on the user namespace of our keeper `pid`, or None if that is not it:
     the pid file is ours, but a pid is reused, so the start time must match and the
@@ -125,7 +116,7 @@ def _namespace_of(pid: int, start: str) -> int | None:
 
         owner = array.array("I", [0])
         fcntl.ioctl(fd, NS_GET_OWNER_UID, owner, True)
-        if _start_time(pid) == start and owner[0] == os.getuid() and os.fstat(fd).st_ino != \
+        if start_time(pid) == start and owner[0] == os.getuid() and os.fstat(fd).st_ino != \
                 os.stat("/proc/self/ns/user").st_ino:
             return fd
     except OSError:
@@ -197,7 +188,7 @@ def _keeper(ready_w: int, go_r: int, lock_path: str, pid_path: str) -> None:
         for s in (signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGPIPE):
             signal.signal(s, signal.SIG_IGN)
         _unshare(CLONE_NEWUSER)
-        os.write(ready_w, f"{os.getpid()} {_start_time(os.getpid())}\n".encode())
+        os.write(ready_w, f"{os.getpid()} {start_time(os.getpid())}\n".encode())
         os.close(ready_w)
         if os.read(go_r, 1) != b"g":
             os._exit(1)
@@ -221,7 +212,7 @@ def _keeper(ready_w: int, go_r: int, lock_path: str, pid_path: str) -> None:
                 except OSError:
                     continue  # someone is joining right now
                 if not _others_in(mine, me):
-                    if _read_pidfile(Path(pid_path)) == (me, _start_time(me)):
+                    if _read_pidfile(Path(pid_path)) == (me, start_time(me)):
                         os.unlink(pid_path)
                     break
             finally:
