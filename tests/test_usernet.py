@@ -178,8 +178,8 @@ def test_outbound_tcp_dns_and_no_host_loopback(run_store, lab):
 def test_published_port_answers_and_rm_f_stops_the_helper(run_store, lab):
     port = 18581
     serve = "while true; do echo hello-from-container | nc -l -p 80; done"
-    cid = pb(run_store, lab, "run", "-d", "-p", f"127.0.0.1:{port}:80", "busybox",
-             "sh", "-c", serve).stdout.strip()
+    cid = pb(run_store, lab, "run", "-d", "-p", f"127.0.0.1:{port}:80", "-p", f"{port + 2}:81/udp",
+             "busybox", "sh", "-c", serve).stdout.strip()
     try:
         got = in_ns(lab, sys.executable, "-c", FETCH, str(port))
         assert got.stdout == "hello-from-container\n", got.stderr
@@ -189,6 +189,9 @@ def test_published_port_answers_and_rm_f_stops_the_helper(run_store, lab):
         # the host side listens on the address asked for, in slirp4netns
         ss = in_ns(lab, "ss", "-Hltnp", f"sport = :{port}").stdout
         assert f"127.0.0.1:{port}" in ss and "slirp4netns" in ss
+        # docker's default address for `-p HOSTPORT:CPORT` is 0.0.0.0; udp is published too
+        ss = in_ns(lab, "ss", "-Hlunp", f"sport = :{port + 2}").stdout
+        assert f"0.0.0.0:{port + 2}" in ss and "slirp4netns" in ss
         found = helpers(run_store)
         assert len(found) == 1
         (pid, where), = found.items()
@@ -297,3 +300,41 @@ def test_backend_override_is_validated_and_rootful_is_not_a_user_namespace(run_s
                           env=env).stdout == "False\n"
     assert subprocess.run(["unshare", "--user", "--map-root-user", sys.executable, "-c", probe],
                           capture_output=True, text=True, env=env).stdout == "True\n"
+
+
+IN_USERNS = r"""
+import os, subprocess, sys
+from pathlib import Path
+from builder.sandbox.netbackend import backend, network_for
+from builder.sandbox.netconfig import NetworkConfig
+assert backend() == "user", backend()           # auto: rootless mode means user-mode
+box = subprocess.Popen(["unshare", "--net", "sleep", "30"])
+try:
+    import time
+    while os.readlink(f"/proc/{box.pid}/ns/net") == os.readlink("/proc/self/ns/net"):
+        time.sleep(0.01)
+    net = network_for(NetworkConfig(mode="private"), "userns-probe", Path(sys.argv[1]))
+    print("ip", net.attach(box.pid))
+    pid = int((Path(sys.argv[1]) / "usernet" / "helper").read_text().split()[0])
+    print(subprocess.run(["nsenter", f"--net=/proc/{box.pid}/ns/net", "ip", "-o", "-4", "addr",
+                          "show", "eth0"], capture_output=True, text=True).stdout.strip())
+    net.teardown()
+    print("helper-alive", os.path.exists(f"/proc/{pid}"))
+finally:
+    box.kill()
+"""
+
+
+def test_auto_picks_user_mode_in_a_user_namespace_and_it_works_there(tmp_path):
+    """As rootless mode runs: root only in a user namespace that does not own the host's
+    network namespace (no veth or bridge possible there)."""
+    require_tool("slirp4netns")
+    state = tmp_path / "state"
+    state.mkdir()
+    p = subprocess.run(["unshare", "--user", "--map-root-user", sys.executable, "-c", IN_USERNS,
+                        str(state)], capture_output=True, text=True, timeout=60,
+                       env=dict(os.environ, PYTHONPATH=str(REPO)), cwd=REPO)
+    assert p.returncode == 0, p.stderr
+    assert "ip 10.0.2.100" in p.stdout and "inet 10.0.2.100/24" in p.stdout
+    assert "helper-alive False" in p.stdout
+    assert os.listdir(state) == []
