@@ -338,3 +338,25 @@ def test_auto_picks_user_mode_in_a_user_namespace_and_it_works_there(tmp_path):
     assert "ip 10.0.2.100" in p.stdout and "inet 10.0.2.100/24" in p.stdout
     assert "helper-alive False" in p.stdout
     assert os.listdir(state) == []
+
+
+def test_container_with_its_own_user_namespace_reaches_out(lab, busybox_rootfs):
+    """A container whose network namespace belongs to its own (nested) user namespace:
+    slirp4netns still joins it (the sandbox's own temporary state dir: the container's root
+    must be able to reach the mount point there)."""
+    script = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from builder.sandbox import DirRoot, NetworkConfig, SandboxSpec, UserNamespace, run\n"
+        "r = run(SandboxSpec(root=DirRoot(Path(sys.argv[1]), readonly=True), stdio='pipe',\n"
+        "        argv=['/bin/sh', '-c', sys.argv[2]], timeout=20, userns=UserNamespace(),\n"
+        "        network=NetworkConfig(mode='private')))\n"
+        "sys.stdout.write(r.stdout.decode()); sys.exit(r.exit_code)\n")
+    cmd = (f"cat /proc/self/uid_map; ip -o -4 addr show eth0; "
+           f"nc -w 3 {HOST_IP} {OUT_PORT} </dev/null")
+    p = subprocess.run(["ip", "netns", "exec", lab, sys.executable, "-c", script,
+                        str(busybox_rootfs), cmd], capture_output=True, text=True,
+                       timeout=60, cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO), **ENV))
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.split()[:3] == ["0", "100000", "65536"]
+    assert "inet 10.0.2.100/24" in p.stdout and "outbound-ok" in p.stdout
