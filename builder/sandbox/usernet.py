@@ -54,6 +54,7 @@ READY_TIMEOUT = 10.0
 API_TIMEOUT = 5.0
 MAX_REPLY = 64 << 10
 MAX_LOG = 4096
+TUN = "/dev/net/tun"
 
 
 def _start_time(pid: int) -> str | None:
@@ -111,6 +112,11 @@ class UserNetwork:
         if tool is None:
             raise NetworkError("the rootless network needs slirp4netns "
                                "(apt-get install slirp4netns)")
+        if not os.access(TUN, os.R_OK | os.W_OK):
+            # slirp4netns opens it from our mount namespace; udev makes it 0666 on Debian
+            # (systemd's 50-udev-default.rules), a system without udev may leave it 0600
+            raise NetworkError(f"the rootless network needs read-write access to {TUN} "
+                               f"(as root: chmod 0666 {TUN}, as udev sets it)")
         ns_fd = self._own_namespace(pid)
         fds: list[int] = [ns_fd]
         try:
@@ -199,7 +205,8 @@ class UserNetwork:
                 lines = fh.read(MAX_LOG).decode(errors="replace").strip().splitlines()
         except OSError:
             return ""
-        return f": {lines[-1].strip()}" if lines else ""
+        lines = [ln.strip() for ln in lines if ln.strip() and "experimental" not in ln]
+        return f": {'; '.join(lines[-3:])}" if lines else ""
 
     # -- ports -------------------------------------------------------------------
 
