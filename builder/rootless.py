@@ -328,6 +328,9 @@ def enter(root: Path) -> None:
             os.close(ns)
     finally:
         os.close(lock)    # we are in the namespace now: the keeper sees us in its scan
+    from layerstore.userns import in_user_namespace
+
+    in_user_namespace.cache_clear()    # asked before we moved (an import may have asked)
     os.setresgid(0, 0, 0)
     if len(gids) > 1:
         os.setgroups([])

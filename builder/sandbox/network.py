@@ -330,6 +330,8 @@ def _can_fork_tools() -> None:
 class PrivateNetwork:
     """One container's place on a bridge: attach it once, tear it down once (or more)."""
 
+    nameserver: str | None = None   # the container's resolv.conf keeps the host's resolvers
+
     def __init__(self, config: NetworkConfig, container_id: str) -> None:
         config.validate()
         if config.mode != "private":
