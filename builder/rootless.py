@@ -23,6 +23,7 @@ import shutil
 import signal
 import stat
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -345,6 +346,14 @@ def enter(root: Path) -> None:
     except OSError as e:
         raise RootlessError(f"cannot make a private mount namespace: "
                             f"{os.strerror(e.errno) if e.errno else e}") from None
+    # Start again in here. A process keeps the user namespace its memory was exec'd in
+    # (mm->user_ns): ours is still the initial one, so every process we fork (a sandbox
+    # monitor, a container's PID 1 before its exec, both non-dumpable) would have /proc
+    # entries that only initial-namespace root may open -- slirp4netns could not join the
+    # container's network namespace. After the exec all of them belong to our namespace.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, sys.orig_argv)
 
 
 def is_rootless() -> bool:
