@@ -2,12 +2,13 @@
 
 One Dockerfile FROM an amd64+arm64 busybox index, with a few RUN steps of shell work,
 built with --no-cache for both platforms into one index (pybuild: `build --platform
-linux/amd64,linux/arm64 -t multi`; buildah: `bud --platform ... --manifest multi`),
-interleaved (pybuild, buildah, pybuild, ...). Prints the median and min-max of N runs of
-each and the ratio pybuild/buildah. Both read the same base: buildah through the
-store's OCI layout (`FROM oci:STORE:bbmulti`). Everything lives in a temporary
-directory under /var/tmp (fresh directories: this ext4 crawls after mass deletes) and
-is removed at the end.
+linux/amd64,linux/arm64 -t multi`, once with --jobs 1 (the platforms one after the
+other) and once with the default --jobs (at once); buildah: `bud --platform ...
+--manifest multi`), interleaved (pybuild -j1, pybuild, buildah, ...). Prints the median
+and min-max of N runs of each and the ratios to buildah and to pybuild --jobs 1. All
+read the same base: buildah through the store's OCI layout (`FROM oci:STORE:bbmulti`).
+Everything lives in a temporary directory under /var/tmp (fresh directories: this ext4
+crawls after mass deletes) and is removed at the end.
 
     python3 bench/bench_multiplatform.py [--runs 5]
 """
@@ -86,6 +87,7 @@ def main() -> None:
         plats = "linux/amd64,linux/arm64"
         run_ours = [*pybuild, "build", "--progress", "quiet", "--no-cache", "--network", "none",
                     "--platform", plats, "-t", "multi", str(ours)]
+        run_seq = [*run_ours[:-1], "--jobs", "1", str(ours)]
 
         def run_peer() -> float:
             subprocess.run([*buildah, "manifest", "rm", "multi"], capture_output=True)
@@ -94,8 +96,9 @@ def main() -> None:
 
         timed(run_ours, env)   # warm-up: bytecode, seccomp cache, binfmt registration
         run_peer()
-        times: dict[str, list[float]] = {"pybuild": [], "buildah": []}
+        times: dict[str, list[float]] = {"pybuild -j1": [], "pybuild": [], "buildah": []}
         for _ in range(args.runs):
+            times["pybuild -j1"].append(timed(run_seq, env))
             times["pybuild"].append(timed(run_ours, env))
             times["buildah"].append(run_peer())
         peer_arches = sorted(m["platform"]["architecture"] for m in json.loads(subprocess.run(
@@ -104,10 +107,11 @@ def main() -> None:
         print(f"3 RUN steps x linux/amd64 + linux/arm64 (qemu-user), --no-cache, "
               f"runs={args.runs}, interleaved; both made an index of {peer_arches}")
         base = statistics.median(times["buildah"])
+        seq = statistics.median(times["pybuild -j1"])
         for name, ts in times.items():
             med = statistics.median(ts)
-            print(f"{name:8} {med:6.2f}s ({min(ts):.2f}-{max(ts):.2f})  "
-                  f"{med / base:5.2f}x buildah")
+            print(f"{name:11} {med:6.2f}s ({min(ts):.2f}-{max(ts):.2f})  "
+                  f"{med / base:5.2f}x buildah  {med / seq:5.2f}x pybuild -j1")
     finally:
         subprocess.run([*buildah, "rm", "-a"], capture_output=True)
         subprocess.run([*buildah, "rmi", "-a", "-f"], capture_output=True)

@@ -99,28 +99,37 @@ def _bounded(cfg: ImageConfig) -> ImageConfig:
 
 
 class Builder:
-    def __init__(self, store, opts: BuildOptions, progress: Progress) -> None:
+    def __init__(self, store, opts: BuildOptions, progress: Progress, group=None) -> None:
         self.store = store
         self.opts = opts
         self.progress = progress
+        # the other platforms' builds of one `--platform a,b` build (builder/buildmulti.py
+        # PlatformGroup): one step numbering, one progress, one cancel, the store's
+        # shared files written by one at a time
+        self.group = group
         self.cache = BuildCache(store.root)
-        # the work dirs of builds that were killed: no live process holds their lock
-        from builder.sandbox.cgroups import remove_left
-
-        store.snapshots.reclaim(reclaimed=remove_left)
         self._scratch: workdirs.WorkDir | None = None
         self.counter = 0
         self.counter_lock = threading.Lock()
         self.steps_run = 0
         self.steps_cached = 0
-        self.hashes = copystep.FileHashes(store.root / "cache" / "context-hashes.json")
-        self.hash_lock = threading.Lock()
+        if group is None:
+            # the work dirs of builds that were killed: no live process holds their lock
+            from builder.sandbox.cgroups import remove_left
+
+            store.snapshots.reclaim(reclaimed=remove_left)
+            self.hashes = copystep.FileHashes(store.root / "cache" / "context-hashes.json")
+            self.hash_lock = threading.Lock()
+        else:
+            # one table for every platform: each saving its own copy lost the others'
+            self.hashes, self.hash_lock = group.hashes, group.hash_lock
         self.failed = threading.Event()
         # Ctrl-C: the running steps' containers are killed, and one whose container is
         # still starting kills it as soon as it has one (see RunOp.execute)
         self.interrupted = threading.Event()
         self.source_text = ""     # the Dockerfile, for the failing step's excerpt
         self.running: dict = {}   # containers of RUN steps in progress, by id()
+        self.results: dict[int, cf.Future] = {}    # each stage's, once submitted
         self.new_roots = False    # a step made a layer: ROOT/cache/roots must be rewritten
         self.base_counts: dict[int, int] = {}
         # for the whole-build memo: what this build depended on and showed
@@ -178,6 +187,8 @@ class Builder:
     # --- helpers ------------------------------------------------------------
 
     def next_step(self) -> int:
+        if self.group is not None:      # `#5` is one step of one platform, never two
+            return self.group.next_step()
         with self.counter_lock:
             self.counter += 1
             return self.counter
@@ -510,8 +521,16 @@ class Builder:
         from layerstore.registry import ensure_image
 
         plat = parse_platform(platform or self.opts.platform) if (platform or self.opts.platform) else None
-        return self._noted(ref, ensure_image(self.store, ref, platform=plat,
-                                             policy="always" if self.opts.pull else "missing"))
+        policy = "always" if self.opts.pull else "missing"
+        if self.group is None:
+            return self._noted(ref, ensure_image(self.store, ref, platform=plat, policy=policy))
+        # two platforms' builds FROM the same image and platform (a stage FROM
+        # --platform=$BUILDPLATFORM): one pulls it, the other then finds it here
+        with self.group.pulling((ref, str(plat), policy)) as first:
+            if self.interrupted.is_set():
+                raise BuildError("build cancelled")
+            return self._noted(ref, ensure_image(self.store, ref, platform=plat,
+                                                 policy=policy if first else "missing"))
 
     def _noted(self, ref: str, image):
         """Remember how `ref` resolved, so the memo can tell whether it still would."""
@@ -535,6 +554,8 @@ class Builder:
         # BuildKit's labels: `[2/7]`, the stage's name first only when there are several
         # (`[builder 2/7]`, `[stage-1 2/7]`), numbers padded to the total's width
         label = (stage.name or f"stage-{stage.index}") if len(graph.stages) > 1 else ""
+        if self.group is not None:
+            label = f"{self.platform_label(stage)} {label}".rstrip()
         n = self.next_step()
         text = f"FROM {stage.from_.image}" + (f" AS {stage.name}" if stage.name else "")
         first = _position(label, 1, total)
@@ -573,6 +594,34 @@ class Builder:
             runner.step(planned, raw=raw, position=k + 2)
         return runner.state
 
+    def platform_label(self, stage: Stage) -> str:
+        """BuildKit's label prefix in a multi-platform build: the platform the stage runs
+        as, and the target after `->` when that differs (`FROM --platform=$BUILDPLATFORM`:
+        `linux/amd64->arm64`)."""
+        from layerstore.platforms import host_platform, parse_platform
+
+        target = parse_platform(self.opts.platform) if self.opts.platform else host_platform()
+        runs = parse_platform(stage.platform) if stage.platform else target
+        if str(runs) == str(target):
+            return str(runs)
+        if runs.os == target.os:
+            return f"{runs}->{str(target).split('/', 1)[1]}"
+        return f"{runs}->{target}"
+
+    def interrupt(self) -> None:
+        """Ctrl-C (or, in a multi-platform build, another platform failing): queued
+        stages never start, running containers are killed, pulls stop; each step's
+        thread then tears down what it made and shows CANCELED."""
+        self.interrupted.set()
+        self.failed.set()
+        for f in list(self.results.values()):
+            f.cancel()
+        for c in list(self.running.values()):
+            c.kill()
+        from layerstore.registry.client import cancel_all
+
+        cancel_all()     # a pull under way (FROM, --cache-from) stops too
+
     @contextlib.contextmanager
     def waiting_for(self, n: int, fut: cf.Future | None):
         """Step `n` waits for another stage's result: shown as waiting, not running."""
@@ -591,9 +640,15 @@ class Builder:
         graph, df, ctx = self.load()
         self.raw_bodies = _raw_bodies(df)
         needed = graph.needed()
-        self.progress.expect(sum(1 + len(s.triggers) + len(s.instructions) for s in needed))
+        total = sum(1 + len(s.triggers) + len(s.instructions) for s in needed)
+        if self.group is not None:
+            self.group.expect(self._platform_text(), total)
+        else:
+            self.progress.expect(total)
         _check_entitlements(needed, self.opts, df.filename)   # before any step runs
-        results: dict[int, cf.Future] = {}
+        results = self.results
+        if self.interrupted.is_set():     # cancelled before it began: no step starts
+            raise BuildError("build cancelled")
         with self.store.writing():
             with cf.ThreadPoolExecutor(max_workers=max(1, self.opts.jobs)) as pool:
                 for s in needed:
@@ -609,30 +664,25 @@ class Builder:
                 except KeyboardInterrupt:
                     # Ctrl-C: stop queued steps, kill running containers; their threads
                     # tear down what they made before the pool lets us go
-                    self.interrupted.set()
-                    self.failed.set()
-                    for f in results.values():
-                        f.cancel()
-                    for c in list(self.running.values()):
-                        c.kill()
-                    from layerstore.registry.client import cancel_all
-
-                    cancel_all()     # a pull under way (FROM, --cache-from) stops too
+                    self.interrupt()
                     raise
             if errors:
                 real = [e for e in errors if not isinstance(e, DependencyFailed) and not (
                     isinstance(e, BuildError) and str(e).startswith("build cancelled"))]
                 raise (real or errors)[0]
             final: State = results[graph.target].result()
-            with self.hash_lock:
-                self.hashes.save()
-            inline = self.stage_records(graph.target, "min") \
-                if any(s.type == "inline" for s in self.opts.cache_to) else None
-            result = self.finish(final, self.base_counts.get(graph.target, 0), inline)
-            self.export_cache(result, graph.target)
-            self.keep_remote_hits()
-            if self.new_roots or not (self.cache.dir / "roots").exists():
-                self.cache.write_roots()
+            # several platforms: one at a time from here (their --cache-to exports merge
+            # into one ref, and ROOT/cache/roots is listed and written whole)
+            with self.group.finishing if self.group is not None else contextlib.nullcontext():
+                with self.hash_lock:
+                    self.hashes.save()
+                inline = self.stage_records(graph.target, "min") \
+                    if any(s.type == "inline" for s in self.opts.cache_to) else None
+                result = self.finish(final, self.base_counts.get(graph.target, 0), inline)
+                self.export_cache(result, graph.target)
+                self.keep_remote_hits()
+                if self.new_roots or not (self.cache.dir / "roots").exists():
+                    self.cache.write_roots()
         result.warnings = list(graph.warnings) + self.cache_warnings
         if self.cache_warnings:
             self.volatile = True    # the memo would repeat them for ever: no record
@@ -924,33 +974,46 @@ class _StageRunner:
         return idx
 
 
-def build(store, opts: BuildOptions, progress: Progress | None = None) -> BuildResult:
+def build(store, opts: BuildOptions, progress: Progress | None = None,
+          group=None) -> BuildResult:
     """Build per `opts` into `store`; raises PybuildError (BuildError, DockerfileError, ...).
 
     A --cache-from source that fails after it gave hits (a layer it lists cannot be
     fetched, or is not what its record says) is a warning: the build starts again
-    without the sources; what it made meanwhile is in the local cache already."""
+    without the sources; what it made meanwhile is in the local cache already.
+
+    `group` (builder/buildmulti.py PlatformGroup): this is one platform of several,
+    built in a thread of its own; the group cancels it (`Builder.interrupt`) when the
+    main thread gets Ctrl-C or another platform fails."""
     progress = progress or Progress("quiet")
     try:
-        return _build(store, opts, progress)
+        return _build(store, opts, progress, group)
     except RemoteCacheFailed as exc:
-        if not opts.cache_from:
+        if not opts.cache_from or (group is not None and group.cancelled.is_set()):
             raise
         message = f"build cache source failed: {exc}; built again without --cache-from"
         progress.note("a build cache source failed: building again without --cache-from")
-        result = _build(store, dataclasses.replace(opts, cache_from=[]), progress)
+        result = _build(store, dataclasses.replace(opts, cache_from=[]), progress, group)
         result.warnings.insert(0, message)
         result.memo = None      # the memo would repeat the warning for ever
         return result
 
 
-def _build(store, opts: BuildOptions, progress: Progress) -> BuildResult:
-    b = Builder(store, opts, progress)
-    b.network = runstep.BuildNetwork()   # RUN steps' bridge: held from the first to the end
+def _build(store, opts: BuildOptions, progress: Progress, group=None) -> BuildResult:
+    if group is not None and group.cancelled.is_set():
+        raise BuildError("build cancelled")    # queued behind --jobs, started as it failed
+    b = Builder(store, opts, progress, group)
+    # RUN steps' bridge: held from the first to the end (of every platform's build)
+    b.network = group.network if group is not None else runstep.BuildNetwork()
     try:
+        if group is not None:
+            group.join(b)      # cancelled already: interrupted at once
         return b.run()
     finally:
-        b.network.close()
+        if group is not None:
+            group.leave(b)
+        else:
+            b.network.close()
         b.release()
         if b.remote is not None:
             b.remote.close()

@@ -308,16 +308,24 @@ def run_build(root: Path, open_store, context: str, dockerfile: str | None, *, t
 def _build_platforms(store, opts, platforms: list[str], out: dict[str, str],
                      targets: list[str], push_options, mode: str, used, iidfile,
                      metadata_file) -> None:
-    """Several platforms: a build each, one index (builder/buildmulti.py); no memo (each
-    platform's steps still come from the cache)."""
-    from builder.buildmulti import build_platforms, plain_header
+    """Several platforms: a build each, at once up to --jobs, into one progress view, one
+    index (builder/buildmulti.py); no memo (each platform's steps still come from the
+    cache). A failure is reported as one platform's is."""
+    from builder.buildmulti import build_platforms
     from builder.progress import Progress
 
-    def progress_for(p: str):
-        plain_header(p, mode)
-        return Progress(mode)
-
-    res = build_platforms(store, opts, platforms, progress_for, used)
+    progress = Progress(mode)
+    try:
+        res = build_platforms(store, opts, platforms, progress, used)
+    except PybuildError as exc:
+        progress.close()
+        report = getattr(exc, "step_report", "")
+        if report and mode != "rawjson":
+            sys.stderr.write(report)
+            sys.stderr.flush()
+        raise
+    finally:
+        progress.close()
     if out["type"] == "oci":
         from layerstore.archive import save
 

@@ -1068,7 +1068,8 @@ def bundle_cmd(settings: Settings, image: str, directory: Path, command: tuple[s
               type=click.Choice(["auto", "tty", "plain", "rawjson", "quiet"]),
               help="Progress output (env BUILDKIT_PROGRESS).")
 @click.option("-q", "--quiet", is_flag=True, help="Print only the image ID.")
-@click.option("--jobs", default=4, show_default=True, help="Stages built at the same time.")
+@click.option("--jobs", default=4, show_default=True,
+              help="Stages (and --platform platforms) built at the same time.")
 @click.option("--add-host", "add_host", multiple=True, metavar="NAME:IP",
               help="Add a line to RUN steps' /etc/hosts (IP may be host-gateway).")
 @click.option("--shm-size", default=None, help="Size of RUN steps' /dev/shm (default 64m).")

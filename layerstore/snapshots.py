@@ -33,6 +33,7 @@ import errno
 import fcntl
 import os
 import stat
+import threading
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -118,6 +119,11 @@ class SnapshotStore:
         self.root = Path(root)
         self.dir = self.root / "snapshots"
         self.work_dir = self.root / "containers"
+        # one unpack of a layer at a time in this process: the platforms of a
+        # multi-platform build (a stage FROM --platform=$BUILDPLATFORM each) and parallel
+        # stages unpacked the same base twice over, the loser's copy thrown away
+        self._unpacking: dict[str, threading.Lock] = {}
+        self._unpacking_lock = threading.Lock()
 
     def init(self) -> None:
         self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -147,6 +153,15 @@ class SnapshotStore:
         snapshots below it, bottom first."""
         final = self.path(chain_id)
         if _real_dir(final):
+            return final
+        with self._unpacking_lock:
+            lock = self._unpacking.setdefault(chain_id, threading.Lock())
+        with lock:
+            return self._unpack(final, chain_id, diff_id, open_layer, parents)
+
+    def _unpack(self, final: Path, chain_id: str, diff_id: str,
+                open_layer: Callable[[], BinaryIO], parents: Sequence[Path]) -> Path:
+        if _real_dir(final):      # another thread of ours made it meanwhile
             return final
         self._clear(final)
         from layerstore.layer_apply import apply_layer  # only when unpacking

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import tarfile
 from pathlib import Path
@@ -237,7 +238,9 @@ def test_several_platforms_make_one_index(plat: CLI, tmp_path):
     ctx = _ctx(tmp_path, MULTI)
     p = plat("build", "--progress", "plain", "--platform", "linux/amd64,linux/arm64",
              "-t", "multi:1", ctx)
-    assert "#0 building for linux/amd64" in p.stderr and "#0 building for linux/arm64" in p.stderr
+    # BuildKit's labels: each step names its platform
+    assert re.search(r"^#\d+ \[linux/amd64 2/3\] ARG TARGETPLATFORM$", p.stderr, re.M), p.stderr
+    assert re.search(r"^#\d+ \[linux/arm64 3/3\] RUN echo", p.stderr, re.M), p.stderr
     index = _index(plat.root, "docker.io/library/multi:1")
     plats = [(m["platform"]["os"], m["platform"]["architecture"]) for m in index["manifests"]]
     assert plats == [("linux", "amd64"), ("linux", "arm64")]
@@ -361,3 +364,262 @@ def test_per_platform_exports_to_one_ref_keep_each_other(plat: CLI, tmp_path, re
                     "--cache-from", f"type=registry,ref={ref}", "-t", "again", ctx)
         assert out.stderr.strip().splitlines()[-1].endswith("(0 steps run, 2 cached)"), \
             (p, out.stderr)
+
+
+# --- several platforms at once (up to --jobs) ------------------------------------------
+
+# Each platform's RUN appends begin/end to a log in a cache mount both platforms share (by
+# id). With /m/wait there, a step ends only once the other platform's step has begun:
+# only builds that run at once get through (the bound is a safety net, not a timer). The
+# image content is the same either way, so the two indexes must be the same bytes.
+MEET = """\
+FROM bbmulti
+ARG TARGETARCH
+RUN --mount=type=cache,target=/m,id=meet echo begin-$TARGETARCH >> /m/log; \\
+    if [ -e /m/wait ]; then \\
+      case $TARGETARCH in amd64) o=arm64;; *) o=amd64;; esac; i=0; \\
+      while ! grep -q begin-$o /m/log && [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done; \\
+    fi; uname -m > /arch; echo end-$TARGETARCH >> /m/log
+"""
+BOTH = ("--platform", "linux/amd64,linux/arm64")
+
+
+def _cache_dir(cli: CLI, cid: str) -> Path:
+    """The host side of `RUN --mount=type=cache,id=cid`, emptied."""
+    import shutil
+
+    from builder.steps.mounts import cache_path
+
+    d = cache_path(cli.root / "cache" / "mounts", cid)
+    shutil.rmtree(d, ignore_errors=True)
+    d.mkdir(parents=True)
+    return d
+
+
+def _digest(cli: CLI, name: str) -> str:
+    from layerstore.store import Store
+
+    return Store.open(cli.root).refs.get(name).digest
+
+
+def _whole_lines(err: str) -> None:
+    """Plain progress of concurrent builds: every line one event, never two run together."""
+    for line in err.splitlines():
+        assert re.fullmatch(r"#\d+ (\[linux/(amd64|arm64) \d/\d\] .*|DONE \d+\.\ds|CACHED|"
+                            r"CANCELED|ERROR: .*|\d+\.\d{3} .*)|Successfully tagged .*|--> .*|"
+                            r"sha256:[0-9a-f]{64}|-+| > .*|\d+\.\d{3} .*|.*\| .*|Dockerfile:\d+|ERROR: .*|"
+                            r"pybuild: interrupted", line), line
+
+
+def test_platforms_build_at_once_and_one_after_another_with_jobs_1(plat: CLI, tmp_path):
+    ctx = _ctx(tmp_path, MEET)
+    common = ("build", "--progress", "plain", "--no-cache", "--source-date-epoch", "0", *NONE,
+              *BOTH)
+    # --jobs 1: amd64's build, every line of it, before anything of arm64's
+    m = _cache_dir(plat, "meet")
+    seq = plat(*common, "--jobs", "1", "-t", "meet:seq", ctx)
+    assert (m / "log").read_text().split() == ["begin-amd64", "end-amd64", "begin-arm64",
+                                               "end-arm64"]
+    lines = seq.stderr.splitlines()
+    amd = {n for n in re.findall(r"^#(\d+) \[linux/amd64 ", seq.stderr, re.M)}
+    first_arm = next(k for k, l in enumerate(lines) if "[linux/arm64 " in l)
+    assert len(amd) == 3 and all(l.split()[0][1:] in amd for l in lines[:first_arm]), seq.stderr
+    assert not any(l.split()[0][1:] in amd for l in lines[first_arm:] if l.startswith("#"))
+    _whole_lines(seq.stderr)
+    # the default (--jobs 4): both at once, each step waiting for the other to begin
+    m = _cache_dir(plat, "meet")
+    (m / "wait").touch()
+    par = plat(*common, "-t", "meet:par", ctx)
+    log = (m / "log").read_text().split()
+    assert sorted(log[:2]) == ["begin-amd64", "begin-arm64"], log
+    assert sorted(log[2:]) == ["end-amd64", "end-arm64"], log
+    assert re.search(r"^#\d+ \[linux/arm64 3/3\] RUN --mount=type=cache", par.stderr, re.M)
+    _whole_lines(par.stderr)
+    # the same index, byte for byte: the same manifests for each platform
+    assert _digest(plat, "docker.io/library/meet:par") == \
+        _digest(plat, "docker.io/library/meet:seq")
+    assert _file(plat, "meet:par", "/arch", "--platform", "linux/arm64") == "aarch64"
+
+
+def _veths() -> set[str]:
+    out = subprocess.run(["ip", "-o", "link", "show", "type", "veth"], capture_output=True,
+                         text=True).stdout
+    return {l.split(":")[1].strip().split("@")[0] for l in out.splitlines() if ":" in l}
+
+
+def _after(check, tries: int = 50):
+    """What `check()` gives once it is empty (other builds' state comes and goes)."""
+    import time
+
+    for _ in range(tries):
+        left = check()
+        if not left:
+            break
+        time.sleep(0.1)
+    return left
+
+
+def _build_until(plat: CLI, ctx: Path, ready, *args: str) -> subprocess.Popen:
+    import signal
+    import sys
+    import time
+
+    p = subprocess.Popen([sys.executable, "-m", "builder", "--root", str(plat.root), "build",
+                          "--progress", "plain", *args, str(ctx)], cwd=REPO,
+                         stderr=subprocess.PIPE, text=True,
+                         env=dict(os.environ, PYTHONPATH=str(REPO), PYTHONFAULTHANDLER="1"),
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    deadline = time.monotonic() + 60
+    while not ready() and time.monotonic() < deadline and p.poll() is None:
+        time.sleep(0.05)
+    return p
+
+
+def _finish(p: subprocess.Popen) -> str:
+    import signal
+
+    try:
+        return p.communicate(timeout=30)[1]
+    except subprocess.TimeoutExpired:
+        p.send_signal(signal.SIGABRT)      # the stacks, for the report
+        raise AssertionError(f"still running 30 s on:\n{p.communicate()[1][-6000:]}")
+
+
+def _nothing_left(plat: CLI, before: dict, veths: set[str], sleeper: str) -> None:
+    from buildpeer import processes_matching
+    from test_build_output import _no_leftovers, _no_new_host_state
+
+    assert _after(lambda: processes_matching(sleeper)) == []
+    _no_new_host_state(before, plat.root)
+    assert _after(lambda: _veths() - veths) == set()
+    _no_leftovers(plat.root)
+    assert plat("fsck").stdout.strip().endswith("clean")
+
+
+def test_ctrl_c_cancels_every_platform_and_leaves_nothing(plat: CLI, tmp_path):
+    import signal
+
+    from test_build_run import _host_state
+
+    ctx = _ctx(tmp_path, "FROM bbmulti\nARG TARGETARCH\n"
+                         "RUN --mount=type=cache,target=/m,id=ctrlc touch /m/in-$TARGETARCH; "
+                         "sleep 471; echo finished\n")
+    m = _cache_dir(plat, "ctrlc")
+    before, veths = _host_state(), _veths()
+    # the default network: both platforms' steps on the build's one bridge
+    p = _build_until(plat, ctx, lambda: (m / "in-amd64").exists() and (m / "in-arm64").exists(),
+                     *BOTH, "--no-cache", "-t", "ctrlc")
+    assert (m / "in-amd64").exists() and (m / "in-arm64").exists(), p.poll()
+    p.send_signal(signal.SIGINT)
+    err = _finish(p)
+    assert p.returncode == 130, err
+    runs = re.findall(r"^#(\d+) \[linux/(amd64|arm64) 3/3\] RUN", err, re.M)
+    assert sorted(a for _, a in runs) == ["amd64", "arm64"], err
+    for n, _ in runs:
+        assert f"#{n} CANCELED" in err.splitlines(), err
+    assert "pybuild: interrupted" in err and "ERROR" not in err and "137" not in err, err
+    assert not re.search(r"^#\d+ [\d.]+ finished", err, re.M), err    # the output, not the command
+    assert plat("inspect", "ctrlc", check=False).returncode == 1
+    _whole_lines(err)
+    _nothing_left(plat, before, veths, "sleep 471")
+
+
+def test_a_failing_platform_cancels_the_others(plat: CLI, tmp_path):
+    from test_build_run import _host_state
+
+    step = ("touch /m/in-$TARGETARCH; if [ $TARGETARCH = arm64 ]; then i=0; "
+            "while [ ! -e /m/in-amd64 ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done; "
+            "echo arm-fails; exit 3; fi; sleep 472")
+    ctx = _ctx(tmp_path, f"FROM bbmulti\nARG TARGETARCH\n"
+                         f"RUN --mount=type=cache,target=/m,id=fails {step}\n")
+    _cache_dir(plat, "fails")
+    before, veths = _host_state(), _veths()
+    p = plat("build", "--progress", "plain", "--no-cache", *NONE, *BOTH, "-t", "fails", ctx,
+             check=False, timeout=120)
+    err = p.stderr
+    assert p.returncode == 1, err
+    lines = err.rstrip("\n").splitlines()
+    assert lines[-1] == (f'ERROR: failed to solve: process "/bin/sh -c {step}" did not complete '
+                         "successfully: exit code: 3"), err
+    # BuildKit's report of the failing step names its platform
+    assert f" > [linux/arm64 3/3] RUN --mount=type=cache,target=/m,id=fails {step}:" in lines
+    assert "Dockerfile:3" in lines and any(re.fullmatch(r"\d+\.\d{3} arm-fails", l)
+                                           for l in lines), err
+    arm = re.search(r"^#(\d+) \[linux/arm64 3/3\] RUN", err, re.M).group(1)
+    amd = re.search(r"^#(\d+) \[linux/amd64 3/3\] RUN", err, re.M).group(1)
+    assert f"#{arm} ERROR: process" in err and f"#{amd} CANCELED" in lines, err
+    assert f"#{amd} ERROR" not in err
+    assert plat("inspect", "fails", check=False).returncode == 1
+    _whole_lines(err)
+    _nothing_left(plat, before, veths, "sleep 472")
+
+
+def test_the_tty_view_shows_every_platform_s_steps(plat: CLI, tmp_path):
+    from test_build_output import _pty_run
+
+    ctx = _ctx(tmp_path, MULTI)
+    code, out = _pty_run(["--root", str(plat.root), "build", "--progress", "tty", *NONE,
+                          "--no-cache", *BOTH, str(ctx)], timeout=60)
+    assert code == 0, out[-3000:]
+    final = out[out.rindex("[+] Building"):]
+    assert re.search(r"^\[\+\] Building \d+\.\ds \(6/6\) FINISHED\s*$", final, re.M), final
+    for arch in ("amd64", "arm64"):
+        assert re.search(rf"^ => \[linux/{arch} 3/3\] RUN echo \$TARGETPLATFORM \$\(uname -m\) "
+                         rf"> /arch\s+\d+\.\ds$", final, re.M), final
+
+
+def test_a_layer_is_unpacked_once_when_two_builds_want_it_at_once(tmp_path):
+    """Two platforms' builds (or stages) wanting the same base layer's snapshot: one
+    unpacks it, the other waits for it instead of unpacking a second copy."""
+    import threading
+
+    from layerstore import digest as dg
+    from layerstore.store import Store
+
+    store = Store.open(tmp_path / "store")
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "f").write_text("layer\n")
+    layer, diff_id = store.commit_layer(src, overlay=False)
+    chain_id = dg.chain_ids([diff_id])[0]
+    opened, second = [], threading.Event()
+
+    def open_layer():
+        opened.append(1)
+        if len(opened) > 1:
+            second.set()
+        else:
+            second.wait(0.5)     # long enough for the other thread to get here: it must not
+        return store.blobs.open(layer.digest)
+
+    got = []
+    threads = [threading.Thread(target=lambda: got.append(
+        store.snapshots.ensure(chain_id, diff_id, open_layer))) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(opened) == 1 and got[0] == got[1] == store.snapshots.path(chain_id)
+    assert (got[0] / "f").read_text() == "layer\n"
+    assert not [e for e in os.listdir(store.snapshots.dir) if e.startswith(".tmp-")]
+
+
+def test_a_base_both_platforms_build_on_is_pulled_once(plat: CLI, tmp_path, registry):
+    """`FROM --platform=$BUILDPLATFORM IMAGE` in both platforms' builds, at once: one pull."""
+    from test_registry_helpers import Proxy
+
+    plat("push", "bbamd", f"{registry.host}/team/bbamd:1")
+    proxy = Proxy(registry.port)
+    try:
+        ctx = _ctx(tmp_path, f"FROM --platform=$BUILDPLATFORM {proxy.host}/team/bbamd:1 AS b\n"
+                             "ARG TARGETARCH\nRUN echo $TARGETARCH > /t\n"
+                             "FROM scratch\nCOPY --from=b /t /t\n")
+        fresh = CLI(tmp_path / "fresh")
+        out = fresh("build", "--progress", "plain", *NONE, *BOTH, "-t", "pulled", ctx)
+        gets = [s.path for s in proxy.seen if s.method == "GET" and "/blobs/" in s.path]
+        assert len(gets) == len(set(gets)) == 2, gets      # its config and its layer, once
+        assert re.search(r"^#\d+ \[linux/amd64->arm64 b 1/3\] FROM ", out.stderr, re.M), out.stderr
+        index = _index(fresh.root, "docker.io/library/pulled:latest")
+        assert [m["platform"]["architecture"] for m in index["manifests"]] == ["amd64", "arm64"]
+    finally:
+        proxy.stop()
