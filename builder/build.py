@@ -45,7 +45,7 @@ from builder.steps.base import BuildError, DependencyFailed, State, StepContext,
 from builder.steps.ops import op_for
 from layerstore import digest as dg
 from layerstore import reference, snapshots, workdirs
-from layerstore.errors import InvalidReference, NotFound, PybuildError
+from layerstore.errors import InvalidReference, PybuildError
 from layerstore.humanize import rfc3339_now
 from layerstore.model import CONFIG_LIMIT, ContainerConfig, Descriptor, History, ImageConfig
 from layerstore.resolver import remove_tree
