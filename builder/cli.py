@@ -141,6 +141,14 @@ class PybuildGroup(HabitGroup):
 def main(ctx: click.Context, root: Path | None, debug: bool) -> None:
     """Build, store, ship and run OCI images without a daemon."""
     ctx.obj = Settings(root=(root or default_root()).absolute(), debug=debug)
+    if os.geteuid() != 0 and ctx.invoked_subcommand not in _NO_STORE:
+        from builder import rootless
+
+        rootless.enter(ctx.obj.root)
+
+
+# commands that never touch the store or a container: a plain user runs them as is
+_NO_STORE = {None, "login", "logout", "version", "completion"}
 
 
 def _print_json(obj) -> None:

@@ -20,13 +20,15 @@ import errno
 import hashlib
 import os
 import stat
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterator, Sequence
 
 from layerstore import compression as comp
 from layerstore import resolver
-from layerstore.merged import OPAQUE_XATTR, is_opaque, merged_entry
+from layerstore.merged import is_opaque, merged_entry
+from layerstore.userns import in_user_namespace, mapped_ids, opaque_xattr
 from layerstore.errors import BadLayer, DigestMismatch, NotFound, PybuildError
 from layerstore.layer_tar import (BLK, CHR, CONT, DIR, FIFO, LNK, MAX_DEPTH, OPAQUE_MARKER, REG, SYM,
                                   WHITEOUT_PREFIX, Header, HeaderError, TarTruncated, read_entries)
@@ -505,7 +507,7 @@ class _Extractor:
             if pfd is None:
                 return
             if self.overlay:
-                os.setxattr(pfd, OPAQUE_XATTR, b"y")
+                os.setxattr(pfd, opaque_xattr(), b"y")
                 return
             prefix = b"/".join(parent) + b"/" if parent else b""
             for child in os.listdir(pfd):
@@ -552,6 +554,40 @@ class _Extractor:
         for fd in self.lowers:
             os.close(fd)
         self.lowers = []
+
+
+_warned: set[str] = set()
+
+
+def _warn_once(kind: str, text: str) -> None:
+    if kind not in _warned:
+        _warned.add(kind)
+        sys.stderr.write(f"pybuild: warning: {text}\n")
+
+
+class _UserNamespaceFit:
+    """Rootless: only the ids of our user namespace's map can own a file, and no device
+    node can be made (mknod needs CAP_MKNOD in the initial namespace). As rootless docker
+    and podman do, a device node is left out; an owner beyond the map becomes root, with
+    a warning that names the fix, since the image is then not what its layers say."""
+
+    def __init__(self) -> None:
+        self.uids = mapped_ids("uid")
+        self.gids = mapped_ids("gid")
+
+    def fits(self, h: Header) -> bool:
+        if h.typeflag in (CHR, BLK) and (h.devmajor, h.devminor) != (0, 0):
+            _warn_once("device", f"layer entry {_show(h.name)}: device nodes cannot be made "
+                       "without root; left out (as rootless docker does)")
+            return False
+        if h.uid >= self.uids or h.gid >= self.gids:
+            _warn_once("ids", f"layer entry {_show(h.name)} is owned by {h.uid}:{h.gid}, but "
+                       f"this user namespace maps only {self.uids} uids and {self.gids} gids; "
+                       "such files are owned by root here. Add ranges for your user to "
+                       "/etc/subuid and /etc/subgid (usermod --add-subuids/--add-subgids)")
+            h.uid = h.uid if h.uid < self.uids else 0
+            h.gid = h.gid if h.gid < self.gids else 0
+        return True
 
 
 def _entry(h: Header, devices: bool = True) -> _Entry:
@@ -607,6 +643,7 @@ def apply_layer(stream: BinaryIO, target: Path, *, mode: str = OVERLAY,
     pump = None
     state = _Progress()
     count = 0
+    confined = _UserNamespaceFit() if in_user_namespace() else None
     try:
         _, reader = comp.open_reader(stream)
         hasher = hashlib.sha256()
@@ -618,6 +655,9 @@ def apply_layer(stream: BinaryIO, target: Path, *, mode: str = OVERLAY,
                 if adjust is not None:
                     adjust(h)
                 entry = _entry(h, devices)
+                if confined is not None and not confined.fits(h):
+                    count += 1
+                    continue
                 try:
                     ex.apply(entry, ts)
                 except OSError as exc:

@@ -2,7 +2,7 @@
 
 overlayfs merges the layers' directories top down: a whiteout (a 0/0 char device)
 hides the name in every layer below, a file or symlink hides whatever the layers
-below have at that name, and an opaque directory (trusted.overlay.opaque=y) hides
+below have at that name, and an opaque directory (trusted.overlay.opaque=y, user.overlay.opaque=y when rootless) hides
 the directories below it. Layer copy-up (a hard link to a lower layer's file), volume
 copy-up and stub removal all need that answer for snapshots on disk; this is the one
 implementation of it. Each layer is walked through the path resolver without following
@@ -16,8 +16,8 @@ import stat
 from typing import Sequence
 
 from layerstore import resolver
+from layerstore.userns import opaque_xattr
 
-OPAQUE_XATTR = "trusted.overlay.opaque"
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
@@ -28,7 +28,7 @@ def is_opaque(layer_fd: int, path: bytes | str) -> bool:
     except (resolver.PathEscape, OSError):
         return False
     try:
-        return os.getxattr(fd, OPAQUE_XATTR) == b"y"
+        return os.getxattr(fd, opaque_xattr()) == b"y"
     except OSError:
         return False
     finally:

@@ -41,7 +41,8 @@ from typing import BinaryIO, Callable, Iterable, Sequence
 from layerstore import digest as dg
 from layerstore import resolver, syscalls, workdirs
 from layerstore.resolver import remove_tree
-from layerstore.merged import OPAQUE_XATTR, merged_entry
+from layerstore.merged import merged_entry
+from layerstore.userns import in_user_namespace, opaque_xattr
 
 TMP_PREFIX = ".tmp-"
 WORK_PREFIX = "build-"
@@ -310,6 +311,10 @@ def open_mount(plan: MountPlan) -> int | None:
             syscalls.fsconfig(fd, syscalls.FSCONFIG_SET_STRING, "workdir", str(plan.work))
             if plan.volatile:
                 syscalls.fsconfig(fd, syscalls.FSCONFIG_SET_FLAG, "volatile")
+        if in_user_namespace():
+            # trusted.overlay.* needs CAP_SYS_ADMIN in the initial user namespace; without
+            # this flag a rootless overlay fails (EIO) at the first whiteout or copy-up
+            syscalls.fsconfig(fd, syscalls.FSCONFIG_SET_FLAG, "userxattr")
         syscalls.fsconfig(fd, syscalls.FSCONFIG_CMD_CREATE)
         return syscalls.fsmount(fd)
     finally:
@@ -365,6 +370,8 @@ def _mount_overlay_legacy(plan: MountPlan, target: str) -> None:
             data += f",upperdir={fds[n]},workdir={fds[n + 1]}"
             if plan.volatile:
                 data += ",volatile"
+        if in_user_namespace():
+            data += ",userxattr"
         if len(data) >= 4096:
             raise OSError(errno.E2BIG, f"overlay: {n} lower directories do not fit in one "
                                        "mount option page and this kernel lacks lowerdir+")
@@ -455,7 +462,7 @@ def _remove_parents(tfd: int, names: list[str], lfds: list[int]) -> None:
                     st = os.fstat(fd)
                     if next(iter(os.scandir(fd)), None) is not None:
                         return
-                    if OPAQUE_XATTR in os.listxattr(fd):
+                    if opaque_xattr() in os.listxattr(fd):
                         return                    # it hides the lower's content: a change
                     low = _lower_entry(lfds, names)
                     if low is None or not (

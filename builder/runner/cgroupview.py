@@ -32,7 +32,15 @@ def dirs(st: ContainerState) -> dict[str, str]:
         out = by_controller(st.pid, st.id)
     except OSError:
         out = {}
-    if not alive(st.pid, st.pid_start) or not out:
+    if not alive(st.pid, st.pid_start):
+        raise not_running(st)
+    if not out:
+        from layerstore.userns import in_user_namespace
+
+        if in_user_namespace():
+            raise RunError(f"container {st.name or st.id[:12]} has no cgroup: rootless "
+                           "pybuild without a cgroup delegated to the user makes none, and "
+                           "pause, top and stats read the container's cgroup")
         raise not_running(st)
     return out
 

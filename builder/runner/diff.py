@@ -19,7 +19,8 @@ from contextlib import ExitStack
 from typing import Iterator
 
 from layerstore import resolver
-from layerstore.merged import OPAQUE_XATTR, merged_dirs, merged_entry
+from layerstore.merged import merged_dirs, merged_entry
+from layerstore.userns import opaque_xattr
 from layerstore.store import Store
 
 from .containers import Containers, ContainerState
@@ -88,7 +89,7 @@ class _Walk:
                 if (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino):
                     continue                    # swapped meanwhile (a running container)
                 try:
-                    opaque = os.getxattr(fd, OPAQUE_XATTR) == b"y"
+                    opaque = os.getxattr(fd, opaque_xattr()) == b"y"
                 except OSError:
                     opaque = False
                 mark = len(self.out)

@@ -22,6 +22,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache
 
+from layerstore.userns import in_user_namespace
+
 from . import devices as devmod
 from .spec import Limits, SandboxError
 
@@ -199,9 +201,19 @@ class Cgroups:
         if lim.cpus is not None or lim.cpu_weight is not None:
             wanted.add("cpu")
         hs = hierarchies(DEVICES_VERSION)
+        rootless = in_user_namespace()
+        if rootless:
+            # only a subtree delegated to the user (systemd's Delegate=) is ours to write;
+            # the rest belongs to host root, whom our namespace does not map
+            hs = {c: h for c, h in hs.items() if os.access(h.base, os.W_OK)}
         for c, need in (("memory", lim.memory), ("pids", lim.pids),
                         ("cpu", lim.cpus or lim.cpu_weight)):
             if need is not None and c not in hs:
+                if rootless:
+                    raise SandboxError(
+                        f"rootless: no cgroup delegated to this user holds the {c} controller, "
+                        f"so the {c} limit cannot be enforced (run pybuild in a delegated "
+                        "cgroup v2 subtree, e.g. `systemd-run --user --scope -p Delegate=yes`)")
                 raise SandboxError(f"cgroup controller {c} is not available to this process; "
                                    f"cannot apply the {c} limit")
         required = {c for c, v in (("memory", lim.memory), ("pids", lim.pids),

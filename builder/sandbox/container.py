@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from layerstore.resolver import remove_tree
+from layerstore.userns import in_user_namespace
 
 from . import caps as capmod
 from . import libc, native, rootfs, seccomp, sysctls, users
@@ -367,7 +368,7 @@ def start(spec: SandboxSpec) -> Container:
     os.chmod(state, 0o711)
     (state / "rootfs").mkdir(exist_ok=True)
     _etc_files(spec, state, hostname)
-    cg = Cgroups(spec.id, spec.limits, spec.privileged, spec.userns is not None,
+    cg = Cgroups(spec.id, spec.limits, spec.privileged, _userns(spec),
                  devices=_device_rules(spec), freezer=spec.freezer)
     net = None
     if spec.network.mode == "private":
@@ -506,6 +507,12 @@ def _stdio(spec: SandboxSpec, c: Container) -> list[int]:
     return []
 
 
+def _userns(spec: SandboxSpec) -> bool:
+    """Whether the container lives in a user namespace: one of its own, or the rootless
+    caller's (then no mknod, no device cgroup, and sysfs only for a network of its own)."""
+    return spec.userns is not None or in_user_namespace()
+
+
 def _write_id_maps(pid: int, spec: SandboxSpec) -> None:
     u = spec.userns
     assert u is not None
@@ -546,7 +553,7 @@ def _monitor_main(spec: SandboxSpec, p: _Pipes, stdio: list[int], capset: frozen
         try:
             root_fd = rootfs.open_root(spec)
             tty = os.ttyname(stdio[0]) if spec.stdio == "pty" else None
-            detached = rootfs.detach_sources(spec, str(state), userns, net_host, tty)
+            detached = rootfs.detach_sources(spec, str(state), _userns(spec), net_host, tty)
         except OSError as e:
             _send(p.exec_w, f"E 125 root filesystem: {e}")
             os._exit(1)
