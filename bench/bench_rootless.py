@@ -56,6 +56,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--only", default="hello,multistage,run")
+    ap.add_argument("--network", default=None,
+                    help="pass --network MODE to build and run (default: their default)")
     args = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("run as root: it sets up the test user and the rootful side")
@@ -79,20 +81,22 @@ def main() -> None:
                  Side("rootless", work / "store", session.user, python)]
         for side in sides:
             side.time("import", str(tar), "busybox", "--change", 'CMD ["sh"]')
+        net = ["--network", args.network] if args.network else []
         cases = {
-            "build hello": lambda s: s.time("build", "--progress", "quiet", "--no-cache",
+            "build hello": lambda s: s.time("build", *net, "--progress", "quiet", "--no-cache",
                                             "-t", "hello", str(SAMPLES / "hello")),
-            "build multistage": lambda s: s.time("build", "--progress", "quiet", "--no-cache",
-                                                 "-t", "multistage",
+            "build multistage": lambda s: s.time("build", *net, "--progress", "quiet",
+                                                 "--no-cache", "-t", "multistage",
                                                  str(SAMPLES / "multistage")),
-            "run --rm hello true": lambda s: s.time("run", "--rm", "hello", "true"),
+            "run --rm hello true": lambda s: s.time("run", *net, "--rm", "hello", "true"),
         }
         keys = {"hello": "build hello", "multistage": "build multistage",
                 "run": "run --rm hello true"}
         chosen = [keys[k] for k in only]
         if "run --rm hello true" in chosen and "build hello" not in chosen:
             for side in sides:
-                side.time("build", "--progress", "quiet", "-t", "hello", str(SAMPLES / "hello"))
+                side.time("build", *net, "--progress", "quiet", "-t", "hello",
+                          str(SAMPLES / "hello"))
         figures: dict[tuple[str, str], list[float]] = {}
         for rnd in range(args.runs + 1):                  # round 0: warm-up
             for case in chosen:
@@ -103,7 +107,7 @@ def main() -> None:
                         figures.setdefault((case, side.name), []).append(took)
         fmt = lambda xs: f"{statistics.median(xs):6.2f}s ({min(xs):.2f}-{max(xs):.2f})"  # noqa
         print(f"{'':22} {'rootful':>22} {'rootless':>22}  ratio   ({args.runs} runs, "
-              "median (min-max); target <= 1.30x)")
+              f"median (min-max); target <= 1.30x; network: {args.network or 'default'})")
         for case in chosen:
             a, b = figures[(case, "rootful")], figures[(case, "rootless")]
             ratio = statistics.median(b) / statistics.median(a)

@@ -303,7 +303,7 @@ def format_info(d: dict) -> str:
             f"  GID map: {r['GIDMap']}",
             f"  Overlay: {r['Overlay']}",
             f"  Network: {r['Network']}",
-            f"  Cgroup delegated: {'yes' if r['CgroupDelegated'] else 'no'}",
+            f"  Cgroup delegated: {', '.join(r['CgroupDelegated']) or 'no'}",
         ]
     lines += [f"WARNING: {w}" for w in d.get("Warnings", [])]
     return "\n".join(lines)
