@@ -253,6 +253,30 @@ def test_save_unpacks_as_a_rootful_build_of_the_same_dockerfile(rl, rootful, own
     assert (st.st_uid, st.st_gid) == (1000, 1000)
 
 
+def test_load_prune_and_a_bind_volume(rl):
+    """`save` -> `load` into a fresh store runs the same; `prune --all` there leaves it
+    fsck-clean; what container root writes to a bind mount is the user's on the host."""
+    archive = rl.work / "owners-docker.tar"
+    rl("save", "-o", archive, "owners")
+    fresh = rl.work / "loaded"
+    rl("--root", fresh, "load", "-i", archive)
+    assert rl("--root", fresh, "run", "--rm", "owners").stdout == OWNERS_EXPECT
+    rl("--root", fresh, "rmi", "owners")
+    rl("--root", fresh, "prune", "--all")
+    assert rl("--root", fresh, "images", "-q").stdout == ""
+    assert rl("--root", fresh, "fsck").stdout.strip().endswith("clean")
+    vol = rl.work / "vol"
+    vol.mkdir()
+    rl.give(vol)
+    rl("run", "--rm", "-v", f"{vol}:/vol", "busybox", "sh", "-c",
+       "echo from-root > /vol/r && chown 1000:1000 /vol && su -s /bin/sh user -c "
+       "'echo from-1000 > /vol/u'")
+    r, u = os.lstat(vol / "r"), os.lstat(vol / "u")
+    assert (r.st_uid, r.st_gid) == (rl.user.uid, rl.user.gid)
+    start = rl.user.subuids[0][0]
+    assert u.st_uid == start + 999 and (vol / "u").read_text() == "from-1000\n"
+
+
 def test_published_port_exec_and_logs(rl):
     ctx = rl.give(_context(rl.work / "ctx-httpd", HTTPD_DOCKERFILE))
     rl("build", "-t", "httpd", ctx)
