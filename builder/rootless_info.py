@@ -1,6 +1,6 @@
 """What `pybuild info` says about rootless mode: whether this process runs in a user
-namespace, the id ranges mapped into it (or that would be), which overlay and user-mode
-network it can use, whether a cgroup v2 subtree is delegated, and what is missing.
+namespace, the id ranges mapped into it (or that would be), which overlay and network
+it uses, whether a cgroup v2 subtree is delegated, and what is missing.
 
 Only reads: /proc/self/{uid_map,gid_map,cgroup,mountinfo}, /etc/subuid, /etc/subgid, PATH;
 the id maps and subordinate ranges through builder.rootless and layerstore.userns.
@@ -14,13 +14,12 @@ import pwd
 import shutil
 from dataclasses import dataclass, field
 
-# The helpers rootless mode runs, in the order it prefers them. pasta (Debian's passt) before
-# slirp4netns: it needs no tap device setup of ours and forwards ports itself.
-NETWORK_HELPERS = ("pasta", "slirp4netns")
+# The user-mode network of rootless containers (builder/sandbox/usernet.py): slirp4netns
+# only, no pasta fallback (see there why).
+NETWORK_HELPER = "slirp4netns"
+TUN = "/dev/net/tun"
 ID_HELPERS = ("newuidmap", "newgidmap")
 HELPER_PATH = "/usr/bin:/bin:/usr/sbin:/sbin"     # where builder.rootless looks for them
-FUSE_OVERLAY = "fuse-overlayfs"
-# Unprivileged overlayfs mounts inside a user namespace (with `userxattr`) came in 5.11.
 NATIVE_OVERLAY_KERNEL = (5, 11)
 
 
@@ -31,8 +30,8 @@ class RootlessInfo:
     user: str                              # the host user pybuild acts for
     uid_map: list[tuple[int, int, int]]    # (inside, outside, count): mapped or to be mapped
     gid_map: list[tuple[int, int, int]]
-    overlay: str                           # "native", "fuse-overlayfs" or "none"
-    network: str                           # "bridge", "pasta", "slirp4netns" or "none"
+    overlay: str                           # "native" or "none"
+    network: str                           # "bridge", "slirp4netns" or "none"
     cgroup_delegated: list[str]            # controllers we may limit with
     missing: list[str] = field(default_factory=list)
 
@@ -81,18 +80,15 @@ def kernel_at_least(version: tuple[int, int]) -> bool:
 
 
 def overlay_kind(rootless: bool) -> str:
-    if not rootless or kernel_at_least(NATIVE_OVERLAY_KERNEL):
-        return "native"
-    return FUSE_OVERLAY if shutil.which(FUSE_OVERLAY) else "none"
+    """Native overlayfs; in a user namespace only from 5.11 on (there is no fuse-overlayfs
+    fallback yet)."""
+    return "native" if not rootless or kernel_at_least(NATIVE_OVERLAY_KERNEL) else "none"
 
 
 def network_kind(rootless: bool) -> str:
     if not rootless:
         return "bridge"
-    for helper in NETWORK_HELPERS:
-        if shutil.which(helper):
-            return helper
-    return "none"
+    return NETWORK_HELPER if shutil.which(NETWORK_HELPER) else "none"
 
 
 def delegated_controllers() -> list[str]:
@@ -136,10 +132,14 @@ def probe() -> RootlessInfo:
         gid_map = planned_map(os.getgid(), subgids)
     overlay = overlay_kind(rootless)
     if overlay == "none":
-        missing.append("no overlay for a user namespace: kernel < 5.11 and no fuse-overlayfs")
+        missing.append(f"kernel {platform.release()} < 5.11: no overlayfs in a user namespace")
     network = network_kind(rootless)
     if network == "none":
-        missing.append("neither pasta (passt) nor slirp4netns: no network in containers")
+        missing.append("slirp4netns not found (Debian package slirp4netns): containers get "
+                       "no private network")
+    elif rootless and not os.access(TUN, os.R_OK | os.W_OK):
+        missing.append(f"{TUN} is not read-writable for this user: slirp4netns cannot "
+                       "make the containers' network")
     delegated = delegated_controllers()
     if rootless and len(delegated) < 3:
         missing.append("no delegated cgroup v2 subtree: --memory, --pids-limit, --cpus "

@@ -389,6 +389,17 @@ def foreign_owners(user: TestUser, top: Path, limit: int = 20) -> list[str]:
 
 # --- the session ------------------------------------------------------------------
 
+def ensure_tun() -> None:
+    """/dev/net/tun read-writable for all, as Debian's udev rules make it (scripts/setup.sh
+    does the same): slirp4netns opens it as the user. A machine without udev leaves 0600."""
+    tun = "/dev/net/tun"
+    st = os.stat(tun)
+    if not stat.S_ISCHR(st.st_mode):
+        raise RuntimeError(f"{tun} is not a character device")
+    if stat.S_IMODE(st.st_mode) != 0o666:
+        os.chmod(tun, 0o666)
+
+
 class Session:
     """The users, the venv and the session lock; `close()` kills what the users left."""
 
@@ -402,6 +413,7 @@ class Session:
                 if kill_user_processes(u):          # a killed earlier run's leftovers
                     raise RuntimeError(f"processes of {u.name} survive SIGKILL")
                 ensure_runtime_dir(u)
+            ensure_tun()
             self.python = ensure_venv()
             self.dirs: list[Path] = []
         except BaseException:
