@@ -23,10 +23,12 @@ import shutil
 import signal
 import stat
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from builder.procinfo import start_time
 from layerstore.errors import PybuildError
 
 CLONE_NEWUSER = 0x10000000
@@ -102,16 +104,6 @@ def _private_dir(path: Path) -> None:
         os.chmod(path, 0o700)
 
 
-def _start_time(pid: int) -> str | None:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read(4096)
-    except OSError:
-        return None
-    # the command name may hold spaces and parentheses: fields count from the last ')'
-    return data[data.rfind(b")") + 2:].split()[19].decode()
-
-
 def _namespace_of(pid: int, start: str) -> int | None:
     """An fd on the user namespace of our keeper `pid`, or None if that is not it:
     the pid file is ours, but a pid is reused, so the start time must match and the
@@ -125,7 +117,7 @@ def _namespace_of(pid: int, start: str) -> int | None:
 
         owner = array.array("I", [0])
         fcntl.ioctl(fd, NS_GET_OWNER_UID, owner, True)
-        if _start_time(pid) == start and owner[0] == os.getuid() and os.fstat(fd).st_ino != \
+        if start_time(pid) == start and owner[0] == os.getuid() and os.fstat(fd).st_ino != \
                 os.stat("/proc/self/ns/user").st_ino:
             return fd
     except OSError:
@@ -197,7 +189,7 @@ def _keeper(ready_w: int, go_r: int, lock_path: str, pid_path: str) -> None:
         for s in (signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGPIPE):
             signal.signal(s, signal.SIG_IGN)
         _unshare(CLONE_NEWUSER)
-        os.write(ready_w, f"{os.getpid()} {_start_time(os.getpid())}\n".encode())
+        os.write(ready_w, f"{os.getpid()} {start_time(os.getpid())}\n".encode())
         os.close(ready_w)
         if os.read(go_r, 1) != b"g":
             os._exit(1)
@@ -221,7 +213,7 @@ def _keeper(ready_w: int, go_r: int, lock_path: str, pid_path: str) -> None:
                 except OSError:
                     continue  # someone is joining right now
                 if not _others_in(mine, me):
-                    if _read_pidfile(Path(pid_path)) == (me, _start_time(me)):
+                    if _read_pidfile(Path(pid_path)) == (me, start_time(me)):
                         os.unlink(pid_path)
                     break
             finally:
@@ -337,6 +329,9 @@ def enter(root: Path) -> None:
             os.close(ns)
     finally:
         os.close(lock)    # we are in the namespace now: the keeper sees us in its scan
+    from layerstore.userns import in_user_namespace
+
+    in_user_namespace.cache_clear()    # asked before we moved (an import may have asked)
     os.setresgid(0, 0, 0)
     if len(gids) > 1:
         os.setgroups([])
@@ -351,6 +346,14 @@ def enter(root: Path) -> None:
     except OSError as e:
         raise RootlessError(f"cannot make a private mount namespace: "
                             f"{os.strerror(e.errno) if e.errno else e}") from None
+    # Start again in here. A process keeps the user namespace its memory was exec'd in
+    # (mm->user_ns): ours is still the initial one, so every process we fork (a sandbox
+    # monitor, a container's PID 1 before its exec, both non-dumpable) would have /proc
+    # entries that only initial-namespace root may open -- slirp4netns could not join the
+    # container's network namespace. After the exec all of them belong to our namespace.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, sys.orig_argv)
 
 
 def is_rootless() -> bool:

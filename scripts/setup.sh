@@ -26,6 +26,9 @@ if ! ls /var/cache/pybuild-samples/busybox-static_*_arm64.deb >/dev/null 2>&1; t
   (cd /var/cache/pybuild-samples && apt-get download -q busybox-static:arm64) \
     || { apt-get update -q; (cd /var/cache/pybuild-samples && apt-get download -q busybox-static:arm64); }
 fi
+# rootless pybuild: slirp4netns opens /dev/net/tun as the user. Debian's udev makes it
+# 0666; machines without udev (this VM, many CI containers) leave it 0600 root.
+if [ -c /dev/net/tun ] && [ "$(stat -c %a /dev/net/tun)" != 666 ]; then chmod 0666 /dev/net/tun; fi
 # --break-system-packages: Debian's own python3 is "externally managed".
 # editable_mode=compat: a plain path entry; the default import-hook finder costs
 # ~15 ms at every start of the pybuild command.

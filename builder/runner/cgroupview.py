@@ -77,3 +77,33 @@ def pids(found: dict[str, str]) -> list[int]:
         if len(out) > MAX_PIDS:
             break
     return sorted(set(out))[:MAX_PIDS]
+
+
+def member_pids(st: ContainerState) -> list[int]:
+    """The container's processes: its cgroup's, or, rootless without a cgroup, those in
+    the PID namespace of its PID 1 (the kernel's namespace inode, read between two checks
+    that PID 1 is still that process)."""
+    from layerstore.userns import in_user_namespace
+
+    if not in_user_namespace():
+        return pids(dirs(st))
+    try:
+        return pids(dirs(st))
+    except RunError:
+        if not alive(st.pid, st.pid_start):
+            raise
+    try:
+        ns = os.stat(f"/proc/{st.pid}/ns/pid").st_ino
+    except OSError:
+        raise not_running(st) from None
+    out = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                if os.stat(f"/proc/{name}/ns/pid").st_ino == ns:
+                    out.append(int(name))
+            except OSError:
+                continue
+    if not alive(st.pid, st.pid_start):
+        raise not_running(st)
+    return sorted(out)[:MAX_PIDS]

@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Iterator
 
+from builder.procinfo import start_time
 from layerstore.humanize import rfc3339_now
 from layerstore import workdirs
 from layerstore.resolver import remove_tree
@@ -93,17 +94,7 @@ class ContainerState:
         return cls(**{k: v for k, v in data.items() if k in known})
 
 
-def proc_start_time(pid: int) -> str:
-    """Field 22 of /proc/PID/stat, or "" when the process is gone -- or dead and not yet
-    reaped: a SIGKILLed -d supervisor is nobody's child any more, and its zombie may
-    linger (under a subreaper that does not reap) with its pid and start time intact."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            text = f.read()
-    except OSError:
-        return ""
-    fields = text.rsplit(")", 1)[1].split()
-    return "" if fields[0] in ("Z", "X", "x") else fields[19]
+proc_start_time = start_time
 
 
 def alive(pid: int, start: str) -> bool:

@@ -1,12 +1,13 @@
 """`pybuild top`: the host's `ps` (default -ef, or the options given, as docker's
 top), keeping the rows whose PID is in the container's cgroup -- pids the kernel
-lists to us in cgroup.procs, not anything the container says."""
+lists to us in cgroup.procs (rootless without a cgroup: in its PID namespace), not
+anything the container says."""
 
 from __future__ import annotations
 
 import subprocess
 
-from .cgroupview import dirs, not_running, pids
+from .cgroupview import member_pids, not_running
 from .containers import Containers
 from .errors import RunError
 from .lifecycle import is_running
@@ -19,7 +20,7 @@ def top(containers: Containers, ref: str, ps_args: list[str]) -> list[list[str]]
     st = containers.find(ref)
     if not is_running(st):
         raise not_running(st)
-    members = set(pids(dirs(st)))
+    members = set(member_pids(st))
     try:
         proc = subprocess.run(["ps", *(ps_args or ["-ef"])], capture_output=True, timeout=20,
                               stdin=subprocess.DEVNULL)

@@ -47,7 +47,7 @@ from .finalize import send as _send
 from .spec import DEFAULT_PATH, Result, SandboxError, SandboxSpec
 
 if TYPE_CHECKING:
-    from .network import PrivateNetwork
+    from .netbackend import ContainerNetwork
 
 _FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
@@ -100,7 +100,8 @@ def _read_line(fd: int) -> str | None:
     return buf[:-1].decode(errors="replace")
 
 
-def _etc_files(spec: SandboxSpec, state: Path, hostname: str, ip: str | None = None) -> None:
+def _etc_files(spec: SandboxSpec, state: Path, hostname: str, ip: str | None = None,
+               nameserver: str | None = None) -> None:
     hosts = "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
     if spec.network.mode == "host":
         try:
@@ -118,6 +119,9 @@ def _etc_files(spec: SandboxSpec, state: Path, hostname: str, ip: str | None = N
         lines = [ln for ln in resolv.splitlines()
                  if not (ln.split()[:1] == ["nameserver"] and ln.split()[1:2]
                          and ln.split()[1].startswith(("127.", "::1")))]
+        if nameserver:   # a user-mode network's resolver, which forwards to the host's
+            lines = [ln for ln in lines if ln.split()[:1] != ["nameserver"]]
+            lines.append(f"nameserver {nameserver}")
         if not any(ln.startswith("nameserver") for ln in lines):
             lines += ["nameserver 8.8.8.8", "nameserver 8.8.4.4"]
         resolv = "\n".join(lines) + "\n"
@@ -175,7 +179,7 @@ class Container:
     _ctl: int = -1
     _pidfd: int = -1
     _cgroups: Cgroups | None = None
-    _net: PrivateNetwork | None = None
+    _net: ContainerNetwork | None = None
     _own_state: bool = True
     _result: Result | None = None
     _status: int | None = None
@@ -372,9 +376,9 @@ def start(spec: SandboxSpec) -> Container:
                  devices=_device_rules(spec), freezer=spec.freezer)
     net = None
     if spec.network.mode == "private":
-        from .network import PrivateNetwork
+        from .netbackend import network_for
 
-        net = PrivateNetwork(spec.network, spec.id)
+        net = network_for(spec.network, spec.id, state)
     c = Container(spec, spec.id, -1, state, _cgroups=cg, _net=net, _own_state=own_state)
     child_stdio: list[int] = []
     pipes = _Pipes()
@@ -407,7 +411,7 @@ def start(spec: SandboxSpec) -> Container:
             raise _child_error(line, pipes.exec_r, spec.argv[0])
         if net is not None:
             c.ip = net.attach(c.pid)
-            _etc_files(spec, state, hostname, c.ip)
+            _etc_files(spec, state, hostname, c.ip, net.nameserver)
         cg.add(c.pid)
         _go(pipes.go_b_w)
         while True:
@@ -611,9 +615,9 @@ def _orphaned_cleanup(pid: int | None, cg: Cgroups, state: Path, spec: SandboxSp
         pass
     if spec.network.mode == "private":
         try:
-            from .network import PrivateNetwork
+            from .netbackend import network_for
 
-            PrivateNetwork(spec.network, spec.id).teardown()
+            network_for(spec.network, spec.id, state).teardown()
         except Exception:
             pass
     _remove_state(state, spec.state_dir is None)

@@ -71,6 +71,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+from builder.procinfo import start_time
 from .netconfig import NetworkConfig, NetworkError, PortMapping
 from .rtnetlink import Netlink, NetlinkError
 
@@ -257,20 +258,9 @@ class _Host:
                 if link.alias.startswith(HOLD_PREFIX) and not _keeper_alive(link.alias)]
 
 
-def _start_time(pid: int) -> str | None:
-    """A process's start time (clock ticks since boot), None when it is gone or a zombie: with
-    the pid, it names one process even after the pid is reused."""
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            fields = fh.read().rpartition(")")[2].split()
-    except OSError:
-        return None
-    return None if fields[0] in ("Z", "X") else fields[19]
-
-
 def _keeper_alive(alias: str) -> bool:
     words = alias.split()
-    return len(words) == 3 and words[1].isdigit() and _start_time(int(words[1])) == words[2]
+    return len(words) == 3 and words[1].isdigit() and start_time(int(words[1])) == words[2]
 
 
 def _comment(rule: str) -> str:
@@ -339,6 +329,8 @@ def _can_fork_tools() -> None:
 
 class PrivateNetwork:
     """One container's place on a bridge: attach it once, tear it down once (or more)."""
+
+    nameserver: str | None = None   # the container's resolv.conf keeps the host's resolvers
 
     def __init__(self, config: NetworkConfig, container_id: str) -> None:
         config.validate()
@@ -745,7 +737,7 @@ def _keeper_main(config: NetworkConfig, lifeline: int, status: int) -> None:
             os.closerange(lo, fd)
             lo = fd + 1
         pid = os.getpid()
-        started = _start_time(pid)
+        started = start_time(pid)
         digest = hashlib.sha256(f"{pid} {started}".encode()).hexdigest()[:11]
         port, peer = f"pbh{digest}0", f"pbh{digest}1"
         holder = PrivateNetwork(config, f"hold-{pid}-{started}")

@@ -84,6 +84,10 @@ class BuildNetwork:
 
     def config(self):
         from builder.sandbox import NetworkConfig
+        from builder.sandbox.netbackend import backend
+
+        if backend() == "user":   # no bridge to hold: each step gets its own slirp4netns
+            return NetworkConfig(mode="private")
         from builder.sandbox.network import BridgeHold
 
         with self._lock:
