@@ -15,9 +15,6 @@ if [ -n "$missing" ]; then
   apt-get update -q
   apt-get install -y -q --no-install-recommends $missing
 fi
-# rootless containers' network: slirp4netns opens /dev/net/tun as the user; udev makes it
-# 0666 on Debian, a machine without udev (a container, some VMs) leaves it 0600
-if [ -c /dev/net/tun ] && [ "$(stat -c %a /dev/net/tun)" != 666 ]; then chmod 0666 /dev/net/tun; fi
 # foreign-architecture test bases: busybox-static for arm64 as a .deb (installing it would
 # replace the host's busybox; sample-images/busybox/mkrootfs.sh DIR arm64 unpacks it)
 if ! ls /var/cache/pybuild-samples/busybox-static_*_arm64.deb >/dev/null 2>&1; then

@@ -301,11 +301,13 @@ def user_processes(user: TestUser) -> list[int]:
         try:
             with open(f"/proc/{entry.name}/status") as f:
                 for line in f:
+                    if line.startswith("State:") and line.split()[1] in ("Z", "X"):
+                        break       # dead, waiting for its parent: nothing runs
                     if line.startswith("Uid:"):
                         if any(user.own_uid(int(u)) for u in line.split()[1:]):
                             pids.append(int(entry.name))
                         break
-        except (OSError, ValueError):
+        except (OSError, ValueError, IndexError):
             continue
     return pids
 
