@@ -24,7 +24,11 @@ def default_root() -> Path:
     if env:
         return Path(env)
     if os.geteuid() == 0:
-        return Path("/var/lib/pybuild")
+        from layerstore.userns import in_user_namespace
+
+        # rootless pybuild re-execs itself as root of the user's namespace: still the user's
+        if not in_user_namespace():
+            return Path("/var/lib/pybuild")
     data = os.environ.get("XDG_DATA_HOME") or os.path.join(Path.home(), ".local", "share")
     return Path(data) / "pybuild"
 

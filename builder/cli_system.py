@@ -197,6 +197,9 @@ def info_data(settings: Settings) -> dict:
     from builder.runner.lifecycle import is_running
     from layerstore.images import list_images
 
+    from builder.rootless_info import format_map, probe
+
+    rl = probe()
     states = [c for c in _containers(settings).all()]
     running = [c for c in states if c.status == "running" and is_running(c)]
     paused = [c for c in states if getattr(c, "paused", False)]
@@ -223,9 +226,19 @@ def info_data(settings: Settings) -> dict:
         "Name": platform.node(),
         "ServerVersion": VERSION,
         "SecurityOptions": ["name=seccomp,profile=builtin", "name=cgroupns"]
-                           + (["name=rootless"] if os.geteuid() != 0 else []),
-        "Rootless": os.geteuid() != 0,
+                           + (["name=rootless"] if rl.rootless else []),
+        "Rootless": rl.rootless,
+        "RootlessDetails": {
+            "UserNamespace": rl.in_user_namespace,
+            "User": rl.user,
+            "Overlay": rl.overlay,
+            "Network": rl.network,
+            "UIDMap": format_map(rl.uid_map),
+            "GIDMap": format_map(rl.gid_map),
+            "CgroupDelegated": rl.cgroup_delegated,
+        },
         "Daemonless": True,
+        "Warnings": rl.missing,
     }
 
 
@@ -282,6 +295,17 @@ def format_info(d: dict) -> str:
         f" Docker Root Dir: {d['DockerRootDir']}",
         f" Rootless: {str(d['Rootless']).lower()}",
     ]
+    r = d.get("RootlessDetails")
+    if d["Rootless"] and r:
+        lines += [
+            f"  User: {r['User']} (user namespace: {'yes' if r['UserNamespace'] else 'no'})",
+            f"  UID map: {r['UIDMap']}",
+            f"  GID map: {r['GIDMap']}",
+            f"  Overlay: {r['Overlay']}",
+            f"  Network: {r['Network']}",
+            f"  Cgroup delegated: {', '.join(r['CgroupDelegated']) or 'no'}",
+        ]
+    lines += [f"WARNING: {w}" for w in d.get("Warnings", [])]
     return "\n".join(lines)
 
 

@@ -1,0 +1,356 @@
+"""Issue 15's acceptance, as an unprivileged user: the sample builds, `run`, `exec`, `logs`,
+`-p` publishing, push/pull through docker-registry, `save` -> umoci unpack equal to a rootful
+build, `fsck`; the store holds only the user's own host ids; nothing is written outside the
+store and $XDG_RUNTIME_DIR; limits without a delegated cgroup are refused; a user without
+subordinate ranges gets one uid and a warning.
+
+The user, its install (a venv of /usr/bin/python3 running this repo's code) and the process
+clean-up come from rootless_env.py. One user and store serve the whole module (the tests
+build on each other's images, in file order); every test asserts on its own result.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import tarfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from buildpeer import umoci_unpack
+from conftest import CLI, MKROOTFS, REPO, require_tool
+from rootless_env import (Session, TestUser, foreign_owners, owned_entries, pybuild_as,
+                          run_as, user_env)
+from test_registry_helpers import Registry, free_port
+from treecmp import describe_tree
+
+SAMPLES = REPO / "sample-images"
+EXPECT = {
+    "hello": "Hello from pybuild (built on x86_64, running as nobody)\n",
+    "multistage": "hello, world (greet 1.2.3, built in a separate stage)\n",
+}
+# A RUN that chowns to 1000 and installs a setuid file, plus USER 1000 writing its own files.
+OWNERS_DOCKERFILE = """\
+FROM busybox
+COPY --chown=1000:100 note.txt /data/note.txt
+RUN mkdir -p /data/app /opt/tools \\
+ && echo hi > /data/app/f && chown -R 1000:1000 /data/app && chmod 2750 /data/app \\
+ && cp /bin/busybox /opt/tools/suid-tool && chmod 4755 /opt/tools/suid-tool \\
+ && touch /opt/tools/nobody-file && chown 65534:65534 /opt/tools/nobody-file
+USER 1000
+RUN touch /data/app/by-user && id -u > /data/app/whoami
+USER root
+CMD ["sh", "-c", "stat -c '%n %u:%g %a' /data/note.txt /data/app /data/app/by-user /opt/tools/suid-tool /opt/tools/nobody-file"]
+"""
+OWNERS_EXPECT = ("/data/note.txt 1000:100 644\n/data/app 1000:1000 2750\n"
+                 "/data/app/by-user 1000:1000 644\n/opt/tools/suid-tool 0:0 4755\n"
+                 "/opt/tools/nobody-file 65534:65534 644\n")
+HTTPD_DOCKERFILE = """\
+FROM busybox
+RUN mkdir /www && echo "hello from a rootless container" > /www/index.html
+EXPOSE 80
+CMD ["sh", "-c", "echo httpd starting; exec httpd -f -v -p 80 -h /www"]
+"""
+# where an unprivileged user can write outside its store (walked by owner: other tests'
+# files in /tmp do not count)
+WRITABLE = [Path("/tmp"), Path("/var/tmp"), Path("/dev/shm")]
+
+
+@dataclass
+class Rootless:
+    """`pybuild ...` as the test user, with its store under a work dir it owns."""
+
+    session: Session
+    user: TestUser
+    work: Path
+
+    @property
+    def store(self) -> Path:
+        return self.work / "data" / "pybuild"     # the default: $XDG_DATA_HOME/pybuild
+
+    def env(self) -> dict[str, str]:
+        return user_env(self.user, self.work / "data")
+
+    def __call__(self, *args, check: bool = True, input=None,
+                 timeout: float = 120) -> subprocess.CompletedProcess:
+        return pybuild_as(self.user, *args, env=self.env(), input=input, timeout=timeout,
+                          cwd=self.work, check=check)
+
+    def give(self, path: Path) -> Path:
+        """Make a root-made file or tree the user's."""
+        for dirpath, dirnames, filenames in os.walk(path):
+            for name in [*dirnames, *filenames]:
+                os.lchown(os.path.join(dirpath, name), self.user.uid, self.user.gid)
+        os.lchown(path, self.user.uid, self.user.gid)
+        return path
+
+
+def _rootfs_tar(dest: Path, all_root: bool = False) -> Path:
+    """The busybox rootfs of the samples as a tarball; `all_root`: every file 0:0."""
+    rootfs = dest.with_suffix(".d")
+    subprocess.run(["sh", str(MKROOTFS), str(rootfs)], check=True, capture_output=True)
+    owner = ["--owner=0", "--group=0"] if all_root else []
+    subprocess.run(["tar", "-C", str(rootfs), "--numeric-owner", *owner, "-cf", str(dest), "."],
+                   check=True)
+    subprocess.run(["rm", "-rf", str(rootfs)], check=True)
+    os.chmod(dest, 0o644)
+    return dest
+
+
+def _context(dir: Path, dockerfile: str, files: dict[str, str] | None = None) -> Path:
+    dir.mkdir(parents=True)
+    (dir / "Dockerfile").write_text(dockerfile)
+    for name, text in (files or {}).items():
+        (dir / name).write_text(text)
+    for p in [dir, *dir.iterdir()]:
+        os.chmod(p, 0o755 if p.is_dir() else 0o644)
+    return dir
+
+
+@pytest.fixture(scope="module")
+def session():
+    s = Session()
+    before: dict[str, tuple] = {}
+    try:
+        s.before = before            # filled by `rl` once the work dirs exist
+        yield s
+    finally:
+        problems = s.close()
+    assert not problems, problems
+
+
+@pytest.fixture(scope="module")
+def rl(session):
+    r = Rootless(session, session.user, session.workdir(session.user, "main"))
+    # what the user owns outside its work dir before any pybuild ran
+    session.before.update(owned_entries(r.user, [r.user.home, *WRITABLE], exclude=[r.work]))
+    tar = r.give(_rootfs_tar(r.work / "busybox.tar"))
+    r("import", tar, "busybox", "--change", 'CMD ["sh"]')
+    return r
+
+
+@pytest.fixture(scope="module")
+def rootful(tmp_path_factory, rl):
+    """A root store with the same busybox base (the same tarball, imported the same way)."""
+    cli = CLI(tmp_path_factory.mktemp("rootful") / "store")
+    cli("import", rl.work / "busybox.tar", "busybox", "--change", 'CMD ["sh"]')
+    return cli
+
+
+@pytest.fixture(scope="module")
+def owners_ctx(rl):
+    return rl.give(_context(rl.work / "ctx-owners", OWNERS_DOCKERFILE,
+                            {"note.txt": "a note\n"}))
+
+
+def _http_get(port: int, timeout: float = 20) -> str:
+    deadline = time.monotonic() + timeout
+    last = ""
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=2) as s:
+                s.sendall(b"GET /index.html HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+                data = b""
+                while chunk := s.recv(65536):
+                    data += chunk
+            if data.startswith(b"HTTP/1.") and b"\r\n\r\n" in data:
+                return data.decode(errors="replace")
+            last = repr(data[:200])
+        except OSError as e:
+            last = str(e)
+        time.sleep(0.2)
+    raise AssertionError(f"nothing answered on 127.0.0.1:{port}: {last}")
+
+
+def _unpack(cli_save, image: str, dest: Path) -> Path:
+    """`save --format oci` by `cli_save` into dest.tar, unpacked by umoci as root."""
+    require_tool("umoci")
+    archive = dest.with_suffix(".tar")
+    cli_save("save", "--format", "oci", "-o", archive, image)
+    layout = dest.with_suffix(".oci")
+    layout.mkdir()
+    with tarfile.open(archive) as t:
+        t.extractall(layout, filter="fully_trusted")
+    ref = json.loads((layout / "index.json").read_text())["manifests"][0]["annotations"][
+        "org.opencontainers.image.ref.name"]
+    return umoci_unpack(layout, ref, dest)
+
+
+# --- builds and runs --------------------------------------------------------------------
+
+def test_the_user_is_unprivileged(session):
+    """What the other tests rely on: no root groups, no capabilities, the venv not /root's."""
+    u = session.user
+    p = run_as(u, ["sh", "-c", "id -u; id -G; grep -E '^Cap(Eff|Prm)' /proc/self/status; "
+                   f"{session.python} -c 'import builder, sys; print(builder.__file__)'"],
+               env=user_env(u), check=True)
+    lines = p.stdout.splitlines()
+    assert lines[:2] == [str(u.uid), str(u.gid)], p.stdout
+    assert [l.split()[1] for l in lines[2:4]] == ["0000000000000000"] * 2, p.stdout
+    assert lines[4] == str(REPO / "builder" / "__init__.py")
+    assert not str(session.python).startswith("/root")
+    assert u.subuids and u.subuids[0][1] >= 65536 and not session.nosub.subuids
+
+
+def test_info_says_rootless(rl):
+    info = json.loads(rl("info", "--format", "json").stdout)
+    assert info["Rootless"] is True and info["DockerRootDir"] == str(rl.store)
+    details = info["RootlessDetails"]
+    assert details["User"] == rl.user.name
+    start, count = rl.user.subuids[0]
+    assert f"0->{rl.user.uid} (1)" in details["UIDMap"] and f"->{start} ({count})" in \
+        details["UIDMap"]
+    assert details["Network"] == "slirp4netns" and details["Overlay"] == "native"
+    assert details["UserNamespace"] is True and details["CgroupDelegated"] == []
+    assert any("no delegated cgroup" in w for w in info["Warnings"])
+    text = rl("info").stdout
+    assert " Rootless: true\n" in text and f"  UID map: 0->{rl.user.uid} (1)" in text
+
+
+@pytest.mark.parametrize("name", ["hello", "multistage"])
+def test_sample_builds_and_runs(rl, name):
+    rl("build", "--progress", "plain", "-t", name, SAMPLES / name)
+    assert rl("run", "--rm", name).stdout == EXPECT[name]
+
+
+def test_cache_mount_sample_is_warm_the_second_time(rl):
+    first = rl("build", "--progress", "plain", "-t", "cache-mount", SAMPLES / "cache-mount")
+    assert "cache: cold" in first.stderr
+    second = rl("build", "--progress", "plain", "--no-cache", "-t", "cache-mount",
+                SAMPLES / "cache-mount")
+    assert "cache: warm" in second.stderr
+    out = rl("run", "--rm", "cache-mount").stdout.strip()
+    assert len(out) == 16 and all(c in "0123456789abcdef" for c in out), out
+
+
+def test_chown_setuid_and_user_1000(rl, owners_ctx):
+    rl("build", "--progress", "plain", "-t", "owners", owners_ctx)
+    assert rl("run", "--rm", "owners").stdout == OWNERS_EXPECT
+    assert rl("run", "--rm", "owners", "cat", "/data/app/whoami").stdout == "1000\n"
+    # USER 1000 at run time, writing where 1000 owns the directory and not elsewhere
+    p = rl("run", "--rm", "-u", "1000:1000", "owners", "sh", "-c",
+           "id -u; touch /data/app/x && echo wrote; touch /opt/tools/y 2>/dev/null || echo denied")
+    assert p.stdout == "1000\nwrote\ndenied\n"
+
+
+def test_save_unpacks_as_a_rootful_build_of_the_same_dockerfile(rl, rootful, owners_ctx,
+                                                                tmp_path):
+    rl("build", "-t", "owners", owners_ctx)         # answered by the cache when run in order
+    rootful("build", "-t", "owners", owners_ctx)
+    ours = _unpack(rl, "owners", rl.work / "unpack-rootless")
+    theirs = _unpack(rootful, "owners", tmp_path / "unpack-rootful")
+    a, b = describe_tree(ours, mtimes=False), describe_tree(theirs, mtimes=False)
+    assert a == b, sorted(set(a.items()) ^ set(b.items()))[:10]
+    st = os.lstat(ours / "opt/tools/suid-tool")
+    assert (st.st_uid, st.st_gid, st.st_mode & 0o7777) == (0, 0, 0o4755)
+    st = os.lstat(ours / "data/app/by-user")
+    assert (st.st_uid, st.st_gid) == (1000, 1000)
+
+
+def test_load_prune_and_a_bind_volume(rl):
+    """`save` -> `load` into a fresh store runs the same; `prune --all` there leaves it
+    fsck-clean; what container root writes to a bind mount is the user's on the host."""
+    archive = rl.work / "owners-docker.tar"
+    rl("save", "-o", archive, "owners")
+    fresh = rl.work / "loaded"
+    rl("--root", fresh, "load", "-i", archive)
+    assert rl("--root", fresh, "run", "--rm", "owners").stdout == OWNERS_EXPECT
+    rl("--root", fresh, "rmi", "owners")
+    rl("--root", fresh, "prune", "--all")
+    assert rl("--root", fresh, "images", "-q").stdout == ""
+    assert rl("--root", fresh, "fsck").stdout.strip().endswith("clean")
+    vol = rl.work / "vol"
+    vol.mkdir()
+    rl.give(vol)
+    rl("run", "--rm", "-v", f"{vol}:/vol", "busybox", "sh", "-c",
+       "echo from-root > /vol/r && chown 1000:1000 /vol && su -s /bin/sh user -c "
+       "'echo from-1000 > /vol/u'")
+    r, u = os.lstat(vol / "r"), os.lstat(vol / "u")
+    assert (r.st_uid, r.st_gid) == (rl.user.uid, rl.user.gid)
+    start = rl.user.subuids[0][0]
+    assert u.st_uid == start + 999 and (vol / "u").read_text() == "from-1000\n"
+
+
+def test_published_port_exec_and_logs(rl):
+    ctx = rl.give(_context(rl.work / "ctx-httpd", HTTPD_DOCKERFILE))
+    rl("build", "-t", "httpd", ctx)
+    port = free_port()
+    cid = rl("run", "-d", "-p", f"127.0.0.1:{port}:80", "httpd").stdout.strip()
+    try:
+        answer = _http_get(port)
+        assert answer.startswith("HTTP/1.") and " 200 " in answer.splitlines()[0]
+        assert answer.endswith("hello from a rootless container\n")
+        assert rl("exec", cid, "cat", "/www/index.html").stdout == \
+            "hello from a rootless container\n"
+        assert rl("exec", cid, "id", "-u").stdout == "0\n"
+        logs = rl("logs", cid)
+        assert "httpd starting" in logs.stdout + logs.stderr
+        assert f"127.0.0.1:{port}->80/tcp" in rl("ps").stdout
+    finally:
+        rl("rm", "-f", cid, check=False)
+    assert cid[:12] not in rl("ps", "-a").stdout
+
+
+def test_push_and_pull_through_docker_registry(rl, tmp_path):
+    reg_dir = tmp_path / "registry"
+    reg_dir.mkdir()
+    reg = Registry(reg_dir)
+    try:
+        ref = f"{reg.host}/rootless/hello:1"
+        rl("push", "hello", ref)
+        other = rl.work / "pulled"
+        rl("--root", other, "pull", ref)
+        assert rl("--root", other, "run", "--rm", ref).stdout == EXPECT["hello"]
+    finally:
+        reg.stop()
+    assert not foreign_owners(rl.user, other)
+
+
+def test_limit_without_delegated_cgroup_is_refused_in_one_line(rl):
+    p = rl("run", "--rm", "--memory", "64m", "busybox", "true", check=False)
+    assert p.returncode != 0
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("pybuild: error:"), p.stderr
+    assert "cgroup" in lines[0] and "Traceback" not in p.stderr
+
+
+def test_fsck_clean_and_store_owned_by_the_users_ids_only(rl):
+    assert rl("fsck").stdout.strip().endswith("clean")
+    assert rl.store.is_dir()
+    assert foreign_owners(rl.user, rl.store) == []
+
+
+def test_nothing_written_outside_the_store_and_runtime_dir(rl, session):
+    after = owned_entries(rl.user, [rl.user.home, *WRITABLE], exclude=[rl.work])
+    changed = sorted(p for p, v in after.items() if session.before.get(p) != v)
+    assert changed == [], changed
+    # and in the work dir's $XDG_DATA_HOME nothing beside the store
+    assert os.listdir(rl.work / "data") == ["pybuild"]
+
+
+# --- a user without subordinate ranges --------------------------------------------------
+
+def test_user_without_subordinate_ranges(session):
+    nosub = Rootless(session, session.nosub, session.workdir(session.nosub, "nosub"))
+    root_only = nosub.give(_rootfs_tar(nosub.work / "bb-root.tar", all_root=True))
+    nosub("import", root_only, "bbroot", "--change", 'CMD ["sh"]')
+    ctx = nosub.give(_context(nosub.work / "ctx", "FROM bbroot\nRUN echo built > /built\n"))
+    nosub("build", "-t", "one-uid", ctx)
+    assert nosub("run", "--rm", "one-uid", "cat", "/built").stdout == "built\n"
+    info = nosub("info").stdout
+    assert f"WARNING: no /etc/subuid range for {session.nosub.name}: one uid only" in info
+    assert f"  UID map: 0->{session.nosub.uid} (1)\n" in info
+    # an image that needs uid 1000 (the samples' busybox: /home/user is 1000:1000) is taken
+    # with a warning that says what to do, at import and wherever else it is noticed
+    with_user = nosub.give(_rootfs_tar(nosub.work / "bb.tar"))
+    p = nosub("import", with_user, "busybox")
+    q = nosub("run", "--rm", "busybox", "stat", "-c", "%u", "/home/user")
+    said = [l for l in (p.stderr + q.stderr).splitlines() if "warning" in l.lower()]
+    assert said and all("1000" in l and "/etc/subuid" in l for l in said[:1]), p.stderr
+    assert q.stdout == "0\n"          # as the warning says: root's here
+    assert "Traceback" not in p.stderr + q.stderr
