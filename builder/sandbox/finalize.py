@@ -77,6 +77,22 @@ def close_all_but(keep: set[int]) -> None:
         lo = fd + 1
 
 
+def _setgroups(groups: list[int]) -> None:
+    """A rootless namespace that maps one gid only has setgroups denied (else dropping a
+    group could grant what a negative group permission forbids): the groups stay as the
+    user's login gave them, as with rootless podman. Anywhere else a refusal is an error."""
+    try:
+        os.setgroups(groups)
+    except PermissionError:
+        try:
+            with open("/proc/self/setgroups", encoding="ascii") as f:
+                denied = f.read(16).strip() == "deny"
+        except OSError:
+            denied = False
+        if not denied:
+            raise
+
+
 def drop_privileges(ids: users.Ids, keep: int, bpf: bytes | None, no_new_privs: bool) -> None:
     """runc's order: seccomp early only without no_new_privs; bounding set, user, caps.
 
@@ -91,7 +107,7 @@ def drop_privileges(ids: users.Ids, keep: int, bpf: bytes | None, no_new_privs: 
         libc.seccomp_load(bpf)
     capmod.drop_bounding(keep)
     libc.prctl(libc.PR_SET_KEEPCAPS, 1)
-    os.setgroups(ids.groups)
+    _setgroups(ids.groups)
     os.setresgid(ids.gid, ids.gid, ids.gid)
     os.setresuid(ids.uid, ids.uid, ids.uid)
     libc.prctl(libc.PR_SET_KEEPCAPS, 0)

@@ -15,6 +15,7 @@ import stat
 import struct
 from dataclasses import dataclass, field
 
+from layerstore.userns import mapped_ids
 from layerstore import snapshots
 from layerstore.humanize import quoted
 
@@ -280,8 +281,11 @@ def _mount_dev(spec: SandboxSpec, d: Detached) -> None:
     # --ipc none: an IPC namespace of its own and no /dev/shm at all, as docker's
     for sub in ("pts", "mqueue") if spec.ipc == "none" else ("pts", "shm", "mqueue"):
         os.mkdir("/dev/" + sub, 0o755)
+    # gid 5 (tty) owns the terminals, as in docker; a rootless namespace that maps only
+    # the user's own gid has no gid 5, and devpts refuses an unmapped one (EINVAL)
+    tty_gid = ",gid=5" if mapped_ids("gid") > 5 else ""
     libc.mount("devpts", "/dev/pts", "devpts", libc.MS_NOSUID | libc.MS_NOEXEC,
-               "newinstance,ptmxmode=0666,mode=0620,gid=5")
+               "newinstance,ptmxmode=0666,mode=0620" + tty_gid)
     if d.shm is not None:
         libc.move_mount_fd(d.shm, "/dev/shm")
         os.close(d.shm)
