@@ -354,3 +354,166 @@ def test_user_without_subordinate_ranges(session):
     assert said and all("1000" in l and "/etc/subuid" in l for l in said[:1]), p.stderr
     assert q.stdout == "0\n"          # as the warning says: root's here
     assert "Traceback" not in p.stderr + q.stderr
+
+
+# --- the namespace, its keeper, the runtime's confinement ---------------------------------
+
+def _keeper(rl) -> tuple[int, str]:
+    pid, start = (rl.user.runtime_dir / "pybuild" / "userns.pid").read_text().split()
+    return int(pid), start
+
+
+def _ns(pid: int, kind: str = "user") -> int:
+    return os.stat(f"/proc/{pid}/ns/{kind}").st_ino
+
+
+def _wait_gone(pid: int, timeout: float = 20) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                if f.read().rpartition(b")")[2].split()[0] in (b"Z", b"X"):
+                    return True
+        except FileNotFoundError:
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_runtime_probes_are_docker_defaults_rootless(rl):
+    """The sandbox issue's probes (test_run_security.PROBES) through a rootless `run`: the
+    same capabilities, seccomp, masks and refusals as rootful -- stricter, never looser."""
+    from test_run_security import DOCKER_DEFAULT_CAPS, PROBES
+
+    def probe(*flags):
+        out = rl("run", "--rm", "--network", "none", *flags, "busybox", "sh", "-c",
+                 PROBES).stdout
+        return dict(ln.split("=", 1) if "=" in ln else ln.split(":", 1)
+                    for ln in out.splitlines() if ln)
+
+    out = probe()
+    assert out["pid1"] == "1"
+    for key in ("CapEff", "CapPrm", "CapBnd"):
+        assert int(out[key], 16) == DOCKER_DEFAULT_CAPS, (key, out)
+    assert int(out["CapInh"], 16) == 0 and int(out["CapAmb"], 16) == 0
+    assert out["Seccomp"] == "2" and out["NoNewPrivs"] == "0"
+    assert out["timer_list"] == "0" and out["firmware"] == "0"
+    assert int(out["hostproc"]) < 8
+    assert out["procsys"] != "0" and out["sys"] == "ro"
+    assert out["mount"] != "0" and out["unshare"] != "0" and out["swapon"] != "0"
+    assert out["chown"] == "0"
+    user = probe("-u", "1000")
+    assert int(user["CapEff"], 16) == 0 and int(user["CapBnd"], 16) == DOCKER_DEFAULT_CAPS
+    nnp = probe("--security-opt", "no-new-privileges")
+    assert nnp["NoNewPrivs"] == "1" and nnp["Seccomp"] == "2"
+
+
+def test_invocations_share_one_namespace_and_its_keeper_leaves_when_idle(rl):
+    """A container of one invocation lives in the namespace every later invocation joins
+    (so exec, stop, top reach it); with nothing left in it the keeper exits by itself."""
+    cid = rl("run", "-d", "--network", "none", "busybox", "sh", "-c",
+             "sleep 300 & sleep 301").stdout.strip()
+    try:
+        keeper, _ = _keeper(rl)
+        state = json.loads(rl("inspect", cid).stdout)[0]
+        pid1 = state["State"]["Pid"]
+        assert _ns(pid1) == _ns(keeper) != _ns(os.getpid())
+        assert os.stat(f"/proc/{keeper}").st_uid == rl.user.uid
+        # no cgroup without delegation: top reads the container's PID namespace instead
+        top = rl("top", cid).stdout.splitlines()
+        assert len(top) == 3 and all("sleep 30" in ln for ln in top[1:]), top
+        p = rl("pause", cid, check=False)
+        assert p.returncode != 0 and "no cgroup" in p.stderr and len(p.stderr.splitlines()) == 1
+    finally:
+        rl("rm", "-f", cid)
+    assert _wait_gone(keeper), "the keeper outlived the last process of its namespace"
+    assert not (rl.user.runtime_dir / "pybuild" / "userns.pid").exists()
+
+
+def _start_time(pid: int) -> str:
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        return f.read().rpartition(b")")[2].split()[19].decode()
+
+
+def test_a_forged_keeper_pid_file_is_never_joined(rl):
+    """The pid file names a process; a pid is followed only when its start time matches
+    and its user namespace is one the user owns and not the initial one: init's and the
+    user's own plain process are refused, and a fresh keeper is made."""
+    pidfile = rl.user.runtime_dir / "pybuild" / "userns.pid"
+    bystander = subprocess.Popen(run_as_argv(rl, ["sleep", "60"]))
+    try:
+        time.sleep(0.3)
+        plain = next(p for p in _children(bystander.pid) + [bystander.pid]
+                     if os.stat(f"/proc/{p}").st_uid == rl.user.uid)
+        for victim in (1, plain):
+            pidfile.parent.mkdir(exist_ok=True)
+            pidfile.write_text(f"{victim} {_start_time(victim)}\n")
+            os.chown(pidfile, rl.user.uid, rl.user.gid)
+            out = rl("run", "--rm", "--network", "none", "busybox", "cat",
+                     "/proc/self/uid_map").stdout.split()
+            assert out[:3] == ["0", str(rl.user.uid), "1"], out
+            keeper, _ = _keeper(rl)
+            assert keeper not in (1, plain)
+            assert _ns(keeper) not in (_ns(os.getpid()), _ns(plain))
+    finally:
+        bystander.kill()
+        bystander.wait()
+
+
+def run_as_argv(rl, argv: list[str]) -> list[str]:
+    from rootless_env import as_user_argv
+
+    return as_user_argv(rl.user, argv)
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+def test_a_delegated_cgroup_enforces_limits_rootless(rl):
+    """With a cgroup subtree delegated to the user (what systemd's Delegate= does: the
+    directory chowned to the user, the user's process inside), --memory and --pids-limit
+    are enforced beneath it, and the container's cgroup is gone after rm."""
+    from builder.sandbox.cgroups import hierarchies
+
+    hs = hierarchies()
+    made = []
+    try:
+        moves = []
+        for c in ("memory", "pids"):
+            d = Path(hs[c].base) / f"pybuild-rltest-{os.getpid()}"
+            if d not in made:
+                d.mkdir()
+                made.append(d)
+                for p in [d, *d.iterdir()]:
+                    os.chown(p, rl.user.uid, rl.user.gid)
+                moves.append(f"echo $$ > {d}/cgroup.procs")
+        script = " && ".join(moves) + ' && exec "$@"'
+        p = run_as(rl.user, ["sh", "-c", script, "sh", str(rl.session.python), "-m",
+                             "builder", "run", "-d", "--network", "none", "--memory", "24m",
+                             "--pids-limit", "33", "busybox", "sleep", "300"],
+                   env=rl.env(), check=True)
+        cid = p.stdout.strip()
+        try:
+            sub = {c: next(d for d in made if hs[c].base in str(d)) / f"pybuild-{cid}"
+                   for c in ("memory", "pids")}
+            mem = sub["memory"] / ("memory.max" if hs["memory"].version == 2
+                                   else "memory.limit_in_bytes")
+            assert int(mem.read_text()) == 24 << 20
+            assert (sub["pids"] / "pids.max").read_text().strip() == "33"
+            pid1 = json.loads(rl("inspect", cid).stdout)[0]["State"]["Pid"]
+            assert str(pid1) in (sub["memory"] / "cgroup.procs").read_text().split()
+        finally:
+            rl("rm", "-f", cid)
+        assert not any(d.exists() for d in sub.values())
+    finally:
+        for d in made:
+            for _ in range(50):
+                try:
+                    d.rmdir()
+                    break
+                except OSError:
+                    time.sleep(0.1)
