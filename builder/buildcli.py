@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import click
@@ -274,20 +276,8 @@ def run_build(root: Path, open_store, context: str, dockerfile: str | None, *, t
 
     store = open_store()
     progress = Progress(mode)
-    try:
+    with _reported(progress, mode):
         result = build(store, opts, progress)
-    except PybuildError as exc:
-        # BuildKit's order: the live view ends, then the failing step's framed log and
-        # Dockerfile excerpt, then the error line (the CLI's, last; never cut to the
-        # terminal's width: written as is, not through the live view)
-        progress.close()
-        report = getattr(exc, "step_report", "")
-        if report and mode != "rawjson":
-            sys.stderr.write(report)
-            sys.stderr.flush()
-        raise
-    finally:
-        progress.close()
     if used is not None:
         from builder.storage import note_build
 
@@ -305,6 +295,25 @@ def run_build(root: Path, open_store, context: str, dockerfile: str | None, *, t
             stdout=out.get("dest") != "-")
 
 
+@contextmanager
+def _reported(progress, mode: str) -> Iterator[None]:
+    """Closes the progress view; a failed build is told in BuildKit's order: the live view
+    ends, then the failing step's framed log and Dockerfile excerpt, then the error line
+    (the CLI's, last; never cut to the terminal's width: written as is, not through the
+    live view)."""
+    try:
+        yield
+    except PybuildError as exc:
+        progress.close()
+        report = getattr(exc, "step_report", "")
+        if report and mode != "rawjson":
+            sys.stderr.write(report)
+            sys.stderr.flush()
+        raise
+    finally:
+        progress.close()
+
+
 def _build_platforms(store, opts, platforms: list[str], out: dict[str, str],
                      targets: list[str], push_options, mode: str, used, iidfile,
                      metadata_file) -> None:
@@ -315,17 +324,8 @@ def _build_platforms(store, opts, platforms: list[str], out: dict[str, str],
     from builder.progress import Progress
 
     progress = Progress(mode)
-    try:
+    with _reported(progress, mode):
         res = build_platforms(store, opts, platforms, progress, used)
-    except PybuildError as exc:
-        progress.close()
-        report = getattr(exc, "step_report", "")
-        if report and mode != "rawjson":
-            sys.stderr.write(report)
-            sys.stderr.flush()
-        raise
-    finally:
-        progress.close()
     if out["type"] == "oci":
         from layerstore.archive import save
 
