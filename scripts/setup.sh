@@ -5,7 +5,7 @@ cd "$(dirname "$0")/.."
 PKGS="busybox-static skopeo umoci runc buildah docker-registry zstd xz-utils bzip2 gzip tar \
       debootstrap iproute2 iptables openssl apache2-utils uidmap libseccomp2 file \
       python3 python3-pip python3-venv git gcc libc6-dev qemu-user-static \
-      slirp4netns passt fuse-overlayfs"
+      slirp4netns"
 missing=""
 for p in $PKGS; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing="$missing $p"
