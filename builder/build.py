@@ -279,14 +279,16 @@ class Builder:
     def export_cache(self, result: BuildResult, target: int) -> None:
         """Every --cache-to but inline (which rides in the image, see finish()). A
         failed export fails the build unless it says ignore-error=true."""
-        from builder.remotecache.export import export
-
         origins = dict(self.remote.origins()) if self.remote is not None else {}
         created = rfc3339_now(self.opts.source_date_epoch) \
             if self.opts.source_date_epoch is not None else None
         for spec in self.opts.cache_to:
             if spec.type == "inline":
                 continue
+            # imported here: it pulls in the registry client (requests) that most builds
+            # never use
+            from builder.remotecache.export import export
+
             try:
                 mounts = self.mount_entries() if spec.cache_mounts else []
                 done = export(spec, self.stage_records(target, spec.mode),

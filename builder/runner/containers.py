@@ -18,7 +18,6 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-import secrets
 import signal
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
@@ -27,8 +26,6 @@ from typing import Iterator
 
 from builder.procinfo import start_time
 from layerstore.humanize import rfc3339_now
-from layerstore import workdirs
-from layerstore.resolver import remove_tree
 
 from .errors import NoSuchContainer, RunError
 
@@ -119,6 +116,8 @@ class Containers:
         return self.dir / cid
 
     def new_id(self) -> str:
+        import secrets   # here, not at the top: ps, logs, stop... import this module (hmac, _hashlib)
+
         while True:
             cid = secrets.token_hex(32)
             if not cid[:12].isdigit() and not self.path(cid).exists():
@@ -163,6 +162,8 @@ class Containers:
             self.save(state)
         except BaseException:
             self._release(state.name, state.id)
+            from layerstore.resolver import remove_tree
+
             try:
                 remove_tree(d)
             except OSError:
@@ -216,6 +217,8 @@ class Containers:
 
     def owned(self, cid: str) -> bool:
         """Whether a live process owns the container (holds its directory lock)."""
+        from layerstore import workdirs
+
         return workdirs.owner_alive(self.path(cid))
 
     def orphaned(self, st: ContainerState) -> bool:
@@ -275,6 +278,8 @@ class Containers:
 
     @staticmethod
     def _generated_name() -> str:
+        import secrets
+
         adjectives = ("brave", "calm", "eager", "fond", "keen", "quiet", "sharp", "wise")
         nouns = ("ada", "curie", "hopper", "lovelace", "noether", "ritchie", "turing", "wirth")
         return f"{secrets.choice(adjectives)}_{secrets.choice(nouns)}_{secrets.token_hex(3)}"

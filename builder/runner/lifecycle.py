@@ -12,15 +12,20 @@ import os
 import signal
 import sys
 import time
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
-from builder.sandbox import Container, Result, SandboxError, start
 from layerstore.errors import PybuildError
 
 from .containers import Containers, ContainerState, alive, proc_start_time
-from .create import Prepared, discard
 from .errors import RunError
 from .options import rlimit_values
+
+if TYPE_CHECKING:
+    # ps, inspect, logs, stop, kill and wait import this module for the record commands:
+    # the sandbox (and create, which imports it) are imported where a container starts
+    from builder.sandbox import Container, Result
+
+    from .create import Prepared
 
 
 def launch(p: Prepared) -> Container:
@@ -28,6 +33,8 @@ def launch(p: Prepared) -> Container:
 
     A container that cannot start is recorded as exited with docker's code
     (125/126/127) -- or removed with --rm -- and the error is raised."""
+    from builder.sandbox import SandboxError, start
+
     st = p.state
     try:
         p.spec.rlimits = rlimit_values(p.ulimits)    # set in the container, before exec
@@ -59,6 +66,8 @@ def finish(containers: Containers, st: ContainerState, result: Result | None,
     container is no longer ours afterwards (see Containers.owned)."""
     try:
         if st.auto_remove:
+            from .create import discard
+
             _renamed(containers, st)
             discard(containers, st)
             return
@@ -175,6 +184,8 @@ def remove(containers: Containers, ref: str, force: bool = False,
         if st.auto_remove:
             _wait_removed(containers, st.id, 10)
     if volumes:
+        from .create import discard
+
         discard(containers, st)
     else:
         containers.remove_dir(st.id, st.name)

@@ -69,6 +69,7 @@ class RunJob:
     extra_hosts: list[tuple[str, str]] = field(default_factory=list)   # build --add-host
     shm_size: int | None = None                                         # build --shm-size
     rlimits: list = field(default_factory=list)   # (RLIMIT_*, soft, hard): build --ulimit
+    seccomp_cache: Path | None = None    # ROOT/cache/seccomp: compiled filters, as `run` keeps them
 
 
 class BuildNetwork:
@@ -129,7 +130,8 @@ def execute(job: RunJob, on_output: Callable[[bytes], None],
                        mounts=list(job.binds), network=_network(job.network, job.shared_net),
                        stdio="pipe", input=job.input or b"", state_dir=job.state_dir,
                        platform=job.platform, extra_hosts=list(job.extra_hosts),
-                       shm_size=job.shm_size, rlimits=list(job.rlimits))
+                       shm_size=job.shm_size, rlimits=list(job.rlimits),
+                       cache_dir=job.seccomp_cache)
     # named after the step's work dir (containers/build-<hex>): its cgroups show as
     # pybuild-build-<hex>, and when a SIGKILL takes the build and its monitor alike, the
     # next build that reclaims the dead work dir removes them by that name
@@ -327,7 +329,8 @@ class RunOp(Op):
                          state_dir=ws.dir / "state", shared_net=b.network,
                          platform=of_config(ctx.state.config),
                          extra_hosts=list(b.opts.add_hosts), shm_size=b.opts.shm_size,
-                         rlimits=rlimit_values(b.opts.ulimits))
+                         rlimits=rlimit_values(b.opts.ulimits),
+                         seccomp_cache=b.store.root / "cache" / "seccomp")
             if b.failed.is_set():
                 raise DependencyFailed("build cancelled")
             code = execute(job, out, b.running, b.interrupted)
