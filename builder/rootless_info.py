@@ -30,7 +30,7 @@ class RootlessInfo:
     user: str                              # the host user pybuild acts for
     uid_map: list[tuple[int, int, int]]    # (inside, outside, count): mapped or to be mapped
     gid_map: list[tuple[int, int, int]]
-    overlay: str                           # "native" or "none"
+    overlay: str                           # "native", "fuse-overlayfs" or "none"
     network: str                           # "bridge", "slirp4netns" or "none"
     cgroup_delegated: list[str]            # controllers we may limit with
     missing: list[str] = field(default_factory=list)
@@ -79,10 +79,20 @@ def kernel_at_least(version: tuple[int, int]) -> bool:
         return False
 
 
-def overlay_kind(rootless: bool) -> str:
-    """Native overlayfs; in a user namespace only from 5.11 on (there is no fuse-overlayfs
-    fallback yet)."""
-    return "native" if not rootless or kernel_at_least(NATIVE_OVERLAY_KERNEL) else "none"
+def overlay_kind(rootless: bool, in_ns: bool) -> str:
+    """What the snapshotter mounts: native overlayfs, or in a user namespace where the
+    kernel refuses it (before 5.11) fuse-overlayfs; "none" when that is missing too."""
+    if in_ns:
+        from layerstore.snapshots import overlay_driver
+
+        kind = overlay_driver()
+    elif rootless:
+        kind = "native" if kernel_at_least(NATIVE_OVERLAY_KERNEL) else "fuse-overlayfs"
+    else:
+        return "native"
+    if kind == "fuse-overlayfs" and not shutil.which(kind, path=HELPER_PATH):
+        return "none"
+    return kind
 
 
 def network_kind(rootless: bool) -> str:
@@ -130,9 +140,13 @@ def probe() -> RootlessInfo:
     else:
         uid_map = planned_map(uid, subuids)
         gid_map = planned_map(os.getgid(), subgids)
-    overlay = overlay_kind(rootless)
+    overlay = overlay_kind(rootless, in_ns)
     if overlay == "none":
-        missing.append(f"kernel {platform.release()} < 5.11: no overlayfs in a user namespace")
+        missing.append(f"kernel {platform.release()} refuses overlayfs in a user namespace "
+                       "and fuse-overlayfs is not installed (Debian package fuse-overlayfs)")
+    elif overlay == "fuse-overlayfs" and not os.access("/dev/fuse", os.R_OK | os.W_OK):
+        missing.append("/dev/fuse is not read-writable for you (udev makes it 0666): "
+                       "fuse-overlayfs cannot mount")
     network = network_kind(rootless)
     if network == "none":
         missing.append("slirp4netns not found (Debian package slirp4netns): containers get "

@@ -53,10 +53,17 @@ def in_overlay(plans: list[MountPlan], fn: Callable[..., Any], *args: Any, scrat
             libc.prctl(1, 9)  # PR_SET_PDEATHSIG SIGKILL
             if os.getppid() != parent:   # died before that: we would hold its work dir
                 os._exit(1)
+            # made before our own namespace: a fuse-overlayfs daemon (rootless) must not
+            # live in the namespace its mount is attached in, or it would keep it alive
+            trees = [snapshots.open_mount(plan) for plan in plans]
             libc.unshare(libc.CLONE_NEWNS)
             libc.mount(None, "/", None, libc.MS_REC | libc.MS_PRIVATE)
-            for plan, point in zip(plans, points):
-                snapshots.mount(plan, point)
+            for plan, point, tree in zip(plans, points, trees):
+                if tree is None:
+                    snapshots.mount(plan, point)
+                else:
+                    libc.move_mount_fd(tree, point)
+                    os.close(tree)
             out = ("ok", fn(points, *args))
         except PybuildError as exc:
             out, code = ("err", (type(exc).__name__, str(exc))), 1

@@ -29,8 +29,13 @@ from layerstore.layer_tar import (BLK, CHR, DIR, FIFO, LNK, MAX_DEPTH, OPAQUE_MA
 
 _FLUSH = 1 << 20
 _DEPTH = 8  # pieces in flight between the walk and the hashing/compressing thread
-_OPAQUE_XATTRS = (b"trusted.overlay.opaque", b"user.overlay.opaque")
-_SKIPPED_XATTR_PREFIXES = (b"trusted.overlay.", b"user.overlay.")
+# user.fuseoverlayfs.*: fuse-overlayfs's own marks (rootless, where overlayfs is refused)
+_OPAQUE_XATTRS = (b"trusted.overlay.opaque", b"user.overlay.opaque",
+                  b"user.fuseoverlayfs.opaque")
+_SKIPPED_XATTR_PREFIXES = (b"trusted.overlay.", b"user.overlay.", b"user.fuseoverlayfs.")
+# beside that xattr fuse-overlayfs leaves these in an opaque dir of its upper: the OCI
+# marker as a plain file and a whiteout of ".opq"; the dir's xattr says it all
+_FUSE_OPAQUE_LEFTOVERS = (OPAQUE_MARKER, b".wh..opq")
 _UNSUPPORTED_OVERLAY = (b".overlay.metacopy", b".overlay.redirect")
 
 
@@ -221,6 +226,8 @@ class _Differ:
             raise LayerSourceError(f"{self.shown(dirname or b'.')}: vanished while writing the layer") from None
         except OSError as exc:
             raise LayerSourceError(f"{self.shown(dirname or b'.')}: cannot list: {exc.strerror}") from None
+        if self.overlay:
+            listed = [(n, st) for n, st in listed if n not in _FUSE_OPAQUE_LEFTOVERS]
         listed.sort(key=lambda es: WHITEOUT_PREFIX + es[0] if self.is_whiteout(es[1]) else es[0])
         return listed
 

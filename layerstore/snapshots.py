@@ -87,6 +87,9 @@ class MountPlan:
     # not flush): for an upper whose content is committed through the store's own
     # fsynced ingest. A volatile upper can be mounted only once.
     volatile: bool = False
+    # a private dir of ours where fuse-overlayfs (rootless, where the kernel refuses
+    # overlayfs in a user namespace) mounts for a moment; default: the work dir's parent
+    scratch: Path | None = None
 
 
 @dataclass
@@ -264,7 +267,7 @@ class SnapshotStore:
     def view(self, lowers: Sequence[Path]) -> MountPlan:
         """A read-only plan of `lowers` (bottom first)."""
         new_api_available()      # probed once here: the forked children that mount inherit it
-        return MountPlan(list(lowers))
+        return MountPlan(list(lowers), scratch=self.root / "tmp")
 
     def reclaim(self, everything: bool = False,
                 reclaimed: Callable[[str], None] | None = None) -> tuple[int, int]:
@@ -296,6 +299,8 @@ def _real_dir(path: Path) -> bool:
 def open_mount(plan: MountPlan) -> int | None:
     """The plan as a detached mount tree (an fd for move_mount), made now with the
     caller's credentials; None when this kernel needs `mount` (no `lowerdir+`)."""
+    if overlay_driver() == FUSE and (plan.upper is not None or len(plan.lowers) > 1):
+        return _fuse_open(plan)
     if not new_api_available():
         return None
     if plan.upper is None and len(plan.lowers) <= 1:
@@ -334,6 +339,76 @@ def open_mount(plan: MountPlan) -> int | None:
         return syscalls.fsmount(fd)
     finally:
         os.close(fd)
+
+
+NATIVE, FUSE = "native", "fuse-overlayfs"
+_driver: list[str] = []
+
+
+def overlay_driver() -> str:
+    """The kernel's overlayfs, or fuse-overlayfs in a user namespace where the kernel
+    refuses it (before Linux 5.11: overlayfs is not mountable there). PYBUILD_OVERLAY
+    (native | fuse-overlayfs) chooses; asked once per process."""
+    if _driver:
+        return _driver[0]
+    choice = os.environ.get("PYBUILD_OVERLAY", "")
+    if choice not in ("", NATIVE, FUSE):
+        from layerstore.errors import PybuildError
+
+        raise PybuildError(f"PYBUILD_OVERLAY={choice!r}: use {NATIVE} or {FUSE}")
+    if not choice:
+        choice = NATIVE
+        if in_user_namespace():
+            try:
+                # overlayfs's FS_USERNS_MOUNT flag is what fsopen checks in a user namespace
+                os.close(syscalls.fsopen("overlay"))
+            except OSError:
+                choice = FUSE
+    _driver.append(choice)
+    return choice
+
+
+def _fuse_open(plan: MountPlan) -> int:
+    """fuse-overlayfs mounted on a scratch dir, cloned as a detached tree, the mount
+    itself detached at once. The daemon stays in this mount namespace but no mount of it
+    does: once the clone's last user (a container's namespace, an fd) is gone the kernel
+    ends the FUSE connection and the daemon exits -- nothing to stop, even after SIGKILL."""
+    import shutil
+    import subprocess
+    import tempfile
+
+    exe = shutil.which(FUSE, path="/usr/bin:/bin:/usr/sbin:/sbin")
+    if exe is None:
+        raise OSError(errno.ENOENT, "overlayfs is not mountable in this user namespace and "
+                                    f"{FUSE} is not installed")
+    scratch = plan.scratch or (plan.work.parent if plan.work is not None else None)
+    if scratch is None:
+        raise OSError(errno.EINVAL, f"{FUSE}: this mount plan names no scratch dir")
+    dirs = [*reversed(plan.lowers)] + ([plan.upper, plan.work] if plan.upper else [])
+    for d in dirs:
+        if any(c in str(d) for c in ":,\n"):
+            raise OSError(errno.EINVAL, f"{d}: {FUSE} cannot take a path holding ':' or ','")
+    opts = "lowerdir=" + ":".join(str(d) for d in reversed(plan.lowers))
+    if plan.upper is not None:
+        opts += f",upperdir={plan.upper},workdir={plan.work}"
+    os.makedirs(scratch, mode=0o700, exist_ok=True)
+    point = tempfile.mkdtemp(prefix=".fuse-", dir=scratch)
+    try:
+        res = subprocess.run([exe, "-o", opts, point], stdin=subprocess.DEVNULL,
+                             capture_output=True, timeout=60)
+        if res.returncode != 0:
+            why = [ln for ln in res.stderr.decode("utf-8", "replace").splitlines()
+                   if "unknown argument ignored" not in ln][-1:] or [f"exit {res.returncode}"]
+            raise OSError(errno.EIO, f"{FUSE}: {why[0]}")
+        try:
+            fd = syscalls.open_tree(point, syscalls.OPEN_TREE_CLONE | syscalls.OPEN_TREE_CLOEXEC)
+            if plan.upper is None:
+                syscalls.make_readonly(fd, point)
+        finally:
+            syscalls.umount2(point, syscalls.MNT_DETACH)
+        return fd
+    finally:
+        os.rmdir(point)
 
 
 def mount(plan: MountPlan, target: str) -> None:

@@ -5,7 +5,7 @@ cd "$(dirname "$0")/.."
 PKGS="busybox-static skopeo umoci runc buildah docker-registry zstd xz-utils bzip2 gzip tar \
       debootstrap iproute2 iptables openssl apache2-utils uidmap libseccomp2 file \
       python3 python3-pip python3-venv git gcc libc6-dev qemu-user-static \
-      slirp4netns"
+      slirp4netns fuse-overlayfs"
 missing=""
 for p in $PKGS; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing="$missing $p"
@@ -25,7 +25,9 @@ if ! ls /var/cache/pybuild-samples/busybox-static_*_arm64.deb >/dev/null 2>&1; t
 fi
 # rootless pybuild: slirp4netns opens /dev/net/tun as the user. Debian's udev makes it
 # 0666; machines without udev (this VM, many CI containers) leave it 0600 root.
-if [ -c /dev/net/tun ] && [ "$(stat -c %a /dev/net/tun)" != 666 ]; then chmod 0666 /dev/net/tun; fi
+for dev in /dev/net/tun /dev/fuse; do   # and fuse-overlayfs (rootless fallback) /dev/fuse
+  if [ -c "$dev" ] && [ "$(stat -c %a "$dev")" != 666 ]; then chmod 0666 "$dev"; fi
+done
 # --break-system-packages: Debian's own python3 is "externally managed".
 # editable_mode=compat: a plain path entry; the default import-hook finder costs
 # ~15 ms at every start of the pybuild command.

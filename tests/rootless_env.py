@@ -392,14 +392,15 @@ def foreign_owners(user: TestUser, top: Path, limit: int = 20) -> list[str]:
 # --- the session ------------------------------------------------------------------
 
 def ensure_tun() -> None:
-    """/dev/net/tun read-writable for all, as Debian's udev rules make it (scripts/setup.sh
-    does the same): slirp4netns opens it as the user. A machine without udev leaves 0600."""
-    tun = "/dev/net/tun"
-    st = os.stat(tun)
-    if not stat.S_ISCHR(st.st_mode):
-        raise RuntimeError(f"{tun} is not a character device")
-    if stat.S_IMODE(st.st_mode) != 0o666:
-        os.chmod(tun, 0o666)
+    """/dev/net/tun and /dev/fuse read-writable for all, as Debian's udev rules make them
+    (scripts/setup.sh does the same): slirp4netns and fuse-overlayfs open them as the
+    user. A machine without udev leaves them 0600."""
+    for dev in ("/dev/net/tun", "/dev/fuse"):
+        st = os.stat(dev)
+        if not stat.S_ISCHR(st.st_mode):
+            raise RuntimeError(f"{dev} is not a character device")
+        if stat.S_IMODE(st.st_mode) != 0o666:
+            os.chmod(dev, 0o666)
 
 
 class Session:

@@ -517,3 +517,61 @@ def test_a_delegated_cgroup_enforces_limits_rootless(rl):
                     break
                 except OSError:
                     time.sleep(0.1)
+
+
+FUSE_DOCKERFILE = """\
+FROM busybox
+RUN rm -rf /home/user && mkdir -p /home/user && echo new > /home/user/only \\
+ && chown 1000:1000 /home/user/only && rm /bin/true \\
+ && grep -c fuse-overlayfs /proc/mounts > /fuse-root
+"""
+
+
+def test_fuse_overlayfs_fallback_builds_and_runs_the_same_layers(rl):
+    """Where the kernel refuses overlayfs in a user namespace (before 5.11) fuse-overlayfs
+    mounts the roots (PYBUILD_OVERLAY forces it here): a RUN's whiteout, opaque dir and
+    chown land in the layer as with native overlayfs (read back natively), `run` works,
+    and no fuse-overlayfs daemon outlives the mounts."""
+    ctx = rl.give(_context(rl.work / "ctx-fuse", FUSE_DOCKERFILE))
+    env = {**rl.env(), "PYBUILD_OVERLAY": "fuse-overlayfs"}
+    pybuild_as(rl.user, "build", "-t", "fz", str(ctx), env=env, cwd=rl.work, check=True)
+    info = pybuild_as(rl.user, "info", "--format", "{{json .}}", env=env, cwd=rl.work,
+                      check=True)
+    assert json.loads(info.stdout)["RootlessDetails"]["Overlay"] == "fuse-overlayfs"
+    out = pybuild_as(rl.user, "run", "--rm", "fz", "sh", "-c",
+                     "grep -c '^fuse-overlayfs / ' /proc/mounts; cat /fuse-root",
+                     env=env, cwd=rl.work, check=True).stdout.split()
+    assert out == ["1", "1"], out
+    # the layer as the kernel's overlayfs shows it: lower dir hidden, file whited out
+    native = rl("run", "--rm", "fz", "sh", "-c",
+                "ls /home/user; stat -c '%u:%g' /home/user/only; test -e /bin/true; echo $?;"
+                "grep -c fuse /proc/mounts; true").stdout.split()
+    assert native == ["only", "1000:1000", "1", "0"], native
+    # fuse-overlayfs marks an opaque dir three ways (an xattr, a .wh..wh..opq file and a
+    # whiteout of ".opq"): the layer says it once, as OCI does
+    archive = rl.work / "fz.tar"
+    rl("save", "--format", "docker", "-o", archive, "fz")
+    with tarfile.open(archive) as t:
+        top = json.load(t.extractfile("manifest.json"))[0]["Layers"][-1]
+        with tarfile.open(fileobj=t.extractfile(top)) as layer:
+            names = [m.name.lstrip("./") for m in layer.getmembers()]
+    assert names.count("home/user/.wh..wh..opq") == 1, names
+    assert not [n for n in names if n.endswith(".wh..opq") and "wh..wh" not in n], names
+    assert "bin/.wh.true" in names and "home/user/only" in names
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and _fuse_daemons(rl):
+        time.sleep(0.1)
+    assert not _fuse_daemons(rl)
+
+
+def _fuse_daemons(rl) -> list[int]:
+    out = []
+    for name in os.listdir("/proc"):
+        try:
+            if name.isdigit() and os.stat(f"/proc/{name}").st_uid == rl.user.uid and \
+                    Path(f"/proc/{name}/comm").read_text().strip() == "fuse-overlayfs" and \
+                    Path(f"/proc/{name}/stat").read_text().rpartition(")")[2].split()[0] != "Z":
+                out.append(int(name))
+        except OSError:
+            continue
+    return out

@@ -53,7 +53,8 @@ def _clone_tree(path: str, recursive: bool = True) -> int:
 
 
 def _plan(root: OverlayRoot) -> snapshots.MountPlan:
-    return snapshots.MountPlan(list(root.lowers), root.upper, root.work, volatile=root.volatile)
+    return snapshots.MountPlan(list(root.lowers), root.upper, root.work, volatile=root.volatile,
+                               scratch=root.work.parent if root.work is not None else None)
 
 
 def open_root(spec: SandboxSpec) -> int | None:
