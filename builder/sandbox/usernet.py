@@ -40,6 +40,7 @@ import subprocess
 import time
 from pathlib import Path
 
+from builder.procinfo import start_time
 from layerstore.resolver import remove_tree
 
 from .netconfig import NetworkConfig, NetworkError, PortMapping
@@ -55,16 +56,6 @@ API_TIMEOUT = 5.0
 MAX_REPLY = 64 << 10
 MAX_LOG = 4096
 TUN = "/dev/net/tun"
-
-
-def _start_time(pid: int) -> str | None:
-    """A process's start time (clock ticks since boot), None when gone or a zombie."""
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            fields = fh.read(4096).rpartition(")")[2].split()
-    except OSError:
-        return None
-    return None if len(fields) < 20 or fields[0] in ("Z", "X") else fields[19]
 
 
 class UserNetwork:
@@ -141,7 +132,7 @@ class UserNetwork:
             finally:
                 os.close(log)
             with open(self.dir / "helper.tmp", "w") as fh:
-                fh.write(f"{self._proc.pid} {_start_time(self._proc.pid)}\n")
+                fh.write(f"{self._proc.pid} {start_time(self._proc.pid)}\n")
             os.rename(self.dir / "helper.tmp", self.dir / "helper")
             os.close(ready_w)
             fds.remove(ready_w)
@@ -306,7 +297,7 @@ class UserNetwork:
         except OSError:
             return None
         # checked after the pidfd is held: the pid cannot be reused under it any more
-        if _start_time(pid) != words[1]:
+        if start_time(pid) != words[1]:
             os.close(pidfd)
             return None
         return pidfd
