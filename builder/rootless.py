@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from builder.procinfo import start_time
+from layerstore import syscalls
 from layerstore.errors import PybuildError
 
 CLONE_NEWUSER = 0x10000000
@@ -134,28 +135,6 @@ def _read_pidfile(path: Path) -> tuple[int, str] | None:
         return None
 
 
-def _libc():
-    import ctypes
-
-    return ctypes.CDLL(None, use_errno=True)
-
-
-def _setns(fd: int, kind: int) -> None:
-    import ctypes
-
-    if _libc().setns(fd, kind) != 0:
-        e = ctypes.get_errno()
-        raise OSError(e, os.strerror(e))
-
-
-def _unshare(flags: int) -> None:
-    import ctypes
-
-    if _libc().unshare(flags) != 0:
-        e = ctypes.get_errno()
-        raise OSError(e, os.strerror(e))
-
-
 def _write_maps(pid: int, uids: list[IdRange], gids: list[IdRange]) -> None:
     """Through newuidmap/newgidmap for subordinate ranges; a single id (our own) we may
     map ourselves, once setgroups is denied (else dropping a group could grant access)."""
@@ -188,7 +167,7 @@ def _keeper(ready_w: int, go_r: int, lock_path: str, pid_path: str) -> None:
         os.setsid()
         for s in (signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGPIPE):
             signal.signal(s, signal.SIG_IGN)
-        _unshare(CLONE_NEWUSER)
+        syscalls.unshare(CLONE_NEWUSER)
         os.write(ready_w, f"{os.getpid()} {start_time(os.getpid())}\n".encode())
         os.close(ready_w)
         if os.read(go_r, 1) != b"g":
@@ -322,7 +301,7 @@ def enter(root: Path) -> None:
                 if ns is None:
                     raise RootlessError("the user namespace keeper died at once")
         try:
-            _setns(ns, CLONE_NEWUSER)
+            syscalls.setns(ns, CLONE_NEWUSER, "user namespace")
         except OSError as e:
             raise RootlessError(f"cannot join the user namespace: {e.strerror}") from None
         finally:
@@ -337,15 +316,11 @@ def enter(root: Path) -> None:
         os.setgroups([])
     os.setresuid(0, 0, 0)
     try:
-        _unshare(CLONE_NEWNS)
-        import ctypes
-
-        # MS_REC | MS_PRIVATE on /: nothing we mount reaches the host's namespace
-        if _libc().mount(None, b"/", None, ctypes.c_ulong(0x4000 | 0x40000), None) != 0:
-            raise OSError(ctypes.get_errno(), "mount / private")
+        syscalls.unshare(CLONE_NEWNS)
+        # nothing we mount reaches the host's namespace
+        syscalls.mount(None, "/", None, syscalls.MS_REC | syscalls.MS_PRIVATE)
     except OSError as e:
-        raise RootlessError(f"cannot make a private mount namespace: "
-                            f"{os.strerror(e.errno) if e.errno else e}") from None
+        raise RootlessError(f"cannot make a private mount namespace: {e.strerror}") from None
     # Start again in here. A process keeps the user namespace its memory was exec'd in
     # (mm->user_ns): ours is still the initial one, so every process we fork (a sandbox
     # monitor, a container's PID 1 before its exec, both non-dumpable) would have /proc

@@ -90,6 +90,12 @@ def unshare(flags: int) -> None:
     check(_libc.unshare(ctypes.c_int(flags)), f"unshare({flags:#x})")
 
 
+def setns(fd: int, nstype: int, what: str) -> None:
+    """setns(2): `fd` is a namespace file, or a pidfd with CLONE_NEW* flags (Linux 5.8),
+    which joins all of them at once, in the kernel's order (user namespace first)."""
+    check(_libc.setns(ctypes.c_int(fd), ctypes.c_int(nstype)), f"setns {what}")
+
+
 # --- new mount API: detached mount trees as file descriptors ---------------------------
 
 def open_tree(path: str, flags: int, dir_fd: int = AT_FDCWD) -> int:

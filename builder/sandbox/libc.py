@@ -20,7 +20,7 @@ from layerstore.syscalls import (AT_EMPTY_PATH, AT_FDCWD, AT_RECURSIVE, FSCONFIG
                                  MS_RDONLY, MS_REC, MS_RELATIME, MS_REMOUNT, MS_STRICTATIME,
                                  OPEN_TREE_CLOEXEC, OPEN_TREE_CLONE, SYS_close_range, _b, check,
                                  fsconfig, fsmount, fsopen, make_readonly, mount, move_mount_fd,
-                                 open_tree, umount2, unshare)
+                                 open_tree, setns, umount2, unshare)
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _syscall = _libc.syscall
@@ -73,12 +73,6 @@ def clearenv() -> None:
 
 def pivot_root(new_root: str, put_old: str) -> None:
     _check(_syscall(SYS_pivot_root, _b(new_root), _b(put_old)), f"pivot_root {new_root}")
-
-
-def setns(fd: int, nstype: int, what: str) -> None:
-    """setns(2): `fd` is a namespace file, or a pidfd with CLONE_NEW* flags (Linux 5.8),
-    which joins all of them at once, in the kernel's order (user namespace first)."""
-    _check(_libc.setns(ctypes.c_int(fd), ctypes.c_int(nstype)), f"setns {what}")
 
 
 def sethostname(name: str) -> None:
