@@ -329,10 +329,3 @@ def enter(root: Path) -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os.execv(sys.executable, sys.orig_argv)
-
-
-def is_rootless() -> bool:
-    from layerstore.userns import in_user_namespace
-
-    return in_user_namespace()
-
